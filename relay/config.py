@@ -1,0 +1,115 @@
+"""Typed, frozen relay configuration with named defaults and plain-sentence validation."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from relay.errors import ConfigError
+
+DEFAULT_SCHEMA = "outbox"
+DEFAULT_MODE = "poll"
+DEFAULT_CONNECTOR = "kafka"
+DEFAULT_KAFKA_BOOTSTRAP = "localhost:9092"
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
+DEFAULT_AMQP_EXCHANGE = "outbox"
+DEFAULT_BATCH_SIZE = 500
+DEFAULT_PUBLISH_TIMEOUT = 5.0
+DEFAULT_LEASE_TTL = 10.0
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_RETENTION = 3600.0
+DEFAULT_SHUTDOWN_TIMEOUT = 15.0
+DEFAULT_RETRY_BASE = 0.5
+DEFAULT_RETRY_CAP = 30.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+MAX_BATCH_SIZE = 10_000
+MODES = ("poll", "cdc")
+
+# A plain, unquoted PostgreSQL identifier: we refuse anything else for names the user
+# configures, so no name ever needs quoting tricks (they still go through sql.Identifier).
+_PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# AMQP short strings: exchange names are letters, digits, hyphen, underscore, period, colon.
+_AMQP_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,255}$")
+
+
+def is_plain_identifier(name: str) -> bool:
+    return bool(_PLAIN_IDENTIFIER.match(name))
+
+
+def default_relay_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """Everything ``outbox-relay run`` needs. Build it, then call ``validate()``."""
+
+    dsn: str
+    schema: str = DEFAULT_SCHEMA
+    mode: str = DEFAULT_MODE
+    connector: str = DEFAULT_CONNECTOR
+    kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
+    kafka_options: Mapping[str, str] = field(default_factory=dict)
+    amqp_url: str = DEFAULT_AMQP_URL
+    amqp_exchange: str = DEFAULT_AMQP_EXCHANGE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
+    lease_ttl: float = DEFAULT_LEASE_TTL
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    retention: float = DEFAULT_RETENTION
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    retry_base: float = DEFAULT_RETRY_BASE
+    retry_cap: float = DEFAULT_RETRY_CAP
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    relay_name: str = field(default_factory=default_relay_name)
+
+    def problems(self) -> list[str]:
+        """Every problem with this configuration, each as one plain sentence."""
+        found: list[str] = []
+        if not self.dsn.strip():
+            found.append("The database DSN is empty; pass --dsn or set OUTBOX_RELAY_DSN.")
+        if not is_plain_identifier(self.schema):
+            found.append(
+                f"The schema name {self.schema!r} is not a plain identifier "
+                "(lowercase letters, digits and underscores, not starting with a digit)."
+            )
+        if self.mode not in MODES:
+            found.append(f"The mode {self.mode!r} is unknown; choose one of: {', '.join(MODES)}.")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            found.append(f"The batch size must be between 1 and {MAX_BATCH_SIZE}.")
+        if not _AMQP_NAME.match(self.amqp_exchange):
+            found.append(f"The exchange name {self.amqp_exchange!r} has characters AMQP forbids.")
+        found.extend(self._timing_problems())
+        return found
+
+    def _timing_problems(self) -> list[str]:
+        found: list[str] = []
+        positive = {
+            "publish timeout": self.publish_timeout,
+            "lease TTL": self.lease_ttl,
+            "poll interval": self.poll_interval,
+            "shutdown timeout": self.shutdown_timeout,
+            "retry base delay": self.retry_base,
+            "connect timeout": self.connect_timeout,
+        }
+        found.extend(f"The {what} must be above zero." for what, v in positive.items() if v <= 0)
+        if self.retention < 0:
+            found.append("The retention must be zero (delete on acknowledgement) or more.")
+        if self.retry_cap < self.retry_base:
+            found.append("The retry cap must not be smaller than the retry base delay.")
+        if self.lease_ttl < 2 * self.publish_timeout and self.lease_ttl > 0:
+            found.append(
+                "The lease TTL must be at least twice the publish timeout, so a lease cannot "
+                "expire while a batch is still waiting for the broker."
+            )
+        return found
+
+    def validate(self) -> RelayConfig:
+        """Raise ConfigError listing every problem; return self when there are none."""
+        found = self.problems()
+        if found:
+            raise ConfigError(" ".join(found))
+        return self

@@ -1,0 +1,105 @@
+"""One long-lived PostgreSQL connection per duty (claiming, leases, housekeeping,
+listening): a stuck statement on one duty cannot starve the others (bulkheads)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import psycopg
+
+from relay.dsn import describe_dsn, redact
+from relay.errors import DatabaseUnavailableError, RelayError, translate_db_error
+
+log = logging.getLogger("outbox_relay.db")
+
+
+class DbSession:
+    """A lazily (re)opened connection for one duty of the relay.
+
+    ``settings`` are session GUCs applied after connecting (statement_timeout, ...).
+    Callers use :meth:`connection`; after a failure they call :meth:`discard` so the next
+    call reconnects. Errors come out translated into the relay's error tree.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        duty: str,
+        *,
+        connect_timeout: float,
+        settings: Mapping[str, str] | None = None,
+        autocommit: bool = True,
+    ) -> None:
+        self._dsn = dsn
+        self.duty = duty
+        self._connect_timeout = connect_timeout
+        self._settings = dict(settings or {})
+        self._autocommit = autocommit
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        await self.discard()
+        self._conn = await open_connection(
+            self._dsn,
+            duty=self.duty,
+            connect_timeout=self._connect_timeout,
+            settings=self._settings,
+            autocommit=self._autocommit,
+        )
+        return self._conn
+
+    async def discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            try:
+                await conn.close()
+            except psycopg.Error:
+                pass  # the connection is being thrown away because it failed already
+
+    async def close(self) -> None:
+        await self.discard()
+
+
+async def open_connection(
+    dsn: str,
+    *,
+    duty: str,
+    connect_timeout: float,
+    settings: Mapping[str, str],
+    autocommit: bool = True,
+) -> psycopg.AsyncConnection[Any]:
+    """Connect with a timeout and apply session settings; failures name the target."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            dsn,
+            autocommit=autocommit,
+            connect_timeout=max(1, round(connect_timeout)),
+            application_name=f"outbox-relay/{duty}",
+        )
+    except psycopg.Error as exc:
+        raise connection_failure(dsn, exc) from None
+    try:
+        for name, value in settings.items():
+            await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        if not autocommit:
+            await conn.commit()
+    except psycopg.Error as exc:
+        await conn.close()
+        raise translate_db_error(exc, f"configuring the {duty} connection") from None
+    return conn
+
+
+def connection_failure(dsn: str, exc: psycopg.Error) -> RelayError:
+    """The error for a failed connect: names the target, never the password."""
+    first_line = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    sqlstate = exc.sqlstate or ""
+    if sqlstate.startswith("28") or sqlstate == "3D000":
+        # invalid authorization or unknown database: retrying will not help
+        return translate_db_error(exc, f"cannot connect to PostgreSQL at {describe_dsn(dsn)}")
+    return DatabaseUnavailableError(
+        f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {first_line}"
+    )

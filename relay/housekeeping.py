@@ -1,0 +1,62 @@
+"""Retention: sent rows are deleted in small batches so they never pile up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+
+from relay.db import DbSession
+from relay.errors import RelayError
+from relay.sqlfiles import query
+
+log = logging.getLogger("outbox_relay.housekeeping")
+
+PURGE_CHUNK = 1000
+PURGE_CHUNKS_PER_ROUND = 100
+
+
+async def purge_sent(session: DbSession, schema: str, retention: float) -> int:
+    """Delete sent rows older than ``retention`` seconds, a chunk at a time."""
+    conn = await session.connection()
+    total = 0
+    for _ in range(PURGE_CHUNKS_PER_ROUND):
+        cursor = await conn.execute(
+            query("purge_sent", schema), {"retention": retention, "limit": PURGE_CHUNK}
+        )
+        total += cursor.rowcount
+        if cursor.rowcount < PURGE_CHUNK:
+            break
+    return total
+
+
+class RetentionTask:
+    def __init__(self, session: DbSession, schema: str, retention: float, every: float) -> None:
+        self._session = session
+        self._schema = schema
+        self._retention = retention
+        self._every = every
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None and self._retention > 0:
+            self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._session.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                deleted = await purge_sent(self._session, self._schema, self._retention)
+                if deleted:
+                    log.info("retention removed %d sent messages", deleted)
+            except (RelayError, psycopg.Error) as exc:
+                log.warning("retention purge failed (will retry): %s", exc)
+                await self._session.discard()
+            await asyncio.sleep(self._every)

@@ -1,0 +1,149 @@
+"""Bucket leases: how several relays share one outbox without a coordinator.
+
+Keys hash into 256 buckets. Each relay heartbeats a row in ``relays`` and leases about
+``256 / live relays`` buckets in ``bucket_leases``, renewing them every ``ttl / 4``. A relay
+that dies stops renewing; its buckets expire after ``ttl`` and the others take them over.
+A relay that holds more than its fair share releases the excess when a new one joins.
+
+The local clock decides whether this relay may still publish: leases count as valid only
+until ``ttl`` after the renewal *started* (monotonic), minus a safety margin, so a relay
+frozen past its lease never publishes work another relay may have taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import AsyncConnection
+
+from relay.db import DbSession
+from relay.errors import RelayError
+from relay.sqlfiles import query
+
+log = logging.getLogger("outbox_relay.leases")
+
+BUCKETS = 256
+SAFETY_MARGIN = 0.2  # fraction of the TTL we refuse to use, for clock rate differences
+
+
+class LeaseKeeper:
+    """Heartbeats this relay and keeps its fair share of bucket leases."""
+
+    def __init__(
+        self,
+        session: DbSession,
+        *,
+        schema: str,
+        relay_id: UUID,
+        relay_name: str,
+        mode: str,
+        ttl: float,
+        on_change: Callable[[], None],
+        published: Callable[[], int],
+    ) -> None:
+        self._session = session
+        self._schema = schema
+        self._relay_id = relay_id
+        self._relay_name = relay_name
+        self._mode = mode
+        self._ttl = ttl
+        self._on_change = on_change
+        self._published = published
+        self.owned: frozenset[int] = frozenset()
+        self._valid_until = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def interval(self) -> float:
+        return self._ttl / 4
+
+    def holds_valid_leases(self) -> bool:
+        return bool(self.owned) and time.monotonic() < self._valid_until
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="lease-keeper")
+
+    async def stop(self) -> None:
+        """Stop renewing and hand every bucket back at once (not after the TTL)."""
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._valid_until = 0.0
+        try:
+            conn = await self._session.connection()
+            params = {"relay_id": self._relay_id}
+            await conn.execute(query("release_all_leases", self._schema), params)
+            await conn.execute(query("forget_relay", self._schema), params)
+        except (RelayError, psycopg.Error) as exc:
+            log.warning("could not release leases on stop (they expire by themselves): %s", exc)
+        self.owned = frozenset()
+        await self._session.close()
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.tick()
+            except Exception as exc:
+                # The leases run out by themselves if this keeps failing; publishing stops
+                # through holds_valid_leases(). Reconnect on the next tick.
+                log.warning("lease renewal failed: %s", exc)
+                await self._session.discard()
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> None:
+        """One heartbeat: renew, then acquire or release to reach the fair share."""
+        started = time.monotonic()
+        conn = await self._session.connection()
+        params = {"relay_id": self._relay_id, "ttl": self._ttl}
+        async with conn.transaction():
+            await conn.execute(
+                query("heartbeat", self._schema),
+                {**params, "name": self._relay_name, "mode": self._mode,
+                 "published": self._published()},
+            )
+            live = await self._scalar(conn, "count_live_relays", {"mode": self._mode})
+            fair_share = math.ceil(BUCKETS / max(1, live))
+            owned = await self._buckets(conn, "renew_leases", params)
+            owned = await self._rebalance(conn, owned, fair_share, params)
+        self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
+        if owned != self.owned:
+            log.info("relay %s now leases %d buckets (%d live relays)",
+                     self._relay_name, len(owned), live)
+            self.owned = owned
+            self._on_change()
+
+    async def _rebalance(
+        self, conn: AsyncConnection[Any], owned: frozenset[int], fair_share: int, params: dict[str, object]
+    ) -> frozenset[int]:
+        if len(owned) > fair_share:
+            excess = sorted(owned)[fair_share:]
+            await conn.execute(query("release_leases", self._schema), {**params, "buckets": excess})
+            return owned - set(excess)
+        if len(owned) < fair_share:
+            gained = await self._buckets(
+                conn, "acquire_leases", {**params, "wanted": fair_share - len(owned)}
+            )
+            return owned | gained
+        return owned
+
+    async def _buckets(self, conn: AsyncConnection[Any], name: str, params: dict[str, object]) -> frozenset[int]:
+        cursor = await conn.execute(query(name, self._schema), params)
+        return frozenset(int(row[0]) for row in await cursor.fetchall())
+
+    async def _scalar(self, conn: AsyncConnection[Any], name: str, params: dict[str, object]) -> int:
+        cursor = await conn.execute(query(name, self._schema), params)
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0

@@ -1,0 +1,59 @@
+"""The values that travel from the outbox to a connector and back."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """One event taken from the outbox, ready to publish.
+
+    ``payload`` is the exact bytes to put on the wire (compact UTF-8 JSON for JSON
+    payloads, the stored bytes for binary ones, ``None`` for a tombstone).
+    ``position`` orders messages within the source (the outbox sequence number in
+    polling mode, the commit LSN in CDC mode).
+    """
+
+    id: UUID
+    topic: str
+    key: str | None
+    payload: bytes | None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    position: int = 0
+    created_at: datetime | None = None
+    attempts: int = 0
+
+
+class OutcomeKind(enum.Enum):
+    DELIVERED = "delivered"
+    RETRYABLE = "retryable"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the broker said about one message of a batch."""
+
+    kind: OutcomeKind
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.kind is OutcomeKind.DELIVERED
+
+
+DELIVERED = Outcome(OutcomeKind.DELIVERED)
+
+
+def retryable(error: str) -> Outcome:
+    return Outcome(OutcomeKind.RETRYABLE, error)
+
+
+def permanent(error: str) -> Outcome:
+    return Outcome(OutcomeKind.PERMANENT, error)

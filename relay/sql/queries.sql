@@ -1,0 +1,149 @@
+-- Named queries of the relay. {schema} is the quoted schema identifier.
+
+-- name: claim_batch
+-- Pending rows of the buckets this relay leases, in sequence order, skipping keys held
+-- behind a failed message. Each leased bucket is also locked for this transaction with an
+-- advisory lock: a relay that lost a bucket while frozen still holds its lock, so the new
+-- owner cannot overtake its in-flight rows until that transaction ends.
+WITH leased AS MATERIALIZED (
+  SELECT bucket FROM (
+    SELECT bucket FROM {schema}.bucket_leases
+    WHERE relay_id = %(relay_id)s AND expires_at > now()
+    OFFSET 0
+  ) owned
+  WHERE pg_try_advisory_xact_lock(%(lock_space)s, bucket)
+)
+SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
+       m.headers, m.created_at, m.attempts
+FROM {schema}.messages m
+WHERE m.sent_at IS NULL AND m.parked_at IS NULL
+  AND m.available_at <= now()
+  AND m.bucket IN (SELECT bucket FROM leased)
+  AND NOT EXISTS (
+    SELECT 1 FROM {schema}.key_holds h
+    WHERE h.key = m.key AND h.held_until > now()
+  )
+ORDER BY m.seq
+LIMIT %(limit)s
+FOR UPDATE OF m SKIP LOCKED;
+
+-- name: mark_sent
+UPDATE {schema}.messages
+SET sent_at = now(), attempts = attempts + 1, last_error = NULL
+WHERE seq = ANY(%(seqs)s);
+
+-- name: delete_sent
+DELETE FROM {schema}.messages WHERE seq = ANY(%(seqs)s);
+
+-- name: release_holds
+-- A held key whose message finally went through flows again.
+DELETE FROM {schema}.key_holds WHERE key = ANY(%(keys)s) AND held_until <> 'infinity';
+
+-- name: record_failures
+UPDATE {schema}.messages AS m
+SET attempts = m.attempts + 1,
+    last_error = f.error,
+    available_at = now() + make_interval(secs => f.delay),
+    parked_at = CASE WHEN f.park THEN now() END
+FROM unnest(%(seqs)s::bigint[], %(errors)s::text[], %(delays)s::float8[], %(parks)s::bool[])
+     AS f(seq, error, delay, park)
+WHERE m.seq = f.seq;
+
+-- name: hold_keys
+-- Hold each failed key until its retry time; a parked message holds its key until a
+-- person retries or drops it.
+INSERT INTO {schema}.key_holds AS h (key, held_until, seq, reason)
+SELECT f.key, CASE WHEN f.park THEN 'infinity'::timestamptz
+                   ELSE now() + make_interval(secs => f.delay) END,
+       f.seq, f.error
+FROM unnest(%(keys)s::text[], %(seqs)s::bigint[], %(errors)s::text[],
+            %(delays)s::float8[], %(parks)s::bool[]) AS f(key, seq, error, delay, park)
+ON CONFLICT (key) DO UPDATE
+SET held_until = GREATEST(h.held_until, excluded.held_until),
+    seq = LEAST(h.seq, excluded.seq),
+    reason = excluded.reason;
+
+-- name: heartbeat
+INSERT INTO {schema}.relays AS r (relay_id, name, mode, expires_at, published)
+VALUES (%(relay_id)s, %(name)s, %(mode)s, now() + make_interval(secs => %(ttl)s), %(published)s)
+ON CONFLICT (relay_id) DO UPDATE
+SET heartbeat_at = now(), expires_at = excluded.expires_at, published = excluded.published;
+
+-- name: prune_relays
+DELETE FROM {schema}.relays WHERE expires_at < now() - interval '1 hour';
+
+-- name: count_live_relays
+SELECT count(*) FROM {schema}.relays WHERE expires_at > now() AND mode = %(mode)s;
+
+-- name: renew_leases
+UPDATE {schema}.bucket_leases
+SET expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE relay_id = %(relay_id)s AND expires_at > now()
+RETURNING bucket;
+
+-- name: acquire_leases
+UPDATE {schema}.bucket_leases AS l
+SET relay_id = %(relay_id)s, expires_at = now() + make_interval(secs => %(ttl)s)
+WHERE l.bucket IN (
+  SELECT bucket FROM {schema}.bucket_leases
+  WHERE relay_id IS NULL OR expires_at <= now()
+  ORDER BY bucket
+  LIMIT %(wanted)s
+  FOR UPDATE SKIP LOCKED
+)
+RETURNING l.bucket;
+
+-- name: release_leases
+UPDATE {schema}.bucket_leases
+SET relay_id = NULL, expires_at = '-infinity'
+WHERE relay_id = %(relay_id)s AND bucket = ANY(%(buckets)s);
+
+-- name: release_all_leases
+UPDATE {schema}.bucket_leases
+SET relay_id = NULL, expires_at = '-infinity'
+WHERE relay_id = %(relay_id)s;
+
+-- name: forget_relay
+DELETE FROM {schema}.relays WHERE relay_id = %(relay_id)s;
+
+-- name: purge_sent
+DELETE FROM {schema}.messages
+WHERE seq IN (
+  SELECT seq FROM {schema}.messages
+  WHERE sent_at < now() - make_interval(secs => %(retention)s)
+  ORDER BY sent_at
+  LIMIT %(limit)s
+  FOR UPDATE SKIP LOCKED
+);
+
+-- name: enqueue_json
+SELECT {schema}.enqueue(%(topic)s, %(key)s, %(payload)s::jsonb, %(headers)s::jsonb);
+
+-- name: enqueue_binary
+SELECT {schema}.enqueue_binary(%(topic)s, %(key)s, %(payload)s::bytea, %(headers)s::jsonb,
+                               %(content_type)s);
+
+-- name: status_backlog
+-- Each figure reads one partial index, so status stays cheap on a large table.
+SELECT
+  (SELECT count(*) FROM {schema}.messages
+   WHERE sent_at IS NULL AND parked_at IS NULL) AS pending,
+  (SELECT EXTRACT(epoch FROM now() - created_at)::float8 FROM {schema}.messages
+   WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT 1) AS oldest_age,
+  (SELECT count(*) FROM {schema}.messages
+   WHERE parked_at IS NOT NULL AND sent_at IS NULL) AS parked,
+  (SELECT count(*) FROM {schema}.messages
+   WHERE sent_at > now() - interval '1 minute') AS sent_last_minute;
+
+-- name: status_relays
+SELECT r.relay_id, r.name, r.mode, r.started_at, r.heartbeat_at, r.published,
+       r.expires_at > now() AS alive,
+       coalesce(array_agg(l.bucket ORDER BY l.bucket)
+                FILTER (WHERE l.bucket IS NOT NULL), '{{}}') AS buckets
+FROM {schema}.relays r
+LEFT JOIN {schema}.bucket_leases l ON l.relay_id = r.relay_id AND l.expires_at > now()
+GROUP BY r.relay_id
+ORDER BY r.started_at;
+
+-- name: held_keys
+SELECT count(*) FROM {schema}.key_holds WHERE held_until > now();

@@ -1,0 +1,66 @@
+"""``outbox-relay status``: the backlog and the relays, read from the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from relay.migrations import require_schema
+from relay.sqlfiles import query
+
+
+def collect_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
+    require_schema(conn, schema)
+    with conn.cursor(row_factory=dict_row) as cur:
+        backlog = cur.execute(query("status_backlog", schema)).fetchone() or {}
+        relays = cur.execute(query("status_relays", schema)).fetchall()
+        held = cur.execute(query("held_keys", schema)).fetchone() or {}
+    return {
+        "schema": schema,
+        "pending": backlog.get("pending", 0),
+        "oldest_pending_age_seconds": backlog.get("oldest_age"),
+        "parked": backlog.get("parked", 0),
+        "sent_last_minute": backlog.get("sent_last_minute", 0),
+        "held_keys": next(iter(held.values()), 0),
+        "relays": [_relay(row) for row in relays],
+    }
+
+
+def _relay(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "relay_id": str(row["relay_id"]),
+        "name": row["name"],
+        "mode": row["mode"],
+        "alive": row["alive"],
+        "started_at": _iso(row["started_at"]),
+        "heartbeat_at": _iso(row["heartbeat_at"]),
+        "published": row["published"],
+        "buckets": list(row["buckets"]),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def format_status(status: dict[str, Any]) -> str:
+    age = status["oldest_pending_age_seconds"]
+    lines = [
+        f"outbox schema:       {status['schema']}",
+        f"pending messages:    {status['pending']}",
+        f"oldest pending age:  {'-' if age is None else f'{age:.1f}s'}",
+        f"parked messages:     {status['parked']}",
+        f"held keys:           {status['held_keys']}",
+        f"sent last minute:    {status['sent_last_minute']}",
+        f"relays:              {sum(1 for r in status['relays'] if r['alive'])} alive",
+    ]
+    for relay in status["relays"]:
+        state = "alive" if relay["alive"] else "gone "
+        lines.append(
+            f"  {state} {relay['name']:<32} {relay['mode']:<5} "
+            f"{len(relay['buckets']):>3} buckets  {relay['published']} published"
+        )
+    return "\n".join(lines)

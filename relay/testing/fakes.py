@@ -1,0 +1,67 @@
+"""An in-memory connector for unit tests, demos and users' own tests.
+
+It records what was published and can be told to fail: per message (by predicate), or
+as a whole broker outage. It honours the connector protocol exactly, so the relay's
+core can be tested without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from relay.config import RelayConfig
+from relay.model import DELIVERED, Outcome, OutboxMessage, permanent, retryable
+
+Rule = Callable[[OutboxMessage], Outcome | None]
+
+
+@dataclass
+class InMemoryConnector:
+    """Delivers into ``self.published``; ``rules`` may turn a message into a failure."""
+
+    name: str = "memory"
+    published: list[OutboxMessage] = field(default_factory=list)
+    rules: list[Rule] = field(default_factory=list)
+    down: bool = False
+    delay: float = 0.0
+    opened: bool = False
+    batches: int = 0
+
+    @classmethod
+    def from_config(cls, config: RelayConfig) -> InMemoryConnector:
+        return cls()
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
+        self.batches += 1
+        if self.delay:
+            await asyncio.sleep(min(self.delay, timeout))
+        if self.down:
+            return [retryable("broker unavailable (in-memory outage)")] * len(batch)
+        return [self._deliver(message) for message in batch]
+
+    def _deliver(self, message: OutboxMessage) -> Outcome:
+        for rule in self.rules:
+            outcome = rule(message)
+            if outcome is not None:
+                return outcome
+        self.published.append(message)
+        return DELIVERED
+
+    async def close(self, *, timeout: float) -> None:
+        self.opened = False
+
+    def fail_topic(self, topic: str, *, permanently: bool = False) -> None:
+        """Make every message of ``topic`` fail from now on."""
+
+        def rule(message: OutboxMessage) -> Outcome | None:
+            if message.topic != topic:
+                return None
+            error = f"topic {topic} refused"
+            return permanent(error) if permanently else retryable(error)
+
+        self.rules.append(rule)
