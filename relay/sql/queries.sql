@@ -43,7 +43,10 @@ DELETE FROM {schema}.key_holds WHERE key = ANY(%(keys)s) AND held_until <> 'infi
 UPDATE {schema}.messages AS m
 SET attempts = m.attempts + 1,
     last_error = f.error,
-    available_at = now() + make_interval(secs => f.delay),
+    -- A keyed row waits through its key's hold; its own delay would let a later row of
+    -- the key become claimable first.
+    available_at = CASE WHEN m.key IS NULL THEN now() + make_interval(secs => f.delay)
+                        ELSE now() END,
     parked_at = CASE WHEN f.park THEN now() END
 FROM unnest(%(seqs)s::bigint[], %(errors)s::text[], %(delays)s::float8[], %(parks)s::bool[])
      AS f(seq, error, delay, park)

@@ -19,7 +19,11 @@ Rule = Callable[[OutboxMessage], Outcome | None]
 
 @dataclass
 class InMemoryConnector:
-    """Delivers into ``self.published``; ``rules`` may turn a message into a failure."""
+    """Delivers into ``self.published``; ``rules`` may turn a message into a failure.
+
+    Within one batch, once a message of a key fails, the later messages of that key fail
+    too, the way an ordered broker client (Kafka's idempotent producer) behaves.
+    """
 
     name: str = "memory"
     published: list[OutboxMessage] = field(default_factory=list)
@@ -42,7 +46,18 @@ class InMemoryConnector:
             await asyncio.sleep(min(self.delay, timeout))
         if self.down:
             return [retryable("broker unavailable (in-memory outage)")] * len(batch)
-        return [self._deliver(message) for message in batch]
+        failed_keys: set[str] = set()
+        outcomes = []
+        for message in batch:
+            if message.key is not None and message.key in failed_keys:
+                # Like an ordered broker client: nothing of a key passes a failed message.
+                outcomes.append(retryable("behind a failed message of the same key"))
+                continue
+            outcome = self._deliver(message)
+            if not outcome.delivered and message.key is not None:
+                failed_keys.add(message.key)
+            outcomes.append(outcome)
+        return outcomes
 
     def _deliver(self, message: OutboxMessage) -> Outcome:
         for rule in self.rules:

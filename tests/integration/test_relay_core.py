@@ -1,0 +1,222 @@
+"""The polling relay against real PostgreSQL, with the in-memory connector as the broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import psycopg
+import pytest
+
+from relay import enqueue
+from relay.errors import SchemaMissingError
+from relay.model import permanent, retryable
+from relay.poller import lock_space
+from relay.service import preflight
+from relay.sqlfiles import query
+from relay.testing.fakes import InMemoryConnector
+from tests.support.relays import RunningRelay, eventually, install_outbox, relay_config
+
+pytestmark = pytest.mark.integration
+
+
+def write(dsn, count, keys=10, topic="orders", schema="outbox"):
+    with psycopg.connect(dsn) as conn:
+        return [
+            enqueue(conn, topic=topic, key=f"k{i % keys}", payload={"n": i}, schema=schema)
+            for i in range(count)
+        ]
+
+
+def positions_by_key(messages):
+    seen = defaultdict(list)
+    for message in messages:
+        seen[message.key].append(message.position)
+    return seen
+
+
+def first_occurrences_in_order(messages):
+    """Per key, the first time each message shows up must follow the outbox order."""
+    for positions in positions_by_key(messages).values():
+        firsts = list(dict.fromkeys(positions))
+        assert firsts == sorted(firsts)
+
+
+def pending(dsn, schema="outbox"):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            f"SELECT count(*) FROM {schema}.messages WHERE sent_at IS NULL"  # noqa: S608
+        ).fetchone()[0]
+
+
+def test_relay_publishes_everything_in_key_order(db_dsn):
+    install_outbox(db_dsn)
+    ids = write(db_dsn, 1200)
+
+    async def scenario():
+        async with RunningRelay(relay_config(db_dsn, batch_size=100)) as relay:
+            await eventually(lambda: len(relay.connector.published) >= 1200, 20, "the backlog")
+            return relay.connector.published
+
+    published = asyncio.run(scenario())
+    assert [m.id for m in published] == ids  # one relay, one bucket owner: global order kept
+    assert published[0].payload == b'{"n":0}'
+    assert pending(db_dsn) == 0
+
+
+def test_notify_wakes_the_relay_well_before_the_poll_interval(db_dsn):
+    install_outbox(db_dsn)
+
+    async def scenario():
+        config = relay_config(db_dsn, poll_interval=30.0)
+        async with RunningRelay(config) as relay:
+            await eventually(lambda: relay.service.leases.owned, 10, "leases")
+            await asyncio.sleep(0.3)  # let the first idle poll begin its 30 s wait
+            await asyncio.to_thread(write, db_dsn, 1)
+            return await eventually(lambda: relay.connector.published, 5, "the message")
+
+    assert asyncio.run(scenario()) < 2.0
+
+
+def test_a_failing_key_waits_and_does_not_stop_other_keys(db_dsn):
+    install_outbox(db_dsn)
+    failures = {"left": 3}
+
+    def flaky_first_of_k0(message):
+        if message.key == "k0" and failures["left"] > 0:
+            failures["left"] -= 1
+            return retryable("broker said not now")
+        return None
+
+    connector = InMemoryConnector(rules=[flaky_first_of_k0])
+    write(db_dsn, 50, keys=5)
+
+    async def scenario():
+        async with RunningRelay(relay_config(db_dsn, batch_size=7), connector) as relay:
+            await eventually(lambda: len({m.id for m in relay.connector.published}) >= 50, 20,
+                             "every message despite the flaky key")
+            return relay.connector.published
+
+    published = asyncio.run(scenario())
+    first_occurrences_in_order(published)
+    assert pending(db_dsn) == 0
+    with psycopg.connect(db_dsn) as conn:
+        retried = conn.execute("SELECT max(attempts) FROM outbox.messages").fetchone()[0]
+        holds = conn.execute("SELECT count(*) FROM outbox.key_holds").fetchone()[0]
+    assert retried >= 2
+    assert holds == 0
+
+
+def test_a_permanent_failure_parks_the_message_and_holds_only_its_key(db_dsn):
+    install_outbox(db_dsn)
+    poisoned = write(db_dsn, 1, keys=1, topic="poison")[0]
+    write(db_dsn, 20, keys=4, topic="orders")  # keys k0..k3, k0 shared with the poison
+
+    connector = InMemoryConnector(rules=[
+        lambda m: permanent("unroutable") if m.topic == "poison" else None
+    ])
+
+    async def scenario():
+        async with RunningRelay(relay_config(db_dsn), connector) as relay:
+            await eventually(lambda: len(relay.connector.published) >= 15, 10, "other keys")
+            await asyncio.sleep(0.5)
+            return relay.connector.published
+
+    published = asyncio.run(scenario())
+    assert {m.key for m in published} == {"k1", "k2", "k3"}
+    with psycopg.connect(db_dsn) as conn:
+        parked = conn.execute(
+            "SELECT id, last_error FROM outbox.messages WHERE parked_at IS NOT NULL"
+        ).fetchall()
+        hold = conn.execute("SELECT key, held_until = 'infinity' FROM outbox.key_holds").fetchall()
+    assert parked == [(poisoned, "unroutable")]
+    assert hold == [("k0", True)]
+
+
+def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(db_dsn):
+    install_outbox(db_dsn)
+
+    async def scenario():
+        config = relay_config(db_dsn)
+        async with RunningRelay(config) as first, RunningRelay(config) as second:
+            await eventually(
+                lambda: len(first.service.leases.owned) == 128
+                and len(second.service.leases.owned) == 128, 15, "an even split")
+            assert not first.service.leases.owned & second.service.leases.owned
+            await asyncio.to_thread(write, db_dsn, 400, 40)
+            await eventually(
+                lambda: len(first.connector.published) + len(second.connector.published) >= 400,
+                15, "both relays draining")
+            assert first.connector.published and second.connector.published
+            await first.stop()
+            took = await eventually(lambda: len(second.service.leases.owned) == 256, 10,
+                                    "the takeover")
+            await asyncio.to_thread(write, db_dsn, 100, 40)
+            await eventually(lambda: len(second.connector.published) >= 200, 10, "the survivor")
+            return took
+
+    assert asyncio.run(scenario()) < 3.0
+
+
+def test_the_new_owner_of_a_bucket_waits_for_the_old_owners_batch(db_dsn):
+    """Scripted interleaving: relay A has a batch in flight when its bucket moves to B."""
+    install_outbox(db_dsn)
+    write(db_dsn, 3, keys=1)
+    with psycopg.connect(db_dsn, autocommit=True) as admin:
+        bucket = admin.execute("SELECT DISTINCT bucket FROM outbox.messages").fetchone()[0]
+        admin.execute("UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid(), "
+                      "expires_at = now() + interval '1 minute' WHERE bucket = %s", (bucket,))
+        owner_a = admin.execute("SELECT relay_id FROM outbox.bucket_leases WHERE bucket = %s",
+                                (bucket,)).fetchone()[0]
+    params = {"relay_id": owner_a, "lock_space": lock_space("outbox"), "limit": 10}
+    with psycopg.connect(db_dsn) as a, psycopg.connect(db_dsn) as b:
+        claimed_by_a = a.execute(query("claim_batch", "outbox"), params).fetchall()
+        assert len(claimed_by_a) == 3  # A's transaction stays open: the batch is in flight
+        with psycopg.connect(db_dsn, autocommit=True) as admin:
+            admin.execute("UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid() "
+                          "WHERE bucket = %s RETURNING relay_id", (bucket,))
+            owner_b = admin.execute("SELECT relay_id FROM outbox.bucket_leases WHERE bucket = %s",
+                                    (bucket,)).fetchone()[0]
+        b_params = {**params, "relay_id": owner_b}
+        assert b.execute(query("claim_batch", "outbox"), b_params).fetchall() == []
+        b.rollback()
+        a.rollback()  # A's transaction ends (crash, timeout or rollback)
+        assert len(b.execute(query("claim_batch", "outbox"), b_params).fetchall()) == 3
+
+
+def test_retention_zero_deletes_on_acknowledgement(db_dsn):
+    install_outbox(db_dsn)
+    write(db_dsn, 30)
+
+    async def scenario():
+        async with RunningRelay(relay_config(db_dsn, retention=0)) as relay:
+            await eventually(lambda: len(relay.connector.published) >= 30, 10, "the backlog")
+
+    asyncio.run(scenario())
+    with psycopg.connect(db_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM outbox.messages").fetchone()[0] == 0
+
+
+def test_retention_purges_old_sent_rows_in_batches(db_dsn):
+    install_outbox(db_dsn)
+    write(db_dsn, 2500)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE outbox.messages SET sent_at = now() - interval '2 hours' "
+                     "WHERE seq <= 2400")
+    from relay.db import DbSession
+    from relay.housekeeping import purge_sent
+
+    async def scenario():
+        session = DbSession(db_dsn, "housekeeping", connect_timeout=5)
+        try:
+            return await purge_sent(session, "outbox", 3600)
+        finally:
+            await session.close()
+
+    assert asyncio.run(scenario()) == 2400
+    assert pending(db_dsn) == 100
+
+
+def test_preflight_says_to_run_migrate(db_dsn):
+    with pytest.raises(SchemaMissingError, match="run `outbox-relay migrate`"):
+        preflight(relay_config(db_dsn))

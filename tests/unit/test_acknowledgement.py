@@ -1,0 +1,68 @@
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+
+from relay.backoff import full_jitter
+from relay.model import DELIVERED, permanent, retryable
+from relay.outbox_rows import ClaimedRow, plan_acknowledgement, to_message
+
+
+def row(seq, key="k", attempts=0, payload=None, payload_bytes=None, headers=None):
+    return ClaimedRow(
+        seq=seq, id=uuid4(), topic="t", key=key, payload=payload, payload_bytes=payload_bytes,
+        content_type="application/json", headers=headers or {},
+        created_at=datetime.now(UTC), attempts=attempts,
+    )
+
+
+def plan(rows, outcomes):
+    return plan_acknowledgement(rows, outcomes, retry_base=0.5, retry_cap=30)
+
+
+def test_all_delivered_is_one_write():
+    ack = plan([row(1), row(2)], [DELIVERED, DELIVERED])
+    assert ack.sent == [1, 2]
+    assert not ack.failed_seqs and not ack.hold_keys and not ack.released_keys
+
+
+def test_failed_message_holds_its_key_once():
+    rows = [row(1, "a"), row(2, "a"), row(3, "b"), row(4, None)]
+    ack = plan(rows, [retryable("x"), retryable("y"), DELIVERED, retryable("z")])
+    assert ack.sent == [3]
+    assert ack.failed_seqs == [1, 2, 4]
+    assert ack.hold_keys == ["a"]  # null keys never hold anything
+    assert ack.hold_params()["seqs"] == [1]
+
+
+def test_permanent_failure_parks():
+    ack = plan([row(1, "a")], [permanent("unroutable")])
+    assert ack.failed_parks == [True]
+    assert ack.hold_params()["parks"] == [True]
+
+
+def test_a_retried_message_that_gets_through_releases_its_key():
+    ack = plan([row(1, "a", attempts=2), row(2, "b")], [DELIVERED, DELIVERED])
+    assert ack.released_keys == ["a"]
+
+
+def test_outcome_count_must_match():
+    with pytest.raises(ValueError, match="1 outcomes for 2 messages"):
+        plan([row(1), row(2)], [DELIVERED])
+
+
+def test_json_payload_is_compact_and_binary_is_untouched():
+    assert to_message(row(1, payload={"a": [1, 2], "b": "é"})).payload == b'{"a":[1,2],"b":"\xc3\xa9"}'
+    assert to_message(row(1, payload_bytes=b"\x00\xff")).payload == b"\x00\xff"
+    assert to_message(row(1)).payload is None
+
+
+def test_non_string_headers_travel_as_json_text():
+    message = to_message(row(1, headers={"n": 1, "s": "x", "o": {"a": True}}))
+    assert message.headers == {"n": "1", "s": "x", "o": '{"a":true}'}
+
+
+def test_full_jitter_stays_under_the_cap():
+    delays = [full_jitter(attempt, base=0.5, cap=4.0) for attempt in range(100)]
+    assert all(0 <= d <= 4.0 for d in delays)
+    assert full_jitter(0, base=0.5, cap=4.0) <= 0.5

@@ -1,0 +1,27 @@
+"""Only connectors/ may import the broker clients; relay/ stays broker-agnostic."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BROKER_CLIENTS = {"confluent_kafka", "pika", "aiokafka", "aio_pika"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_only_connectors_import_broker_clients():
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "relay").rglob("*.py")
+        if imported_modules(path) & BROKER_CLIENTS
+    ]
+    assert offenders == []

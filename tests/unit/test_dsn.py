@@ -1,0 +1,33 @@
+import pytest
+
+from relay.dsn import describe_dsn, describe_url, redact, secrets_in
+from relay.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://app:s3cr3t-pw@db.example:5432/app",
+        "host=db user=app password=s3cr3t-pw dbname=app",
+        "host=db password='s3cr3t-pw' dbname=app",
+        "amqp://relay:s3cr3t-pw@mq:5672/%2F",
+    ],
+)
+def test_redact_removes_passwords(text):
+    assert "s3cr3t-pw" not in redact(text)
+    assert "s3cr3t-pw" in secrets_in(text)
+
+
+def test_describe_dsn_names_the_target_without_the_password():
+    described = describe_dsn("postgresql://app:s3cr3t-pw@db.example:6432/orders")
+    assert described == "app@db.example:6432/orders"
+
+
+def test_describe_url_drops_credentials():
+    assert describe_url("amqp://relay:s3cr3t-pw@mq:5672/vhost") == "amqp://mq:5672/vhost"
+
+
+def test_unparseable_dsn_is_a_config_error_without_the_text():
+    with pytest.raises(ConfigError) as info:
+        describe_dsn("host=db password='s3cr3t-pw")
+    assert "s3cr3t-pw" not in str(info.value)
