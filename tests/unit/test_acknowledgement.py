@@ -52,7 +52,8 @@ def test_outcome_count_must_match():
 
 
 def test_json_payload_is_compact_and_binary_is_untouched():
-    assert to_message(row(1, payload={"a": [1, 2], "b": "é"})).payload == b'{"a":[1,2],"b":"\xc3\xa9"}'
+    compact = to_message(row(1, payload={"a": [1, 2], "b": "é"})).payload
+    assert compact == b'{"a":[1,2],"b":"\xc3\xa9"}'
     assert to_message(row(1, payload_bytes=b"\x00\xff")).payload == b"\x00\xff"
     assert to_message(row(1)).payload is None
 

@@ -87,40 +87,86 @@ OUTBOX_INSERT = (
 def run_workload(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     # WORKLOAD 1: three outbox rows in one transaction (NULLs, bytea, non-ASCII text).
     with conn.transaction():
-        conn.execute(OUTBOX_INSERT, (
-            "11111111-1111-4111-8111-111111111111", 1, "orders", "order-1",
-            '{"total": 12.5, "items": [1, 2]}', None, '{"trace": "abc"}',
-            "2024-05-06 07:08:09.123456+00",
-        ))
-        conn.execute(OUTBOX_INSERT, (
-            "22222222-2222-4222-8222-222222222222", 2, "blobs", None,
-            None, b"\x00\xff\x10binary\x00", None, "2024-05-06 07:08:10+00",
-        ))
-        conn.execute(OUTBOX_INSERT, (
-            "33333333-3333-4333-8333-333333333333", 3, "événements", "clé-ü",
-            '{"msg": "héllo ☃"}', b"", "{}", "1999-12-31 23:59:59.999999+00",
-        ))
+        conn.execute(
+            OUTBOX_INSERT,
+            (
+                "11111111-1111-4111-8111-111111111111",
+                1,
+                "orders",
+                "order-1",
+                '{"total": 12.5, "items": [1, 2]}',
+                None,
+                '{"trace": "abc"}',
+                "2024-05-06 07:08:09.123456+00",
+            ),
+        )
+        conn.execute(
+            OUTBOX_INSERT,
+            (
+                "22222222-2222-4222-8222-222222222222",
+                2,
+                "blobs",
+                None,
+                None,
+                b"\x00\xff\x10binary\x00",
+                None,
+                "2024-05-06 07:08:10+00",
+            ),
+        )
+        conn.execute(
+            OUTBOX_INSERT,
+            (
+                "33333333-3333-4333-8333-333333333333",
+                3,
+                "événements",
+                "clé-ü",
+                '{"msg": "héllo ☃"}',
+                b"",
+                "{}",
+                "1999-12-31 23:59:59.999999+00",
+            ),
+        )
     # WORKLOAD 2: one row whose jsonb payload is > 8 KB and stored out of line.
     with conn.transaction():
-        conn.execute(OUTBOX_INSERT, (
-            "44444444-4444-4444-8444-444444444444", 4, "big", "big-1",
-            f'{{"blob": "{big_blob("outbox", 12_000)}"}}', None, None,
-            "2024-05-06 07:08:11+00",
-        ))
+        conn.execute(
+            OUTBOX_INSERT,
+            (
+                "44444444-4444-4444-8444-444444444444",
+                4,
+                "big",
+                "big-1",
+                f'{{"blob": "{big_blob("outbox", 12_000)}"}}',
+                None,
+                None,
+                "2024-05-06 07:08:11+00",
+            ),
+        )
     # WORKLOAD 3: insert then delete in one transaction (outbox_pub publishes the insert).
     with conn.transaction():
-        conn.execute(OUTBOX_INSERT, (
-            "55555555-5555-4555-8555-555555555555", 5, "orders", "order-5",
-            '{"deleted": true}', None, None, "2024-05-06 07:08:12+00",
-        ))
+        conn.execute(
+            OUTBOX_INSERT,
+            (
+                "55555555-5555-4555-8555-555555555555",
+                5,
+                "orders",
+                "order-5",
+                '{"deleted": true}',
+                None,
+                None,
+                "2024-05-06 07:08:12+00",
+            ),
+        )
         conn.execute("DELETE FROM outbox WHERE seq = 5")
     # WORKLOAD 4: a transactional logical message alone in its transaction.
     with conn.transaction():
-        conn.execute("SELECT pg_logical_emit_message(true, 'outbox', %s::text)",
-                     ('{"event": "transactional"}',))
+        conn.execute(
+            "SELECT pg_logical_emit_message(true, 'outbox', %s::text)",
+            ('{"event": "transactional"}',),
+        )
     # WORKLOAD 5: a non-transactional message with raw bytes.
-    conn.execute("SELECT pg_logical_emit_message(false, 'outbox', %s::bytea)",
-                 (b"\x00raw\xffbytes",))
+    conn.execute(
+        "SELECT pg_logical_emit_message(false, 'outbox', %s::bytea)", (b"\x00raw\xffbytes",)
+    )
     run_probe_workload(conn)
     # A last commit flushes WAL, so the non-transactional message (not flushed on its
     # own) reaches the walsender. 'unpublished' is in no publication: nothing is sent.
@@ -131,8 +177,9 @@ def run_workload(conn: psycopg.Connection[tuple[object, ...]]) -> None:
 def run_probe_workload(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     # WORKLOAD 6: probe insert with a TOASTed text; enum column triggers a Type message.
     with conn.transaction():
-        conn.execute("INSERT INTO probe VALUES (1, 'happy', %s, true, -7)",
-                     (big_blob("probe", 12_000),))
+        conn.execute(
+            "INSERT INTO probe VALUES (1, 'happy', %s, true, -7)", (big_blob("probe", 12_000),)
+        )
     # WORKLOAD 7: update that leaves the TOASTed column alone: it arrives as 'u'.
     with conn.transaction():
         conn.execute("UPDATE probe SET small = 8, flag = false WHERE id = 1")
@@ -161,10 +208,15 @@ def stream_frames(
         f"messages '{str(messages).lower()}', binary '{str(binary).lower()}'"
     )
     frames: list[bytes] = []
-    with psycopg.connect(
-        conninfo, replication="database", autocommit=True, options=SESSION_OPTIONS,
+    # Not a context manager: leaving one would send COMMIT in the middle of COPY BOTH.
+    conn = psycopg.connect(
+        conninfo,
+        replication="database",
+        autocommit=True,
+        options=SESSION_OPTIONS,
         client_encoding="UTF8",
-    ) as conn:
+    )
+    try:
         pgconn = conn.pgconn
         pgconn.send_query(f"START_REPLICATION SLOT rec LOGICAL 0/0 ({options})".encode())
         result = pgconn.get_result()
@@ -183,6 +235,8 @@ def stream_frames(
             frames.append(frame)
             if frame[:1] == b"k" and struct.unpack_from("!Q", frame, 1)[0] >= until_lsn:
                 return frames
+    finally:
+        conn.close()
     raise RuntimeError("timed out before the stream caught up")
 
 
@@ -209,19 +263,49 @@ def main() -> None:
     if os.geteuid() == 0:
         shutil.chown(datadir, "postgres", "postgres")
     port = free_port()
-    initdb = [str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "postgres",
-              "-E", "UTF8", "--locale=C"]
+    initdb = [
+        str(bindir / "initdb"),
+        "-D",
+        str(datadir),
+        "-A",
+        "trust",
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--locale=C",
+    ]
     subprocess.run(as_cluster_user(initdb), check=True, stdout=subprocess.DEVNULL)
-    server = subprocess.Popen(as_cluster_user([
-        str(bindir / "postgres"), "-D", str(datadir), "-c", "wal_level=logical",
-        "-c", f"port={port}", "-c", "listen_addresses=127.0.0.1",
-        "-c", f"unix_socket_directories={datadir}", "-c", "fsync=off",
-    ]), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        as_cluster_user(
+            [
+                str(bindir / "postgres"),
+                "-D",
+                str(datadir),
+                "-c",
+                "wal_level=logical",
+                "-c",
+                f"port={port}",
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={datadir}",
+                "-c",
+                "fsync=off",
+            ]
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         record(f"host=127.0.0.1 port={port} user=postgres dbname=postgres")
     finally:
-        subprocess.run(as_cluster_user([str(bindir / "pg_ctl"), "-D", str(datadir), "-m",
-                                        "fast", "-w", "stop"]), check=False)
+        subprocess.run(
+            as_cluster_user(
+                [str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "fast", "-w", "stop"]
+            ),
+            check=False,
+        )
         server.wait(timeout=30)
         shutil.rmtree(datadir, ignore_errors=True)
 

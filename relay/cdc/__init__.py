@@ -1,0 +1,1 @@
+"""Change data capture: stream the outbox from a logical replication slot."""
