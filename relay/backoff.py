@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 
 
-def full_jitter(attempt: int, *, base: float, cap: float, rng: random.Random | None = None) -> float:
+def full_jitter(
+    attempt: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
     """Seconds to wait before retry number ``attempt`` (0 for the first retry)."""
     ceiling = min(cap, base * (2 ** min(attempt, 62)))
     return (rng or random).uniform(0.0, ceiling)

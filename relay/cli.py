@@ -45,8 +45,12 @@ def _env(name: str) -> str:
 
 DsnOption = Annotated[
     str,
-    typer.Option("--dsn", envvar=_env("DSN"), show_default=False,
-                 help="PostgreSQL connection string (URL or key=value)."),
+    typer.Option(
+        "--dsn",
+        envvar=_env("DSN"),
+        show_default=False,
+        help="PostgreSQL connection string (URL or key=value).",
+    ),
 ]
 SchemaOption = Annotated[
     str,
@@ -95,7 +99,9 @@ def _check_schema_name(schema: str) -> None:
         )
 
 
-def _connect(dsn: str, timeout: float = defaults.DEFAULT_CONNECT_TIMEOUT) -> psycopg.Connection[Any]:
+def _connect(
+    dsn: str, timeout: float = defaults.DEFAULT_CONNECT_TIMEOUT
+) -> psycopg.Connection[Any]:
     if not dsn.strip():
         raise ConfigError("the database DSN is empty; pass --dsn or set OUTBOX_RELAY_DSN")
     try:
@@ -107,12 +113,25 @@ def _connect(dsn: str, timeout: float = defaults.DEFAULT_CONNECT_TIMEOUT) -> psy
 @app.command("migrate")
 @clear_errors
 def migrate_command(
-    dsn: Annotated[str, typer.Option("--dsn", envvar=_env("DSN"), show_default=False,
-                   help="PostgreSQL connection string (not needed with --print).")] = "",
+    dsn: Annotated[
+        str,
+        typer.Option(
+            "--dsn",
+            envvar=_env("DSN"),
+            show_default=False,
+            help="PostgreSQL connection string (not needed with --print).",
+        ),
+    ] = "",
     schema: SchemaOption = defaults.DEFAULT_SCHEMA,
-    print_sql: Annotated[bool, typer.Option(
-        "--print", "--dry-run", envvar=_env("MIGRATE_PRINT"),
-        help="Write the SQL to stdout instead of applying it.")] = False,
+    print_sql: Annotated[
+        bool,
+        typer.Option(
+            "--print",
+            "--dry-run",
+            envvar=_env("MIGRATE_PRINT"),
+            help="Write the SQL to stdout instead of applying it.",
+        ),
+    ] = False,
 ) -> None:
     """Create or upgrade the outbox schema (idempotent, versioned)."""
     _check_schema_name(schema)
@@ -133,8 +152,9 @@ def migrate_command(
 def status_command(
     dsn: DsnOption = "",
     schema: SchemaOption = defaults.DEFAULT_SCHEMA,
-    as_json: Annotated[bool, typer.Option("--json", envvar=_env("STATUS_JSON"),
-                       help="Print JSON instead of text.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", envvar=_env("STATUS_JSON"), help="Print JSON instead of text.")
+    ] = False,
 ) -> None:
     """Show the backlog, and which relays are alive and what each owns."""
     _check_schema_name(schema)
@@ -158,48 +178,113 @@ def parse_options(pairs: list[str], flag: str) -> dict[str, str]:
 
 @app.command("run")
 @clear_errors
-def run_command(  # noqa: PLR0913 - one parameter per documented flag
+def run_command(
     dsn: DsnOption = "",
     schema: SchemaOption = defaults.DEFAULT_SCHEMA,
-    mode: Annotated[str, typer.Option("--mode", envvar=_env("MODE"),
-                    help="poll (cdc arrives later).")] = defaults.DEFAULT_MODE,
-    connector: Annotated[str, typer.Option("--connector", envvar=_env("CONNECTOR"),
-                         help="Broker connector: kafka or rabbitmq.")] = defaults.DEFAULT_CONNECTOR,
-    kafka_bootstrap: Annotated[str, typer.Option("--kafka-bootstrap", envvar=_env("KAFKA_BOOTSTRAP"),
-                               help="Kafka bootstrap servers.")] = defaults.DEFAULT_KAFKA_BOOTSTRAP,
-    kafka_option: Annotated[list[str] | None, typer.Option(
-        "--kafka-option", envvar=_env("KAFKA_OPTION"),
-        help="librdkafka property name=value; repeatable (TLS, SASL, ...).")] = None,
-    amqp_url: Annotated[str, typer.Option("--amqp-url", envvar=_env("AMQP_URL"),
-                        help="RabbitMQ URL.")] = defaults.DEFAULT_AMQP_URL,
-    amqp_exchange: Annotated[str, typer.Option("--amqp-exchange", envvar=_env("AMQP_EXCHANGE"),
-                             help="Exchange to publish to (a durable topic exchange).")
-                             ] = defaults.DEFAULT_AMQP_EXCHANGE,
-    batch_size: Annotated[int, typer.Option("--batch-size", envvar=_env("BATCH_SIZE"),
-                          help="Messages claimed and published per batch.")
-                          ] = defaults.DEFAULT_BATCH_SIZE,
-    publish_timeout: Annotated[str, typer.Option("--publish-timeout", envvar=_env("PUBLISH_TIMEOUT"),
-                               help="Wait this long for broker confirms of a batch.")] = "5s",
-    lease_ttl: Annotated[str, typer.Option("--lease-ttl", envvar=_env("LEASE_TTL"),
-                         help="A dead relay's buckets move to others after this long.")] = "10s",
-    poll_interval: Annotated[str, typer.Option("--poll-interval", envvar=_env("POLL_INTERVAL"),
-                             help="Fallback poll when no NOTIFY arrives.")] = "1s",
-    retention: Annotated[str, typer.Option("--retention", envvar=_env("RETENTION"),
-                         help="Keep sent messages this long; 0 deletes them on ack.")] = "1h",
-    shutdown_timeout: Annotated[str, typer.Option("--shutdown-timeout",
-                                envvar=_env("SHUTDOWN_TIMEOUT"),
-                                help="Bound on the drain after SIGTERM.")] = "15s",
-    log_level: Annotated[str, typer.Option("--log-level", envvar=_env("LOG_LEVEL"),
-                         help="debug, info, warning or error.")] = "info",
+    mode: Annotated[
+        str, typer.Option("--mode", envvar=_env("MODE"), help="poll (cdc arrives later).")
+    ] = defaults.DEFAULT_MODE,
+    connector: Annotated[
+        str,
+        typer.Option(
+            "--connector", envvar=_env("CONNECTOR"), help="Broker connector: kafka or rabbitmq."
+        ),
+    ] = defaults.DEFAULT_CONNECTOR,
+    kafka_bootstrap: Annotated[
+        str,
+        typer.Option(
+            "--kafka-bootstrap", envvar=_env("KAFKA_BOOTSTRAP"), help="Kafka bootstrap servers."
+        ),
+    ] = defaults.DEFAULT_KAFKA_BOOTSTRAP,
+    kafka_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kafka-option",
+            envvar=_env("KAFKA_OPTION"),
+            help="librdkafka property name=value; repeatable (TLS, SASL, ...).",
+        ),
+    ] = None,
+    amqp_url: Annotated[
+        str, typer.Option("--amqp-url", envvar=_env("AMQP_URL"), help="RabbitMQ URL.")
+    ] = defaults.DEFAULT_AMQP_URL,
+    amqp_exchange: Annotated[
+        str,
+        typer.Option(
+            "--amqp-exchange",
+            envvar=_env("AMQP_EXCHANGE"),
+            help="Exchange to publish to (a durable topic exchange).",
+        ),
+    ] = defaults.DEFAULT_AMQP_EXCHANGE,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            envvar=_env("BATCH_SIZE"),
+            help="Messages claimed and published per batch.",
+        ),
+    ] = defaults.DEFAULT_BATCH_SIZE,
+    publish_timeout: Annotated[
+        str,
+        typer.Option(
+            "--publish-timeout",
+            envvar=_env("PUBLISH_TIMEOUT"),
+            help="Wait this long for broker confirms of a batch.",
+        ),
+    ] = "5s",
+    lease_ttl: Annotated[
+        str,
+        typer.Option(
+            "--lease-ttl",
+            envvar=_env("LEASE_TTL"),
+            help="A dead relay's buckets move to others after this long.",
+        ),
+    ] = "10s",
+    poll_interval: Annotated[
+        str,
+        typer.Option(
+            "--poll-interval",
+            envvar=_env("POLL_INTERVAL"),
+            help="Fallback poll when no NOTIFY arrives.",
+        ),
+    ] = "1s",
+    retention: Annotated[
+        str,
+        typer.Option(
+            "--retention",
+            envvar=_env("RETENTION"),
+            help="Keep sent messages this long; 0 deletes them on ack.",
+        ),
+    ] = "1h",
+    shutdown_timeout: Annotated[
+        str,
+        typer.Option(
+            "--shutdown-timeout",
+            envvar=_env("SHUTDOWN_TIMEOUT"),
+            help="Bound on the drain after SIGTERM.",
+        ),
+    ] = "15s",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            "--log-level", envvar=_env("LOG_LEVEL"), help="debug, info, warning or error."
+        ),
+    ] = "info",
 ) -> None:
     """Run the relay until SIGTERM or SIGINT."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise ConfigError(f"the log level {log_level!r} is unknown; use debug, info, warning or error")
+        raise ConfigError(
+            f"the log level {log_level!r} is unknown; use debug, info, warning or error"
+        )
     config = RelayConfig(
-        dsn=dsn, schema=schema, mode=mode, connector=connector,
+        dsn=dsn,
+        schema=schema,
+        mode=mode,
+        connector=connector,
         kafka_bootstrap=kafka_bootstrap,
         kafka_options=parse_options(kafka_option or [], "--kafka-option"),
-        amqp_url=amqp_url, amqp_exchange=amqp_exchange, batch_size=batch_size,
+        amqp_url=amqp_url,
+        amqp_exchange=amqp_exchange,
+        batch_size=batch_size,
         publish_timeout=parse_duration(publish_timeout, "publish timeout"),
         lease_ttl=parse_duration(lease_ttl, "lease TTL"),
         poll_interval=parse_duration(poll_interval, "poll interval"),

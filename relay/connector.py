@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from relay.config import RelayConfig
 from relay.errors import ConfigError
-from relay.model import Outcome, OutboxMessage
+from relay.model import OutboxMessage, Outcome
 
 ENTRY_POINT_GROUP = "outbox_relay.connectors"
 

@@ -3,6 +3,7 @@ listening): a stuck statement on one duty cannot starve the others (bulkheads)."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -55,10 +56,9 @@ class DbSession:
     async def discard(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.closed:
-            try:
+            # the connection is being thrown away because it failed already
+            with contextlib.suppress(psycopg.Error):
                 await conn.close()
-            except psycopg.Error:
-                pass  # the connection is being thrown away because it failed already
 
     async def close(self) -> None:
         await self.discard()
@@ -95,7 +95,9 @@ async def open_connection(
 
 def connection_failure(dsn: str, exc: psycopg.Error) -> RelayError:
     """The error for a failed connect: names the target, never the password."""
-    first_line = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    first_line = redact(
+        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    )
     sqlstate = exc.sqlstate or ""
     if sqlstate.startswith("28") or sqlstate == "3D000":
         # invalid authorization or unknown database: retrying will not help

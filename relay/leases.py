@@ -13,6 +13,7 @@ frozen past its lease never publishes work another relay may have taken.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -98,10 +99,8 @@ class LeaseKeeper:
                 # through holds_valid_leases(). Reconnect on the next tick.
                 log.warning("lease renewal failed: %s", exc)
                 await self._session.discard()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
-            except TimeoutError:
-                pass
 
     async def tick(self) -> None:
         """One heartbeat: renew, then acquire or release to reach the fair share."""
@@ -111,8 +110,12 @@ class LeaseKeeper:
         async with conn.transaction():
             await conn.execute(
                 query("heartbeat", self._schema),
-                {**params, "name": self._relay_name, "mode": self._mode,
-                 "published": self._published()},
+                {
+                    **params,
+                    "name": self._relay_name,
+                    "mode": self._mode,
+                    "published": self._published(),
+                },
             )
             live = await self._scalar(conn, "count_live_relays", {"mode": self._mode})
             fair_share = math.ceil(BUCKETS / max(1, live))
@@ -120,13 +123,21 @@ class LeaseKeeper:
             owned = await self._rebalance(conn, owned, fair_share, params)
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
         if owned != self.owned:
-            log.info("relay %s now leases %d buckets (%d live relays)",
-                     self._relay_name, len(owned), live)
+            log.info(
+                "relay %s now leases %d buckets (%d live relays)",
+                self._relay_name,
+                len(owned),
+                live,
+            )
             self.owned = owned
             self._on_change()
 
     async def _rebalance(
-        self, conn: AsyncConnection[Any], owned: frozenset[int], fair_share: int, params: dict[str, object]
+        self,
+        conn: AsyncConnection[Any],
+        owned: frozenset[int],
+        fair_share: int,
+        params: dict[str, object],
     ) -> frozenset[int]:
         if len(owned) > fair_share:
             excess = sorted(owned)[fair_share:]
@@ -139,11 +150,15 @@ class LeaseKeeper:
             return owned | gained
         return owned
 
-    async def _buckets(self, conn: AsyncConnection[Any], name: str, params: dict[str, object]) -> frozenset[int]:
+    async def _buckets(
+        self, conn: AsyncConnection[Any], name: str, params: dict[str, object]
+    ) -> frozenset[int]:
         cursor = await conn.execute(query(name, self._schema), params)
         return frozenset(int(row[0]) for row in await cursor.fetchall())
 
-    async def _scalar(self, conn: AsyncConnection[Any], name: str, params: dict[str, object]) -> int:
+    async def _scalar(
+        self, conn: AsyncConnection[Any], name: str, params: dict[str, object]
+    ) -> int:
         cursor = await conn.execute(query(name, self._schema), params)
         row = await cursor.fetchone()
         return int(row[0]) if row else 0

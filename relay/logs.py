@@ -26,9 +26,7 @@ class ScrubSecrets(logging.Filter):
 
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(ScrubSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -11,7 +11,7 @@ from uuid import UUID
 import orjson
 
 from relay.backoff import full_jitter
-from relay.model import Outcome, OutcomeKind, OutboxMessage
+from relay.model import OutboxMessage, Outcome, OutcomeKind
 
 MAX_ERROR_LENGTH = 500
 

@@ -9,6 +9,7 @@ loses its transaction (and with it its locks) about when it loses its leases.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -118,10 +119,8 @@ class Poller:
         )
         self._failures_in_a_row += 1
         log.warning("drain failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
-        except TimeoutError:
-            pass
 
     async def close(self) -> None:
         await self._session.close()
@@ -181,8 +180,15 @@ class Poller:
         if failed:
             first = next(o for o in outcomes if not o.delivered)
             level = logging.ERROR if first.kind is OutcomeKind.PERMANENT else logging.WARNING
-            log.log(level, "%d of %d messages not delivered (first: %s: %s); %.0f ms",
-                    failed, len(outcomes), first.kind.value, first.error, elapsed * 1000)
+            log.log(
+                level,
+                "%d of %d messages not delivered (first: %s: %s); %.0f ms",
+                failed,
+                len(outcomes),
+                first.kind.value,
+                first.error,
+                elapsed * 1000,
+            )
 
 
 async def _wait_any(stopping: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:

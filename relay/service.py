@@ -4,6 +4,7 @@ retention running side by side until SIGTERM/SIGINT, then a bounded drain."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import uuid
@@ -13,7 +14,7 @@ import psycopg
 from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
 from relay.db import DbSession, connection_failure
-from relay.errors import ConfigError, RelayError
+from relay.errors import ConfigError
 from relay.housekeeping import RetentionTask
 from relay.leases import LeaseKeeper
 from relay.listener import WakeListener
@@ -36,6 +37,16 @@ def preflight(config: RelayConfig) -> None:
         raise connection_failure(config.dsn, exc) from None
 
 
+def duty_session(config: RelayConfig, duty: str) -> DbSession:
+    """A connection for one background duty; statements end within a lease TTL."""
+    return DbSession(
+        config.dsn,
+        duty,
+        connect_timeout=config.connect_timeout,
+        settings={"statement_timeout": str(int(config.lease_ttl * 1000))},
+    )
+
+
 class RelayService:
     """Owns every long-running piece of one relay process."""
 
@@ -47,14 +58,16 @@ class RelayService:
         self.connector = connector or load_connector(config)
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
-        session = lambda duty: DbSession(  # noqa: E731 - a local factory reads best here
-            config.dsn, duty, connect_timeout=config.connect_timeout,
-            settings={"statement_timeout": str(int(config.lease_ttl * 1000))},
-        )
+        session = functools.partial(duty_session, config)
         self.leases = LeaseKeeper(
-            session("leases"), schema=config.schema, relay_id=self.relay_id,
-            relay_name=config.relay_name, mode=config.mode, ttl=config.lease_ttl,
-            on_change=self.wake.set, published=lambda: self.poller.stats.published,
+            session("leases"),
+            schema=config.schema,
+            relay_id=self.relay_id,
+            relay_name=config.relay_name,
+            mode=config.mode,
+            ttl=config.lease_ttl,
+            on_change=self.wake.set,
+            published=lambda: self.poller.stats.published,
         )
         self.poller = Poller(
             config, claim_session(config), self.connector, self.leases, self.relay_id, self.wake
@@ -72,8 +85,12 @@ class RelayService:
     async def run(self) -> None:
         """Run until :meth:`request_stop`; drains within the shutdown timeout."""
         await self.connector.open()
-        log.info("relay %s started (%s, connector %s)", self.config.relay_name,
-                 self.config.mode, self.connector.name)
+        log.info(
+            "relay %s started (%s, connector %s)",
+            self.config.relay_name,
+            self.config.mode,
+            self.connector.name,
+        )
         self.leases.start()
         self.listener.start()
         self.retention.start()
@@ -87,8 +104,10 @@ class RelayService:
         self.stopping.set()
         done, _ = await asyncio.wait({drain}, timeout=self.config.shutdown_timeout)
         if not done:
-            log.warning("the batch in flight did not finish within %.0fs; it will be retried",
-                        self.config.shutdown_timeout)
+            log.warning(
+                "the batch in flight did not finish within %.0fs; it will be retried",
+                self.config.shutdown_timeout,
+            )
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
         await self.listener.stop()
@@ -105,7 +124,4 @@ async def run_service(config: RelayConfig) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, service.request_stop)
-    try:
-        await service.run()
-    except RelayError:
-        raise
+    await service.run()

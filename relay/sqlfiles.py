@@ -40,4 +40,4 @@ def query(name: str, schema: str, filename: str = "queries.sql") -> sql.Composed
         template = _blocks(filename)[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in {filename}") from None
-    return sql.SQL(template).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+    return sql.SQL(template).format(schema=sql.Identifier(schema))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -34,19 +35,37 @@ class ServiceError(RuntimeError):
 def free_port(host: str = LOOPBACK) -> int:
     """Return a TCP port that is free on ``host`` now.
 
-    The port is released before returning, so another process could take it first; a
+    The port comes from below the kernel's ephemeral range when there is room: there no
+    outgoing connection can take it while a service is down, and a client retrying a
+    stopped service can never connect to itself. It is released before returning, so a
     service that then fails to bind reports it with its log.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    floor = _ephemeral_port_floor()
+    for _ in range(100):
+        port = random.randrange(10_000, floor) if floor > 11_000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise ServiceError(f"found no free port on {host} in 100 tries")
+
+
+def _ephemeral_port_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0  # unknown: let the kernel choose
 
 
 def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if a TCP connection to ``host:port`` succeeds within ``timeout`` seconds."""
+    """True if something listens on ``host:port`` and accepts within ``timeout`` seconds."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            # with nobody listening, a loopback connect from an ephemeral port equal to
+            # ``port`` "succeeds" by connecting the socket to itself
+            return bool(sock.getsockname() != sock.getpeername())
     except OSError:
         return False
 
@@ -107,9 +126,18 @@ def _group_alive(pgid: int) -> bool:
             state, _ppid, pgrp = stat_file.read_text().rpartition(")")[2].split()[:3]
         except (OSError, ValueError):
             continue
-        if int(pgrp) == pgid and state not in ("Z", "X"):
+        if int(pgrp) == pgid and (state not in ("Z", "X") or _threads_left(stat_file.parent)):
             return True
     return False
+
+
+def _threads_left(proc_dir: Path) -> bool:
+    """True while a zombie's other threads still exit: the process holds its sockets (and
+    so its ports) until the last thread is gone, though its main thread shows as dead."""
+    try:
+        return len(list((proc_dir / "task").iterdir())) > 1
+    except OSError:
+        return False
 
 
 def credentials(user: str | None) -> tuple[int | None, int | None, list[int] | None]:
@@ -171,7 +199,6 @@ class _Process:
                 group=gid,
                 extra_groups=groups,
             )
-        _LIVE_PROCESSES.add(self)
 
     def signal(self, signum: int, *, group: bool = True) -> None:
         """Send ``signum`` to the whole group, or to the leader only."""
@@ -194,7 +221,6 @@ class _Process:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.02)
-        _LIVE_PROCESSES.discard(self)
         return True
 
     def stop(self, signum: int, timeout: float) -> None:
@@ -209,17 +235,6 @@ class _Process:
         self.signal(signal.SIGKILL)
         if not self.wait_gone(timeout):
             raise ServiceError(f"{self.name} (pid {self.pid}) survived SIGKILL for {timeout} s")
-
-
-_LIVE_PROCESSES: set[_Process] = set()
-
-
-@atexit.register
-def _kill_leftover_processes() -> None:
-    """Last resort when a run ends without cleanup (Ctrl-C, internal error): no service
-    may outlive the interpreter that started it."""
-    for process in list(_LIVE_PROCESSES):
-        process.signal(signal.SIGKILL)
 
 
 class LocalService:
@@ -239,6 +254,8 @@ class LocalService:
         self.stop_timeout = stop_timeout
         self.last_start_seconds: float | None = None
         self._process: _Process | None = None
+        self._paused = False
+        _NOT_CLEANED_UP.add(self)
 
     @property
     def pid(self) -> int | None:
@@ -250,10 +267,19 @@ class LocalService:
         """True while the service process is alive (it may be paused)."""
         return self._process is not None and self._process.running
 
+    @property
+    def paused(self) -> bool:
+        """True while the service runs but is frozen by ``pause()``."""
+        return self._paused and self.running
+
     def start(self) -> None:
         """Start the service, or do nothing if it runs, and wait until it answers."""
         if self.running:
             return
+        for port in self._ports():
+            # a stranger on our port would answer the readiness probe in our stead
+            if tcp_accepts(LOOPBACK, port, timeout=0.2):
+                raise ServiceError(f"{self._name} cannot start: port {port} is taken")
         self._prepare()
         process = _Process(
             self._name,
@@ -265,7 +291,7 @@ class LocalService:
         )
         started = time.monotonic()
         process.start()
-        self._process = process
+        self._process, self._paused = process, False
         try:
             self._wait_ready(process)
         except BaseException:
@@ -308,11 +334,13 @@ class LocalService:
         """Freeze the service (SIGSTOP): connections stay open, but nothing answers."""
         if self._process is not None:
             self._process.signal(signal.SIGSTOP)
+            self._paused = True
 
     def resume(self) -> None:
         """Undo ``pause()`` (SIGCONT)."""
         if self._process is not None:
             self._process.signal(signal.SIGCONT)
+            self._paused = False
 
     def cleanup(self) -> None:
         """Kill the service (its data is thrown away anyway) and remove its directory."""
@@ -320,6 +348,7 @@ class LocalService:
             self.kill()
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+            _NOT_CLEANED_UP.discard(self)
 
     def __enter__(self) -> Self:
         try:
@@ -350,8 +379,24 @@ class LocalService:
     def _os_user(self) -> str | None:
         return None
 
+    def _ports(self) -> list[int]:
+        return []
+
     def _is_ready(self) -> bool:
         raise NotImplementedError
+
+
+_NOT_CLEANED_UP: set[LocalService] = set()
+
+
+@atexit.register
+def _clean_up_leftovers() -> None:
+    """Last resort when a run ends without cleanup (Ctrl-C, an internal error): no service
+    may outlive the interpreter that started it, nor leave its directory behind."""
+    for service in list(_NOT_CLEANED_UP):
+        if service._process is not None:
+            service._process.signal(signal.SIGKILL)
+        shutil.rmtree(service.base_dir, ignore_errors=True)
 
 
 def run_logged(argv: list[str], *, log_path: Path, user: str | None, timeout: float) -> None:

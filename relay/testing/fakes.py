@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from relay.config import RelayConfig
-from relay.model import DELIVERED, Outcome, OutboxMessage, permanent, retryable
+from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 
 Rule = Callable[[OutboxMessage], Outcome | None]
 

@@ -93,6 +93,7 @@ _PG_SETTINGS = {
     "fsync": "off",
     "full_page_writes": "off",
 }
+_INITDB_OPTIONS = ["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]
 _PG_HBA = """\
 local all         all                trust
 local replication all                trust
@@ -247,24 +248,16 @@ class ThrowawayPostgres(LocalService):
         if (self.data_dir / "PG_VERSION").exists():
             return
         self.socket_dir.mkdir(exist_ok=True)
-        if self._run_as is not None:
+        if self._run_as is not None:  # the postgres user must own what it writes to
             uid, gid, _ = credentials(self._run_as)
             for path in (self.base_dir, self.socket_dir):
                 os.chown(path, uid or 0, gid or 0)
-        initdb = [
-            str(self.bindir / "initdb"),
-            "-D",
-            str(self.data_dir),
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ]
-        run_logged(initdb, log_path=self.log_path, user=self._run_as, timeout=120)
+        initdb = [str(self.bindir / "initdb"), "-D", str(self.data_dir), *_INITDB_OPTIONS]
+        initdb_log = self.base_dir / "initdb.log"
+        run_logged(initdb, log_path=initdb_log, user=self._run_as, timeout=120)
+        self._write_config()
+
+    def _write_config(self) -> None:
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write("\n# added by outbox-relay's ThrowawayPostgres\n")
             for key, value in self._all_settings().items():
@@ -285,8 +278,17 @@ class ThrowawayPostgres(LocalService):
     def _os_user(self) -> str | None:
         return self._run_as
 
+    def _ports(self) -> list[int]:
+        return [self.port]
+
     def _is_ready(self) -> bool:
-        return postgres_accepts(self.dsn)
+        # ask which cluster answered: a stranger could hold our port
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=2, autocommit=True) as conn:
+                row = conn.execute("SELECT current_setting('data_directory')").fetchone()
+        except psycopg.OperationalError:
+            return False
+        return row is not None and Path(row[0]) == self.data_dir
 
 
 # --- Tansu (Kafka protocol) ---------------------------------------------------------------
@@ -362,6 +364,9 @@ class TansuBroker(LocalService):
 
     def _environment(self) -> dict[str, str]:
         return {k: v for k, v in os.environ.items() if k not in _TANSU_ENVIRONMENT}
+
+    def _ports(self) -> list[int]:
+        return [self.port]
 
     def _is_ready(self) -> bool:
         return tcp_accepts(LOOPBACK, self.port)
@@ -467,6 +472,9 @@ class PrivateRabbitMQ(LocalService):
     def _command(self) -> list[str]:
         return [str(self.server)]
 
+    def _ports(self) -> list[int]:
+        return [self.port, self.dist_port]
+
     def _is_ready(self) -> bool:
         return amqp_answers(LOOPBACK, self.port)
 
@@ -474,6 +482,7 @@ class PrivateRabbitMQ(LocalService):
 __all__ = [
     "LOOPBACK",
     "SHARED_RABBITMQ_URL",
+    "LocalService",
     "PrivateRabbitMQ",
     "ServiceError",
     "TansuBroker",

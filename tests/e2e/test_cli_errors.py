@@ -70,8 +70,16 @@ def test_unknown_connector_lists_the_installed_ones(db_dsn):
 def test_unreachable_kafka_names_the_bootstrap(db_dsn):
     assert outbox_relay("migrate", "--dsn", db_dsn).returncode == 0
     bootstrap = f"127.0.0.1:{closed_port()}"
-    result = outbox_relay("run", "--dsn", db_dsn, "--kafka-bootstrap", bootstrap,
-                          "--kafka-option", f"sasl.password={CANARY}", timeout=60)
+    result = outbox_relay(
+        "run",
+        "--dsn",
+        db_dsn,
+        "--kafka-bootstrap",
+        bootstrap,
+        "--kafka-option",
+        f"sasl.password={CANARY}",
+        timeout=60,
+    )
     assert_clean_failure(result)
     assert bootstrap in result.stderr
 
@@ -86,8 +94,12 @@ def test_unreachable_rabbitmq_names_the_host_but_not_the_password(db_dsn):
 
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
-    [("--batch-size", "0", "batch size"), ("--lease-ttl", "soon", "not a duration"),
-     ("--mode", "stream", "mode 'stream' is unknown"), ("--kafka-option", "novalue", "name=value")],
+    [
+        ("--batch-size", "0", "batch size"),
+        ("--lease-ttl", "soon", "not a duration"),
+        ("--mode", "stream", "mode 'stream' is unknown"),
+        ("--kafka-option", "novalue", "name=value"),
+    ],
 )
 def test_bad_flag_values_are_explained(flag, value, expected):
     result = outbox_relay("run", "--dsn", "postgresql://localhost/x", flag, value)

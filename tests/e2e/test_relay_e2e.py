@@ -16,8 +16,16 @@ from tests.support.kafka_harness import KafkaHarness
 from tests.support.rabbitmq_harness import RabbitMQHarness
 
 pytestmark = pytest.mark.e2e
-FAST = ["--lease-ttl", "3s", "--publish-timeout", "1s", "--poll-interval", "500ms",
-        "--shutdown-timeout", "10s"]
+FAST = [
+    "--lease-ttl",
+    "3s",
+    "--publish-timeout",
+    "1s",
+    "--poll-interval",
+    "500ms",
+    "--shutdown-timeout",
+    "10s",
+]
 
 
 @pytest.fixture
@@ -59,8 +67,12 @@ def write_sample(dsn, topic, count=200):
         for i in range(count):
             conn.execute(
                 "SELECT outbox.enqueue(%s, %s, %s::jsonb, %s::jsonb)",
-                (topic, f"k{i % 10}", orjson.dumps({"n": i, "text": "é"}).decode(),
-                 orjson.dumps({"traceparent": f"00-{i:032x}-{i:016x}-01"}).decode()),
+                (
+                    topic,
+                    f"k{i % 10}",
+                    orjson.dumps({"n": i, "text": "é"}).decode(),
+                    orjson.dumps({"traceparent": f"00-{i:032x}-{i:016x}-01"}).decode(),
+                ),
             )
         conn.execute("SELECT outbox.enqueue_binary(%s, NULL, %s)", (topic, b"\x00\xffbin"))
         return conn.execute(
@@ -112,8 +124,17 @@ def test_end_to_end_to_rabbitmq(db_dsn, rabbit, relays):
     topic = rabbit.new_topic()
     rows = write_sample(db_dsn, topic)
     config = rabbit.configure(__import__("relay.config").config.RelayConfig(dsn=db_dsn))
-    relay = relays("--dsn", db_dsn, "--connector", "rabbitmq", "--amqp-url", config.amqp_url,
-                   "--amqp-exchange", config.amqp_exchange, *FAST)
+    relay = relays(
+        "--dsn",
+        db_dsn,
+        "--connector",
+        "rabbitmq",
+        "--amqp-url",
+        config.amqp_url,
+        "--amqp-exchange",
+        config.amqp_exchange,
+        *FAST,
+    )
     received = rabbit.read(topic, len(rows), timeout=60)
     assert_same_messages(rows, received)
     assert received[0].content_type == "application/json"
@@ -129,8 +150,17 @@ def test_unroutable_rabbitmq_message_is_parked_and_others_flow(db_dsn, rabbit, r
         for i in range(20):
             conn.execute("SELECT outbox.enqueue(%s, %s, '{}')", (topic, f"k{i % 4}"))
     config = rabbit.configure(__import__("relay.config").config.RelayConfig(dsn=db_dsn))
-    relay = relays("--dsn", db_dsn, "--connector", "rabbitmq", "--amqp-url", config.amqp_url,
-                   "--amqp-exchange", config.amqp_exchange, *FAST)
+    relay = relays(
+        "--dsn",
+        db_dsn,
+        "--connector",
+        "rabbitmq",
+        "--amqp-url",
+        config.amqp_url,
+        "--amqp-exchange",
+        config.amqp_exchange,
+        *FAST,
+    )
     assert len(rabbit.read(topic, 20, timeout=30)) == 20
     wait_until(lambda: sent_and_pending(db_dsn) == (20, 1), 15, "the unroutable row parked")
     with psycopg.connect(db_dsn) as conn:
@@ -152,18 +182,24 @@ def test_sigterm_drains_in_flight_and_releases_leases(db_dsn, kafka, relays):
         conn.execute(
             "INSERT INTO outbox.messages (topic, key, payload) "
             "SELECT %s, 'k' || (i %% 50), jsonb_build_object('n', i) "
-            "FROM generate_series(1, 30000) i", (topic,))
-    relay = relays("--dsn", db_dsn, "--kafka-bootstrap", kafka.bootstrap, "--batch-size", "200",
-                   *FAST)
+            "FROM generate_series(1, 30000) i",
+            (topic,),
+        )
+    relay = relays(
+        "--dsn", db_dsn, "--kafka-bootstrap", kafka.bootstrap, "--batch-size", "200", *FAST
+    )
     wait_until(lambda: sent_and_pending(db_dsn)[0] > 500, 30, "the drain to start")
     assert relay.terminate(timeout=20) == 0
     sent, _ = sent_and_pending(db_dsn)
     with psycopg.connect(db_dsn) as conn:
         leased = conn.execute(
-            "SELECT count(*) FROM outbox.bucket_leases WHERE relay_id IS NOT NULL").fetchone()[0]
+            "SELECT count(*) FROM outbox.bucket_leases WHERE relay_id IS NOT NULL"
+        ).fetchone()[0]
         relay_rows = conn.execute("SELECT count(*) FROM outbox.relays").fetchone()[0]
-        sent_ids = {r[0] for r in conn.execute(
-            "SELECT id::text FROM outbox.messages WHERE sent_at IS NOT NULL")}
+        sent_ids = {
+            r[0]
+            for r in conn.execute("SELECT id::text FROM outbox.messages WHERE sent_at IS NOT NULL")
+        }
     assert leased == 0 and relay_rows == 0
     received = {r.message_id for r in kafka.read(topic, sent, timeout=60)}
     assert sent_ids <= received  # nothing marked sent that the broker did not confirm
@@ -179,13 +215,14 @@ def test_three_relays_one_killed_mid_drain_lose_nothing_and_keep_key_order(
         conn.execute(
             "INSERT INTO outbox.messages (topic, key, payload) "
             "SELECT %s, 'k' || (i %% 40), jsonb_build_object('n', i) "
-            "FROM generate_series(1, 8000) i", (topic,))
+            "FROM generate_series(1, 8000) i",
+            (topic,),
+        )
     stop_writing = threading.Event()
     writer = threading.Thread(target=keep_writing, args=(db_dsn, topic, stop_writing))
     writer.start()
     try:
-        args = ["--dsn", db_dsn, "--kafka-bootstrap", kafka.bootstrap, "--batch-size", "100",
-                *FAST]
+        args = ["--dsn", db_dsn, "--kafka-bootstrap", kafka.bootstrap, "--batch-size", "100", *FAST]
         group = [relays(*args) for _ in range(3)]
         wait_until(lambda: sent_and_pending(db_dsn)[0] > 3000, 60, "the drain to start")
         group[1].kill()  # SIGKILL mid-drain: its in-flight batch is neither marked nor released
@@ -212,8 +249,10 @@ def keep_writing(dsn, topic, stop):
         while not stop.is_set():
             with conn.transaction():
                 for _ in range(20):
-                    conn.execute("SELECT outbox.enqueue(%s, %s, %s::jsonb)",
-                                 (topic, f"k{n % 40}", orjson.dumps({"w": n}).decode()))
+                    conn.execute(
+                        "SELECT outbox.enqueue(%s, %s, %s::jsonb)",
+                        (topic, f"k{n % 40}", orjson.dumps({"w": n}).decode()),
+                    )
                     n += 1
             time.sleep(0.02)
 

@@ -91,7 +91,9 @@ def test_a_refused_message_is_permanent_and_alone(harness):
     batch = [message(topic, "a", b"1"), message(refused, "b", b"2"), message(topic, "c", b"3")]
     outcomes, _ = publish(connector_for(harness), batch)
     assert [o.kind for o in outcomes] == [
-        OutcomeKind.DELIVERED, OutcomeKind.PERMANENT, OutcomeKind.DELIVERED
+        OutcomeKind.DELIVERED,
+        OutcomeKind.PERMANENT,
+        OutcomeKind.DELIVERED,
     ]
     assert outcomes[1].error
     assert len(harness.read(topic, 2, timeout=15)) == 2

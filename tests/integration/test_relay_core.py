@@ -93,8 +93,11 @@ def test_a_failing_key_waits_and_does_not_stop_other_keys(db_dsn):
 
     async def scenario():
         async with RunningRelay(relay_config(db_dsn, batch_size=7), connector) as relay:
-            await eventually(lambda: len({m.id for m in relay.connector.published}) >= 50, 20,
-                             "every message despite the flaky key")
+            await eventually(
+                lambda: len({m.id for m in relay.connector.published}) >= 50,
+                20,
+                "every message despite the flaky key",
+            )
             return relay.connector.published
 
     published = asyncio.run(scenario())
@@ -112,9 +115,9 @@ def test_a_permanent_failure_parks_the_message_and_holds_only_its_key(db_dsn):
     poisoned = write(db_dsn, 1, keys=1, topic="poison")[0]
     write(db_dsn, 20, keys=4, topic="orders")  # keys k0..k3, k0 shared with the poison
 
-    connector = InMemoryConnector(rules=[
-        lambda m: permanent("unroutable") if m.topic == "poison" else None
-    ])
+    connector = InMemoryConnector(
+        rules=[lambda m: permanent("unroutable") if m.topic == "poison" else None]
+    )
 
     async def scenario():
         async with RunningRelay(relay_config(db_dsn), connector) as relay:
@@ -140,17 +143,25 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
         config = relay_config(db_dsn)
         async with RunningRelay(config) as first, RunningRelay(config) as second:
             await eventually(
-                lambda: len(first.service.leases.owned) == 128
-                and len(second.service.leases.owned) == 128, 15, "an even split")
+                lambda: (
+                    len(first.service.leases.owned) == 128
+                    and len(second.service.leases.owned) == 128
+                ),
+                15,
+                "an even split",
+            )
             assert not first.service.leases.owned & second.service.leases.owned
             await asyncio.to_thread(write, db_dsn, 400, 40)
             await eventually(
                 lambda: len(first.connector.published) + len(second.connector.published) >= 400,
-                15, "both relays draining")
+                15,
+                "both relays draining",
+            )
             assert first.connector.published and second.connector.published
             await first.stop()
-            took = await eventually(lambda: len(second.service.leases.owned) == 256, 10,
-                                    "the takeover")
+            took = await eventually(
+                lambda: len(second.service.leases.owned) == 256, 10, "the takeover"
+            )
             await asyncio.to_thread(write, db_dsn, 100, 40)
             await eventually(lambda: len(second.connector.published) >= 200, 10, "the survivor")
             return took
@@ -164,19 +175,27 @@ def test_the_new_owner_of_a_bucket_waits_for_the_old_owners_batch(db_dsn):
     write(db_dsn, 3, keys=1)
     with psycopg.connect(db_dsn, autocommit=True) as admin:
         bucket = admin.execute("SELECT DISTINCT bucket FROM outbox.messages").fetchone()[0]
-        admin.execute("UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid(), "
-                      "expires_at = now() + interval '1 minute' WHERE bucket = %s", (bucket,))
-        owner_a = admin.execute("SELECT relay_id FROM outbox.bucket_leases WHERE bucket = %s",
-                                (bucket,)).fetchone()[0]
+        admin.execute(
+            "UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid(), "
+            "expires_at = now() + interval '1 minute' WHERE bucket = %s",
+            (bucket,),
+        )
+        owner_a = admin.execute(
+            "SELECT relay_id FROM outbox.bucket_leases WHERE bucket = %s", (bucket,)
+        ).fetchone()[0]
     params = {"relay_id": owner_a, "lock_space": lock_space("outbox"), "limit": 10}
     with psycopg.connect(db_dsn) as a, psycopg.connect(db_dsn) as b:
         claimed_by_a = a.execute(query("claim_batch", "outbox"), params).fetchall()
         assert len(claimed_by_a) == 3  # A's transaction stays open: the batch is in flight
         with psycopg.connect(db_dsn, autocommit=True) as admin:
-            admin.execute("UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid() "
-                          "WHERE bucket = %s RETURNING relay_id", (bucket,))
-            owner_b = admin.execute("SELECT relay_id FROM outbox.bucket_leases WHERE bucket = %s",
-                                    (bucket,)).fetchone()[0]
+            admin.execute(
+                "UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid() "
+                "WHERE bucket = %s RETURNING relay_id",
+                (bucket,),
+            )
+            owner_b = admin.execute(
+                "SELECT relay_id FROM outbox.bucket_leases WHERE bucket = %s", (bucket,)
+            ).fetchone()[0]
         b_params = {**params, "relay_id": owner_b}
         assert b.execute(query("claim_batch", "outbox"), b_params).fetchall() == []
         b.rollback()
@@ -201,8 +220,9 @@ def test_retention_purges_old_sent_rows_in_batches(db_dsn):
     install_outbox(db_dsn)
     write(db_dsn, 2500)
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("UPDATE outbox.messages SET sent_at = now() - interval '2 hours' "
-                     "WHERE seq <= 2400")
+        conn.execute(
+            "UPDATE outbox.messages SET sent_at = now() - interval '2 hours' WHERE seq <= 2400"
+        )
     from relay.db import DbSession
     from relay.housekeeping import purge_sent
 

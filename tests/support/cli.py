@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,11 +19,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def outbox_relay(*args: str, timeout: float = 60, env: dict[str, str] | None = None,
-                 ) -> subprocess.CompletedProcess[str]:
+def outbox_relay(
+    *args: str,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [COMMAND, *args], capture_output=True, text=True, timeout=timeout,
-        env=env or clean_env(), check=False,
+        [COMMAND, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or clean_env(),
+        check=False,
     )
 
 
@@ -33,8 +41,11 @@ class RelayProcess:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [COMMAND, "run", *args], stdout=self._log, stderr=subprocess.STDOUT,
-            env=env or clean_env(), start_new_session=True,
+            [COMMAND, "run", *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env or clean_env(),
+            start_new_session=True,
         )
 
     @property
@@ -66,8 +77,6 @@ class RelayProcess:
     def stop(self) -> None:
         """Make sure the process is gone (finalizer): SIGTERM, then SIGKILL."""
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.terminate(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
         self.kill()

@@ -14,8 +14,14 @@ from relay.migrations import migrate
 from relay.service import RelayService
 from relay.testing.fakes import InMemoryConnector
 
-FAST = {"lease_ttl": 2.0, "publish_timeout": 0.8, "poll_interval": 0.5, "retry_base": 0.05,
-        "retry_cap": 0.2, "shutdown_timeout": 5.0}
+FAST = {
+    "lease_ttl": 2.0,
+    "publish_timeout": 0.8,
+    "poll_interval": 0.5,
+    "retry_base": 0.05,
+    "retry_cap": 0.2,
+    "shutdown_timeout": 5.0,
+}
 
 
 def install_outbox(dsn: str, schema: str = "outbox") -> None:

@@ -10,9 +10,16 @@ from relay.outbox_rows import ClaimedRow, plan_acknowledgement, to_message
 
 def row(seq, key="k", attempts=0, payload=None, payload_bytes=None, headers=None):
     return ClaimedRow(
-        seq=seq, id=uuid4(), topic="t", key=key, payload=payload, payload_bytes=payload_bytes,
-        content_type="application/json", headers=headers or {},
-        created_at=datetime.now(UTC), attempts=attempts,
+        seq=seq,
+        id=uuid4(),
+        topic="t",
+        key=key,
+        payload=payload,
+        payload_bytes=payload_bytes,
+        content_type="application/json",
+        headers=headers or {},
+        created_at=datetime.now(UTC),
+        attempts=attempts,
     )
 
 

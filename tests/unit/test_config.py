@@ -11,8 +11,13 @@ def test_defaults_are_valid():
 
 def test_every_problem_is_reported_in_plain_sentences():
     config = RelayConfig(
-        dsn=" ", schema="Bad-Name", mode="stream", batch_size=0, amqp_exchange="a b",
-        publish_timeout=0, retention=-1,
+        dsn=" ",
+        schema="Bad-Name",
+        mode="stream",
+        batch_size=0,
+        amqp_exchange="a b",
+        publish_timeout=0,
+        retention=-1,
     )
     problems = config.problems()
     assert len(problems) >= 7

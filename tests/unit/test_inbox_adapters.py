@@ -68,8 +68,9 @@ class FakeAmqpProperties:
 
 
 def test_confluent_kafka_message_id_reads_the_header():
-    message = FakeConfluentMessage([("content_type", b"application/json"),
-                                    ("message_id", MESSAGE_ID.encode())])
+    message = FakeConfluentMessage(
+        [("content_type", b"application/json"), ("message_id", MESSAGE_ID.encode())]
+    )
     assert confluent_kafka_message_id(message) == MESSAGE_ID
 
 
@@ -78,8 +79,9 @@ def test_the_first_message_id_header_wins():
     assert confluent_kafka_message_id(message) == "first"
 
 
-@pytest.mark.parametrize("headers", [None, [], [("other", b"x")], [("message_id", None)],
-                                     [("message_id", b"")]])
+@pytest.mark.parametrize(
+    "headers", [None, [], [("other", b"x")], [("message_id", None)], [("message_id", b"")]]
+)
 def test_confluent_kafka_message_without_id_is_refused(headers):
     with pytest.raises(MissingMessageIdError, match="'message_id' header") as caught:
         confluent_kafka_message_id(FakeConfluentMessage(headers))
@@ -123,11 +125,18 @@ def test_aiokafka_record_headers_are_a_list_of_tuples():
 
 
 def test_the_kafka_connector_envelope_is_what_the_adapter_reads():
-    message = OutboxMessage(id=uuid4(), topic="payments", key="acct-1", payload=b"{}",
-                            headers={"message_id": "spoofed", "trace": "t-1"})
+    message = OutboxMessage(
+        id=uuid4(),
+        topic="payments",
+        key="acct-1",
+        payload=b"{}",
+        headers={"message_id": "spoofed", "trace": "t-1"},
+    )
     # confluent-kafka hands the consumer bytes for every header value
-    received = [(name, value.encode() if isinstance(value, str) else value)
-                for name, value in message_headers(message)]
+    received = [
+        (name, value.encode() if isinstance(value, str) else value)
+        for name, value in message_headers(message)
+    ]
     assert confluent_kafka_message_id(FakeConfluentMessage(received)) == str(message.id)
 
 
@@ -193,8 +202,10 @@ def test_a_sync_inbox_refuses_an_async_connection_and_back():
     class NotAConnection:
         pass
 
-    with pytest.raises(TypeError, match="use AsyncInbox"), \
-            Inbox(consumer="billing").claim(NotAConnection(), "m-1"):  # type: ignore[arg-type]
+    with (
+        pytest.raises(TypeError, match="use AsyncInbox"),
+        Inbox(consumer="billing").claim(NotAConnection(), "m-1"),
+    ):
         pass
 
 
@@ -226,3 +237,9 @@ def test_the_migrate_summary_names_each_track():
         "outbox and inbox schema 'outbox': applied 0001_outbox, inbox/0001_inbox"
     )
     assert describe_migration("app", [], ("inbox",)) == "inbox schema 'app' is up to date"
+
+
+def test_only_an_inbox_that_keeps_results_can_keep_one():
+    claim = InboxClaim("m-1", duplicate=False, keeps_results=False)
+    with pytest.raises(RuntimeError, match="keep_results=True"):
+        claim.keep_result({"invoice": 1})
