@@ -19,6 +19,7 @@ from relay.db import connection_failure
 from relay.dsn import redact, secrets_in
 from relay.durations import parse_duration
 from relay.errors import ConfigError, RelayError
+from relay.inbox.cli import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
 from relay.logs import configure_logging
 from relay.migrations import migrate, render_script
 from relay.status import collect_status, format_status
@@ -132,19 +133,17 @@ def migrate_command(
             help="Write the SQL to stdout instead of applying it.",
         ),
     ] = False,
+    inbox_only: InboxOnlyOption = False,
 ) -> None:
     """Create or upgrade the outbox schema (idempotent, versioned)."""
     _check_schema_name(schema)
+    tracks = migration_tracks(inbox_only)
     if print_sql:
-        sys.stdout.write(render_script(schema))
+        sys.stdout.write(render_script(schema, tracks=tracks))
         return
     with _connect(dsn) as conn:
-        applied = migrate(conn, schema)
-    if applied:
-        names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
-        typer.echo(f"outbox schema {schema!r}: applied {names}")
-    else:
-        typer.echo(f"outbox schema {schema!r} is up to date")
+        applied = migrate(conn, schema, tracks=tracks)
+    typer.echo(describe_migration(schema, applied, tracks))
 
 
 @app.command("status")
@@ -297,6 +296,9 @@ def run_command(
 
     preflight(config)
     asyncio.run(run_service(config))
+
+
+app.add_typer(build_inbox_app(clear_errors, _connect), name="inbox")
 
 
 def main() -> None:

@@ -1,15 +1,24 @@
-"""Versioned, idempotent migrations of the outbox schema.
+"""Versioned, idempotent migrations of the outbox and inbox schemas.
 
-Migrations are the ``NNNN_name.sql`` files of ``schema/`` (shipped inside the wheel as
-``relay/schema``). Each is applied once, in order, inside one transaction, and recorded in
-``<schema>.schema_migrations``. Concurrent ``migrate`` runs serialize on an advisory lock.
+Migrations are ``NNNN_name.sql`` files grouped in tracks, shipped inside the wheel as
+``relay/schema``:
+
+- ``outbox``: the files of ``schema/``, recorded in ``<schema>.schema_migrations``;
+- ``inbox``: the files of ``schema/inbox/``, recorded in ``<schema>.inbox_migrations``
+  (the consumer-side deduplication table, see ``relay.inbox``).
+
+A service that only consumes applies the inbox track alone and gets no outbox tables.
+Each pending migration is applied once, in order, in one transaction for all tracks.
+Concurrent ``migrate`` runs serialize on an advisory lock.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -19,12 +28,43 @@ from relay.errors import SchemaMissingError
 _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _BOOTSTRAP = """
 CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+CREATE TABLE IF NOT EXISTS {schema}.{versions} (
   version    integer PRIMARY KEY,
   name       text NOT NULL,
   applied_at timestamptz NOT NULL DEFAULT now()
 )"""
-_RECORD = "INSERT INTO {schema}.schema_migrations (version, name) VALUES ({version}, {name})"
+_RECORD = "INSERT INTO {schema}.{versions} (version, name) VALUES ({version}, {name})"
+
+
+@dataclass(frozen=True)
+class Track:
+    """One independent line of migrations with its own version table."""
+
+    name: str
+    subdir: str
+    version_table: str
+    install_hint: str
+
+
+TRACKS: dict[str, Track] = {
+    "outbox": Track("outbox", "", "schema_migrations", "run `outbox-relay migrate`"),
+    "inbox": Track(
+        "inbox",
+        "inbox",
+        "inbox_migrations",
+        "run `outbox-relay migrate` (or `outbox-relay migrate --inbox-only` on a consumer)",
+    ),
+}
+ALL_TRACKS: tuple[str, ...] = ("outbox", "inbox")
+
+
+def get_track(name: str) -> Track:
+    try:
+        return TRACKS[name]
+    except KeyError:
+        raise ValueError(
+            f"no migration track named {name!r}; the tracks are {', '.join(TRACKS)}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -32,13 +72,23 @@ class Migration:
     version: int
     name: str
     template: str
+    track: str = "outbox"
+
+    @property
+    def label(self) -> str:
+        """``0001_outbox`` for the outbox track, ``inbox/0001_inbox`` for others."""
+        base = f"{self.version:04d}_{self.name}"
+        return base if self.track == "outbox" else f"{self.track}/{base}"
 
     def render(self, schema: str) -> sql.Composed:
-        return sql.SQL(self.template).format(schema=sql.Identifier(schema))  # type: ignore[arg-type]
+        return sql.SQL(self.template).format(schema=sql.Identifier(schema))
 
     def record(self, schema: str) -> sql.Composed:
         return sql.SQL(_RECORD).format(
-            schema=sql.Identifier(schema), version=self.version, name=self.name
+            schema=sql.Identifier(schema),
+            versions=sql.Identifier(get_track(self.track).version_table),
+            version=self.version,
+            name=self.name,
         )
 
 
@@ -51,18 +101,20 @@ def migrations_dir() -> Path:
     raise FileNotFoundError("the outbox-relay migrations directory is missing from this install")
 
 
-def load_migrations() -> list[Migration]:
+def load_migrations(track: str = "outbox") -> list[Migration]:
+    """The migrations of one track, in version order."""
+    directory = migrations_dir() / get_track(track).subdir
     found = []
-    for path in sorted(migrations_dir().iterdir()):
+    for path in sorted(directory.iterdir()):
         match = _FILE_NAME.match(path.name)
-        if match:
+        if match and path.is_file():
             template = path.read_text(encoding="utf-8")
-            found.append(Migration(int(match.group(1)), match.group(2), template))
+            found.append(Migration(int(match.group(1)), match.group(2), template, track))
     return found
 
 
-def latest_version() -> int:
-    return load_migrations()[-1].version
+def latest_version(track: str = "outbox") -> int:
+    return load_migrations(track)[-1].version
 
 
 def _lock_key(schema: str) -> sql.Composed:
@@ -71,54 +123,80 @@ def _lock_key(schema: str) -> sql.Composed:
     )
 
 
-def applied_versions(conn: psycopg.Connection[object], schema: str) -> set[int]:
+def _bootstrap(schema: str, track: str) -> sql.Composed:
+    return sql.SQL(_BOOTSTRAP).format(
+        schema=sql.Identifier(schema), versions=sql.Identifier(get_track(track).version_table)
+    )
+
+
+def _check_tracks(tracks: Iterable[str]) -> tuple[str, ...]:
+    chosen = tuple(tracks)
+    for name in chosen:
+        get_track(name)
+    if not chosen:
+        raise ValueError("choose at least one migration track")
+    return chosen
+
+
+def applied_versions(conn: psycopg.Connection[Any], schema: str, track: str = "outbox") -> set[int]:
+    table = get_track(track).version_table
     exists = conn.execute(
-        "SELECT to_regclass(format('%%I.schema_migrations', %s::text)) IS NOT NULL", (schema,)
+        "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (schema, table)
     ).fetchone()
     if not exists or not exists[0]:
         return set()
     rows = conn.execute(
-        sql.SQL("SELECT version FROM {}.schema_migrations").format(sql.Identifier(schema))
+        sql.SQL("SELECT version FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
     ).fetchall()
-    return {int(row[0]) for row in rows}  # type: ignore[call-overload]
+    return {int(row[0]) for row in rows}
 
 
-def migrate(conn: psycopg.Connection[object], schema: str) -> list[Migration]:
-    """Apply every pending migration in one transaction; return the ones applied."""
+def migrate(
+    conn: psycopg.Connection[Any], schema: str, tracks: Sequence[str] = ALL_TRACKS
+) -> list[Migration]:
+    """Apply every pending migration of ``tracks`` in one transaction; return those applied."""
+    chosen = _check_tracks(tracks)
+    applied: list[Migration] = []
     with conn.transaction():
         conn.execute(_lock_key(schema))
-        conn.execute(sql.SQL(_BOOTSTRAP).format(schema=sql.Identifier(schema)))
-        done = applied_versions(conn, schema)
-        pending = [m for m in load_migrations() if m.version not in done]
-        for migration in pending:
-            conn.execute(migration.render(schema))
-            conn.execute(migration.record(schema))
-    return pending
+        for track in chosen:
+            conn.execute(_bootstrap(schema, track))
+            done = applied_versions(conn, schema, track)
+            pending = [m for m in load_migrations(track) if m.version not in done]
+            for migration in pending:
+                conn.execute(migration.render(schema))
+                conn.execute(migration.record(schema))
+            applied.extend(pending)
+    return applied
 
 
-def render_script(schema: str, conn: psycopg.Connection[object] | None = None) -> str:
+def render_script(
+    schema: str,
+    conn: psycopg.Connection[Any] | None = None,
+    tracks: Sequence[str] = ALL_TRACKS,
+) -> str:
     """The whole migration as one SQL script, for teams that apply SQL with their own tool."""
-    parts = ["BEGIN;", sql.SQL(_BOOTSTRAP).format(schema=sql.Identifier(schema)).as_string(conn)]
-    parts[-1] += ";"
-    for migration in load_migrations():
-        parts.append(f"-- migration {migration.version:04d}_{migration.name}")
-        parts.append(migration.render(schema).as_string(conn).strip())
-        parts.append(migration.record(schema).as_string(conn) + ";")
+    parts = ["BEGIN;"]
+    for track in _check_tracks(tracks):
+        parts.append(_bootstrap(schema, track).as_string(conn) + ";")
+        for migration in load_migrations(track):
+            parts.append(f"-- migration {migration.label}")
+            parts.append(migration.render(schema).as_string(conn).strip())
+            parts.append(migration.record(schema).as_string(conn) + ";")
     parts.append("COMMIT;")
     return "\n".join(parts) + "\n"
 
 
-def require_schema(conn: psycopg.Connection[object], schema: str) -> int:
-    """Raise SchemaMissingError unless the outbox schema is installed and current."""
-    done = applied_versions(conn, schema)
+def require_schema(conn: psycopg.Connection[Any], schema: str, track: str = "outbox") -> int:
+    """Raise SchemaMissingError unless the track's schema is installed and current."""
+    hint = get_track(track).install_hint
+    done = applied_versions(conn, schema, track)
     if not done:
-        raise SchemaMissingError(
-            f"the database has no outbox schema {schema!r}; run `outbox-relay migrate` first"
-        )
-    latest = latest_version()
+        raise SchemaMissingError(f"the database has no {track} schema {schema!r}; {hint} first")
+    latest = latest_version(track)
     if max(done) < latest:
         raise SchemaMissingError(
-            f"the outbox schema {schema!r} is at version {max(done)} but this relay needs "
-            f"{latest}; run `outbox-relay migrate` to upgrade it"
+            f"the {track} schema {schema!r} is at version {max(done)} but this relay needs "
+            f"{latest}; {hint} to upgrade it"
         )
     return max(done)
