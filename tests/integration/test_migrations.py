@@ -1,0 +1,117 @@
+"""The migrations are the schema: applying them, printing them for another tool, and
+upgrading step by step must all give the same catalog."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from relay import enqueue_async
+from relay.migrations import load_migrations, migrate, render_script
+from relay.producer import enqueue
+from relay.testing.services import create_database, drop_database, find_pg_bindir
+
+pytestmark = pytest.mark.integration
+
+
+def schema_dump(dsn: str, schema: str) -> str:
+    """pg_dump --schema-only of one schema, without comments and blank lines."""
+    result = subprocess.run(
+        [
+            str(find_pg_bindir() / "pg_dump"),
+            "--schema-only",
+            "--no-owner",
+            "--no-privileges",
+            f"--schema={schema}",
+            "--dbname",
+            dsn,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    lines = [
+        line
+        for line in result.stdout.splitlines()
+        if line.strip()
+        and not line.startswith("--")
+        and not line.startswith("\\restrict")
+        and not line.startswith("\\unrestrict")
+    ]
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def other_dsn(pg_dsn):
+    """A second fresh database on the same server."""
+    name = f"m_{uuid.uuid4().hex[:8]}"
+    dsn = create_database(pg_dsn, name)
+    yield dsn
+    drop_database(pg_dsn, name)
+
+
+def test_printed_sql_builds_the_same_schema_as_migrate(db_dsn, other_dsn):
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        migrate(conn, "outbox")
+    with psycopg.connect(other_dsn, autocommit=True) as conn:
+        conn.execute(render_script("outbox"))
+        assert migrate(conn, "outbox") == []  # the printed script records its versions
+    applied = schema_dump(db_dsn, "outbox")
+    assert "CREATE TABLE outbox.messages" in applied
+    assert applied == schema_dump(other_dsn, "outbox")
+
+
+def test_upgrading_one_migration_at_a_time_matches_a_fresh_install(db_dsn, other_dsn):
+    """Apply each outbox migration on its own, as successive releases would."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        migrate(conn, "outbox", tracks=("outbox",))
+    with psycopg.connect(other_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA outbox")
+        conn.execute(
+            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in load_migrations("outbox"):
+            with conn.transaction():
+                conn.execute(migration.render("outbox"))
+                conn.execute(migration.record("outbox"))
+    assert schema_dump(db_dsn, "outbox") == schema_dump(other_dsn, "outbox")
+
+
+def test_a_custom_schema_name_is_used_everywhere(db_dsn):
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        migrate(conn, "billing_outbox")
+        message_id = enqueue(conn, topic="t", key="k", payload=[1, 2], schema="billing_outbox")
+        row = conn.execute(
+            "SELECT topic, payload FROM billing_outbox.messages WHERE id = %s", (message_id,)
+        ).fetchone()
+        assert row == ("t", [1, 2])
+        assert conn.execute("SELECT to_regclass('outbox.messages')").fetchone()[0] is None
+
+
+def test_enqueue_async_joins_the_callers_transaction(db_dsn):
+    import asyncio
+
+    async def scenario() -> tuple[Any, int]:
+        async with await psycopg.AsyncConnection.connect(db_dsn) as conn:
+            async with conn.transaction():
+                kept = await enqueue_async(conn, topic="t", key=None, payload={"a": 1})
+            try:
+                async with conn.transaction():
+                    await enqueue_async(conn, topic="t", key=None, payload=b"\x00")
+                    raise RuntimeError("the business transaction fails")
+            except RuntimeError:
+                pass
+            cursor = await conn.execute("SELECT count(*) FROM outbox.messages")
+            return kept, (await cursor.fetchone())[0]
+
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        migrate(conn, "outbox")
+    kept, count = asyncio.run(scenario())
+    assert count == 1  # the rolled-back event is gone with its transaction
+    assert kept.version == 7
