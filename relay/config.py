@@ -25,6 +25,14 @@ DEFAULT_SHUTDOWN_TIMEOUT = 15.0
 DEFAULT_RETRY_BASE = 0.5
 DEFAULT_RETRY_CAP = 30.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_METRICS_HOST = "127.0.0.1"  # loopback unless told otherwise: metrics are not public
+DEFAULT_METRICS_PORT = 9646  # 0 turns the metrics and health server off
+DEFAULT_MAX_ATTEMPTS = 20
+DEFAULT_ON_POISON = "block"
+ON_POISON_CHOICES = ("block", "skip")
+DEFAULT_LOG_FORMAT = "text"
+LOG_FORMATS = ("text", "json")
+DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
 MAX_BATCH_SIZE = 10_000
 MODES = ("poll", "cdc")
 
@@ -65,6 +73,12 @@ class RelayConfig:
     retry_cap: float = DEFAULT_RETRY_CAP
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     relay_name: str = field(default_factory=default_relay_name)
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int = DEFAULT_METRICS_PORT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    on_poison: str = DEFAULT_ON_POISON
+    log_format: str = DEFAULT_LOG_FORMAT
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def problems(self) -> list[str]:
         """Every problem with this configuration, each as one plain sentence."""
@@ -83,6 +97,24 @@ class RelayConfig:
         if not _AMQP_NAME.match(self.amqp_exchange):
             found.append(f"The exchange name {self.amqp_exchange!r} has characters AMQP forbids.")
         found.extend(self._timing_problems())
+        found.extend(self._operability_problems())
+        return found
+
+    def _operability_problems(self) -> list[str]:
+        found: list[str] = []
+        if not 0 <= self.metrics_port <= 65535:
+            found.append("The metrics port must be between 0 (off) and 65535.")
+        if self.max_attempts < 1:
+            found.append("The maximum number of attempts must be at least 1.")
+        if self.on_poison not in ON_POISON_CHOICES:
+            found.append(
+                f"The poison-message policy {self.on_poison!r} is unknown; "
+                f"choose one of: {', '.join(ON_POISON_CHOICES)}."
+            )
+        if self.log_format not in LOG_FORMATS:
+            found.append(f"The log format {self.log_format!r} is unknown; use text or json.")
+        if self.max_message_bytes < 1:
+            found.append("The largest message size must be at least one byte.")
         return found
 
     def _timing_problems(self) -> list[str]:
