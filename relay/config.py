@@ -8,6 +8,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from relay.cdc.settings import CdcSettings
 from relay.errors import ConfigError
 
 DEFAULT_SCHEMA = "outbox"
@@ -79,6 +80,7 @@ class RelayConfig:
     on_poison: str = DEFAULT_ON_POISON
     log_format: str = DEFAULT_LOG_FORMAT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    cdc: CdcSettings = field(default_factory=CdcSettings)
 
     def problems(self) -> list[str]:
         """Every problem with this configuration, each as one plain sentence."""
@@ -98,6 +100,8 @@ class RelayConfig:
             found.append(f"The exchange name {self.amqp_exchange!r} has characters AMQP forbids.")
         found.extend(self._timing_problems())
         found.extend(self._operability_problems())
+        if self.mode == "cdc":
+            found.extend(self.cdc.problems(self.schema, publish_timeout=self.publish_timeout))
         return found
 
     def _operability_problems(self) -> list[str]:

@@ -1,0 +1,125 @@
+"""Turn decoded pgoutput messages into outbox events and position marks.
+
+Inserts into the captured table and logical messages with this outbox's prefix become
+events, positioned at their transaction's commit LSN; each Commit adds a mark at its
+end LSN. Everything else (other tables, updates and deletes, other prefixes) is ignored:
+the publication and the prefix already select what matters.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import orjson
+
+from relay.cdc.envelope import decode_envelope
+from relay.cdc.mapping import ID_NAMESPACE, BoundMapping, MappingError, RowMapping
+from relay.cdc.outgoing import Outgoing, Unmappable
+from relay.cdc.pgoutput import (
+    Begin,
+    Commit,
+    Insert,
+    Message,
+    PgOutputMessage,
+    Relation,
+    TupleData,
+)
+from relay.cdc.settings import CdcNames
+from relay.cdc.values import ColumnValueError, decode_column
+
+log = logging.getLogger("outbox_relay.cdc")
+
+
+@dataclass(frozen=True)
+class _CapturedRelation:
+    mapping: BoundMapping
+    columns: tuple[tuple[int, str, int], ...]  # (index in the tuple, name, type oid)
+
+    def decode(self, row: TupleData) -> dict[str, object]:
+        kinds, raw = row.kinds, row.values
+        return {name: decode_column(oid, kinds[i], raw[i]) for i, name, oid in self.columns}
+
+
+class ChangeDecoder:
+    """Feeds ``sink`` from the messages of one replication session."""
+
+    def __init__(self, names: CdcNames, mapping: RowMapping, sink: Outgoing) -> None:
+        self._names = names
+        self._mapping = mapping
+        self._sink = sink
+        self._captured: dict[int, _CapturedRelation] = {}
+        self._position = 0
+        self._ordinal = 0
+        self.events = 0
+
+    def apply(self, message: PgOutputMessage) -> None:
+        if isinstance(message, Insert):
+            self._insert(message)
+        elif isinstance(message, Begin):
+            self._position, self._ordinal = message.final_lsn, 0
+        elif isinstance(message, Commit):
+            self._sink.add_mark(message.end_lsn, commit=True)
+        elif isinstance(message, Message):
+            self._message(message)
+        elif isinstance(message, Relation):
+            self._relation(message)
+
+    def _relation(self, relation: Relation) -> None:
+        table = self._mapping.table
+        if (relation.namespace, relation.name) != (table.schema, table.name):
+            self._captured.pop(relation.relation_id, None)
+            return
+        columns = [(column.name, column.type_oid) for column in relation.columns]
+        bound = self._mapping.bind(columns)  # a MappingError here stops the stream: wrong table
+        wanted = tuple(
+            (index, name, oid) for index, (name, oid) in enumerate(columns)
+            if name in bound.columns
+        )
+        self._captured[relation.relation_id] = _CapturedRelation(bound, wanted)
+
+    def _insert(self, insert: Insert) -> None:
+        captured = self._captured.get(insert.relation_id)
+        if captured is None:
+            return
+        self._ordinal += 1
+        try:
+            row = captured.decode(insert.new)
+            message = captured.mapping.to_message(row, self._position)
+        except (MappingError, ColumnValueError) as exc:
+            raw = orjson.dumps(_row_for_parking(captured, insert.new), default=str)
+            self._unmappable(raw, str(exc))
+            return
+        if message is not None:
+            self.events += 1
+            self._sink.add(message)
+
+    def _message(self, message: Message) -> None:
+        if message.prefix != self._names.message_prefix:
+            return
+        if not message.transactional:  # outside any transaction: its own position
+            self._position, self._ordinal = message.lsn, 0
+        self._ordinal += 1
+        try:
+            self._sink.add(decode_envelope(message.content, self._position))
+            self.events += 1
+        except MappingError as exc:
+            self._unmappable(message.content, str(exc))
+        if not message.transactional:
+            self._sink.add_mark(message.lsn + 1, commit=True)
+
+    def _unmappable(self, raw: bytes, error: str) -> None:
+        ident = uuid.uuid5(ID_NAMESPACE, f"{self._names.slot}:{self._position}:{self._ordinal}")
+        log.error("event %s at WAL position %X cannot be published (%s); parking it",
+                  ident, self._position, error)
+        self._sink.add(Unmappable(ident, raw, error, self._position))
+
+
+def _row_for_parking(captured: _CapturedRelation, row: TupleData) -> dict[str, object]:
+    """The raw row as text, for a person to look at in the parked message."""
+    out: dict[str, object] = {}
+    for index, name, _ in captured.columns:
+        value = row.values[index]
+        out[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else None
+    return out

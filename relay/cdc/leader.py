@@ -1,0 +1,283 @@
+"""Exactly one relay streams a slot; the others wait as standbys and take over.
+
+The leader holds a session-level advisory lock on its leader connection and renews a
+lease row (``cdc_state.lease_expires_at``) every ``ttl / 4``. A relay that dies loses
+its connection, so PostgreSQL drops the lock at once and a standby claims it on its next
+poll (``ttl / 4``). A relay that is frozen (SIGSTOP, a stalled VM) keeps its connection
+and its lock, but stops renewing: once the lease has run out a standby ends the frozen
+relay's sessions (its lock holder and its walsender) and claims the lock, about
+``ttl * 1.25`` after the last renewal. The frozen relay's own clock has stopped it from
+publishing by then (leases count only for ``ttl * 0.8`` after a renewal began).
+
+Everything the leader writes to ``cdc_state`` is guarded by its leader id, so a deposed
+leader that wakes up can change nothing; it finds out and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+from relay.cdc.frames import str_to_lsn
+from relay.cdc.queries import cdc_query
+from relay.cdc.settings import CdcNames
+from relay.cdc.waits import wait_any
+from relay.config import RelayConfig
+from relay.db import DbSession
+from relay.errors import LeaseLostError, RelayError, translate_db_error
+from relay.sqlfiles import query
+
+log = logging.getLogger("outbox_relay.cdc")
+
+SAFETY_MARGIN = 0.2  # fraction of the TTL the leader refuses to use
+
+
+def lock_key(slot: str) -> int:
+    """The advisory lock of a slot: a signed 64-bit key (its own space: objsubid 1)."""
+    digest = hashlib.blake2b(f"outbox-relay-cdc:{slot}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+@dataclass(frozen=True)
+class CdcState:
+    """What ``cdc_state`` says about the slot when this relay became leader."""
+
+    confirmed_lsn: int | None = None
+    covered_xmin: str | None = None
+    snapshot_done: bool = False
+
+
+def leader_session(config: RelayConfig, ttl: float) -> DbSession:
+    """The leader connection: TCP keepalives both ways so a vanished peer is noticed
+    within about the TTL, and synchronous commit so saved progress survives a crash."""
+    probe = max(1, int(ttl // 4))
+    dsn = make_conninfo(
+        config.dsn, keepalives=1, keepalives_idle=probe, keepalives_interval=probe,
+        keepalives_count=3, tcp_user_timeout=int(ttl * 1000),
+    )
+    return DbSession(
+        dsn, "cdc-leader", connect_timeout=config.connect_timeout,
+        settings={
+            "statement_timeout": str(int(ttl * 500)),
+            "synchronous_commit": "on",
+            "tcp_keepalives_idle": str(probe),
+            "tcp_keepalives_interval": str(probe),
+            "tcp_keepalives_count": "3",
+        },
+    )
+
+
+class Leadership:
+    """Claims, keeps and gives up the right to stream one slot."""
+
+    def __init__(
+        self,
+        session: DbSession,
+        names: CdcNames,
+        *,
+        relay_id: UUID,
+        relay_name: str,
+        ttl: float,
+        heartbeat_interval: float,
+        published: Callable[[], int],
+    ) -> None:
+        self._session = session
+        self._names = names
+        self._schema = names.schema
+        self.relay_id = relay_id
+        self._relay_name = relay_name
+        self._ttl = ttl
+        self._heartbeat_interval = heartbeat_interval
+        self._published = published
+        key = lock_key(names.slot)
+        self._params: dict[str, Any] = {
+            "slot": names.slot, "leader_id": relay_id, "relay_id": relay_id,
+            "name": relay_name, "ttl": ttl,
+            "lock_key": key, "lock_hi": (key >> 32) & 0xFFFF_FFFF, "lock_lo": key & 0xFFFF_FFFF,
+        }
+        self.state = CdcState()
+        self.lost = asyncio.Event()
+        self._leader = False
+        self._conn: psycopg.AsyncConnection[Any] | None = None  # the one holding the lock
+        self._valid_until = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._quit = asyncio.Event()  # ends _keep between statements, never inside one
+
+    @property
+    def interval(self) -> float:
+        return self._ttl / 4
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader and not self.lost.is_set()
+
+    def valid(self) -> bool:
+        """May this relay publish now? False once its lease may have run out."""
+        return self.is_leader and time.monotonic() < self._valid_until
+
+    async def acquire(self, stopping: asyncio.Event) -> bool:
+        """Wait as a standby until this relay leads (True) or ``stopping`` is set."""
+        announced = False
+        while not stopping.is_set():
+            try:
+                if await self._try_claim():
+                    return True
+                holder = await self._standby_round()
+                if not announced:
+                    log.info("standby: relay %s streams slot %s; taking over if it stops",
+                             holder or "?", self._names.slot)
+                    announced = True
+            except (RelayError, psycopg.Error) as exc:
+                log.warning("standby check failed (will retry): %s", exc)
+                await self._session.discard()
+            await wait_any(stopping, timeout=self.interval)
+        return False
+
+    async def _try_claim(self) -> bool:
+        started = time.monotonic()
+        conn = await self._session.connection()
+        cursor = await conn.execute(cdc_query("claim_leadership", self._schema), self._params)
+        row = await cursor.fetchone()
+        if row is None:
+            return False
+        confirmed, covered, done = row
+        self.state = CdcState(None if confirmed is None else str_to_lsn(confirmed),
+                              covered, bool(done))
+        self._conn = conn
+        self._leader = True
+        self.lost.clear()
+        self._quit.clear()
+        self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
+        self._task = asyncio.create_task(self._keep(), name="cdc-leadership")
+        log.info("relay %s leads CDC on slot %s", self._relay_name, self._names.slot)
+        return True
+
+    async def _standby_round(self) -> str | None:
+        """Heartbeat as a standby; end the leader's sessions once its lease ran out."""
+        await self._heartbeat_relay_row()
+        conn = await self._session.connection()
+        async with conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(cdc_query("leadership_holder", self._schema), self._params)
+            holder = await cursor.fetchone()
+        if holder is None:
+            return None
+        if holder["expired"] and (holder["lock_pid"] or holder["walsender_pid"]):
+            log.warning("relay %s stopped renewing its lease on slot %s; ending its sessions "
+                        "to take over", holder["leader_name"], self._names.slot)
+            for pid in {holder["lock_pid"], holder["walsender_pid"]} - {None}:
+                await self.end_session(pid)
+        return str(holder["leader_name"])
+
+    async def end_session(self, pid: int) -> None:
+        await self.execute(cdc_query("end_session", self._schema), {"pid": pid})
+
+    async def _keep(self) -> None:
+        """While leading: renew every ttl/4 and heartbeat the WAL."""
+        last_heartbeat = time.monotonic()
+        while self.is_leader:
+            await wait_any(self.lost, self._quit, timeout=self.interval)
+            if not self.is_leader or self._quit.is_set():
+                return
+            try:
+                await self._renew()
+                now = time.monotonic()
+                if self._heartbeat_interval and now - last_heartbeat >= self._heartbeat_interval:
+                    await self.execute(cdc_query("heartbeat", self._schema))
+                    last_heartbeat = now
+            except (RelayError, psycopg.Error) as exc:
+                log.error("lost the lead on slot %s: %s", self._names.slot, exc)
+                self.lost.set()
+                await self._session.discard()  # and with the session, the lock
+
+    async def _renew(self) -> None:
+        started = time.monotonic()
+        await self.guarded(cdc_query("renew_leadership", self._schema))
+        self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
+        await self._heartbeat_relay_row()
+
+    async def _heartbeat_relay_row(self) -> None:
+        """The ``relays`` row, so ``outbox-relay status`` lists CDC relays too."""
+        await self.execute(query("heartbeat", self._schema), {
+            "relay_id": self.relay_id, "name": self._relay_name, "mode": "cdc",
+            "ttl": self._ttl, "published": self._published(),
+        })
+
+    async def execute(
+        self, statement: sql.Composed, params: Mapping[str, Any] | None = None
+    ) -> int:
+        """Run ``statement`` on the leader connection; return the rows it affected."""
+        conn = await self.connection()
+        try:
+            cursor = await conn.execute(statement, {**self._params, **(params or {})})
+        except psycopg.Error as exc:
+            await self._session.discard()
+            raise translate_db_error(exc, "writing CDC state") from None
+        return cursor.rowcount
+
+    async def guarded(
+        self, statement: sql.Composed, params: Mapping[str, Any] | None = None
+    ) -> None:
+        """Run a leader-only write; LeaseLostError when another relay leads now."""
+        if await self.execute(statement, params) == 0:
+            self.lost.set()
+            raise LeaseLostError(f"another relay took over slot {self._names.slot}")
+
+    async def refresh_state(self) -> CdcState:
+        """Read ``cdc_state`` again (it moves on while this relay streams)."""
+        conn = await self.connection()
+        try:
+            cursor = await conn.execute(cdc_query("state", self._schema), self._params)
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            await self._session.discard()
+            raise translate_db_error(exc, "reading CDC state") from None
+        if row is not None:
+            confirmed, covered, done = row[0], row[1], row[2]
+            self.state = CdcState(None if confirmed is None else str_to_lsn(confirmed),
+                                  covered, bool(done))
+        return self.state
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The leader's own connection while leading (never a new one: a new session would
+        not hold the lock); the standby's session otherwise."""
+        if not self._leader:
+            return await self._session.connection()
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken or self.lost.is_set():
+            self.lost.set()
+            raise LeaseLostError(f"the leader connection for slot {self._names.slot} is gone, "
+                                 "and with it the lock")
+        return conn
+
+    async def release(self, *, forget: bool = False) -> None:
+        """Step down: stop renewing, clear the lease, end the session (and the lock);
+        ``forget`` also removes this relay's ``relays`` row (on the final stop)."""
+        was_leader = self._leader
+        self._valid_until = 0.0
+        if self._task is not None:
+            self._quit.set()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        try:
+            if was_leader and not self.lost.is_set():
+                await self.execute(cdc_query("release_leadership", self._schema))
+        except (RelayError, psycopg.Error) as exc:
+            log.warning("could not clear the CDC lease on stop (it expires by itself): %s", exc)
+        self._leader, self._conn = False, None
+        if forget:
+            try:
+                await self.execute(query("forget_relay", self._schema))
+            except (RelayError, psycopg.Error) as exc:
+                log.warning("could not remove this relay from the relays table: %s", exc)
+        await self._session.close()  # ends the session, and so releases the lock

@@ -1,0 +1,240 @@
+"""From a captured row to an outbox message: the relay's own table, or a Debezium one.
+
+A mapping is bound once to the table's columns (name and type oid, from a pgoutput
+Relation message or a cursor description) and then turns rows, given as
+``{column: decoded value}`` with json/jsonb as JSON text, into ``OutboxMessage``s. The
+same rows come from the stream (``relay.cdc.values``) and from the snapshot query, so
+both publish identical messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+from uuid import UUID
+
+import orjson
+
+from relay.cdc import values as pgtypes
+from relay.cdc.settings import TableName
+from relay.errors import PermanentError
+from relay.model import OutboxMessage
+
+log = logging.getLogger("outbox_relay.cdc")
+
+RowValues = Mapping[str, object]
+Column = tuple[str, int]  # name, type oid
+
+JSON_TYPES = frozenset({pgtypes.JSON_OID, pgtypes.JSONB_OID})
+TEXT_TYPES = frozenset({pgtypes.TEXT_OID, pgtypes.VARCHAR_OID, pgtypes.BPCHAR_OID})
+DECODABLE_TYPES = frozenset({
+    pgtypes.BOOL_OID, pgtypes.BYTEA_OID, pgtypes.NAME_OID, pgtypes.INT8_OID, pgtypes.INT2_OID,
+    pgtypes.INT4_OID, pgtypes.OID_OID, pgtypes.TIMESTAMP_OID, pgtypes.TIMESTAMPTZ_OID,
+    pgtypes.UUID_OID, *JSON_TYPES, *TEXT_TYPES,
+})
+# Ids that are not UUIDs (a Debezium table with a text id) become name-based UUIDs.
+ID_NAMESPACE = uuid.UUID("6f0c64e6-61c9-4c8a-9d0e-8c1f3f7a2b10")
+
+
+class MappingError(PermanentError):
+    """A captured row or logical message cannot become an outbox message."""
+
+
+def compact_json(text: str | bytes | bytearray | memoryview) -> bytes:
+    """JSON text (jsonb's output has spaces) as compact UTF-8 JSON, like polling mode."""
+    try:
+        return orjson.dumps(orjson.loads(bytes(text) if isinstance(text, memoryview) else text))
+    except orjson.JSONDecodeError as exc:
+        raise MappingError(f"the payload is not valid JSON: {exc}") from None
+
+
+def header_text(value: object) -> str:
+    """Headers are strings on the wire; other values travel as JSON or ISO text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, UUID):
+        return str(value)
+    return orjson.dumps(value, default=str).decode()
+
+
+def message_id(value: object, table: TableName) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if value is None:
+        raise MappingError(f"a row of {table} has no id")
+    try:
+        return UUID(str(value))
+    except ValueError:
+        return uuid.uuid5(ID_NAMESPACE, f"{table}:{value}")
+
+
+class BoundMapping(Protocol):
+    """A mapping bound to one shape of the table."""
+
+    @property
+    def columns(self) -> frozenset[str]:
+        """The columns it reads; the others need not be decoded."""
+        ...
+
+    def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
+        """The message of ``row``, or None for a row that is not an event to publish."""
+        ...
+
+
+class RowMapping(Protocol):
+    @property
+    def table(self) -> TableName: ...
+
+    def bind(self, columns: Sequence[Column]) -> BoundMapping:
+        """Check the table has what the mapping needs; raise MappingError if not."""
+        ...
+
+
+def _require(table: TableName, columns: Sequence[Column], names: Sequence[str]) -> None:
+    present = {name for name, _ in columns}
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise MappingError(
+            f"the captured table {table} has no column {', '.join(missing)}; "
+            "check --cdc-table and --cdc-debezium"
+        )
+
+
+# --- the relay's own outbox table --------------------------------------------------------
+
+_OUTBOX_REQUIRED = ("id", "topic", "key", "payload", "payload_bytes", "headers")
+_OUTBOX_OPTIONAL = ("content_type", "created_at", "sent_at", "parked_at")
+
+
+@dataclass(frozen=True)
+class OutboxTableMapping:
+    """``<schema>.messages``: the same message polling mode would build from the row.
+
+    Rows inserted already sent or parked (the relay's own parking) are not events.
+    """
+
+    table: TableName
+
+    def bind(self, columns: Sequence[Column]) -> BoundMapping:
+        _require(self.table, columns, _OUTBOX_REQUIRED)
+        names = {name for name, _ in columns}
+        wanted = frozenset(_OUTBOX_REQUIRED) | (names & set(_OUTBOX_OPTIONAL))
+        return _BoundOutbox(wanted, self.table)
+
+
+@dataclass(frozen=True)
+class _BoundOutbox:
+    columns: frozenset[str]
+    table: TableName
+
+    def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
+        if row.get("sent_at") is not None or row.get("parked_at") is not None:
+            return None
+        raw, payload = row["payload_bytes"], row["payload"]
+        if isinstance(raw, bytes):
+            body: bytes | None = raw
+        elif isinstance(payload, str | bytes):
+            body = compact_json(payload)
+        else:
+            body = None
+        created = row.get("created_at")
+        return OutboxMessage(
+            id=message_id(row["id"], self.table),
+            topic=str(row["topic"]),
+            key=None if row["key"] is None else str(row["key"]),
+            payload=body,
+            headers=_json_object_headers(row["headers"]),
+            content_type=str(row.get("content_type") or "application/json"),
+            position=position,
+            created_at=created if isinstance(created, datetime) else None,
+        )
+
+
+def _json_object_headers(value: object) -> dict[str, str]:
+    if value is None:
+        return {}
+    parsed = orjson.loads(value) if isinstance(value, str | bytes) else value
+    if not isinstance(parsed, dict):
+        raise MappingError("the headers column does not hold a JSON object")
+    return {str(name): header_text(item) for name, item in parsed.items()}
+
+
+# --- Debezium's outbox table -------------------------------------------------------------
+
+_DEBEZIUM_REQUIRED = ("id", "aggregatetype", "aggregateid", "payload")
+
+
+@dataclass(frozen=True)
+class DebeziumMapping:
+    """Debezium's outbox event router, the small version: topic = aggregatetype,
+    key = aggregateid, message id = id, every other column (``type`` and extras) a header.
+    """
+
+    table: TableName
+
+    def bind(self, columns: Sequence[Column]) -> BoundMapping:
+        _require(self.table, columns, _DEBEZIUM_REQUIRED)
+        types = dict(columns)
+        payload_type = types["payload"]
+        if payload_type not in JSON_TYPES | TEXT_TYPES | {pgtypes.BYTEA_OID}:
+            raise MappingError(
+                f"the payload column of {self.table} must be jsonb, json, text or bytea"
+            )
+        extras = [name for name, oid in columns
+                  if name not in _DEBEZIUM_REQUIRED and oid in DECODABLE_TYPES]
+        skipped = [name for name, oid in columns
+                   if name not in _DEBEZIUM_REQUIRED and oid not in DECODABLE_TYPES]
+        if skipped:
+            log.warning("columns %s of %s have types the relay cannot decode; they are not "
+                        "sent as headers", ", ".join(skipped), self.table)
+        return _BoundDebezium(
+            frozenset(_DEBEZIUM_REQUIRED) | frozenset(extras), self.table, payload_type,
+            tuple(extras),
+        )
+
+
+@dataclass(frozen=True)
+class _BoundDebezium:
+    columns: frozenset[str]
+    table: TableName
+    payload_type: int
+    extras: tuple[str, ...]
+
+    def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
+        topic = row["aggregatetype"]
+        if not isinstance(topic, str) or not topic:
+            raise MappingError(f"a row of {self.table} has no aggregatetype (the topic)")
+        key = row["aggregateid"]
+        body, content_type = self._payload(row["payload"])
+        headers = {name: header_text(row[name]) for name in self.extras
+                   if row.get(name) is not None}
+        return OutboxMessage(
+            id=message_id(row["id"], self.table),
+            topic=topic,
+            key=None if key is None else header_text(key),
+            payload=body,
+            headers=headers,
+            content_type=content_type,
+            position=position,
+        )
+
+    def _payload(self, value: object) -> tuple[bytes | None, str]:
+        if value is None:
+            return None, "application/json"
+        if self.payload_type in JSON_TYPES and isinstance(value, str | bytes):
+            return compact_json(value), "application/json"
+        if isinstance(value, bytes):
+            return value, "application/octet-stream"
+        return str(value).encode(), "text/plain; charset=utf-8"
+
+
+def mapping_for(table: TableName, *, debezium: bool) -> RowMapping:
+    return DebeziumMapping(table) if debezium else OutboxTableMapping(table)

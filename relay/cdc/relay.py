@@ -1,0 +1,216 @@
+"""CDC mode: publish outbox events from the WAL instead of polling the table.
+
+``CdcRelay(config, connector)`` is the CDC counterpart of the Poller and LeaseKeeper
+together: ``await run(stopping)`` waits as a standby until it leads the slot, then
+prepares the publication and the slot (with the pending-row snapshot when needed),
+streams until ``stopping`` is set, and reconnects with backoff after failures;
+``await close()`` gives the lead up. See docs/cdc.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID, uuid4
+
+from relay.backoff import full_jitter
+from relay.cdc.changes import ChangeDecoder
+from relay.cdc.frames import lsn_to_str
+from relay.cdc.guardrails import Action, assess
+from relay.cdc.leader import CdcState, Leadership, leader_session
+from relay.cdc.mapping import mapping_for
+from relay.cdc.outgoing import Outgoing
+from relay.cdc.publisher import BatchPublisher, CdcStats, OutboxParker
+from relay.cdc.queries import cdc_query
+from relay.cdc.retention import run_retention
+from relay.cdc.session import StreamSession
+from relay.cdc.settings import CdcSettings, settings_of
+from relay.cdc.slots import current_database, drop_slot, ensure_publication, read_slot
+from relay.cdc.snapshot import Snapshot, SnapshotRequest
+from relay.cdc.stream import ReplicationStream, SlotInUseError
+from relay.cdc.waits import wait_any
+from relay.config import RelayConfig
+from relay.connector import Connector
+from relay.db import DbSession
+from relay.errors import ConfigError, PermanentError, RelayError
+
+log = logging.getLogger("outbox_relay.cdc")
+
+START_ATTEMPTS = 5
+
+
+class CdcRelay:
+    """Streams one outbox's events from a logical replication slot to a connector."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        connector: Connector,
+        settings: CdcSettings | None = None,
+        *,
+        relay_id: UUID | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings or settings_of(config)
+        found = self.settings.problems(config.schema, publish_timeout=config.publish_timeout)
+        if found:
+            raise ConfigError(" ".join(found))
+        self.names = names = self.settings.resolve(config.schema)
+        self.stats = CdcStats()
+        ttl = self.settings.takeover_ttl
+        self.leadership = Leadership(
+            leader_session(config, ttl), names, relay_id=relay_id or uuid4(),
+            relay_name=config.relay_name, ttl=ttl,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            published=lambda: self.stats.published,
+        )
+        parker = OutboxParker(self.leadership.execute, cdc_query("park", names.schema))
+        self.publisher = BatchPublisher(
+            connector, parker, timeout=config.publish_timeout, retry_base=config.retry_base,
+            retry_cap=config.retry_cap, may_publish=self.leadership.valid, stats=self.stats,
+        )
+        self._mapping = mapping_for(names.table, debezium=names.debezium)
+        self._snapshot = Snapshot(
+            DbSession(config.dsn, "cdc-snapshot", connect_timeout=config.connect_timeout),
+            names, self._mapping, self.publisher, batch_size=config.batch_size,
+            mark_sent=None if names.debezium else self._mark_sent,
+        )
+        self._retention_session = DbSession(config.dsn, "cdc-housekeeping",
+                                            connect_timeout=config.connect_timeout)
+        self.streaming = asyncio.Event()  # set while this relay streams
+        self._failures = 0
+
+    @property
+    def relay_id(self) -> UUID:
+        return self.leadership.relay_id
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Lead (or wait to) and stream until ``stopping`` is set."""
+        retention = self._start_retention(stopping)
+        try:
+            await self._lead_and_stream(stopping)
+        finally:
+            if retention is not None:
+                retention.cancel()
+                await asyncio.gather(retention, return_exceptions=True)
+
+    def _start_retention(self, stopping: asyncio.Event) -> asyncio.Task[None] | None:
+        if self.names.debezium:  # retention deletes from the relay's own table only
+            return None
+        return asyncio.create_task(
+            run_retention(self._retention_session, self.names, self.config.retention, stopping),
+            name="cdc-retention",
+        )
+
+    async def _lead_and_stream(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            if not self.leadership.is_leader:
+                if self.leadership.lost.is_set():
+                    await self.leadership.release()  # after a lost lead: a clean session
+                if not await self.leadership.acquire(stopping):
+                    return
+            try:
+                await self._stream_once(stopping)
+            except RelayError as exc:
+                await self._back_off(stopping, exc)
+            except Exception as exc:  # a bug, not an outage: keep the traceback, keep going
+                log.exception("unexpected error while streaming")
+                await self._back_off(stopping, RelayError(f"{type(exc).__name__}: {exc}"))
+            finally:
+                self.streaming.clear()
+
+    async def close(self) -> None:
+        """Give up the lead (a standby takes over at once) and close every connection."""
+        await self.leadership.release(forget=True)
+        await self._snapshot.close()
+        await self._retention_session.close()
+
+    async def _stream_once(self, stopping: asyncio.Event) -> None:
+        stream = await ReplicationStream.connect(
+            self.config.dsn, connect_timeout=self.config.connect_timeout
+        )
+        try:
+            start_lsn = await self._prepare(stream, stopping)
+            if start_lsn is None:
+                return
+            await self._start(stream, start_lsn)
+            outgoing = Outgoing()
+            session = StreamSession(
+                stream, ChangeDecoder(self.names, self._mapping, outgoing), outgoing,
+                self.publisher, self.leadership, schema=self.names.schema,
+                start_lsn=start_lsn, batch_size=self.config.batch_size,
+                linger=self.settings.linger,
+            )
+            log.info("streaming slot %s from %s", self.names.slot, lsn_to_str(start_lsn))
+            self.streaming.set()
+            self._failures = 0  # the backoff starts small again after a good start
+            await session.run(stopping)
+        finally:
+            await stream.close()
+
+    async def _prepare(self, stream: ReplicationStream, stopping: asyncio.Event) -> int | None:
+        """Check the slot against cdc_state, recreate and snapshot as needed; return the
+        position streaming starts from (None: stopped during the snapshot)."""
+        leadership, names = self.leadership, self.names
+        await ensure_publication(leadership, names)  # before the slot: pgoutput needs it
+        state = await leadership.refresh_state()
+        slot = await read_slot(leadership, names)
+        verdict = assess(slot, state, await current_database(leadership), names.slot)
+        log.log(verdict.level, verdict.message)
+        if verdict.action is Action.CREATE:
+            if verdict.drop_slot and slot is not None:
+                await drop_slot(leadership, names, slot)
+            consistent, exported = await stream.create_slot(names.slot)
+            request = SnapshotRequest(exported, verdict.covered_xmin, consistent)
+            return await self._snapshot_then_stream(request, stopping)
+        if verdict.action is Action.SNAPSHOT:
+            lsn = state.confirmed_lsn or verdict.snapshot_lsn or 0
+            request = SnapshotRequest(None, verdict.covered_xmin, lsn)
+            return await self._snapshot_then_stream(request, stopping)
+        return state.confirmed_lsn or 0
+
+    async def _snapshot_then_stream(
+        self, request: SnapshotRequest, stopping: asyncio.Event
+    ) -> int | None:
+        leadership, schema = self.leadership, self.names.schema
+        await leadership.guarded(cdc_query("begin_snapshot", schema),
+                                 {"lsn": lsn_to_str(request.position)})
+        xmin = await self._snapshot.run(request, stopping)
+        if xmin is None:
+            return None
+        await leadership.guarded(cdc_query("finish_snapshot", schema), {"covered": xmin})
+        leadership.state = CdcState(request.position, xmin, True)
+        return request.position
+
+    async def _start(self, stream: ReplicationStream, start_lsn: int) -> None:
+        """START_REPLICATION from ``start_lsn``: the relay's saved position, which may be
+        past the slot's (PostgreSQL moves a slot back to it; skipped commits were
+        published). A walsender left over from a previous leader is ended."""
+        for attempt in range(START_ATTEMPTS):
+            try:
+                await stream.start(self.names.slot, self.names.publication, start_lsn)
+                return
+            except SlotInUseError:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                slot = await read_slot(self.leadership, self.names)
+                if slot is not None and slot.active_pid is not None:
+                    log.warning("slot %s is still streamed by walsender %d (a previous "
+                                "leader); ending that session", self.names.slot, slot.active_pid)
+                    await self.leadership.end_session(slot.active_pid)
+                await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def _mark_sent(self, ids: list[UUID]) -> None:
+        if ids:
+            await self.leadership.execute(cdc_query("mark_sent", self.names.schema),
+                                          {"ids": ids})
+
+    async def _back_off(self, stopping: asyncio.Event, exc: RelayError) -> None:
+        delay = full_jitter(self._failures, base=self.config.retry_base,
+                            cap=self.config.retry_cap)
+        self._failures += 1
+        level = logging.ERROR if isinstance(exc, PermanentError) else logging.WARNING
+        log.log(level, "CDC streaming stopped (%s: %s); retrying in %.1fs",
+                type(exc).__name__, exc, delay)
+        await wait_any(stopping, timeout=delay)
+

@@ -1,0 +1,50 @@
+"""Retention in CDC mode: captured rows are never marked sent, so they are deleted once
+the watermark in ``cdc_state`` shows their transaction was published and they are older
+than the retention. Any relay may run it (rows are locked with SKIP LOCKED)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+
+from relay.cdc.queries import cdc_query
+from relay.cdc.settings import CdcNames
+from relay.cdc.waits import wait_any
+from relay.db import DbSession
+from relay.errors import RelayError
+
+log = logging.getLogger("outbox_relay.cdc")
+
+RETENTION_EVERY = 10.0
+PURGE_CHUNK = 1000
+PURGE_CHUNKS_PER_ROUND = 100
+
+
+async def purge_published(session: DbSession, names: CdcNames, retention: float) -> int:
+    """Delete published rows older than ``retention`` seconds, a chunk at a time."""
+    conn = await session.connection()
+    params = {"retention": retention, "limit": PURGE_CHUNK, "slot": names.slot}
+    total = 0
+    for _ in range(PURGE_CHUNKS_PER_ROUND):
+        cursor = await conn.execute(cdc_query("purge_published", names.schema), params)
+        total += cursor.rowcount
+        if cursor.rowcount < PURGE_CHUNK:
+            break
+    return total
+
+
+async def run_retention(
+    session: DbSession, names: CdcNames, retention: float, stopping: asyncio.Event
+) -> None:
+    """Purge every ``RETENTION_EVERY`` seconds until ``stopping``; failures only log."""
+    while not stopping.is_set():
+        try:
+            deleted = await purge_published(session, names, retention)
+            if deleted:
+                log.info("retention removed %d published messages", deleted)
+        except (RelayError, psycopg.Error) as exc:
+            log.warning("retention purge failed (will retry): %s", exc)
+            await session.discard()
+        await wait_any(stopping, timeout=RETENTION_EVERY)

@@ -1,0 +1,192 @@
+"""One streaming session: read the slot, publish in batches, confirm what was delivered.
+
+Three tasks share an ``Outgoing`` queue:
+
+- the reader decodes frames into events and marks, and stops reading (but not answering
+  the server) while too much waits for the broker;
+- the publisher takes batches of up to ``batch_size`` events (after a short linger, so
+  small transactions share a batch) and delivers them in order;
+- the progress task saves the confirmed position to ``cdc_state`` and only then reports
+  it to the server, at least every ``STATUS_INTERVAL`` and whenever the server asks.
+
+Positions only move on commit marks of fully delivered transactions, or on a keepalive's
+WAL end when nothing is waiting. An idle advance (other tables' writes) is saved at once
+when it is large (``IDLE_SAVE_BYTES``), otherwise every ``IDLE_SAVE_INTERVAL``: each save
+is itself a little WAL, so an idle relay writes one small row every ten seconds, not
+continuously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+
+from relay.cdc.changes import ChangeDecoder
+from relay.cdc.frames import PrimaryKeepalive, lsn_to_str, parse_copy_data
+from relay.cdc.leader import Leadership
+from relay.cdc.outgoing import Batch, Outgoing
+from relay.cdc.pgoutput import parse_pgoutput
+from relay.cdc.publisher import BatchPublisher
+from relay.cdc.queries import cdc_query
+from relay.cdc.stream import ReplicationStream
+from relay.cdc.waits import wait_any
+from relay.errors import LeaseLostError
+
+log = logging.getLogger("outbox_relay.cdc")
+
+STATUS_INTERVAL = 10.0  # well inside the default wal_sender_timeout (60 s)
+SAVE_INTERVAL = 0.2  # at most this often a cdc_state write while events flow
+IDLE_SAVE_BYTES = 1 << 20  # an idle advance this large is saved at once
+IDLE_SAVE_INTERVAL = 10.0  # a smaller one waits this long
+BACKLOG_BATCHES = 8  # stop reading while this many batches wait for the broker
+YIELD_EVERY = 256  # frames read in a row before the reader lets the other tasks run
+
+
+class StreamSession:
+    def __init__(
+        self,
+        stream: ReplicationStream,
+        decoder: ChangeDecoder,
+        outgoing: Outgoing,
+        publisher: BatchPublisher,
+        leadership: Leadership,
+        *,
+        schema: str,
+        start_lsn: int,
+        batch_size: int,
+        linger: float,
+    ) -> None:
+        self._stream = stream
+        self._decoder = decoder
+        self._outgoing = outgoing
+        self._publisher = publisher
+        self._leadership = leadership
+        self._save_query = cdc_query("save_progress", schema)
+        self._batch_size = batch_size
+        self._linger = linger
+        self._max_backlog = batch_size * BACKLOG_BATCHES
+        self.received_lsn = start_lsn
+        self.saved_lsn = start_lsn
+        self._reported = (-1, -1)
+        self._last_status = self._last_save = 0.0
+        self._reply_wanted = asyncio.Event()
+        self._space = asyncio.Event()
+        self._closing = asyncio.Event()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Stream until ``stopping`` (then drain the batch in flight) or a failure.
+
+        Losing the lead also ends the session: the batch in flight is finished (a publish
+        call is never cut off halfway), nothing more is published or confirmed.
+        """
+        halt = asyncio.Event()  # stop taking batches: stopping, or the lead is lost
+        reader = asyncio.create_task(self._read_loop(), name="cdc-reader")
+        publisher = asyncio.create_task(self._publish_loop(halt), name="cdc-publisher")
+        progress = asyncio.create_task(self._progress_loop(), name="cdc-progress")
+        tasks = {reader, publisher, progress}
+        ended = asyncio.ensure_future(wait_any(stopping, self._leadership.lost))
+        try:
+            done, _ = await asyncio.wait(tasks | {ended}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & tasks:
+                task.result()  # a failure: raise it (the finally cancels the rest)
+            halt.set()
+            reader.cancel()
+            await publisher  # finishes (or gives up on) the batch in flight
+            self._closing.set()
+            await progress  # between statements: the leader connection stays usable
+            if self._leadership.lost.is_set():
+                raise LeaseLostError("another relay took over the slot")
+            await self._save_and_report(final=True)
+        finally:
+            for task in (*tasks, ended):
+                task.cancel()
+            await asyncio.gather(*tasks, ended, return_exceptions=True)
+
+    # --- reading ---------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        outgoing = self._outgoing
+        frames = 0
+        while True:
+            frames += 1
+            if frames % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # a busy stream never waits: let the others run
+            if outgoing.backlog >= self._max_backlog:
+                self._space.clear()
+                await wait_any(self._space, timeout=STATUS_INTERVAL)
+                continue
+            frame = await self._stream.read(timeout=STATUS_INTERVAL)
+            if frame is None:
+                continue
+            parsed = parse_copy_data(frame)
+            if isinstance(parsed, PrimaryKeepalive):
+                self.received_lsn = max(self.received_lsn, parsed.wal_end)
+                outgoing.add_mark(parsed.wal_end, commit=False)
+                if parsed.reply_requested:
+                    self._reply_wanted.set()
+                continue
+            self.received_lsn = max(self.received_lsn, parsed.wal_end)
+            self._decoder.apply(parse_pgoutput(parsed.payload))
+
+    # --- publishing ------------------------------------------------------------------
+
+    async def _publish_loop(self, halt: asyncio.Event) -> None:
+        while True:
+            batch = await self._next_batch(halt)
+            if batch is None:
+                return
+            acknowledge = functools.partial(self._outgoing.acknowledge, batch)
+            delivered = await self._publisher.deliver(batch.items, halt, acknowledge)
+            self._space.set()
+            if not delivered:
+                return
+
+    async def _next_batch(self, halt: asyncio.Event) -> Batch | None:
+        outgoing = self._outgoing
+        while not outgoing.ready.is_set() and not halt.is_set():
+            await wait_any(halt, outgoing.ready)
+        if outgoing.backlog < self._batch_size and self._linger > 0 and not halt.is_set():
+            await wait_any(halt, timeout=self._linger)  # let the transactions behind join
+        return None if halt.is_set() else outgoing.take(self._batch_size)
+
+    # --- confirming ------------------------------------------------------------------
+
+    async def _progress_loop(self) -> None:
+        outgoing = self._outgoing
+        while not self._closing.is_set():
+            outgoing.progressed.clear()
+            reply = self._reply_wanted.is_set()
+            self._reply_wanted.clear()
+            await self._save_and_report(reply=reply)
+            await wait_any(outgoing.progressed, self._reply_wanted, self._closing,
+                           timeout=min(STATUS_INTERVAL, IDLE_SAVE_INTERVAL))
+            since_save = time.monotonic() - self._last_save
+            if since_save < SAVE_INTERVAL and not self._reply_wanted.is_set():
+                await wait_any(self._closing, timeout=SAVE_INTERVAL - since_save)
+
+    def _save_target(self) -> int:
+        outgoing = self._outgoing
+        if outgoing.confirmed_commit_lsn > self.saved_lsn:
+            return outgoing.confirmed_lsn
+        idle_advance = outgoing.confirmed_lsn - self.saved_lsn
+        waited = time.monotonic() - self._last_save
+        if idle_advance >= IDLE_SAVE_BYTES or (idle_advance > 0 and waited >= IDLE_SAVE_INTERVAL):
+            return outgoing.confirmed_lsn
+        return self.saved_lsn
+
+    async def _save_and_report(self, *, reply: bool = False, final: bool = False) -> None:
+        target = max(self._save_target(), self._outgoing.confirmed_lsn if final else 0)
+        if target > self.saved_lsn:
+            await self._leadership.guarded(self._save_query, {"lsn": lsn_to_str(target)})
+            self.saved_lsn = target
+            self._last_save = time.monotonic()
+        position = (max(self.received_lsn, self.saved_lsn), self.saved_lsn)
+        due = time.monotonic() - self._last_status >= STATUS_INTERVAL
+        if position != self._reported or due or reply or final:
+            await self._stream.send_status(*position)
+            self._reported = position
+            self._last_status = time.monotonic()
+            log.debug("confirmed %s to the server", lsn_to_str(self.saved_lsn))
+

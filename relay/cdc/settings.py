@@ -1,0 +1,145 @@
+"""Settings of CDC mode: which slot, publication and table, and how fast to fail over.
+
+``CdcSettings`` is frozen and typed like ``RelayConfig``; names left at ``None`` are
+derived from the outbox schema (slot and publication ``outbox_relay_<schema>``, table
+``<schema>.messages``). ``resolve(schema)`` turns it into the concrete names one relay uses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # relay.config may import this module for RelayConfig.cdc
+    from relay.config import RelayConfig
+
+DEFAULT_SCHEMA = "outbox"
+
+DEFAULT_HEARTBEAT_INTERVAL = 10.0
+DEFAULT_TAKEOVER_TTL = 10.0
+DEFAULT_LINGER = 0.01
+MIN_TAKEOVER_TTL = 1.0
+NAME_PREFIX = "outbox_relay_"
+MESSAGE_PREFIX = "outbox-relay:"
+HEARTBEAT_PREFIX = "outbox-relay-heartbeat"
+# Slot names: lowercase letters, digits and underscores, at most 63 bytes (NAMEDATALEN - 1).
+_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
+# The same plain identifiers relay.config accepts (not imported: config may import us).
+_PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def is_plain_identifier(name: str) -> bool:
+    return bool(_PLAIN_IDENTIFIER.match(name))
+
+
+@dataclass(frozen=True, slots=True)
+class TableName:
+    schema: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def parse_table_name(text: str) -> TableName | None:
+    """``schema.table`` of two plain identifiers, or None when it is not that."""
+    schema, dot, name = text.partition(".")
+    if not dot or not is_plain_identifier(schema) or not is_plain_identifier(name):
+        return None
+    return TableName(schema, name)
+
+
+@dataclass(frozen=True, slots=True)
+class CdcNames:
+    """The concrete names one CDC relay works with."""
+
+    schema: str
+    slot: str
+    publication: str
+    table: TableName
+    debezium: bool
+
+    @property
+    def message_prefix(self) -> str:
+        """Prefix of the logical messages ``<schema>.emit()`` writes (see 0002_cdc.sql)."""
+        return f"{MESSAGE_PREFIX}{self.schema}"
+
+
+@dataclass(frozen=True)
+class CdcSettings:
+    """What ``outbox-relay run --mode cdc`` needs beyond RelayConfig.
+
+    ``table`` is ``schema.table``; ``None`` captures the relay's own outbox table.
+    ``debezium`` reads ``table`` as a Debezium outbox table (id, aggregatetype,
+    aggregateid, type, payload, extra columns as headers). ``heartbeat_interval`` 0
+    turns the heartbeat off. A standby takes over within about ``takeover_ttl * 1.25``
+    of the active relay freezing, and within ``takeover_ttl / 4`` of it dying.
+    """
+
+    slot: str | None = None
+    publication: str | None = None
+    table: str | None = None
+    debezium: bool = False
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    takeover_ttl: float = DEFAULT_TAKEOVER_TTL
+    linger: float = DEFAULT_LINGER
+
+    def resolve(self, schema: str) -> CdcNames:
+        """The names for outbox ``schema``; call ``problems()`` first."""
+        derived = f"{NAME_PREFIX}{schema}"
+        table = parse_table_name(self.table) if self.table else TableName(schema, "messages")
+        if table is None:
+            raise ValueError(f"not a schema.table name: {self.table!r}")
+        return CdcNames(
+            schema=schema,
+            slot=self.slot or derived,
+            publication=self.publication or derived,
+            table=table,
+            debezium=self.debezium,
+        )
+
+    def problems(
+        self, schema: str = DEFAULT_SCHEMA, *, publish_timeout: float | None = None
+    ) -> list[str]:
+        """Every problem with these settings, each as one plain sentence.
+
+        With ``publish_timeout`` it also checks that a leader's lease outlives a publish.
+        """
+        found: list[str] = []
+        slot = self.slot or f"{NAME_PREFIX}{schema}"
+        if not _SLOT_NAME.match(slot):
+            found.append(
+                f"The replication slot name {slot!r} is not valid: use at most 63 lowercase "
+                "letters, digits and underscores (pass --cdc-slot for a long schema name)."
+            )
+        publication = self.publication or f"{NAME_PREFIX}{schema}"
+        if not is_plain_identifier(publication):
+            found.append(
+                f"The publication name {publication!r} is not a plain identifier of at most "
+                "63 characters (pass --cdc-publication for a long schema name)."
+            )
+        if self.table is not None and parse_table_name(self.table) is None:
+            found.append(
+                f"The CDC table {self.table!r} must be written schema.table, both plain "
+                "identifiers."
+            )
+        if self.debezium and self.table is None:
+            found.append("Debezium mapping needs the outbox table to capture (--cdc-table).")
+        if self.heartbeat_interval < 0:
+            found.append("The CDC heartbeat interval must be zero (off) or more.")
+        if self.takeover_ttl < MIN_TAKEOVER_TTL:
+            found.append(f"The CDC takeover TTL must be at least {MIN_TAKEOVER_TTL:g} second.")
+        if not 0 <= self.linger <= 1:
+            found.append("The CDC linger must be between 0 and 1 second.")
+        if publish_timeout is not None and self.takeover_ttl < 2 * publish_timeout:
+            found.append(
+                "The CDC takeover TTL must be at least twice the publish timeout, so a "
+                "standby cannot take over while the leader still waits for the broker."
+            )
+        return found
+
+
+def settings_of(config: RelayConfig) -> CdcSettings:
+    """The CDC settings of a relay configuration."""
+    return config.cdc

@@ -1,0 +1,205 @@
+"""The replication connection: create a slot, stream it, answer with status updates.
+
+psycopg runs the replication commands that return rows (``CREATE_REPLICATION_SLOT``);
+``START_REPLICATION`` switches the connection to COPY BOTH, which is read and written
+through libpq directly (``conn.pgconn``), waiting on the socket with the event loop.
+The session pins the settings the text format of decoded values depends on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from relay.cdc.frames import encode_standby_status, lsn_to_str, str_to_lsn
+from relay.cdc.waits import wait_future
+from relay.dsn import describe_dsn
+from relay.errors import (
+    DatabaseUnavailableError,
+    PermanentError,
+    RelayError,
+    RetryableError,
+    is_retryable_sqlstate,
+    translate_db_error,
+)
+
+log = logging.getLogger("outbox_relay.cdc")
+
+SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c bytea_output=hex"
+OBJECT_IN_USE = "55006"  # the slot is active for another walsender
+UNDEFINED_OBJECT = "42704"  # the slot does not exist
+READ_WAIT = 0.5  # bound on one wait for the socket, so buffered data is never missed
+
+
+class SlotInUseError(RetryableError):
+    """Another walsender streams the slot (a previous leader not yet gone)."""
+
+
+class SlotMissingError(RetryableError):
+    """The slot disappeared between the check and START_REPLICATION."""
+
+
+def replication_conninfo(dsn: str) -> str:
+    """``dsn`` with the replication session's settings appended to its own options."""
+    params = conninfo_to_dict(dsn)
+    options = str(params.get("options") or "")
+    return make_conninfo(
+        dsn,
+        replication="database",
+        options=f"{options} {SESSION_OPTIONS}".strip(),
+        client_encoding="UTF8",
+        application_name="outbox-relay/cdc-stream",
+    )
+
+
+class ReplicationStream:
+    """One replication connection; create with :meth:`connect`, end with :meth:`close`."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+        self._pgconn = conn.pgconn
+        self.streaming = False
+
+    @classmethod
+    async def connect(cls, dsn: str, *, connect_timeout: float) -> ReplicationStream:
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                replication_conninfo(dsn), autocommit=True,
+                connect_timeout=max(1, round(connect_timeout)),
+            )
+        except psycopg.Error as exc:
+            raise DatabaseUnavailableError(
+                f"cannot open a replication connection to {describe_dsn(dsn)}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
+            ) from None
+        return cls(conn)
+
+    @property
+    def backend_pid(self) -> int:
+        return self._pgconn.backend_pid
+
+    async def create_slot(self, slot: str) -> tuple[int, str]:
+        """Create logical slot ``slot`` (pgoutput) and export its snapshot; return the
+        consistent point and the snapshot name, valid until the next command here."""
+        statement = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT")
+        try:
+            cursor = await self._conn.execute(statement.format(sql.Identifier(slot)))
+            row = await cursor.fetchone()
+        except psycopg.Error as exc:
+            raise translate_db_error(exc, f"creating replication slot {slot}") from None
+        if row is None:
+            raise PermanentError(f"creating replication slot {slot} returned nothing")
+        return str_to_lsn(str(row[1])), str(row[2])
+
+    async def start(self, slot: str, publication: str, start_lsn: int = 0) -> None:
+        """``START_REPLICATION`` from ``start_lsn`` (0: the slot's confirmed position)."""
+        options = sql.SQL(
+            "proto_version '1', publication_names {}, binary 'true', messages 'true'"
+        ).format(sql.Literal(publication))
+        command = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
+            sql.Identifier(slot), sql.SQL(lsn_to_str(start_lsn)), options
+        )
+        pgconn = self._pgconn
+        try:
+            pgconn.send_query(command.as_bytes(self._conn))
+            await self._flush()
+            while True:
+                pgconn.consume_input()
+                if not pgconn.is_busy():
+                    break
+                await self._wait(readable=True, timeout=READ_WAIT)
+        except psycopg.Error as exc:
+            raise DatabaseUnavailableError(f"starting replication of {slot}: {exc}") from None
+        result = pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_BOTH:
+            while pgconn.get_result() is not None:
+                pass  # libpq wants every result read before the next command
+            raise _start_failure(slot, result, pgconn)
+        self.streaming = True
+
+    async def read(self, timeout: float) -> memoryview | None:
+        """The next CopyData frame, or None when nothing came within ``timeout``."""
+        pgconn = self._pgconn
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                size, data = pgconn.get_copy_data(1)
+                if size > 0:
+                    return data
+                if size == -1:
+                    raise self._stream_ended()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                await self._wait(readable=True, timeout=min(remaining, READ_WAIT))
+                pgconn.consume_input()
+        except psycopg.Error as exc:
+            raise DatabaseUnavailableError(f"the replication stream broke: {exc}") from None
+
+    async def send_status(self, written: int, flushed: int, *, reply: bool = False) -> None:
+        """Tell the server what was received (``written``) and may be forgotten."""
+        try:
+            self._pgconn.put_copy_data(encode_standby_status(written, flushed, flushed,
+                                                             reply=reply))
+            await self._flush()
+        except psycopg.Error as exc:
+            raise DatabaseUnavailableError(f"the replication stream broke: {exc}") from None
+
+    async def close(self) -> None:
+        """Drop the connection without ending the stream politely: whatever was not
+        confirmed is sent again next time, which is the point."""
+        self.streaming = False
+        if not self._conn.closed:
+            with contextlib.suppress(psycopg.Error):  # it may have failed already
+                await self._conn.close()
+
+    def _stream_ended(self) -> RelayError:
+        result = self._pgconn.get_result()
+        if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+            return _result_error("the replication stream", result)
+        return DatabaseUnavailableError("the server ended the replication stream")
+
+    async def _flush(self) -> None:
+        while self._pgconn.flush() == 1:
+            await self._wait(readable=False, timeout=READ_WAIT)
+
+    async def _wait(self, *, readable: bool, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        fd = self._pgconn.socket
+        ready = loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        (loop.add_reader if readable else loop.add_writer)(fd, wake)
+        try:
+            await wait_future(ready, timeout)
+        finally:
+            (loop.remove_reader if readable else loop.remove_writer)(fd)
+
+
+def _start_failure(slot: str, result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn) -> RelayError:
+    if result is None:
+        return DatabaseUnavailableError(
+            f"starting replication of {slot}: {pgconn.error_message.decode(errors='replace')}"
+        )
+    return _result_error(f"starting replication of slot {slot}", result)
+
+
+def _result_error(doing: str, result: pq.abc.PGresult) -> RelayError:
+    sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode() or None
+    primary = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY) or result.error_message
+    message = f"{doing}: {primary.decode(errors='replace').strip()}"
+    if sqlstate == OBJECT_IN_USE:
+        return SlotInUseError(message)
+    if sqlstate == UNDEFINED_OBJECT:
+        return SlotMissingError(message)
+    return RetryableError(message) if is_retryable_sqlstate(sqlstate) else PermanentError(message)

@@ -1,0 +1,178 @@
+-- Named queries of CDC mode. {schema} is the quoted schema identifier; {table} and
+-- {publication} (in the few queries that have them) are quoted identifiers too.
+
+-- name: claim_leadership
+-- Take the slot's session-level advisory lock and, in the same statement, the lease
+-- row, so a lock holder always has a lease with its own pid. The lock lasts until this
+-- session ends: PostgreSQL releases it the moment it sees a dead relay's connection go.
+WITH lock AS MATERIALIZED (SELECT pg_try_advisory_lock(%(lock_key)s) AS held)
+INSERT INTO {schema}.cdc_state AS s
+  (slot_name, leader_id, leader_name, leader_pid, lease_expires_at)
+SELECT %(slot)s, %(leader_id)s, %(name)s, pg_backend_pid(),
+       now() + make_interval(secs => %(ttl)s)
+FROM lock WHERE lock.held
+ON CONFLICT (slot_name) DO UPDATE
+SET leader_id = excluded.leader_id, leader_name = excluded.leader_name,
+    leader_pid = excluded.leader_pid, lease_expires_at = excluded.lease_expires_at,
+    updated_at = now()
+RETURNING s.confirmed_lsn::text, s.covered_xmin::text, s.snapshot_done;
+
+-- name: renew_leadership
+UPDATE {schema}.cdc_state
+SET lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now()
+WHERE slot_name = %(slot)s AND leader_id = %(leader_id)s
+RETURNING true;
+
+-- name: release_leadership
+UPDATE {schema}.cdc_state
+SET lease_expires_at = '-infinity', leader_pid = NULL, updated_at = now()
+WHERE slot_name = %(slot)s AND leader_id = %(leader_id)s;
+
+-- name: leadership_holder
+-- For a standby: who streams, whether its lease ran out, and which sessions to end if
+-- so (the lock holder and the slot's walsender).
+SELECT s.leader_name, s.lease_expires_at < now() AS expired,
+       (SELECT l.pid FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = %(lock_hi)s::bigint::oid AND l.objid = %(lock_lo)s::bigint::oid
+        LIMIT 1) AS lock_pid,
+       (SELECT r.active_pid FROM pg_replication_slots r WHERE r.slot_name = %(slot)s)
+         AS walsender_pid
+FROM {schema}.cdc_state s
+WHERE s.slot_name = %(slot)s;
+
+-- name: end_session
+SELECT pg_terminate_backend(%(pid)s, 5000);
+
+-- name: slot_info
+SELECT slot_name, plugin, slot_type, database, active_pid, wal_status,
+       confirmed_flush_lsn::text AS confirmed_flush, restart_lsn::text AS restart,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
+FROM pg_replication_slots
+WHERE slot_name = %(slot)s;
+
+-- name: drop_slot
+SELECT pg_drop_replication_slot(%(slot)s);
+
+-- name: save_progress
+-- Written before the position is reported to the server. Once confirmed_lsn reaches the
+-- candidate's LSN, every transaction the candidate's snapshot saw as finished has been
+-- published: its xmin becomes covered_xmin and a new candidate is taken. (The snapshot is
+-- the statement's, taken before pg_current_wal_insert_lsn() runs.)
+UPDATE {schema}.cdc_state SET
+  confirmed_lsn = %(lsn)s::pg_lsn,
+  covered_xmin = CASE WHEN candidate_lsn <= %(lsn)s::pg_lsn
+                      THEN candidate_xmin ELSE covered_xmin END,
+  candidate_xmin = CASE WHEN candidate_lsn IS NULL OR candidate_lsn <= %(lsn)s::pg_lsn
+                        THEN pg_snapshot_xmin(pg_current_snapshot()) ELSE candidate_xmin END,
+  candidate_lsn = CASE WHEN candidate_lsn IS NULL OR candidate_lsn <= %(lsn)s::pg_lsn
+                       THEN pg_current_wal_insert_lsn() ELSE candidate_lsn END,
+  updated_at = now()
+WHERE slot_name = %(slot)s AND leader_id = %(leader_id)s
+RETURNING true;
+
+-- name: begin_snapshot
+UPDATE {schema}.cdc_state
+SET confirmed_lsn = %(lsn)s::pg_lsn, snapshot_done = false,
+    candidate_lsn = NULL, candidate_xmin = NULL, updated_at = now()
+WHERE slot_name = %(slot)s AND leader_id = %(leader_id)s
+RETURNING true;
+
+-- name: finish_snapshot
+UPDATE {schema}.cdc_state
+SET snapshot_done = true, covered_xmin = %(covered)s::xid8, updated_at = now()
+WHERE slot_name = %(slot)s AND leader_id = %(leader_id)s
+RETURNING true;
+
+-- name: snapshot_xmin
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
+
+-- name: snapshot_rows
+-- Pending rows that may not have been published: all of them on a first start, those
+-- written by transactions the watermark does not cover after a slot was lost.
+SELECT id, topic, key, payload, payload_bytes, content_type, headers, created_at
+FROM {schema}.messages
+WHERE sent_at IS NULL AND parked_at IS NULL
+  AND (%(covered)s::xid8 IS NULL OR NOT {schema}.cdc_xid_precedes(xmin, %(covered)s::xid8))
+ORDER BY seq;
+
+-- name: snapshot_rows_of_table
+SELECT * FROM {table}
+WHERE NOT {schema}.cdc_xid_precedes(xmin, %(covered)s::xid8);
+
+-- name: mark_sent
+UPDATE {schema}.messages
+SET sent_at = now(), attempts = attempts + 1, last_error = NULL
+WHERE id = ANY(%(ids)s) AND sent_at IS NULL AND parked_at IS NULL;
+
+-- name: park
+-- A message the broker refused for good becomes a parked row, so `status` and the
+-- dead-letter tools see it; a row that is still in the table is parked in place.
+INSERT INTO {schema}.messages AS m
+  (id, topic, key, payload, payload_bytes, content_type, headers, attempts, last_error,
+   parked_at)
+SELECT f.id, f.topic, f.key, f.payload, f.payload_bytes, f.content_type, f.headers, 1,
+       f.error, now()
+FROM unnest(%(ids)s::uuid[], %(topics)s::text[], %(keys)s::text[], %(payloads)s::jsonb[],
+            %(payload_bytes)s::bytea[], %(content_types)s::text[], %(headers)s::jsonb[],
+            %(errors)s::text[])
+     AS f(id, topic, key, payload, payload_bytes, content_type, headers, error)
+ON CONFLICT (id) DO UPDATE
+SET parked_at = now(), last_error = excluded.last_error, attempts = m.attempts + 1;
+
+-- name: heartbeat
+-- Non-transactional, with a prefix nobody publishes: it only gives the walsender a
+-- position to report when the server would otherwise send nothing.
+SELECT pg_logical_emit_message(false, 'outbox-relay-heartbeat', '');
+
+-- name: purge_published
+-- Retention in CDC mode: rows are never marked sent; a row is known published once the
+-- watermark covers its transaction.
+DELETE FROM {schema}.messages
+WHERE seq IN (
+  SELECT m.seq FROM {schema}.messages m
+  WHERE m.sent_at IS NULL AND m.parked_at IS NULL
+    AND m.created_at < now() - make_interval(secs => %(retention)s)
+    AND {schema}.cdc_xid_precedes(
+          m.xmin,
+          (SELECT covered_xmin FROM {schema}.cdc_state WHERE slot_name = %(slot)s))
+  ORDER BY m.seq
+  LIMIT %(limit)s
+  FOR UPDATE SKIP LOCKED
+);
+
+-- name: publication_tables
+SELECT p.pubinsert, t.schemaname, t.tablename
+FROM pg_publication p
+LEFT JOIN pg_publication_tables t ON t.pubname = p.pubname
+WHERE p.pubname = %(publication)s;
+
+-- name: create_publication
+CREATE PUBLICATION {publication} FOR TABLE {table} WITH (publish = 'insert');
+
+-- name: state
+SELECT confirmed_lsn::text AS confirmed_lsn, covered_xmin::text AS covered_xmin,
+       snapshot_done, leader_name, leader_pid, lease_expires_at > now() AS leader_alive,
+       updated_at
+FROM {schema}.cdc_state
+WHERE slot_name = %(slot)s;
+
+-- name: server_settings
+SELECT current_setting('wal_level') AS wal_level,
+       current_setting('max_replication_slots')::int AS max_slots,
+       current_setting('max_wal_senders')::int AS max_senders,
+       (SELECT count(*) FROM pg_replication_slots)::int AS used_slots,
+       (SELECT count(*) FROM pg_stat_replication)::int AS used_senders,
+       (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)
+         AS can_replicate,
+       current_user AS role_name,
+       current_database() AS database,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS wal_position;
+
+-- name: table_columns
+SELECT a.attname
+FROM pg_attribute a
+WHERE a.attrelid = to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum;

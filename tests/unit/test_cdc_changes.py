@@ -1,0 +1,160 @@
+"""From pgoutput messages to outbox events: recorded frames, envelopes, Debezium rows."""
+
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
+
+import pytest
+
+from relay.cdc.changes import ChangeDecoder
+from relay.cdc.envelope import decode_envelope, encode_envelope
+from relay.cdc.mapping import DebeziumMapping, MappingError, OutboxTableMapping
+from relay.cdc.outgoing import Mark, Outgoing, Unmappable
+from relay.cdc.pgoutput import Begin, Commit, Message, Relation, RelationColumn
+from relay.cdc.settings import CdcSettings, TableName
+from relay.model import OutboxMessage
+from tests.unit.test_pgoutput import messages_of
+
+RECORDED_TABLE = TableName("public", "outbox")
+
+
+def decoder_for(table=RECORDED_TABLE, *, debezium=False, schema="outbox"):
+    names = CdcSettings(table=str(table), debezium=debezium).resolve(schema)
+    mapping = DebeziumMapping(table) if debezium else OutboxTableMapping(table)
+    out = Outgoing()
+    return ChangeDecoder(names, mapping, out), out
+
+
+def drain(out):
+    """Everything queued, in order (events and marks), without confirming anything."""
+    out._in_flight = object()  # keep marks in the queue
+    return list(out._queue)
+
+
+def test_recorded_outbox_inserts_become_events_with_commit_marks():
+    decoder, out = decoder_for()
+    for message in messages_of("frames_binary.bin"):
+        decoder.apply(message)
+    queued = drain(out)
+    events = [e for e in queued if isinstance(e, OutboxMessage)]
+    assert [e.id.hex[0] * 2 for e in events] == ["11", "22", "33", "44", "55"]
+    first = events[0]
+    assert (first.topic, first.key) == ("orders", "order-1")
+    assert first.payload == b'{"items":[1,2],"total":12.5}'  # compact, like polling mode
+    assert first.headers == {"trace": "abc"}
+    assert first.created_at == datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    assert events[1].payload == b"\x00\xff\x10binary\x00"
+    assert events[4].payload == b'{"deleted":true}'  # the insert of insert + delete
+    commits = [m for m in queued if isinstance(m, Mark)]
+    assert len(commits) == 3  # the last two commits are adjacent: one mark
+    # each event carries its transaction's commit position, and those only grow
+    positions = [e.position for e in events]
+    assert positions == sorted(positions) and positions[0] == positions[2]
+
+
+def test_text_format_frames_decode_to_the_same_events():
+    by_format = {}
+    for name in ("frames_binary.bin", "frames_text.bin"):
+        decoder, out = decoder_for()
+        for message in messages_of(name):
+            decoder.apply(message)
+        by_format[name] = [(e.id, e.payload, dict(e.headers)) for e in drain(out)
+                           if isinstance(e, OutboxMessage)]
+    assert by_format["frames_binary.bin"] == by_format["frames_text.bin"]
+
+
+def test_other_tables_are_ignored():
+    decoder, out = decoder_for(TableName("public", "elsewhere"))
+    for message in messages_of("frames_binary.bin"):
+        decoder.apply(message)
+    assert not [e for e in drain(out) if isinstance(e, OutboxMessage)]
+
+
+def emitted(decoder, content, *, transactional=True, lsn=500):
+    if transactional:
+        decoder.apply(Begin(final_lsn=lsn, commit_ts=0, xid=1))
+    decoder.apply(Message(transactional, lsn, "outbox-relay:outbox", content))
+    if transactional:
+        decoder.apply(Commit(0, lsn, lsn + 8, 0))
+
+
+def test_an_emitted_envelope_becomes_an_event():
+    decoder, out = decoder_for()
+    message = OutboxMessage(id=uuid4(), topic="orders", key="k1", payload=b'{"a": [1, 2]}',
+                            headers={"h": "v"})
+    emitted(decoder, encode_envelope(message, body_kind="json"))
+    [event, mark] = drain(out)
+    assert (event.id, event.topic, event.key) == (message.id, "orders", "k1")
+    assert event.payload == b'{"a":[1,2]}'
+    assert event.headers == {"h": "v"} and event.position == 500
+    assert mark == Mark(508, True)
+
+
+def test_a_non_transactional_envelope_is_its_own_position():
+    decoder, out = decoder_for()
+    message = OutboxMessage(id=uuid4(), topic="t", key=None, payload=b"\x00",
+                            content_type="application/octet-stream")
+    emitted(decoder, encode_envelope(message, body_kind="bytes"), transactional=False, lsn=900)
+    [event, mark] = drain(out)
+    assert (event.payload, event.position, mark) == (b"\x00", 900, Mark(901, True))
+
+
+def test_other_prefixes_are_ignored_and_bad_envelopes_are_parked_not_skipped():
+    decoder, out = decoder_for()
+    decoder.apply(Begin(final_lsn=1, commit_ts=0, xid=1))
+    decoder.apply(Message(True, 1, "someone-else", b"whatever"))
+    decoder.apply(Message(True, 1, "outbox-relay:outbox", b"not an envelope"))
+    decoder.apply(Commit(0, 1, 9, 0))
+    [parked, _] = drain(out)
+    assert isinstance(parked, Unmappable)
+    assert parked.raw == b"not an envelope" and "header" in parked.error
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b'{"v": 2}\n', "version"),
+        (b'{"v": 1, "id": "x"}\n', "UUID"),
+        (b'{"v": 1, "id": "%s", "topic": ""}\n' % str(uuid4()).encode(), "topic"),
+        (b'{"v": 1, "id": "%s", "topic": "t", "content_type": "c", "body": "json"}\n{'
+         % str(uuid4()).encode(), "JSON"),
+    ],
+)
+def test_envelope_errors_say_what_is_wrong(content, error):
+    with pytest.raises(MappingError, match=error):
+        decode_envelope(content, 0)
+
+
+def debezium_relation(*extra):
+    columns = [("id", 2950), ("aggregatetype", 1043), ("aggregateid", 1043),
+               ("type", 1043), ("payload", 3802), *extra]
+    return Relation(7, "app", "outbox", "d",
+                    tuple(RelationColumn(0, name, oid, -1) for name, oid in columns))
+
+
+def test_debezium_rows_route_by_aggregate_and_carry_type_as_a_header():
+    bound = DebeziumMapping(TableName("app", "outbox")).bind(
+        [(c.name, c.type_oid) for c in debezium_relation(("tenant", 25)).columns])
+    ident = uuid4()
+    message = bound.to_message({"id": ident, "aggregatetype": "Order", "aggregateid": "42",
+                                "type": "OrderCreated", "payload": '{"x": 1}',
+                                "tenant": "acme"}, 77)
+    assert (message.id, message.topic, message.key) == (ident, "Order", "42")
+    assert message.payload == b'{"x":1}' and message.position == 77
+    assert message.headers == {"type": "OrderCreated", "tenant": "acme"}
+
+
+def test_debezium_text_ids_become_stable_uuids_and_missing_topics_are_errors():
+    bound = DebeziumMapping(TableName("app", "outbox")).bind(
+        [("id", 25), ("aggregatetype", 25), ("aggregateid", 25), ("payload", 25)])
+    row = {"id": "evt-1", "aggregatetype": "A", "aggregateid": "1", "payload": "hi"}
+    first, again = bound.to_message(row, 0), bound.to_message(row, 0)
+    assert first.id == again.id and isinstance(first.id, UUID)
+    assert first.content_type.startswith("text/plain")
+    with pytest.raises(MappingError, match="aggregatetype"):
+        bound.to_message({**row, "aggregatetype": None}, 0)
+
+
+def test_a_table_without_the_needed_columns_is_refused():
+    with pytest.raises(MappingError, match="aggregateid"):
+        DebeziumMapping(TableName("app", "outbox")).bind([("id", 2950), ("payload", 3802),
+                                                           ("aggregatetype", 25)])
