@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint unit integration e2e bench clean
+.PHONY: setup demo test lint unit integration e2e faults bench clean
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -33,6 +33,9 @@ integration: setup
 
 e2e: setup
 	$(UV) run --frozen pytest tests/e2e $(PYTEST_ARGS)
+
+faults: setup
+	$(UV) run --frozen pytest tests/faults $(PYTEST_ARGS)
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

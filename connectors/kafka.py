@@ -76,7 +76,9 @@ def outcome_for(err: KafkaError) -> Outcome:
     text = f"{err.name()}: {err.str()}"
     if err.code() in _MESSAGE_FAULTS and not err.fatal():
         return permanent(text)
-    return retryable(text)
+    # Negative codes are librdkafka's own (timeouts, transport); positive ones came from
+    # a broker, which is therefore reachable.
+    return retryable(text, answered=err.code() >= 0)
 
 
 def message_headers(message: OutboxMessage) -> list[tuple[str, str | bytes | None]]:

@@ -29,6 +29,7 @@ from pika import exceptions as amqp
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
+from connectors.amqp_url import url_parameters
 from relay.config import DEFAULT_AMQP_EXCHANGE, DEFAULT_CONNECT_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError, PermanentError, RelayError
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
@@ -226,7 +227,7 @@ class _Link:
         for tag in self._confirmed_tags(method.delivery_tag, method.multiple):
             state, index, returned = self._forget(tag)
             if nacked:
-                state.settle(index, retryable("the broker nacked the message"))
+                state.settle(index, retryable("the broker nacked the message", answered=True))
             elif returned is not None:
                 state.settle(index, permanent(returned))
             else:
@@ -318,11 +319,7 @@ class RabbitMQConnector:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         connection_name: str = "outbox-relay",
     ) -> None:
-        try:
-            self._params = pika.URLParameters(url)
-        except (ValueError, TypeError):
-            # Neither chained nor echoed: pika's text could contain the password.
-            raise ConfigError("The AMQP URL is not valid.") from None
+        self._params = url_parameters(url)  # ConfigError that never quotes the URL
         # The whole TCP + AMQP handshake is bounded, not only the socket connect.
         self._params.socket_timeout = connect_timeout
         self._params.stack_timeout = connect_timeout

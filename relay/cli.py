@@ -14,14 +14,45 @@ import psycopg
 import typer
 
 from relay import config as defaults
+from relay.cdc.cli_options import (
+    HEARTBEAT_DEFAULT,
+    LINGER_DEFAULT,
+    TAKEOVER_DEFAULT,
+    CdcDebeziumOption,
+    CdcHeartbeatOption,
+    CdcLingerOption,
+    CdcPublicationOption,
+    CdcSlotOption,
+    CdcTableOption,
+    CdcTakeoverOption,
+    cdc_settings,
+)
+from relay.cdc.preflight import run_checks
+from relay.cdc.settings import CdcSettings
+from relay.cdc.status import cdc_status, format_cdc_status
 from relay.config import RelayConfig
 from relay.db import connection_failure
+from relay.deadletters_cli import build_dead_letters_app
 from relay.dsn import redact, secrets_in
 from relay.durations import parse_duration
-from relay.errors import ConfigError, RelayError
+from relay.errors import ConfigError, RelayError, translate_db_error
+from relay.grants import GRANT_MODES, render_grants
 from relay.inbox.cli import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
 from relay.logs import configure_logging
 from relay.migrations import migrate, render_script
+from relay.run_options import (
+    DEFAULT_RETRY_BASE,
+    DEFAULT_RETRY_CAP,
+    LogFormatOption,
+    MaxAttemptsOption,
+    MetricsHostOption,
+    MetricsPortOption,
+    OnPoisonOption,
+    RetryBaseOption,
+    RetryCapOption,
+    operability_settings,
+)
+from relay.secrets import read_option_files, secret_option_values, value_or_file
 from relay.status import collect_status, format_status
 
 log = logging.getLogger("outbox_relay.cli")
@@ -57,6 +88,22 @@ SchemaOption = Annotated[
     str,
     typer.Option("--schema", envvar=_env("SCHEMA"), help="Schema that holds the outbox."),
 ]
+DsnFileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn-file",
+        envvar=_env("DSN_FILE"),
+        show_default=False,
+        help="Read the connection string from this file (a mounted secret) instead of --dsn.",
+    ),
+]
+
+
+def dsn_from(dsn: str, dsn_file: str | None) -> str:
+    """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
+    chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
+    _secrets.extend(secrets_in(chosen or ""))
+    return chosen or ""
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
@@ -81,8 +128,8 @@ def clear_errors(command: F) -> F:
             fail(str(exc), EXIT_USAGE)
         except RelayError as exc:
             fail(str(exc))
-        except psycopg.Error as exc:
-            fail(str(connection_failure(kwargs.get("dsn", ""), exc)))
+        except psycopg.Error as exc:  # connect failures were translated in _connect already
+            fail(str(translate_db_error(exc, "PostgreSQL refused the command")))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         except Exception as exc:
@@ -134,14 +181,35 @@ def migrate_command(
         ),
     ] = False,
     inbox_only: InboxOnlyOption = False,
+    dsn_file: DsnFileOption = None,
+    print_grants: Annotated[
+        str | None,
+        typer.Option(
+            "--print-grants",
+            metavar="ROLE",
+            show_default=False,
+            help="Write the GRANTs ROLE needs (see --mode) to stdout; connects to nothing.",
+        ),
+    ] = None,
+    grants_mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            envvar=_env("MODE"),
+            help=f"With --print-grants, what the role does: {', '.join(GRANT_MODES)}.",
+        ),
+    ] = defaults.DEFAULT_MODE,
 ) -> None:
     """Create or upgrade the outbox schema (idempotent, versioned)."""
     _check_schema_name(schema)
+    if print_grants is not None:
+        sys.stdout.write(render_grants(print_grants, schema, grants_mode))
+        return
     tracks = migration_tracks(inbox_only)
     if print_sql:
         sys.stdout.write(render_script(schema, tracks=tracks))
         return
-    with _connect(dsn) as conn:
+    with _connect(dsn_from(dsn, dsn_file)) as conn:
         applied = migrate(conn, schema, tracks=tracks)
     typer.echo(describe_migration(schema, applied, tracks))
 
@@ -154,15 +222,60 @@ def status_command(
     as_json: Annotated[
         bool, typer.Option("--json", envvar=_env("STATUS_JSON"), help="Print JSON instead of text.")
     ] = False,
+    dsn_file: DsnFileOption = None,
+    cdc_slot: CdcSlotOption = None,
 ) -> None:
-    """Show the backlog, and which relays are alive and what each owns."""
+    """Show the backlog, which relays are alive and what each owns, and the CDC slot."""
     _check_schema_name(schema)
-    with _connect(dsn) as conn:
+    if cdc_slot is not None and (problems := CdcSettings(slot=cdc_slot).problems(schema)):
+        raise ConfigError(" ".join(problems))
+    with _connect(dsn_from(dsn, dsn_file)) as conn:
         status = collect_status(conn, schema)
+        cdc = cdc_status(conn, schema, cdc_slot)
+    if cdc["exists"] or cdc_slot:
+        status["cdc"] = cdc
     if as_json:
         typer.echo(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
     else:
-        typer.echo(format_status(status))
+        text = format_status(status)
+        typer.echo(text + ("\n" + format_cdc_status(cdc) if "cdc" in status else ""))
+
+
+@app.command("doctor")
+@clear_errors
+def doctor_command(
+    dsn: DsnOption = "",
+    schema: SchemaOption = defaults.DEFAULT_SCHEMA,
+    mode: Annotated[
+        str, typer.Option("--mode", envvar=_env("MODE"), help="Check for poll or cdc mode.")
+    ] = defaults.DEFAULT_MODE,
+    dsn_file: DsnFileOption = None,
+    cdc_slot: CdcSlotOption = None,
+    cdc_publication: CdcPublicationOption = None,
+    cdc_table: CdcTableOption = None,
+    cdc_debezium: CdcDebeziumOption = False,
+) -> None:
+    """Check, in plain words, that the database is ready for the relay in this mode."""
+    _check_schema_name(schema)
+    settings = cdc_settings(
+        slot=cdc_slot,
+        publication=cdc_publication,
+        table=cdc_table,
+        debezium=cdc_debezium,
+        heartbeat=HEARTBEAT_DEFAULT,
+        takeover_ttl=TAKEOVER_DEFAULT,
+        linger=LINGER_DEFAULT,
+    )
+    if mode not in defaults.MODES:
+        raise ConfigError(f"the mode {mode!r} is unknown; choose poll or cdc")
+    if mode == "cdc" and (problems := settings.problems(schema)):
+        raise ConfigError(" ".join(problems))
+    config = RelayConfig(dsn=dsn_from(dsn, dsn_file), schema=schema, mode=mode, cdc=settings)
+    checks = run_checks(config.dsn, config)
+    for check in checks:
+        typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if not all(check.ok for check in checks):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def parse_options(pairs: list[str], flag: str) -> dict[str, str]:
@@ -178,10 +291,15 @@ def parse_options(pairs: list[str], flag: str) -> dict[str, str]:
 @app.command("run")
 @clear_errors
 def run_command(
+    ctx: typer.Context,
     dsn: DsnOption = "",
+    dsn_file: DsnFileOption = None,
     schema: SchemaOption = defaults.DEFAULT_SCHEMA,
     mode: Annotated[
-        str, typer.Option("--mode", envvar=_env("MODE"), help="poll (cdc arrives later).")
+        str,
+        typer.Option(
+            "--mode", envvar=_env("MODE"), help="poll (leases + SKIP LOCKED) or cdc (pgoutput)."
+        ),
     ] = defaults.DEFAULT_MODE,
     connector: Annotated[
         str,
@@ -203,9 +321,35 @@ def run_command(
             help="librdkafka property name=value; repeatable (TLS, SASL, ...).",
         ),
     ] = None,
+    kafka_option_file: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kafka-option-file",
+            envvar=_env("KAFKA_OPTION_FILE"),
+            show_default=False,
+            help="File of librdkafka name=value lines (sasl.password, ...); --kafka-option wins.",
+        ),
+    ] = None,
     amqp_url: Annotated[
         str, typer.Option("--amqp-url", envvar=_env("AMQP_URL"), help="RabbitMQ URL.")
     ] = defaults.DEFAULT_AMQP_URL,
+    amqp_url_file: Annotated[
+        str | None,
+        typer.Option(
+            "--amqp-url-file",
+            envvar=_env("AMQP_URL_FILE"),
+            show_default=False,
+            help="Read the RabbitMQ URL from this file (a mounted secret) instead of --amqp-url.",
+        ),
+    ] = None,
+    max_message_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-message-bytes",
+            envvar=_env("MAX_MESSAGE_BYTES"),
+            help="Park messages larger than this (payload, key, topic and headers) unsent.",
+        ),
+    ] = defaults.DEFAULT_MAX_MESSAGE_BYTES,
     amqp_exchange: Annotated[
         str,
         typer.Option(
@@ -268,19 +412,40 @@ def run_command(
             "--log-level", envvar=_env("LOG_LEVEL"), help="debug, info, warning or error."
         ),
     ] = "info",
+    retry_base: RetryBaseOption = DEFAULT_RETRY_BASE,
+    retry_cap: RetryCapOption = DEFAULT_RETRY_CAP,
+    max_attempts: MaxAttemptsOption = defaults.DEFAULT_MAX_ATTEMPTS,
+    on_poison: OnPoisonOption = defaults.DEFAULT_ON_POISON,
+    metrics_host: MetricsHostOption = defaults.DEFAULT_METRICS_HOST,
+    metrics_port: MetricsPortOption = defaults.DEFAULT_METRICS_PORT,
+    log_format: LogFormatOption = defaults.DEFAULT_LOG_FORMAT,
+    cdc_slot: CdcSlotOption = None,
+    cdc_publication: CdcPublicationOption = None,
+    cdc_table: CdcTableOption = None,
+    cdc_debezium: CdcDebeziumOption = False,
+    cdc_heartbeat: CdcHeartbeatOption = HEARTBEAT_DEFAULT,
+    cdc_takeover_ttl: CdcTakeoverOption = TAKEOVER_DEFAULT,
+    cdc_linger: CdcLingerOption = LINGER_DEFAULT,
 ) -> None:
     """Run the relay until SIGTERM or SIGINT."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(
             f"the log level {log_level!r} is unknown; use debug, info, warning or error"
         )
+    dsn = dsn_from(dsn, dsn_file)
+    amqp_url = _amqp_url_from(ctx, amqp_url, amqp_url_file)
+    kafka_options = {
+        **read_option_files(kafka_option_file or [], "--kafka-option-file"),
+        **parse_options(kafka_option or [], "--kafka-option"),
+    }
+    _secrets.extend(secret_option_values(kafka_options))
     config = RelayConfig(
         dsn=dsn,
         schema=schema,
         mode=mode,
         connector=connector,
         kafka_bootstrap=kafka_bootstrap,
-        kafka_options=parse_options(kafka_option or [], "--kafka-option"),
+        kafka_options=kafka_options,
         amqp_url=amqp_url,
         amqp_exchange=amqp_exchange,
         batch_size=batch_size,
@@ -289,16 +454,46 @@ def run_command(
         poll_interval=parse_duration(poll_interval, "poll interval"),
         retention=parse_duration(retention, "retention"),
         shutdown_timeout=parse_duration(shutdown_timeout, "shutdown timeout"),
+        max_message_bytes=max_message_bytes,
+        cdc=cdc_settings(
+            slot=cdc_slot,
+            publication=cdc_publication,
+            table=cdc_table,
+            debezium=cdc_debezium,
+            heartbeat=cdc_heartbeat,
+            takeover_ttl=cdc_takeover_ttl,
+            linger=cdc_linger,
+        ),
+        **operability_settings(
+            retry_base=retry_base,
+            retry_cap=retry_cap,
+            max_attempts=max_attempts,
+            on_poison=on_poison,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
+            log_format=log_format,
+        ),
     ).validate()
-    _secrets.extend(secrets_in(*config.kafka_options.values()))
-    configure_logging(log_level, _secrets)
+    configure_logging(log_level, _secrets, log_format=config.log_format)
     from relay.service import preflight, run_service
 
     preflight(config)
     asyncio.run(run_service(config))
 
 
+def _amqp_url_from(ctx: typer.Context, amqp_url: str, amqp_url_file: str | None) -> str:
+    """--amqp-url or the content of --amqp-url-file (not both); its password is scrubbed."""
+    source = ctx.get_parameter_source("amqp_url")
+    given = amqp_url if source is not None and source.name != "DEFAULT" else None
+    chosen = value_or_file(
+        given, amqp_url_file, what="AMQP URL", flag="--amqp-url", file_flag="--amqp-url-file"
+    )
+    _secrets.extend(secrets_in(chosen or ""))
+    return chosen or amqp_url
+
+
 app.add_typer(build_inbox_app(clear_errors, _connect), name="inbox")
+app.add_typer(build_dead_letters_app(clear_errors, _connect), name="dead-letters")
 
 
 def main() -> None:

@@ -39,6 +39,12 @@ class DbSession:
         self._settings = dict(settings or {})
         self._autocommit = autocommit
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.connects = 0  # connections opened (more than one: it reconnected)
+        self.discards = 0  # connections thrown away after a failure
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed and not self._conn.broken
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
@@ -51,17 +57,22 @@ class DbSession:
             settings=self._settings,
             autocommit=self._autocommit,
         )
+        self.connects += 1
         return self._conn
 
     async def discard(self) -> None:
         conn, self._conn = self._conn, None
+        if conn is not None:
+            self.discards += 1
         if conn is not None and not conn.closed:
             # the connection is being thrown away because it failed already
             with contextlib.suppress(psycopg.Error):
                 await conn.close()
 
     async def close(self) -> None:
+        discards = self.discards
         await self.discard()
+        self.discards = discards  # closing at stop is not a failure
 
 
 async def open_connection(

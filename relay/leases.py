@@ -32,6 +32,7 @@ log = logging.getLogger("outbox_relay.leases")
 
 BUCKETS = 256
 SAFETY_MARGIN = 0.2  # fraction of the TTL we refuse to use, for clock rate differences
+RELEASE_TIMEOUT = 5.0  # seconds to hand leases back at stop; they expire anyway
 
 
 class LeaseKeeper:
@@ -81,11 +82,12 @@ class LeaseKeeper:
             self._task = None
         self._valid_until = 0.0
         try:
-            conn = await self._session.connection()
-            params = {"relay_id": self._relay_id}
-            await conn.execute(query("release_all_leases", self._schema), params)
-            await conn.execute(query("forget_relay", self._schema), params)
-        except (RelayError, psycopg.Error) as exc:
+            async with asyncio.timeout(RELEASE_TIMEOUT):
+                conn = await self._session.connection()
+                params = {"relay_id": self._relay_id}
+                await conn.execute(query("release_all_leases", self._schema), params)
+                await conn.execute(query("forget_relay", self._schema), params)
+        except (RelayError, psycopg.Error, TimeoutError) as exc:
             log.warning("could not release leases on stop (they expire by themselves): %s", exc)
         self.owned = frozenset()
         await self._session.close()
@@ -93,11 +95,13 @@ class LeaseKeeper:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                await self.tick()
+                # bounded: a connection that stopped answering is dropped, not waited on
+                async with asyncio.timeout(self._ttl / 2):
+                    await self.tick()
             except Exception as exc:
                 # The leases run out by themselves if this keeps failing; publishing stops
                 # through holds_valid_leases(). Reconnect on the next tick.
-                log.warning("lease renewal failed: %s", exc)
+                log.warning("lease renewal failed: %s", exc or type(exc).__name__)
                 await self._session.discard()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.interval)
@@ -105,6 +109,7 @@ class LeaseKeeper:
     async def tick(self) -> None:
         """One heartbeat: renew, then acquire or release to reach the fair share."""
         started = time.monotonic()
+        lapsed_for = started - self._valid_until if self.owned else 0.0
         conn = await self._session.connection()
         params = {"relay_id": self._relay_id, "ttl": self._ttl}
         async with conn.transaction():
@@ -122,6 +127,15 @@ class LeaseKeeper:
             owned = await self._buckets(conn, "renew_leases", params)
             owned = await self._rebalance(conn, owned, fair_share, params)
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
+        if lapsed_for > 0:
+            log.warning(
+                "the bucket leases of relay %s ran out %.1fs ago (not renewed in time: frozen, "
+                "stalled or cut off from PostgreSQL); %d of its %d buckets are still its own",
+                self._relay_name,
+                lapsed_for,
+                len(owned & self.owned),
+                len(self.owned),
+            )
         if owned != self.owned:
             log.info(
                 "relay %s now leases %d buckets (%d live relays)",

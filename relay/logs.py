@@ -1,10 +1,14 @@
-"""Logging set-up: one line per event, secrets scrubbed from every record."""
+"""Logging set-up: one line per event (text or JSON), secrets scrubbed from every record."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
 
 from relay.dsn import redact
 
@@ -24,9 +28,40 @@ class ScrubSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+# Attributes every LogRecord has; anything else came in through ``extra=`` and is kept.
+_STANDARD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line. Field names are stable (alerting and log pipelines key
+    on them): ``time`` (UTC, RFC 3339), ``level``, ``logger``, ``message``, then
+    ``exception`` when there is one and any ``extra=`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD_ATTRIBUTES and not name.startswith("_"):
+                entry[name] = value
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: str, secrets: Iterable[str] = (), log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(ScrubSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

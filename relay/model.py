@@ -42,6 +42,10 @@ class Outcome:
 
     kind: OutcomeKind
     error: str | None = None
+    # True when the broker itself answered (a nack, a broker error code): it is up, and
+    # the failure is this message's. False for timeouts and lost connections, which say
+    # nothing about the message; a batch with only those is an outage, not an attempt.
+    answered: bool = False
 
     @property
     def delivered(self) -> bool:
@@ -51,8 +55,8 @@ class Outcome:
 DELIVERED = Outcome(OutcomeKind.DELIVERED)
 
 
-def retryable(error: str) -> Outcome:
-    return Outcome(OutcomeKind.RETRYABLE, error)
+def retryable(error: str, *, answered: bool = False) -> Outcome:
+    return Outcome(OutcomeKind.RETRYABLE, error, answered)
 
 
 def permanent(error: str) -> Outcome:

@@ -25,13 +25,27 @@ from psycopg.adapt import Loader
 from psycopg.rows import class_row
 
 from relay.backoff import full_jitter
+from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.db import DbSession
-from relay.errors import LeaseLostError, RelayError, translate_db_error
+from relay.errors import (
+    DatabaseUnavailableError,
+    LeaseLostError,
+    RelayError,
+    translate_db_error,
+)
+from relay.health import HealthState
 from relay.leases import LeaseKeeper
-from relay.model import Outcome, OutcomeKind
-from relay.outbox_rows import Acknowledgement, ClaimedRow, plan_acknowledgement, to_message
+from relay.metrics import RelayMetrics
+from relay.model import Outcome
+from relay.outbox_rows import (
+    Acknowledgement,
+    ClaimedRow,
+    FailurePolicy,
+    plan_acknowledgement,
+    to_message,
+)
 from relay.sqlfiles import query
 
 log = logging.getLogger("outbox_relay.poller")
@@ -68,6 +82,15 @@ class PollerStats:
     published: int = 0
     failed: int = 0
     batches: int = 0
+    dead_lettered: int = 0
+    outages: int = 0
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    claimed: int = 0
+    outage: bool = False
+    error: str | None = None
 
 
 class Poller:
@@ -81,89 +104,163 @@ class Poller:
         leases: LeaseKeeper,
         relay_id: UUID,
         wake: asyncio.Event,
+        *,
+        breaker: CircuitBreaker | None = None,
+        metrics: RelayMetrics | None = None,
+        health: HealthState | None = None,
     ) -> None:
         self._config = config
         self._session = session
         self._connector = connector
         self._leases = leases
         self._wake = wake
+        self._breaker = breaker
+        self._metrics = metrics or RelayMetrics()
+        self._health = health or HealthState()
         self._claim_params = {
             "relay_id": relay_id,
             "lock_space": lock_space(config.schema),
             "limit": config.batch_size,
         }
+        self._policy = FailurePolicy(
+            retry_base=config.retry_base,
+            retry_cap=config.retry_cap,
+            max_attempts=config.max_attempts,
+            on_poison=config.on_poison,
+        )
         self.stats = PollerStats()
         self._failures_in_a_row = 0
+
+    @property
+    def batch_deadline(self) -> float:
+        """Claim, publish and acknowledge must fit in one lease TTL; past it the claim
+        transaction is abandoned (the connection closed, never waited on)."""
+        return self._config.lease_ttl
 
     async def run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             self._wake.clear()
-            try:
-                claimed = await self.drain_once()
-                self._failures_in_a_row = 0
-            except RelayError as exc:
-                await self._session.discard()
-                await self._back_off(stopping, exc)
+            self._metrics.loop_went_round()
+            if await self._circuit_open(stopping):
                 continue
-            except Exception as exc:  # a bug, not an outage: keep the traceback, keep running
-                log.exception("unexpected error while draining")
-                await self._session.discard()
-                await self._back_off(stopping, RelayError(f"{type(exc).__name__}: {exc}"))
+            self._health.beat(self.batch_deadline + self._config.publish_timeout)
+            result = await self._drain_guarded()
+            if result.error is not None or result.outage:
+                await self._back_off(stopping, result)
                 continue
-            if claimed < self._config.batch_size:
+            if self._failures_in_a_row:
+                log.info("draining again after %d failed rounds", self._failures_in_a_row)
+            self._failures_in_a_row = 0
+            if result.claimed < self._config.batch_size:
+                self._health.beat(self._config.poll_interval)
                 await _wait_any(stopping, self._wake, self._config.poll_interval)
 
-    async def _back_off(self, stopping: asyncio.Event, exc: RelayError) -> None:
+    async def _circuit_open(self, stopping: asyncio.Event) -> bool:
+        """While the circuit is open, claim nothing: wait (quietly) for the next probe."""
+        wait = self._breaker.retry_in() if self._breaker is not None else 0.0
+        if wait <= 0:
+            return False
+        pause = min(wait, max(self._config.poll_interval, 0.05))
+        self._health.beat(pause)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), pause)
+        return True
+
+    async def _drain_guarded(self) -> DrainResult:
+        try:
+            return await self.drain_once()
+        except RelayError as exc:
+            await self._session.discard()
+            return DrainResult(error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug, not an outage: keep the traceback, keep running
+            log.exception("unexpected error while draining")
+            await self._session.discard()
+            return DrainResult(error=f"{type(exc).__name__}: {exc}")
+
+    async def _back_off(self, stopping: asyncio.Event, result: DrainResult) -> None:
         delay = full_jitter(
             self._failures_in_a_row, base=self._config.retry_base, cap=self._config.retry_cap
         )
         self._failures_in_a_row += 1
-        log.warning("drain failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
+        # The first failure of a streak is a warning; the rest are debug lines, so an
+        # outage does not flood the log (the circuit breaker logs its transitions).
+        level = logging.WARNING if self._failures_in_a_row == 1 else logging.DEBUG
+        if result.outage:
+            log.log(
+                level,
+                "the broker confirmed none of %d messages; their attempts are not "
+                "counted; retrying in %.1fs",
+                result.claimed,
+                delay,
+            )
+        else:
+            log.log(level, "drain failed (%s); retrying in %.1fs", result.error, delay)
+        self._health.beat(delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
 
     async def close(self) -> None:
         await self._session.close()
 
-    async def drain_once(self) -> int:
-        """Claim, publish and acknowledge one batch; return how many rows were claimed."""
+    async def drain_once(self) -> DrainResult:
+        """Claim, publish and acknowledge one batch, in one transaction."""
         conn = await self._session.connection()
         conn.adapters.register_loader("jsonb", OrjsonLoader)
         try:
-            async with conn.transaction():
-                rows = await self._claim(conn)
-                if rows:
-                    await self._publish_and_acknowledge(conn, rows)
+            async with asyncio.timeout(self.batch_deadline):
+                result = await self._drain(conn)
+        except TimeoutError:
+            await self._session.discard()  # never wait on a connection that stopped answering
+            raise DatabaseUnavailableError(
+                f"a batch did not finish within {self.batch_deadline:g}s (the lease TTL); "
+                "its claim is abandoned"
+            ) from None
         except psycopg.Error as exc:
             raise translate_db_error(exc, "draining the outbox") from None
-        return len(rows)
+        self._health.database_answered()
+        return result
+
+    async def _drain(self, conn: AsyncConnection[Any]) -> DrainResult:
+        # An explicit transaction: on any failure the caller closes the connection rather
+        # than sending ROLLBACK down a connection that may have stopped answering.
+        if not self._leases.owned:
+            return DrainResult()
+        await conn.execute("BEGIN")
+        rows = await self._claim(conn)
+        outage = await self._publish_and_acknowledge(conn, rows) if rows else False
+        await conn.execute("COMMIT")
+        return DrainResult(claimed=len(rows), outage=outage)
 
     async def _claim(self, conn: AsyncConnection[Any]) -> list[ClaimedRow]:
-        if not self._leases.owned:
-            return []
         async with conn.cursor(row_factory=class_row(ClaimedRow)) as cursor:
             await cursor.execute(query("claim_batch", self._config.schema), self._claim_params)
             return await cursor.fetchall()
 
     async def _publish_and_acknowledge(
         self, conn: AsyncConnection[Any], rows: Sequence[ClaimedRow]
-    ) -> None:
+    ) -> bool:
         if not self._leases.holds_valid_leases():
             raise LeaseLostError("this relay's bucket leases ran out before publishing")
         batch = [to_message(row) for row in rows]
         started = time.monotonic()
         outcomes = await self._connector.publish(batch, timeout=self._config.publish_timeout)
-        ack = plan_acknowledgement(
-            rows, outcomes, retry_base=self._config.retry_base, retry_cap=self._config.retry_cap
-        )
+        if not self._leases.holds_valid_leases():
+            # Acknowledging is still right if the claim transaction lives (its locks kept
+            # every other relay off these buckets); if PostgreSQL ended it, the COMMIT
+            # fails and the new owner publishes the batch again (duplicates, in order).
+            log.warning("this relay's bucket leases ran out while a batch was in flight")
+        ack = plan_acknowledgement(rows, outcomes, self._policy)
         await self._acknowledge(conn, ack)
-        self._count(outcomes, time.monotonic() - started)
+        self._count(ack, outcomes, time.monotonic() - started)
+        return ack.outage
 
     async def _acknowledge(self, conn: AsyncConnection[Any], ack: Acknowledgement) -> None:
         schema = self._config.schema
         if ack.sent:
             name = "delete_sent" if self._config.retention == 0 else "mark_sent"
             await conn.execute(query(name, schema), {"seqs": ack.sent}, prepare=True)
+        if ack.dead_seqs:
+            await conn.execute(query("dead_letter", schema), ack.dead_letter_params())
         if ack.released_keys:
             await conn.execute(query("release_holds", schema), {"keys": ack.released_keys})
         if ack.failed_seqs:
@@ -171,24 +268,47 @@ class Poller:
         if ack.hold_keys:
             await conn.execute(query("hold_keys", schema), ack.hold_params())
 
-    def _count(self, outcomes: Sequence[Outcome], elapsed: float) -> None:
-        delivered = sum(1 for o in outcomes if o.delivered)
+    def _count(self, ack: Acknowledgement, outcomes: Sequence[Outcome], elapsed: float) -> None:
+        delivered = len(ack.sent)
         failed = len(outcomes) - delivered
         self.stats.batches += 1
         self.stats.published += delivered
         self.stats.failed += failed
-        if failed:
-            first = next(o for o in outcomes if not o.delivered)
-            level = logging.ERROR if first.kind is OutcomeKind.PERMANENT else logging.WARNING
-            log.log(
-                level,
-                "%d of %d messages not delivered (first: %s: %s); %.0f ms",
-                failed,
-                len(outcomes),
-                first.kind.value,
-                first.error,
-                elapsed * 1000,
+        self.stats.dead_lettered += len(ack.dead_seqs)
+        self._metrics.batches.inc()
+        connector = self._connector.name
+        if ack.outage:
+            self.stats.outages += 1
+            self._metrics.outage_batches.labels(connector).inc()
+        if ack.failed_seqs or ack.dead_seqs:
+            self._metrics.attempts_failed.labels(connector).inc(
+                len(ack.failed_seqs) + len(ack.dead_seqs)
             )
+        for reason in ack.dead_reasons:
+            self._metrics.dead_lettered.labels(reason).inc()
+        if failed and not ack.outage:
+            self._log_failures(ack, outcomes, elapsed)
+
+    def _log_failures(
+        self, ack: Acknowledgement, outcomes: Sequence[Outcome], elapsed: float
+    ) -> None:
+        first = next(o for o in outcomes if not o.delivered)
+        log.warning(
+            "%d of %d messages not delivered (first: %s: %s); %d will be retried, %d wait "
+            "behind their key, %d moved to the dead letters; %.0f ms",
+            len(outcomes) - len(ack.sent),
+            len(outcomes),
+            first.kind.value,
+            first.error,
+            len(ack.failed_seqs),
+            ack.waiting,
+            len(ack.dead_seqs),
+            elapsed * 1000,
+        )
+        for seq, error, reason in zip(
+            ack.dead_seqs, ack.dead_errors, ack.dead_reasons, strict=True
+        ):
+            log.error("message seq %d moved to the dead letters (%s): %s", seq, reason, error)
 
 
 async def _wait_any(stopping: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:

@@ -4,21 +4,29 @@ retention running side by side until SIGTERM/SIGINT, then a bounded drain."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
 import uuid
+from collections.abc import Coroutine
+from typing import Any
 
 import psycopg
 
+from relay.breaker import BreakerSettings, CircuitBreaker
+from relay.cdc.preflight import require_ready
+from relay.cdc.relay import CdcRelay
 from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
 from relay.db import DbSession, connection_failure
-from relay.errors import ConfigError
+from relay.decorators import instrument
+from relay.health import HealthState
 from relay.housekeeping import RetentionTask
 from relay.leases import LeaseKeeper
+from relay.limits import limit_message_size
 from relay.listener import WakeListener
+from relay.metrics import RelayMetrics
 from relay.migrations import require_schema
+from relay.operability import Operability
 from relay.poller import Poller, claim_session
 
 log = logging.getLogger("outbox_relay")
@@ -35,6 +43,8 @@ def preflight(config: RelayConfig) -> None:
             require_schema(conn, config.schema)
     except psycopg.Error as exc:
         raise connection_failure(config.dsn, exc) from None
+    if config.mode == "cdc":
+        require_ready(config)
 
 
 def duty_session(config: RelayConfig, duty: str) -> DbSession:
@@ -51,14 +61,28 @@ class RelayService:
     """Owns every long-running piece of one relay process."""
 
     def __init__(self, config: RelayConfig, connector: Connector | None = None) -> None:
-        if config.mode != "poll":
-            raise ConfigError(f"mode {config.mode!r} is not available in this version")
         self.config = config
         self.relay_id = uuid.uuid4()
-        self.connector = connector or load_connector(config)
+        self.metrics = RelayMetrics()
+        self.health = HealthState(db_stale_after=max(30.0, 2 * config.lease_ttl))
+        self.breaker = CircuitBreaker(
+            f"{config.connector}",
+            BreakerSettings.for_retries(config.retry_base, config.retry_cap),
+        )
+        self.connector = instrument(
+            limit_message_size(connector or load_connector(config), config.max_message_bytes),
+            self.breaker,
+            self.metrics,
+        )
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
-        session = functools.partial(duty_session, config)
+        self.sessions: list[DbSession] = []
+
+        def session(duty: str) -> DbSession:
+            made = claim_session(config) if duty == "claim" else duty_session(config, duty)
+            self.sessions.append(made)
+            return made
+
         self.leases = LeaseKeeper(
             session("leases"),
             schema=config.schema,
@@ -70,11 +94,29 @@ class RelayService:
             published=lambda: self.poller.stats.published,
         )
         self.poller = Poller(
-            config, claim_session(config), self.connector, self.leases, self.relay_id, self.wake
+            config,
+            session("claim"),
+            self.connector,
+            self.leases,
+            self.relay_id,
+            self.wake,
+            breaker=self.breaker,
+            metrics=self.metrics,
+            health=self.health,
         )
+        self.operability = Operability(
+            config, self.metrics, self.health, self.breaker, lambda: len(self.leases.owned)
+        )
+        self.metrics.describe(relay=config.relay_name, mode=config.mode, connector=config.connector)
+        self.metrics.watch_sessions(lambda: self.sessions)
         self.listener = WakeListener(session("listen"), config.schema, self.wake)
         self.retention = RetentionTask(
             session("housekeeping"), config.schema, config.retention, RETENTION_EVERY
+        )
+        self.cdc = (
+            CdcRelay(config, self.connector, relay_id=self.relay_id)
+            if config.mode == "cdc"
+            else None
         )
 
     def request_stop(self) -> None:
@@ -91,10 +133,15 @@ class RelayService:
             self.config.mode,
             self.connector.name,
         )
-        self.leases.start()
-        self.listener.start()
+        self.operability.start()
         self.retention.start()
-        drain = asyncio.create_task(self.poller.run(self.stopping), name="poller")
+        if self.cdc is not None:
+            drain = asyncio.create_task(self.cdc.run(self.stopping), name="cdc")
+            self.operability.watch(drain)  # /healthz: the loop answers and the stream runs
+        else:
+            self.leases.start()
+            self.listener.start()
+            drain = asyncio.create_task(self.poller.run(self.stopping), name="poller")
         try:
             await self.stopping.wait()
         finally:
@@ -110,12 +157,34 @@ class RelayService:
             )
             drain.cancel()
             await asyncio.gather(drain, return_exceptions=True)
-        await self.listener.stop()
-        await self.retention.stop()
-        await self.leases.stop()
-        await self.poller.close()
-        await self.connector.close(timeout=self.config.shutdown_timeout)
-        log.info("relay stopped; %d messages published", self.poller.stats.published)
+        # Each step is bounded: a database or broker that stopped answering cannot keep
+        # the process from exiting (leases it fails to release expire after the TTL).
+        step = max(1.0, self.config.shutdown_timeout / 3)
+        for what, stop in (
+            ("listener", self.listener.stop),
+            ("retention", self.retention.stop),
+            ("lease keeper", self.leases.stop),
+            ("poller", self.poller.close),
+            ("metrics", self.operability.stop),
+        ):
+            await _bounded(stop(), step, what)
+        if self.cdc is not None:
+            await _bounded(self.cdc.close(), step, "cdc")
+        await _bounded(
+            self.connector.close(timeout=self.config.shutdown_timeout),
+            self.config.shutdown_timeout + 1,
+            "connector",
+        )
+        published = self.cdc.stats.published if self.cdc else self.poller.stats.published
+        log.info("relay stopped; %d messages published", published)
+
+
+async def _bounded(step: Coroutine[Any, Any, None], timeout: float, what: str) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await step
+    except TimeoutError:
+        log.warning("stopping the %s took over %.0fs; going on without it", what, timeout)
 
 
 async def run_service(config: RelayConfig) -> None:

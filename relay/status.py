@@ -12,21 +12,28 @@ from relay.migrations import require_schema
 from relay.sqlfiles import query
 
 
-def collect_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
-    require_schema(conn, schema)
+def sample_backlog(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
+    """The cheap figures (partial indexes only): pending, oldest age, dead letters, held
+    keys, sent in the last minute. The metrics sampler reads these every few seconds."""
     with conn.cursor(row_factory=dict_row) as cur:
         backlog = cur.execute(query("status_backlog", schema)).fetchone() or {}
-        relays = cur.execute(query("status_relays", schema)).fetchall()
         held = cur.execute(query("held_keys", schema)).fetchone() or {}
     return {
-        "schema": schema,
         "pending": backlog.get("pending", 0),
         "oldest_pending_age_seconds": backlog.get("oldest_age"),
         "parked": backlog.get("parked", 0),
+        "dead_letters": backlog.get("parked", 0),
         "sent_last_minute": backlog.get("sent_last_minute", 0),
         "held_keys": next(iter(held.values()), 0),
-        "relays": [_relay(row) for row in relays],
     }
+
+
+def collect_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
+    require_schema(conn, schema)
+    backlog = sample_backlog(conn, schema)
+    with conn.cursor(row_factory=dict_row) as cur:
+        relays = cur.execute(query("status_relays", schema)).fetchall()
+    return {"schema": schema, **backlog, "relays": [_relay(row) for row in relays]}
 
 
 def _relay(row: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +59,8 @@ def format_status(status: dict[str, Any]) -> str:
         f"outbox schema:       {status['schema']}",
         f"pending messages:    {status['pending']}",
         f"oldest pending age:  {'-' if age is None else f'{age:.1f}s'}",
-        f"parked messages:     {status['parked']}",
+        f"parked messages:     {status['parked']} in the dead letters"
+        + (" (outbox-relay dead-letters list)" if status["parked"] else ""),
         f"held keys:           {status['held_keys']}",
         f"sent last minute:    {status['sent_last_minute']}",
         f"relays:              {sum(1 for r in status['relays'] if r['alive'])} alive",

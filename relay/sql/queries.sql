@@ -40,21 +40,41 @@ DELETE FROM {schema}.messages WHERE seq = ANY(%(seqs)s);
 DELETE FROM {schema}.key_holds WHERE key = ANY(%(keys)s) AND held_until <> 'infinity';
 
 -- name: record_failures
+-- A failed attempt (the broker was up and said no, or did not confirm this message).
 UPDATE {schema}.messages AS m
 SET attempts = m.attempts + 1,
     last_error = f.error,
     -- A keyed row waits through its key's hold; its own delay would let a later row of
     -- the key become claimable first.
     available_at = CASE WHEN m.key IS NULL THEN now() + make_interval(secs => f.delay)
-                        ELSE now() END,
-    parked_at = CASE WHEN f.park THEN now() END
-FROM unnest(%(seqs)s::bigint[], %(errors)s::text[], %(delays)s::float8[], %(parks)s::bool[])
-     AS f(seq, error, delay, park)
+                        ELSE now() END
+FROM unnest(%(seqs)s::bigint[], %(errors)s::text[], %(delays)s::float8[])
+     AS f(seq, error, delay)
 WHERE m.seq = f.seq;
 
+-- name: dead_letter
+-- Move messages to the dead letters with their error, keeping seq (a retry puts them
+-- back in their original place in the key's order).
+WITH f AS (
+  SELECT * FROM unnest(%(seqs)s::bigint[], %(errors)s::text[], %(reasons)s::text[])
+    AS f(seq, error, reason)
+), moved AS (
+  DELETE FROM {schema}.messages m USING f
+  WHERE m.seq = f.seq
+  RETURNING m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
+            m.headers, m.created_at, m.attempts + 1 AS attempts, f.error, f.reason
+)
+INSERT INTO {schema}.dead_letters AS d
+  (seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at,
+   attempts, last_error, reason)
+SELECT * FROM moved
+ON CONFLICT (id) DO UPDATE
+SET last_error = excluded.last_error, reason = excluded.reason,
+    attempts = excluded.attempts, dead_at = now();
+
 -- name: hold_keys
--- Hold each failed key until its retry time; a parked message holds its key until a
--- person retries or drops it.
+-- Hold each failed key until its retry time; a dead letter (with --on-poison block)
+-- holds its key until a person retries or drops it.
 INSERT INTO {schema}.key_holds AS h (key, held_until, seq, reason)
 SELECT f.key, CASE WHEN f.park THEN 'infinity'::timestamptz
                    ELSE now() + make_interval(secs => f.delay) END,
@@ -127,14 +147,14 @@ SELECT {schema}.enqueue_binary(%(topic)s, %(key)s, %(payload)s::bytea, %(headers
                                %(content_type)s);
 
 -- name: status_backlog
--- Each figure reads one partial index, so status stays cheap on a large table.
+-- Each figure reads one partial index (or the small dead-letter table), so status and
+-- the metrics sampler stay cheap on a large outbox.
 SELECT
   (SELECT count(*) FROM {schema}.messages
    WHERE sent_at IS NULL AND parked_at IS NULL) AS pending,
   (SELECT EXTRACT(epoch FROM now() - created_at)::float8 FROM {schema}.messages
    WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY seq LIMIT 1) AS oldest_age,
-  (SELECT count(*) FROM {schema}.messages
-   WHERE parked_at IS NOT NULL AND sent_at IS NULL) AS parked,
+  (SELECT count(*) FROM {schema}.dead_letters) AS parked,
   (SELECT count(*) FROM {schema}.messages
    WHERE sent_at > now() - interval '1 minute') AS sent_last_minute;
 

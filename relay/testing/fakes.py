@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay.config import RelayConfig
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
@@ -63,7 +63,8 @@ class InMemoryConnector:
         for rule in self.rules:
             outcome = rule(message)
             if outcome is not None:
-                return outcome
+                # a rule is this broker's answer about one message (``down`` is the outage)
+                return replace(outcome, answered=True)
         self.published.append(message)
         return DELIVERED
 

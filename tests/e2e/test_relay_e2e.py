@@ -89,6 +89,11 @@ def sent_and_pending(dsn):
         ).fetchone()
 
 
+def dead_letter_count(dsn):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM outbox.dead_letters").fetchone()[0]
+
+
 def wait_until(check, timeout, what):
     deadline = time.monotonic() + timeout
     while not check():
@@ -142,7 +147,7 @@ def test_end_to_end_to_rabbitmq(db_dsn, rabbit, relays):
     assert relay.terminate() == 0
 
 
-def test_unroutable_rabbitmq_message_is_parked_and_others_flow(db_dsn, rabbit, relays):
+def test_unroutable_rabbitmq_message_becomes_a_dead_letter_and_others_flow(db_dsn, rabbit, relays):
     migrate(db_dsn)
     topic, nowhere = rabbit.new_topic(), rabbit.unroutable_topic()
     with psycopg.connect(db_dsn) as conn:
@@ -162,11 +167,10 @@ def test_unroutable_rabbitmq_message_is_parked_and_others_flow(db_dsn, rabbit, r
         *FAST,
     )
     assert len(rabbit.read(topic, 20, timeout=30)) == 20
-    wait_until(lambda: sent_and_pending(db_dsn) == (20, 1), 15, "the unroutable row parked")
+    wait_until(lambda: sent_and_pending(db_dsn) == (20, 0), 15, "every other row sent")
+    wait_until(lambda: dead_letter_count(db_dsn) == 1, 15, "the unroutable row parked")
     with psycopg.connect(db_dsn) as conn:
-        parked = conn.execute(
-            "SELECT key, last_error FROM outbox.messages WHERE parked_at IS NOT NULL"
-        ).fetchone()
+        parked = conn.execute("SELECT key, last_error FROM outbox.dead_letters").fetchone()
     assert parked[0] == "lonely"
     assert "NO_ROUTE" in parked[1] or "312" in parked[1]
     status = outbox_relay("status", "--dsn", db_dsn)

@@ -110,7 +110,7 @@ def test_a_failing_key_waits_and_does_not_stop_other_keys(db_dsn):
     assert holds == 0
 
 
-def test_a_permanent_failure_parks_the_message_and_holds_only_its_key(db_dsn):
+def test_a_permanent_failure_becomes_a_dead_letter_and_holds_only_its_key(db_dsn):
     install_outbox(db_dsn)
     poisoned = write(db_dsn, 1, keys=1, topic="poison")[0]
     write(db_dsn, 20, keys=4, topic="orders")  # keys k0..k3, k0 shared with the poison
@@ -128,9 +128,7 @@ def test_a_permanent_failure_parks_the_message_and_holds_only_its_key(db_dsn):
     published = asyncio.run(scenario())
     assert {m.key for m in published} == {"k1", "k2", "k3"}
     with psycopg.connect(db_dsn) as conn:
-        parked = conn.execute(
-            "SELECT id, last_error FROM outbox.messages WHERE parked_at IS NOT NULL"
-        ).fetchall()
+        parked = conn.execute("SELECT id, last_error FROM outbox.dead_letters").fetchall()
         hold = conn.execute("SELECT key, held_until = 'infinity' FROM outbox.key_holds").fetchall()
     assert parked == [(poisoned, "unroutable")]
     assert hold == [("k0", True)]

@@ -21,6 +21,7 @@ FAST = {
     "retry_base": 0.05,
     "retry_cap": 0.2,
     "shutdown_timeout": 5.0,
+    "metrics_port": 0,  # in-process relays share one host: no fixed port
 }
 
 

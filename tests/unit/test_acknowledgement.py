@@ -5,7 +5,7 @@ import pytest
 
 from relay.backoff import full_jitter
 from relay.model import DELIVERED, permanent, retryable
-from relay.outbox_rows import ClaimedRow, plan_acknowledgement, to_message
+from relay.outbox_rows import ClaimedRow, FailurePolicy, plan_acknowledgement, to_message
 
 
 def row(seq, key="k", attempts=0, payload=None, payload_bytes=None, headers=None):
@@ -23,8 +23,9 @@ def row(seq, key="k", attempts=0, payload=None, payload_bytes=None, headers=None
     )
 
 
-def plan(rows, outcomes):
-    return plan_acknowledgement(rows, outcomes, retry_base=0.5, retry_cap=30)
+def plan(rows, outcomes, **policy):
+    settings = {"retry_base": 0.5, "retry_cap": 30, **policy}
+    return plan_acknowledgement(rows, outcomes, FailurePolicy(**settings))
 
 
 def test_all_delivered_is_one_write():
@@ -33,19 +34,48 @@ def test_all_delivered_is_one_write():
     assert not ack.failed_seqs and not ack.hold_keys and not ack.released_keys
 
 
-def test_failed_message_holds_its_key_once():
+def test_failed_message_holds_its_key_once_and_the_rest_of_the_key_only_waits():
     rows = [row(1, "a"), row(2, "a"), row(3, "b"), row(4, None)]
     ack = plan(rows, [retryable("x"), retryable("y"), DELIVERED, retryable("z")])
     assert ack.sent == [3]
-    assert ack.failed_seqs == [1, 2, 4]
+    assert ack.failed_seqs == [1, 4]  # row 2 was not attempted on its own: no attempt counted
+    assert ack.waiting == 1
     assert ack.hold_keys == ["a"]  # null keys never hold anything
     assert ack.hold_params()["seqs"] == [1]
 
 
-def test_permanent_failure_parks():
-    ack = plan([row(1, "a")], [permanent("unroutable")])
-    assert ack.failed_parks == [True]
+def test_permanent_failure_moves_to_the_dead_letters_and_blocks_its_key():
+    ack = plan([row(1, "a"), row(2, "a")], [permanent("unroutable"), retryable("behind")])
+    assert ack.dead_seqs == [1] and ack.dead_reasons == ["permanent"]
     assert ack.hold_params()["parks"] == [True]
+    assert not ack.failed_seqs  # row 2 waits behind the dead letter, untouched
+
+
+def test_skip_policy_lets_the_key_go_on():
+    ack = plan([row(1, "a", attempts=3)], [permanent("refused")], on_poison="skip")
+    assert ack.dead_seqs == [1]
+    assert not ack.hold_keys
+    assert ack.released_keys == ["a"]  # its retry hold goes
+
+
+def test_the_last_attempt_moves_to_the_dead_letters():
+    ack = plan([row(1, "a", attempts=2), row(2, None)], [retryable("x"), DELIVERED], max_attempts=3)
+    assert ack.dead_seqs == [1] and ack.dead_reasons == ["max_attempts"]
+    assert ack.dead_errors == ["x"]
+
+
+def test_a_broker_outage_writes_nothing_for_retryable_messages():
+    rows = [row(1, "a", attempts=19), row(2, None), row(3, "b")]
+    ack = plan(rows, [retryable("down")] * 3, max_attempts=20)
+    assert ack.outage
+    assert not ack.failed_seqs and not ack.dead_seqs and not ack.hold_keys and not ack.sent
+
+
+def test_an_outage_still_dead_letters_what_was_refused_for_good():
+    ack = plan([row(1, "a"), row(2, "b")], [permanent("too large"), retryable("down")])
+    assert ack.outage
+    assert ack.dead_seqs == [1]
+    assert not ack.failed_seqs
 
 
 def test_a_retried_message_that_gets_through_releases_its_key():

@@ -1,0 +1,109 @@
+"""The CDC flags of ``outbox-relay run`` and ``doctor``, kept beside the CDC code."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from relay.cdc.settings import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_LINGER,
+    DEFAULT_TAKEOVER_TTL,
+    CdcSettings,
+)
+from relay.durations import parse_duration
+
+
+def _env(name: str) -> str:
+    return f"OUTBOX_RELAY_{name}"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+CdcSlotOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cdc-slot",
+        envvar=_env("CDC_SLOT"),
+        show_default=False,
+        help="CDC: logical replication slot (default outbox_relay_<schema>).",
+    ),
+]
+CdcPublicationOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cdc-publication",
+        envvar=_env("CDC_PUBLICATION"),
+        show_default=False,
+        help="CDC: publication (default outbox_relay_<schema>).",
+    ),
+]
+CdcTableOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cdc-table",
+        envvar=_env("CDC_TABLE"),
+        show_default=False,
+        help="CDC: schema.table to capture (default <schema>.messages).",
+    ),
+]
+CdcDebeziumOption = Annotated[
+    bool,
+    typer.Option(
+        "--cdc-debezium",
+        envvar=_env("CDC_DEBEZIUM"),
+        help="CDC: --cdc-table is a Debezium outbox table (aggregatetype, ...).",
+    ),
+]
+CdcHeartbeatOption = Annotated[
+    str,
+    typer.Option(
+        "--cdc-heartbeat",
+        envvar=_env("CDC_HEARTBEAT"),
+        help="CDC: emit a heartbeat this often so an idle slot advances; 0 = off.",
+    ),
+]
+CdcTakeoverOption = Annotated[
+    str,
+    typer.Option(
+        "--cdc-takeover-ttl",
+        envvar=_env("CDC_TAKEOVER_TTL"),
+        help="CDC: a standby takes over this long after the active relay froze.",
+    ),
+]
+CdcLingerOption = Annotated[
+    str,
+    typer.Option(
+        "--cdc-linger",
+        envvar=_env("CDC_LINGER"),
+        help="CDC: wait this long to fill a batch across transactions.",
+    ),
+]
+HEARTBEAT_DEFAULT = _seconds(DEFAULT_HEARTBEAT_INTERVAL)
+TAKEOVER_DEFAULT = _seconds(DEFAULT_TAKEOVER_TTL)
+LINGER_DEFAULT = f"{DEFAULT_LINGER * 1000:g}ms"
+
+
+def cdc_settings(
+    *,
+    slot: str | None,
+    publication: str | None,
+    table: str | None,
+    debezium: bool,
+    heartbeat: str,
+    takeover_ttl: str,
+    linger: str,
+) -> CdcSettings:
+    """Build CdcSettings from the flags (validated later with the rest of RelayConfig)."""
+    return CdcSettings(
+        slot=slot,
+        publication=publication,
+        table=table,
+        debezium=debezium,
+        heartbeat_interval=parse_duration(heartbeat, "CDC heartbeat interval"),
+        takeover_ttl=parse_duration(takeover_ttl, "CDC takeover TTL"),
+        linger=parse_duration(linger, "CDC linger"),
+    )

@@ -1,0 +1,208 @@
+"""The typer app behind ``outbox-relay dead-letters`` (see relay.deadletters)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from relay.config import DEFAULT_SCHEMA, is_plain_identifier
+from relay.deadletters import (
+    LIST_LIMIT,
+    Connect,
+    Guard,
+    Selection,
+    count_dead_letters,
+    drop_dead_letters,
+    format_list,
+    format_one,
+    list_dead_letters,
+    retry_dead_letters,
+    selected_seqs,
+    show_dead_letter,
+)
+from relay.durations import parse_duration
+from relay.errors import ConfigError
+from relay.migrations import require_schema
+
+
+def _env(name: str) -> str:
+    return f"OUTBOX_RELAY_{name}"
+
+
+Dsn = Annotated[
+    str,
+    typer.Option(
+        "--dsn",
+        envvar=_env("DSN"),
+        show_default=False,
+        help="PostgreSQL connection string (URL or key=value).",
+    ),
+]
+Schema = Annotated[
+    str, typer.Option("--schema", envvar=_env("SCHEMA"), help="Schema that holds the outbox.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+Topic = Annotated[str | None, typer.Option("--topic", help="Only this topic.")]
+Key = Annotated[str | None, typer.Option("--key", help="Only this message key.")]
+OlderThan = Annotated[
+    str | None, typer.Option("--older-than", help="Dead for longer than this (e.g. 1h).")
+]
+NewerThan = Annotated[
+    str | None, typer.Option("--newer-than", help="Dead for less than this (e.g. 15m).")
+]
+Ids = Annotated[list[str] | None, typer.Argument(help="Message ids (UUIDs).", show_default=False)]
+All = Annotated[bool, typer.Option("--all", help="Every dead letter (when no filter is given).")]
+
+
+def _selection(
+    topic: str | None,
+    key: str | None,
+    older_than: str | None,
+    newer_than: str | None,
+    ids: list[str] | None = None,
+) -> Selection:
+    return Selection(
+        topic=topic,
+        key=key,
+        older_than=None if older_than is None else parse_duration(older_than, "age"),
+        newer_than=None if newer_than is None else parse_duration(newer_than, "age"),
+        ids=[_uuid(i) for i in ids] if ids else None,
+    )
+
+
+def _uuid(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a message id (a UUID)") from None
+
+
+def _check_schema(schema: str) -> None:
+    if not is_plain_identifier(schema):
+        raise ConfigError(f"the schema name {schema!r} is not a plain identifier")
+
+
+def _bulk(
+    connect: Connect,
+    dsn: str,
+    schema: str,
+    selection: Selection,
+    operation: Callable[[Any, str, list[int]], int],
+    verb: str,
+    everything: bool,
+) -> None:
+    _check_schema(schema)
+    if not selection.narrowed and not everything:
+        raise ConfigError(
+            f"name the dead letters to {verb}: message ids, a filter (--topic, --key, "
+            "--older-than, --newer-than), or --all"
+        )
+    with connect(dsn) as conn:
+        require_schema(conn, schema)
+        total = count_dead_letters(conn, schema, selection)
+        done = 0
+        columns = (TextColumn(f"{verb}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as bar:
+            task = bar.add_task(verb, total=total)
+            for chunk in selected_seqs(conn, schema, selection):
+                done += operation(conn, schema, chunk)
+                bar.update(task, completed=done)
+    past = {"retry": "put back into the outbox", "drop": "dropped"}[verb]
+    typer.echo(f"{done} dead letter{'s' if done != 1 else ''} {past}")
+
+
+def build_dead_letters_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
+    """The ``dead-letters`` command group; ``guard`` turns failures into one clear line."""
+    app = typer.Typer(
+        name="dead-letters",
+        no_args_is_help=True,
+        help="Messages the broker refused or that used up their attempts.",
+    )
+    _read_commands(app, guard, connect)
+    _bulk_commands(app, guard, connect)
+    return app
+
+
+def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> None:
+    @app.command("list")
+    @guard
+    def list_command(
+        dsn: Dsn = "",
+        schema: Schema = DEFAULT_SCHEMA,
+        topic: Topic = None,
+        key: Key = None,
+        older_than: OlderThan = None,
+        newer_than: NewerThan = None,
+        limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = LIST_LIMIT,
+        as_json: AsJson = False,
+    ) -> None:
+        """List dead letters, oldest first."""
+        _check_schema(schema)
+        selection = _selection(topic, key, older_than, newer_than)
+        with connect(dsn) as conn:
+            require_schema(conn, schema)
+            rows = list_dead_letters(conn, schema, selection, max(0, limit))
+            total = count_dead_letters(conn, schema, selection)
+        if as_json:
+            typer.echo(orjson.dumps({"total": total, "dead_letters": rows}).decode())
+        else:
+            typer.echo(format_list(rows, total))
+
+    @app.command("show")
+    @guard
+    def show_command(
+        message_id: Annotated[str, typer.Argument(help="The message id (a UUID).")],
+        dsn: Dsn = "",
+        schema: Schema = DEFAULT_SCHEMA,
+        as_json: AsJson = False,
+    ) -> None:
+        """Show one dead letter with its payload, headers and error."""
+        _check_schema(schema)
+        wanted = _uuid(message_id)
+        with connect(dsn) as conn:
+            require_schema(conn, schema)
+            letter = show_dead_letter(conn, schema, wanted)
+        if letter is None:
+            typer.echo(f"outbox-relay: error: no dead letter with id {wanted}", err=True)
+            raise typer.Exit(1)
+        typer.echo(orjson.dumps(letter).decode() if as_json else format_one(letter))
+
+
+def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> None:
+    @app.command("retry")
+    @guard
+    def retry_command(
+        ids: Ids = None,
+        dsn: Dsn = "",
+        schema: Schema = DEFAULT_SCHEMA,
+        topic: Topic = None,
+        key: Key = None,
+        older_than: OlderThan = None,
+        newer_than: NewerThan = None,
+        everything: All = False,
+    ) -> None:
+        """Put dead letters back into the outbox in their original order; keys flow again."""
+        selection = _selection(topic, key, older_than, newer_than, ids)
+        _bulk(connect, dsn, schema, selection, retry_dead_letters, "retry", everything)
+
+    @app.command("drop")
+    @guard
+    def drop_command(
+        ids: Ids = None,
+        dsn: Dsn = "",
+        schema: Schema = DEFAULT_SCHEMA,
+        topic: Topic = None,
+        key: Key = None,
+        older_than: OlderThan = None,
+        newer_than: NewerThan = None,
+        everything: All = False,
+    ) -> None:
+        """Delete dead letters for good and let their keys flow again."""
+        selection = _selection(topic, key, older_than, newer_than, ids)
+        _bulk(connect, dsn, schema, selection, drop_dead_letters, "drop", everything)

@@ -1,0 +1,105 @@
+"""Connector decorators (Watermill style): the circuit breaker and the metrics wrap a
+connector from outside; connectors themselves know nothing of either.
+
+``instrument(raw, breaker, metrics)`` builds the usual stack::
+
+    MeteredConnector -> BreakerConnector -> (size limit, ...) -> the broker's connector
+
+The breaker layer also enforces the publish deadline: a connector that overruns
+``timeout`` plus a grace is abandoned and its batch counted RETRYABLE, so no broker can
+hold the drain loop past its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from relay.breaker import CircuitBreaker, CircuitState, broker_outage
+from relay.connector import Connector
+from relay.errors import RetryableError
+from relay.metrics import RelayMetrics
+from relay.model import OutboxMessage, Outcome, OutcomeKind, retryable
+
+# How far past its own publish timeout a connector may run before it is abandoned.
+PUBLISH_GRACE = 2.0
+
+
+class _Wrapper:
+    """Delegates the protocol to ``inner``; attribute reads fall through to it (so an
+    in-memory connector's ``published`` stays reachable through the decorators)."""
+
+    def __init__(self, inner: Connector) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self, *, timeout: float) -> None:
+        await self.inner.close(timeout=timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class BreakerConnector(_Wrapper):
+    """Publishes through ``breaker``: nothing reaches the broker while the circuit is open."""
+
+    def __init__(self, inner: Connector, breaker: CircuitBreaker, grace: float = PUBLISH_GRACE):
+        super().__init__(inner)
+        self.breaker = breaker
+        self._grace = grace
+
+    async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
+        if not batch:
+            return []
+        if not self.breaker.allow():
+            wait = self.breaker.retry_in()
+            return [retryable(f"circuit open; next probe in {wait:.1f}s")] * len(batch)
+        try:
+            async with asyncio.timeout(timeout + self._grace):
+                outcomes = await self.inner.publish(batch, timeout=timeout)
+        except TimeoutError:
+            outcomes = [retryable(f"the {self.name} connector overran {timeout:g}s")] * len(batch)
+        except RetryableError as exc:
+            outcomes = [retryable(str(exc))] * len(batch)
+        except BaseException:
+            self.breaker.record_failure("the connector raised")
+            raise
+        self._record(outcomes)
+        return outcomes
+
+    def _record(self, outcomes: Sequence[Outcome]) -> None:
+        if broker_outage(outcomes):
+            first = next(o for o in outcomes if o.kind is OutcomeKind.RETRYABLE)
+            self.breaker.record_failure(first.error or "not confirmed")
+        else:
+            self.breaker.record_success()
+
+
+class MeteredConnector(_Wrapper):
+    """Counts what the connector below reports: outcomes, batch sizes, latencies."""
+
+    def __init__(self, inner: Connector, metrics: RelayMetrics) -> None:
+        super().__init__(inner)
+        self.metrics = metrics
+
+    async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
+        started = time.monotonic()
+        outcomes = await self.inner.publish(batch, timeout=timeout)
+        if batch:
+            self.metrics.observe_batch(self.name, batch, outcomes, time.monotonic() - started)
+        return outcomes
+
+
+def instrument(raw: Connector, breaker: CircuitBreaker, metrics: RelayMetrics) -> Connector:
+    """``raw`` behind the circuit breaker and the metrics, with transitions exported."""
+
+    def exported(_before: CircuitState, to: CircuitState, _why: str) -> None:
+        metrics.circuit_changed(raw.name, to)
+
+    breaker.add_listener(exported)
+    return MeteredConnector(BreakerConnector(raw, breaker), metrics)

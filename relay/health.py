@@ -1,0 +1,166 @@
+"""``/healthz``, ``/readyz`` and ``/metrics`` on ``--metrics-host:--metrics-port``.
+
+The server runs in a thread of its own with the standard library's HTTP server, not on
+the relay's event loop: it answers while the loop is busy or wedged (and then says so),
+and it shares no connection with the publish path. It only reads a :class:`HealthState`
+that the loop's components update.
+
+- ``/healthz`` (liveness): 200 while the drain loop keeps going round. Before every wait
+  or batch the loop promises its next beat; a promise broken by more than ``slack``
+  seconds means the loop is stuck, and a restart may help.
+- ``/readyz`` (readiness): 200 when PostgreSQL answered recently (any duty's successful
+  round trip) and the connector's circuit is not open.
+- ``/metrics``: the Prometheus text format of the relay's registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("outbox_relay.health")
+
+LOOP_SLACK = 10.0  # seconds a beat may come late before /healthz fails
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    detail: dict[str, Any]
+
+
+class HealthState:
+    """What the probes look at; written from the event loop, read from the HTTP thread
+    (single float and string assignments, which are atomic in CPython)."""
+
+    def __init__(
+        self,
+        *,
+        db_stale_after: float = 30.0,
+        slack: float = LOOP_SLACK,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self._slack = slack
+        self._db_stale_after = db_stale_after
+        self._next_beat_by = clock() + 60.0  # start-up: preflight and connector.open()
+        self._db_answered_at: float | None = None
+        self.circuit: Callable[[], str] = lambda: "closed"
+        self.started = False
+
+    def beat(self, next_within: float) -> None:
+        """The loop is alive, and promises to beat again within ``next_within`` seconds."""
+        self._next_beat_by = self._clock() + next_within
+        self.started = True
+
+    def database_answered(self) -> None:
+        self._db_answered_at = self._clock()
+
+    def liveness(self) -> Verdict:
+        late = self._clock() - self._next_beat_by
+        ok = late <= self._slack
+        return Verdict(ok, {"loop": "running" if ok else f"stuck for {late:.0f}s"})
+
+    def readiness(self) -> Verdict:
+        now = self._clock()
+        answered = self._db_answered_at
+        db_ok = answered is not None and now - answered <= self._db_stale_after
+        circuit = self.circuit()
+        ok = db_ok and circuit != "open" and self.started
+        detail = {
+            "database": "ok" if db_ok else "no recent answer",
+            "database_answered_seconds_ago": None if answered is None else round(now - answered, 1),
+            "broker_circuit": circuit,
+            "started": self.started,
+        }
+        return Verdict(ok, detail)
+
+
+class HealthServer:
+    """The HTTP server thread; ``start()`` binds (failing fast), ``stop()`` joins."""
+
+    def __init__(self, host: str, port: int, state: HealthState, registry: CollectorRegistry):
+        self._address = (host, port)
+        self._state = state
+        self._registry = registry
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self._address[1]
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        handler = _handler(self._state, self._registry)
+        try:
+            self._server = ThreadingHTTPServer(self._address, handler)
+        except OSError as exc:
+            # Relaying matters more than its metrics: say so loudly, and keep relaying.
+            host, port = self._address
+            log.error(
+                "cannot serve metrics and health on %s:%d (%s); running without them. "
+                "Choose another --metrics-port, or 0 to turn the server off.",
+                host,
+                port,
+                exc.strerror,
+            )
+            return
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="health-server",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("metrics and health on http://%s:%d/metrics", self._address[0], self.port)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+
+
+def _handler(state: HealthState, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "outbox-relay"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                verdict = state.liveness() if path == "/healthz" else state.readiness()
+                body = orjson.dumps({"status": "ok" if verdict.ok else "fail", **verdict.detail})
+                self._send(200 if verdict.ok else 503, body, "application/json")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            with contextlib.suppress(OSError):  # the prober hung up: nothing to tell it
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # probes every few seconds would drown the relay's own log
+
+    return Handler

@@ -1,0 +1,86 @@
+"""Refuse oversized messages before they reach the broker.
+
+A broker refuses a record over its limit only after the bytes crossed the network (Kafka:
+MSG_SIZE_TOO_LARGE; RabbitMQ closes the channel over ``max_message_size``, taking the
+rest of the batch with it). ``SizeLimitedConnector`` wraps any connector and answers
+PERMANENT for such messages itself, so they are parked with a clear reason and the
+broker never sees them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from relay.connector import Connector
+from relay.model import OutboxMessage, Outcome, permanent, retryable
+
+
+def message_size(message: OutboxMessage) -> int:
+    """Bytes of the payload, key, topic and headers (names and values), UTF-8 encoded.
+
+    An upper bound on what the message costs on any broker, before framing overhead.
+    """
+    size = len(message.payload or b"") + len(message.topic.encode())
+    if message.key is not None:
+        size += len(message.key.encode())
+    for name, value in message.headers.items():
+        size += len(str(name).encode()) + len(str(value).encode())
+    return size
+
+
+class SizeLimitedConnector:
+    """A connector that refuses messages over ``max_bytes`` and passes the rest on.
+
+    Outcomes keep batch order. A later message of an oversized message's key is not
+    published either (RETRYABLE): it would overtake the parked one, exactly as an
+    ordered broker client never sends a key's messages past one it refused.
+    """
+
+    def __init__(self, inner: Connector, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be at least 1")
+        self.inner = inner
+        self.max_bytes = max_bytes
+        self.name = inner.name
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self, *, timeout: float) -> None:
+        await self.inner.close(timeout=timeout)
+
+    async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
+        """Publish the messages within the limit; one outcome per message, in order."""
+        refused: dict[int, Outcome] = {}
+        refused_keys: set[str] = set()
+        for index, message in enumerate(batch):
+            if message.key is not None and message.key in refused_keys:
+                refused[index] = retryable("behind an oversized message of the same key")
+                continue
+            size = message_size(message)
+            if size > self.max_bytes:
+                refused[index] = permanent(
+                    f"message is {size} bytes, over the limit of {self.max_bytes} "
+                    "(--max-message-bytes)"
+                )
+                if message.key is not None:
+                    refused_keys.add(message.key)
+        if not refused:
+            return await self.inner.publish(batch, timeout=timeout)
+        passed = [m for i, m in enumerate(batch) if i not in refused]
+        delivered = iter(await self.inner.publish(passed, timeout=timeout) if passed else [])
+        return [refused[i] if i in refused else next(delivered) for i in range(len(batch))]
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (an in-memory connector's ``published``, ...) is the inner one's.
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def limit_message_size(connector: Connector, max_bytes: int) -> Connector:
+    """``connector`` wrapped in a size check (once: wrapping twice changes nothing)."""
+    if isinstance(connector, SizeLimitedConnector) and connector.max_bytes == max_bytes:
+        return connector
+    return SizeLimitedConnector(connector, max_bytes)

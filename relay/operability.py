@@ -1,0 +1,210 @@
+"""The operability side of one relay: the backlog sampler and the health/metrics server.
+
+The sampler reads the cheap backlog figures (and, in CDC mode, the slot's lag) every few
+seconds on a connection of its own, in a thread of its own: a slow or unreachable
+database stalls these gauges (``outbox_relay_backlog_sampled_timestamp_seconds`` shows
+it) but never the publish path, and the publish path never starves them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from relay.breaker import CircuitBreaker
+from relay.config import RelayConfig
+from relay.health import HealthServer, HealthState
+from relay.metrics import RelayMetrics
+from relay.status import sample_backlog
+
+log = logging.getLogger("outbox_relay.operability")
+
+SAMPLE_EVERY = 5.0
+SAMPLE_STATEMENT_TIMEOUT_MS = 5000
+
+
+class BacklogSampler:
+    """Every ``every`` seconds: pending, oldest age, dead letters, held keys, CDC lag."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        metrics: RelayMetrics,
+        health: HealthState,
+        buckets_owned: Callable[[], int],
+        every: float = SAMPLE_EVERY,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._health = health
+        self._buckets_owned = buckets_owned
+        self._every = every
+        self._conn: psycopg.Connection[Any] | None = None
+        self._in_flight: asyncio.Future[dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="backlog-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # closing is best effort
+                conn.close()
+
+    async def _run(self) -> None:
+        while True:
+            await self.sample_once()
+            await asyncio.sleep(self._every)
+
+    async def sample_once(self) -> None:
+        self._metrics.buckets_owned.set(self._buckets_owned())
+        if self._in_flight is not None and not self._in_flight.done():
+            return  # the previous sample is still stuck on the database
+        self._in_flight = _in_daemon_thread(self._read)
+        try:
+            figures = await asyncio.wait_for(asyncio.shield(self._in_flight), self._every)
+        except (TimeoutError, psycopg.Error) as exc:
+            self._sample_failed(exc)
+            return
+        self._failures = 0
+        self._publish(figures)
+
+    def _sample_failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        log.log(level, "could not read the backlog figures: %s", exc or type(exc).__name__)
+
+    def _publish(self, figures: dict[str, Any]) -> None:
+        m = self._metrics
+        m.pending.set(figures["pending"])
+        m.oldest_pending_age.set(figures["oldest_pending_age_seconds"] or 0.0)
+        m.dead_letters.set(figures["dead_letters"])
+        m.held_keys.set(figures["held_keys"])
+        if "cdc" in figures:
+            cdc = figures["cdc"]
+            m.set_cdc_slot_lag(cdc["slot"], cdc["lag_bytes"])
+        m.backlog_sampled.set(time.time())
+        self._health.database_answered()
+
+    def _read(self) -> dict[str, Any]:
+        """Runs in the sampler's own thread, on its own connection."""
+        try:
+            conn = self._connection()
+            figures = sample_backlog(conn, self._config.schema)
+            if self._config.mode == "cdc":
+                figures["cdc"] = _cdc_figures(conn, self._config.schema)
+            return figures
+        except psycopg.Error:
+            stale, self._conn = self._conn, None
+            if stale is not None:
+                stale.close()
+            raise
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = psycopg.connect(
+                self._config.dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self._config.connect_timeout)),
+                application_name="outbox-relay/metrics",
+            )
+            self._conn.execute(
+                "SELECT set_config('statement_timeout', %s, false)",
+                (str(SAMPLE_STATEMENT_TIMEOUT_MS),),
+            )
+        return self._conn
+
+
+def _in_daemon_thread(work: Callable[[], dict[str, Any]]) -> asyncio.Future[dict[str, Any]]:
+    """Run ``work`` in a daemon thread: one stuck on a dead connection (a sync libpq call
+    has no client-side timeout) must not keep the process from exiting, as an executor's
+    threads would."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def settle(result: dict[str, Any] | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result or {})
+
+    def run() -> None:
+        try:
+            result, error = work(), None
+        except BaseException as exc:  # handed to the awaiting coroutine
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="backlog-sampler", daemon=True).start()
+    return future
+
+
+def _cdc_figures(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
+    from relay.cdc.status import cdc_status  # CDC mode only
+
+    status = cdc_status(conn, schema)
+    return {"slot": status["slot"], "lag_bytes": status["lag_bytes"]}
+
+
+class Operability:
+    """Starts and stops the sampler and the health/metrics server of one relay."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        metrics: RelayMetrics,
+        health: HealthState,
+        breaker: CircuitBreaker,
+        buckets_owned: Callable[[], int],
+    ) -> None:
+        health.circuit = lambda: breaker.state.value
+        self._health = health
+        self._watchdog: asyncio.Task[None] | None = None
+        self.sampler = BacklogSampler(config, metrics, health, buckets_owned)
+        self.server: HealthServer | None = None
+        if config.metrics_port:
+            self.server = HealthServer(
+                config.metrics_host, config.metrics_port, health, metrics.registry
+            )
+
+    def start(self) -> None:
+        if self.server is not None:
+            self.server.start()
+        self.sampler.start()
+
+    def watch(self, task: asyncio.Task[None], every: float = 1.0) -> None:
+        """Beat for a drain loop that does not beat itself (CDC mode): while ``task``
+        runs and the event loop answers, /healthz stays green."""
+
+        async def beat() -> None:
+            while not task.done():
+                self._health.beat(every * 2)
+                await asyncio.sleep(every)
+
+        self._watchdog = asyncio.create_task(beat(), name="health-watchdog")
+
+    async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
+        await self.sampler.stop()
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)

@@ -1,0 +1,100 @@
+"""Options of ``outbox-relay run`` for failure handling and operability: retries,
+attempts, the poison-message policy, metrics/health and the log format.
+
+Kept apart from relay/cli.py so that command stays readable; each option has its
+``OUTBOX_RELAY_*`` environment variable, shown in ``--help``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from relay import config as defaults
+from relay.durations import parse_duration
+
+RetryBaseOption = Annotated[
+    str,
+    typer.Option(
+        "--retry-base",
+        envvar="OUTBOX_RELAY_RETRY_BASE",
+        help="First retry delay; each retry may wait up to twice the last (full jitter).",
+    ),
+]
+RetryCapOption = Annotated[
+    str,
+    typer.Option(
+        "--retry-cap",
+        envvar="OUTBOX_RELAY_RETRY_CAP",
+        help="Longest retry delay, also the longest circuit-breaker cooldown.",
+    ),
+]
+MaxAttemptsOption = Annotated[
+    int,
+    typer.Option(
+        "--max-attempts",
+        envvar="OUTBOX_RELAY_MAX_ATTEMPTS",
+        help="Failed deliveries before a message moves to the dead letters "
+        "(broker outages do not count).",
+    ),
+]
+OnPoisonOption = Annotated[
+    str,
+    typer.Option(
+        "--on-poison",
+        envvar="OUTBOX_RELAY_ON_POISON",
+        help="block: a dead letter's key waits until it is retried or dropped; "
+        "skip: the key's later messages go on.",
+    ),
+]
+MetricsHostOption = Annotated[
+    str,
+    typer.Option(
+        "--metrics-host",
+        envvar="OUTBOX_RELAY_METRICS_HOST",
+        help="Address of /metrics, /healthz and /readyz (0.0.0.0 for every interface).",
+    ),
+]
+MetricsPortOption = Annotated[
+    int,
+    typer.Option(
+        "--metrics-port",
+        envvar="OUTBOX_RELAY_METRICS_PORT",
+        help="Port of /metrics, /healthz and /readyz; 0 turns them off.",
+    ),
+]
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        "--log-format",
+        envvar="OUTBOX_RELAY_LOG_FORMAT",
+        help="text, or json: one object per line with stable field names.",
+    ),
+]
+
+
+def operability_settings(
+    *,
+    retry_base: str,
+    retry_cap: str,
+    max_attempts: int,
+    on_poison: str,
+    metrics_host: str,
+    metrics_port: int,
+    log_format: str,
+) -> dict[str, Any]:
+    """The RelayConfig fields these options set (validated with the rest by RelayConfig)."""
+    return {
+        "retry_base": parse_duration(retry_base, "retry base delay"),
+        "retry_cap": parse_duration(retry_cap, "retry cap"),
+        "max_attempts": max_attempts,
+        "on_poison": on_poison,
+        "metrics_host": metrics_host,
+        "metrics_port": metrics_port,
+        "log_format": log_format,
+    }
+
+
+DEFAULT_RETRY_BASE = f"{defaults.DEFAULT_RETRY_BASE * 1000:g}ms"
+DEFAULT_RETRY_CAP = f"{defaults.DEFAULT_RETRY_CAP:g}s"

@@ -1,0 +1,73 @@
+-- The privileges each kind of outbox-relay role needs: `outbox-relay migrate
+-- --print-grants ROLE --mode MODE`. {schema}, {role} and {publication} are quoted
+-- identifiers, {role_name} a quoted literal; literal braces are doubled. Run the output as
+-- the owner of the outbox schema (the role that ran `outbox-relay migrate`), after it.
+
+-- name: connect
+-- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+DO $grant$ BEGIN
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), {role_name});
+END $grant$;
+GRANT USAGE ON SCHEMA {schema} TO {role};
+
+-- name: poll
+-- require_schema reads the version; status reads everything below.
+GRANT SELECT ON {schema}.schema_migrations TO {role};
+-- claim (SELECT ... FOR UPDATE), mark sent, record failures, delete on ack, retention;
+-- INSERT for `outbox-relay dead-letters retry`, which puts a message back.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.messages TO {role};
+-- move refused messages to the dead letters; `outbox-relay dead-letters` reads and drops.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.dead_letters TO {role};
+-- hold keys behind a failed message and release them.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.key_holds TO {role};
+-- heartbeat, prune dead relays, forget itself on shutdown.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.relays TO {role};
+-- lease, renew and release buckets (the 256 rows exist; they are never inserted).
+GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
+-- `outbox-relay status` shows the CDC slot's state, if there is one.
+GRANT SELECT ON {schema}.cdc_state TO {role};
+
+-- name: cdc
+-- Logical decoding: CREATE_REPLICATION_SLOT, START_REPLICATION and dropping a lost slot
+-- need the REPLICATION attribute (not superuser). pg_hba.conf must admit the role to this
+-- database; a logical replication connection matches ordinary database lines. Only a
+-- superuser may give REPLICATION (Amazon RDS/Aurora: GRANT rds_replication TO the role).
+ALTER ROLE {role} WITH REPLICATION;
+GRANT SELECT ON {schema}.schema_migrations TO {role};
+-- snapshot reads, mark sent, park refused messages (INSERT), retention.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.messages TO {role};
+-- a parked message moves to the dead letters (a trigger, run with the relay's rights).
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.dead_letters TO {role};
+-- leadership lease and the published position of the slot.
+GRANT SELECT, INSERT, UPDATE ON {schema}.cdc_state TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.relays TO {role};
+-- `outbox-relay status` reads these; `dead-letters retry` and `drop` release held keys.
+GRANT SELECT, DELETE ON {schema}.key_holds TO {role};
+-- a CDC relay owns no buckets, but lets go of any on shutdown like a polling one.
+GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.cdc_xid_precedes(xid, xid8) TO {role};
+-- Creating a publication needs ownership of the table, which the relay role should not
+-- have: create it here, as the owner. The relay finds it and never changes it.
+DO $publication$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = {publication_name}) THEN
+    CREATE PUBLICATION {publication} FOR TABLE {schema}.messages WITH (publish = 'insert');
+  END IF;
+END $publication$;
+
+-- name: inbox
+GRANT SELECT ON {schema}.inbox_migrations TO {role};
+-- claim a message id, store and replay results, purge old entries.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.inbox TO {role};
+
+-- name: producer
+-- enqueue() and enqueue_binary() insert and return the new id.
+GRANT INSERT, SELECT (id) ON {schema}.messages TO {role};
+GRANT EXECUTE ON FUNCTION
+  {schema}.uuid_v7(),
+  {schema}.enqueue(text, text, jsonb, jsonb),
+  {schema}.enqueue_binary(text, text, bytea, jsonb, text),
+  {schema}.emit(text, text, jsonb, jsonb),
+  {schema}.emit_binary(text, text, bytea, jsonb, text),
+  {schema}.cdc_emit(uuid, text, text, jsonb, text, text, bytea),
+  {schema}.cdc_message_prefix()
+  TO {role};

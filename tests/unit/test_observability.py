@@ -1,0 +1,138 @@
+"""Metrics names, the health probes and structured logs, without a database or broker."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from relay.breaker import CircuitState
+from relay.health import HealthServer, HealthState
+from relay.logs import JsonFormatter, ScrubSecrets
+from relay.metrics import RelayMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def exported_names() -> set[str]:
+    """Every sample name the relay's registry can expose (labelled metrics included,
+    which show no sample until a label value is used)."""
+    endings = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "info": ("_info",),
+        "gauge": ("",),
+    }
+    names = set()
+    for family in RelayMetrics().registry.collect():
+        names.update(family.name + end for end in endings.get(family.type, ("",)))
+    # the per-session collector only shows with sessions; its names are fixed
+    names |= {
+        "outbox_relay_db_session_connected",
+        "outbox_relay_db_session_connects_total",
+        "outbox_relay_db_session_discards_total",
+    }
+    return names
+
+
+def referenced_names(path: Path) -> set[str]:
+    return set(re.findall(r"\b(outbox_relay_[a-z_]+)", path.read_text()))
+
+
+def test_the_dashboard_and_the_alerts_use_only_metrics_the_relay_exports():
+    exported = exported_names()
+    for path in [
+        ROOT / "deploy/grafana/dashboards/outbox-relay.json",
+        ROOT / "deploy/prometheus/alerts.yml",
+    ]:
+        unknown = {n for n in referenced_names(path) if n not in exported}
+        assert not unknown, f"{path.name} uses metrics the relay does not export: {unknown}"
+
+
+def test_the_dashboard_is_valid_json_with_panels():
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/outbox-relay.json").read_text())
+    assert dashboard["uid"] == "outbox-relay" and len(dashboard["panels"]) >= 10
+
+
+def test_liveness_fails_when_the_loop_breaks_its_promise():
+    clock = Clock()
+    state = HealthState(slack=5.0, clock=clock)
+    state.beat(10.0)
+    clock.now += 14.0
+    assert state.liveness().ok
+    clock.now += 2.0
+    verdict = state.liveness()
+    assert not verdict.ok and "stuck" in verdict.detail["loop"]
+
+
+def test_readiness_needs_a_recent_database_answer_and_a_circuit_that_is_not_open():
+    clock = Clock()
+    state = HealthState(db_stale_after=30.0, clock=clock)
+    circuit = {"state": CircuitState.CLOSED}
+    state.circuit = lambda: circuit["state"].value
+    state.beat(1.0)
+    assert not state.readiness().ok  # no database answer yet
+    state.database_answered()
+    assert state.readiness().ok
+    circuit["state"] = CircuitState.OPEN
+    assert not state.readiness().ok
+    circuit["state"] = CircuitState.HALF_OPEN
+    assert state.readiness().ok
+    clock.now += 31.0
+    assert state.readiness().detail["database"] == "no recent answer"
+
+
+def fetch(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_server_answers_the_three_paths_from_its_own_thread():
+    metrics = RelayMetrics()
+    metrics.describe(relay="r", mode="poll", connector="kafka")
+    state = HealthState()
+    server = HealthServer("127.0.0.1", 0, state, metrics.registry)
+    server.start()
+    try:
+        assert fetch(server.port, "/healthz")[0] == 200
+        status, body = fetch(server.port, "/readyz")
+        assert status == 503 and json.loads(body)["database"] == "no recent answer"
+        state.beat(5.0)
+        state.database_answered()
+        assert fetch(server.port, "/readyz")[0] == 200
+        status, body = fetch(server.port, "/metrics")
+        assert status == 200 and 'outbox_relay_circuit_state{connector="kafka"} 0.0' in body
+        assert fetch(server.port, "/nowhere")[0] == 404
+    finally:
+        server.stop()
+        server.stop()  # twice is harmless
+
+
+def test_json_logs_have_stable_fields_and_no_secrets():
+    record = logging.LogRecord(
+        "outbox_relay.poller", logging.WARNING, __file__, 1,
+        "cannot reach postgresql://relay:s3cret@db/app (token %s)", ("abc123",), None,
+    )  # fmt: skip
+    record.relay = "host:1"
+    ScrubSecrets(["abc123"]).filter(record)
+    line = JsonFormatter().format(record)
+    entry = json.loads(line)
+    assert list(entry)[:4] == ["time", "level", "logger", "message"]
+    assert entry["level"] == "warning" and entry["logger"] == "outbox_relay.poller"
+    assert entry["relay"] == "host:1"
+    assert "s3cret" not in line and "abc123" not in line
+    assert entry["time"].endswith("+00:00")
