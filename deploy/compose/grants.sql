@@ -1,0 +1,97 @@
+-- Least privileges of the demo roles, exactly as the relay prints them (a test keeps this
+-- file in step). Regenerate with:
+--   for s in outbox outbox_amqp; do outbox-relay migrate --schema $s --print-grants relay;
+--     outbox-relay migrate --schema $s --print-grants writer --mode producer; done
+
+-- Privileges of a role that runs `outbox-relay run` in polling mode and `outbox-relay status`, on outbox schema 'outbox'.
+-- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
+--   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
+BEGIN;
+-- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+DO $grant$ BEGIN
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+END $grant$;
+GRANT USAGE ON SCHEMA "outbox" TO "relay";
+-- require_schema reads the version; status reads everything below.
+GRANT SELECT ON "outbox".schema_migrations TO "relay";
+-- claim (SELECT ... FOR UPDATE), mark sent, record failures, delete on ack, retention;
+-- INSERT for `outbox-relay dead-letters retry`, which puts a message back.
+GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox".messages TO "relay";
+-- move refused messages to the dead letters; `outbox-relay dead-letters` reads and drops.
+GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox".dead_letters TO "relay";
+-- hold keys behind a failed message and release them.
+GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox".key_holds TO "relay";
+-- heartbeat, prune dead relays, forget itself on shutdown.
+GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox".relays TO "relay";
+-- lease, renew and release buckets (the 256 rows exist; they are never inserted).
+GRANT SELECT, UPDATE ON "outbox".bucket_leases TO "relay";
+-- `outbox-relay status` shows the CDC slot's state, if there is one.
+GRANT SELECT ON "outbox".cdc_state TO "relay";
+COMMIT;
+-- Privileges of a role that writes events with enqueue()/emit() in the application's transactions, on outbox schema 'outbox'.
+-- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
+--   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
+BEGIN;
+-- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+DO $grant$ BEGIN
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+END $grant$;
+GRANT USAGE ON SCHEMA "outbox" TO "writer";
+-- enqueue() and enqueue_binary() insert and return the new id.
+GRANT INSERT, SELECT (id) ON "outbox".messages TO "writer";
+GRANT EXECUTE ON FUNCTION
+  "outbox".uuid_v7(),
+  "outbox".enqueue(text, text, jsonb, jsonb),
+  "outbox".enqueue_binary(text, text, bytea, jsonb, text),
+  "outbox".emit(text, text, jsonb, jsonb),
+  "outbox".emit_binary(text, text, bytea, jsonb, text),
+  "outbox".cdc_emit(uuid, text, text, jsonb, text, text, bytea),
+  "outbox".cdc_message_prefix()
+  TO "writer";
+COMMIT;
+-- Privileges of a role that runs `outbox-relay run` in polling mode and `outbox-relay status`, on outbox schema 'outbox_amqp'.
+-- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
+--   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
+BEGIN;
+-- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+DO $grant$ BEGIN
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+END $grant$;
+GRANT USAGE ON SCHEMA "outbox_amqp" TO "relay";
+-- require_schema reads the version; status reads everything below.
+GRANT SELECT ON "outbox_amqp".schema_migrations TO "relay";
+-- claim (SELECT ... FOR UPDATE), mark sent, record failures, delete on ack, retention;
+-- INSERT for `outbox-relay dead-letters retry`, which puts a message back.
+GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox_amqp".messages TO "relay";
+-- move refused messages to the dead letters; `outbox-relay dead-letters` reads and drops.
+GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox_amqp".dead_letters TO "relay";
+-- hold keys behind a failed message and release them.
+GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox_amqp".key_holds TO "relay";
+-- heartbeat, prune dead relays, forget itself on shutdown.
+GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox_amqp".relays TO "relay";
+-- lease, renew and release buckets (the 256 rows exist; they are never inserted).
+GRANT SELECT, UPDATE ON "outbox_amqp".bucket_leases TO "relay";
+-- `outbox-relay status` shows the CDC slot's state, if there is one.
+GRANT SELECT ON "outbox_amqp".cdc_state TO "relay";
+COMMIT;
+-- Privileges of a role that writes events with enqueue()/emit() in the application's transactions, on outbox schema 'outbox_amqp'.
+-- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
+--   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
+BEGIN;
+-- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+DO $grant$ BEGIN
+  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+END $grant$;
+GRANT USAGE ON SCHEMA "outbox_amqp" TO "writer";
+-- enqueue() and enqueue_binary() insert and return the new id.
+GRANT INSERT, SELECT (id) ON "outbox_amqp".messages TO "writer";
+GRANT EXECUTE ON FUNCTION
+  "outbox_amqp".uuid_v7(),
+  "outbox_amqp".enqueue(text, text, jsonb, jsonb),
+  "outbox_amqp".enqueue_binary(text, text, bytea, jsonb, text),
+  "outbox_amqp".emit(text, text, jsonb, jsonb),
+  "outbox_amqp".emit_binary(text, text, bytea, jsonb, text),
+  "outbox_amqp".cdc_emit(uuid, text, text, jsonb, text, text, bytea),
+  "outbox_amqp".cdc_message_prefix()
+  TO "writer";
+COMMIT;
