@@ -29,6 +29,7 @@ class WakeListener:
         self._channel = channel_name(schema)
         self._wake = wake
         self._task: asyncio.Task[None] | None = None
+        self._failures = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -42,20 +43,21 @@ class WakeListener:
         await self._session.close()
 
     async def _run(self) -> None:
-        failures = 0
+        self._failures = 0
         while True:
             try:
                 await self._listen()
             except (RelayError, psycopg.Error) as exc:
                 await self._session.discard()
-                delay = full_jitter(failures, base=0.5, cap=15.0)
-                failures += 1
+                delay = full_jitter(self._failures, base=0.5, cap=15.0)
+                self._failures += 1
                 log.info("wake-up listener lost its connection (%s); polling meanwhile", exc)
                 await asyncio.sleep(delay)
 
     async def _listen(self) -> None:
         conn = await self._session.connection()
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+        self._failures = 0  # listening again: the next loss starts from a short backoff
         self._wake.set()
         async for _ in conn.notifies():
             self._wake.set()

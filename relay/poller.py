@@ -232,8 +232,17 @@ class Poller:
         return DrainResult(claimed=len(rows), outage=outage)
 
     async def _claim(self, conn: AsyncConnection[Any]) -> list[ClaimedRow]:
+        schema = self._config.schema
+        locked = await conn.execute(query("lock_leased_buckets", schema), self._claim_params)
+        buckets = [row[0] for row in await locked.fetchall()]
+        if not buckets:
+            return []
         async with conn.cursor(row_factory=class_row(ClaimedRow)) as cursor:
-            await cursor.execute(query("claim_batch", self._config.schema), self._claim_params)
+            # A new statement, so a new snapshot: it sees everything the buckets' previous
+            # owner committed before releasing the locks we now hold.
+            await cursor.execute(
+                query("claim_batch", schema), {**self._claim_params, "buckets": buckets}
+            )
             return await cursor.fetchall()
 
     async def _publish_and_acknowledge(

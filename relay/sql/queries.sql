@@ -1,24 +1,28 @@
 -- Named queries of the relay. {schema} is the quoted schema identifier.
 
+-- name: lock_leased_buckets
+-- The buckets this relay leases, each locked for this transaction with an advisory lock:
+-- a relay that lost a bucket while frozen still holds its lock, so the new owner cannot
+-- overtake its in-flight rows until that transaction ends. This must be a statement of
+-- its own, before claim_batch: under READ COMMITTED a statement's snapshot is taken when
+-- it starts, so a claim that took the lock mid-statement could still read rows and key
+-- holds from before the previous owner's commit.
+SELECT bucket FROM (
+  SELECT bucket FROM {schema}.bucket_leases
+  WHERE relay_id = %(relay_id)s AND expires_at > now()
+  OFFSET 0
+) owned
+WHERE pg_try_advisory_xact_lock(%(lock_space)s, bucket);
+
 -- name: claim_batch
--- Pending rows of the buckets this relay leases, in sequence order, skipping keys held
--- behind a failed message. Each leased bucket is also locked for this transaction with an
--- advisory lock: a relay that lost a bucket while frozen still holds its lock, so the new
--- owner cannot overtake its in-flight rows until that transaction ends.
-WITH leased AS MATERIALIZED (
-  SELECT bucket FROM (
-    SELECT bucket FROM {schema}.bucket_leases
-    WHERE relay_id = %(relay_id)s AND expires_at > now()
-    OFFSET 0
-  ) owned
-  WHERE pg_try_advisory_xact_lock(%(lock_space)s, bucket)
-)
+-- Pending rows of the locked buckets, in sequence order, skipping keys held behind a
+-- failed or dead-lettered message.
 SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
        m.headers, m.created_at, m.attempts
 FROM {schema}.messages m
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL
   AND m.available_at <= now()
-  AND m.bucket IN (SELECT bucket FROM leased)
+  AND m.bucket = ANY(%(buckets)s::smallint[])
   AND NOT EXISTS (
     SELECT 1 FROM {schema}.key_holds h
     WHERE h.key = m.key AND h.held_until > now()

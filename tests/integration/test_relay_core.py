@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import defaultdict
 
 import psycopg
@@ -167,38 +169,83 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
     assert asyncio.run(scenario()) < 3.0
 
 
+def claim_like_the_poller(conn, relay_id, limit=10):
+    """The poller's claim: lock the leased buckets, then (a new statement) claim rows."""
+    params = {"relay_id": relay_id, "lock_space": lock_space("outbox"), "limit": limit}
+    buckets = [r[0] for r in conn.execute(query("lock_leased_buckets", "outbox"), params)]
+    if not buckets:
+        return []
+    return conn.execute(query("claim_batch", "outbox"), {**params, "buckets": buckets}).fetchall()
+
+
+def lease_bucket(dsn, bucket):
+    """Give ``bucket`` to a new relay id (a rebalance, or an expired lease taken over)."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        return admin.execute(
+            "UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid(), "
+            "expires_at = now() + interval '1 minute' WHERE bucket = %s RETURNING relay_id",
+            (bucket,),
+        ).fetchone()[0]
+
+
+def bucket_of(dsn, key):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT bucket FROM outbox.messages WHERE key = %s LIMIT 1", (key,)
+        ).fetchone()[0]
+
+
 def test_the_new_owner_of_a_bucket_waits_for_the_old_owners_batch(db_dsn):
     """Scripted interleaving: relay A has a batch in flight when its bucket moves to B."""
     install_outbox(db_dsn)
     write(db_dsn, 3, keys=1)
-    with psycopg.connect(db_dsn, autocommit=True) as admin:
-        bucket = admin.execute("SELECT DISTINCT bucket FROM outbox.messages").fetchone()[0]
-        admin.execute(
-            "UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid(), "
-            "expires_at = now() + interval '1 minute' WHERE bucket = %s",
-            (bucket,),
-        )
-        owner_a = admin.execute(
-            "SELECT relay_id FROM outbox.bucket_leases WHERE bucket = %s", (bucket,)
-        ).fetchone()[0]
-    params = {"relay_id": owner_a, "lock_space": lock_space("outbox"), "limit": 10}
+    bucket = bucket_of(db_dsn, "k0")
+    owner_a = lease_bucket(db_dsn, bucket)
     with psycopg.connect(db_dsn) as a, psycopg.connect(db_dsn) as b:
-        claimed_by_a = a.execute(query("claim_batch", "outbox"), params).fetchall()
-        assert len(claimed_by_a) == 3  # A's transaction stays open: the batch is in flight
-        with psycopg.connect(db_dsn, autocommit=True) as admin:
-            admin.execute(
-                "UPDATE outbox.bucket_leases SET relay_id = gen_random_uuid() "
-                "WHERE bucket = %s RETURNING relay_id",
-                (bucket,),
-            )
-            owner_b = admin.execute(
-                "SELECT relay_id FROM outbox.bucket_leases WHERE bucket = %s", (bucket,)
-            ).fetchone()[0]
-        b_params = {**params, "relay_id": owner_b}
-        assert b.execute(query("claim_batch", "outbox"), b_params).fetchall() == []
+        assert len(claim_like_the_poller(a, owner_a)) == 3  # A's batch stays in flight
+        owner_b = lease_bucket(db_dsn, bucket)
+        assert claim_like_the_poller(b, owner_b) == []
         b.rollback()
         a.rollback()  # A's transaction ends (crash, timeout or rollback)
-        assert len(b.execute(query("claim_batch", "outbox"), b_params).fetchall()) == 3
+        assert len(claim_like_the_poller(b, owner_b)) == 3
+
+
+def test_a_hand_over_mid_commit_cannot_skip_the_old_owners_key_hold(db_dsn):
+    """A dead-letters K's first message and holds K; B's claim starts just before A
+    commits. B must not publish K's second message past the dead letter."""
+    install_outbox(db_dsn)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        # not-yet-due rows make the claim statement slow, widening the race window
+        conn.execute(
+            "INSERT INTO outbox.messages (topic, key, payload, available_at) "
+            "SELECT 't', NULL, '{}', now() + interval '1 hour' FROM generate_series(1, 300000)"
+        )
+        conn.execute(
+            "INSERT INTO outbox.messages (topic, key, payload) "
+            "VALUES ('t', 'K', '{\"n\": 10}'), ('t', 'K', '{\"n\": 11}')"
+        )
+        conn.execute("VACUUM ANALYZE outbox.messages")
+    bucket = bucket_of(db_dsn, "K")
+    owner_a = lease_bucket(db_dsn, bucket)
+    with psycopg.connect(db_dsn) as a, psycopg.connect(db_dsn) as b:
+        first, second = [r[0] for r in claim_like_the_poller(a, owner_a, 500) if r[3] == "K"]
+        a.execute("DELETE FROM outbox.messages WHERE seq = %s", (first,))
+        a.execute(
+            "INSERT INTO outbox.key_holds (key, held_until, seq, reason) "
+            "VALUES ('K', 'infinity', %s, 'refused')",
+            (first,),
+        )
+        owner_b = lease_bucket(db_dsn, bucket)
+        claimed_by_b: list = []
+        racer = threading.Thread(
+            target=lambda: claimed_by_b.extend(claim_like_the_poller(b, owner_b, 500))
+        )
+        racer.start()
+        time.sleep(0.01)  # B's statement has started
+        a.commit()
+        racer.join(30)
+        b.rollback()
+    assert second not in [row[0] for row in claimed_by_b]
 
 
 def test_retention_zero_deletes_on_acknowledgement(db_dsn):
