@@ -5,6 +5,7 @@
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
+BENCH_ARGS ?= --quick
 
 .PHONY: setup demo test lint unit integration e2e faults bench clean
 
@@ -36,6 +37,10 @@ e2e: setup
 
 faults: setup
 	$(UV) run --frozen pytest tests/faults $(PYTEST_ARGS)
+
+# Benchmarks are never part of `make test`; results go to benchmarks/results/.
+bench: setup
+	$(UV) run --frozen --group bench python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,181 @@
+"""The relays under test, as subprocesses, and what the kernel says each one cost.
+
+``outbox-relay run`` is started exactly as a user would start it (the installed command,
+default settings, only the connection flags); the naive baseline is
+``python -m benchmarks.naive_relay``. CPU time is the process's own accounting
+(utime + stime of every thread, /proc/<pid>/stat), memory its VmRSS / VmHWM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict
+
+RELAY_COMMAND = str(Path(sys.executable).with_name("outbox-relay"))
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    rss_mb: float
+    hwm_mb: float
+
+
+def usage(pid: int) -> Usage:
+    """CPU seconds so far (all threads) and resident memory of a live process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    memory = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            memory[name] = int(value.split()[0]) / 1024
+    return Usage(cpu, memory.get("VmRSS", 0.0), memory.get("VmHWM", 0.0))
+
+
+@functools.cache
+def run_help() -> str:
+    result = subprocess.run(
+        [RELAY_COMMAND, "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return result.stdout + result.stderr
+
+
+def supports_flag(flag: str) -> bool:
+    return flag in run_help()
+
+
+class RelayProcess:
+    """One relay subprocess; stopped with SIGTERM (then SIGKILL) by its PID."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}-{os.getpid()}-{id(self):x}.log"
+        with open(self.log_path, "wb") as log:
+            self._popen = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT
+            )
+        _LIVE.add(self)
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def usage(self) -> Usage:
+        return usage(self.pid)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self._popen.poll() is None:
+            self._popen.send_signal(signal.SIGTERM)
+            try:
+                self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._popen.kill()
+                self._popen.wait(10)
+        _LIVE.discard(self)
+        return self._popen.returncode
+
+
+_LIVE: set[RelayProcess] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """No relay may outlive the benchmark (it would retry its vanished database forever)."""
+    for process in list(_LIVE):
+        if process.alive():
+            process._popen.kill()
+
+
+def relay_argv(
+    mode: str, dsn: str, target_args: list[str], extra: list[str], metrics_port: int = 0
+) -> list[str]:
+    argv = [RELAY_COMMAND, "run", "--dsn", dsn, "--mode", mode, *target_args]
+    if supports_flag("--metrics-port"):  # a port of its own (0: none)
+        argv += ["--metrics-port", str(metrics_port)]
+    if mode == "cdc" and supports_flag("--cdc-slot"):
+        # slot names are cluster-wide; every run has a database (and so a slot) of its own
+        argv += ["--cdc-slot", f"outbox_relay_{conninfo_to_dict(dsn)['dbname']}"]
+    return [*argv, *extra]
+
+
+def confirmed_by_relay(port: int, timeout: float = 2.0) -> int | None:
+    """Messages the relay counted as confirmed by the broker (its
+    ``outbox_relay_messages_total{outcome="delivered"}``), or None if it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("outbox_relay_messages_total{") and 'outcome="delivered"' in line:
+            total += float(line.rpartition(" ")[2])
+    return int(total)
+
+
+def relay_histogram(port: int, name: str, timeout: float = 2.0) -> dict[float, float]:
+    """Cumulative bucket counts (upper bound -> count) of one of the relay's histograms."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    buckets: dict[float, float] = {}
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            value = float(line.rpartition(" ")[2])
+            key = float("inf") if bound == "+Inf" else float(bound)
+            buckets[key] = buckets.get(key, 0.0) + value
+    return buckets
+
+
+def naive_argv(dsn: str, target_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.naive_relay", "--dsn", dsn, *target_args]
+
+
+def cdc_available(dsn: str, target_args: list[str], log_dir: Path) -> tuple[bool, str]:
+    """Whether ``outbox-relay run --mode cdc`` runs in this version (it fails at once
+    with a one-line error when it does not)."""
+    probe = RelayProcess("cdc-probe", relay_argv("cdc", dsn, target_args, []), log_dir)
+    try:
+        probe._popen.wait(4)
+    except subprocess.TimeoutExpired:
+        probe.stop()
+        return True, "running"
+    return False, probe.log_tail(3).strip() or f"exit code {probe._popen.returncode}"
+
+
+def log_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="outbox-bench-"))

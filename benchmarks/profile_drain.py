@@ -1,0 +1,176 @@
+"""Where a polling drain spends its time: per stage, per statement, per Python function.
+
+    python -m benchmarks.profile_drain [--messages 100000] [--batch-size 500]
+        [--retention 1h|0] [--cprofile out.prof] [--relay-source DIR]
+
+Runs ``RelayService`` in this process (so it can be timed from inside) against a private
+PostgreSQL with ``pg_stat_statements`` and a Tansu broker, after preloading a backlog:
+
+- stages: wall time inside the claim query, ``connector.publish`` and the acknowledgement
+  statements, per message; the rest of each batch cycle (BEGIN/COMMIT, Python between
+  stages, waiting) is what is left of the drain's wall time;
+- statements: ``pg_stat_statements`` (server time per call, rows, per message);
+- functions: ``--cprofile`` writes a cProfile of the whole drain and prints the top.
+
+``--relay-source DIR`` imports ``relay`` and ``connectors`` from DIR instead: a patched
+scratch copy, to measure an idea without touching the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import dataclasses
+import functools
+import pstats
+import resource
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--retention", default="1h")
+    parser.add_argument("--cprofile", help="write a cProfile of the drain to this file")
+    parser.add_argument("--relay-source", help="import relay/ and connectors/ from here")
+    return parser.parse_args()
+
+
+class StageClock:
+    """Wall time spent inside wrapped coroutines, by stage name."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def wrap(self, name: str, method: Any) -> Any:
+        @functools.wraps(method)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await method(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - started
+                self.calls[name] += 1
+
+        return timed
+
+
+TOP_STATEMENTS = """
+SELECT calls, total_exec_time, rows, shared_blks_hit + shared_blks_read AS blocks,
+       regexp_replace(left(query, 90), '\\s+', ' ', 'g')
+FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY total_exec_time DESC LIMIT 12
+"""
+
+
+async def drain(config: Any, messages: int, clock: StageClock) -> float:
+    from relay.service import RelayService
+
+    service = RelayService(config)
+    poller = service.poller
+    poller._claim = clock.wrap("claim query", poller._claim)
+    poller._acknowledge = clock.wrap("acknowledge (mark_sent)", poller._acknowledge)
+    service.connector.publish = clock.wrap("connector.publish", service.connector.publish)
+    task = asyncio.create_task(service.run())
+    while not poller.stats.batches:
+        await asyncio.sleep(0.001)
+    started = time.perf_counter()
+    while poller.stats.published < messages:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    service.request_stop()
+    await task
+    return elapsed
+
+
+def main() -> None:
+    args = parse_args()
+    if args.relay_source:
+        sys.path.insert(0, args.relay_source)
+    import psycopg
+
+    import relay
+    from benchmarks.stack import KafkaTarget, fresh_database, running_stack
+    from benchmarks.writers import preload
+    from relay.config import RelayConfig
+    from relay.durations import parse_duration
+
+    print(f"relay imported from {relay.__file__}")
+    settings = {"shared_preload_libraries": "pg_stat_statements", "track_io_timing": "on"}
+    with running_stack(["kafka"], pg_settings=settings) as stack:
+        dsn = fresh_database(stack.pg)
+        target = KafkaTarget(stack.kafka_bootstrap or "")
+        preload(dsn, target.topic, args.messages)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+            conn.execute("CHECKPOINT")
+            conn.execute("SELECT pg_stat_statements_reset()")
+        fields = {f.name for f in dataclasses.fields(RelayConfig)}
+        options = {"metrics_port": 0} if "metrics_port" in fields else {}
+        config = RelayConfig(
+            dsn=dsn,
+            connector="kafka",
+            kafka_bootstrap=target.bootstrap,
+            batch_size=args.batch_size,
+            retention=parse_duration(args.retention, "retention"),
+            **options,
+        )
+        clock = StageClock()
+        profiler = cProfile.Profile() if args.cprofile else None
+        cpu_before = resource.getrusage(resource.RUSAGE_SELF)
+        if profiler:
+            profiler.enable()
+        elapsed = asyncio.run(drain(config, args.messages, clock))
+        if profiler:
+            profiler.disable()
+        cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
+            cpu_after.ru_stime - cpu_before.ru_stime
+        )
+        report(args, clock, elapsed, cpu, dsn)
+        target.close()
+    if profiler:
+        profiler.dump_stats(args.cprofile)
+        pstats.Stats(args.cprofile).sort_stats("tottime").print_stats(25)
+
+
+def report(
+    args: argparse.Namespace, clock: StageClock, elapsed: float, cpu: float, dsn: str
+) -> None:
+    import psycopg
+
+    n = args.messages
+    print(
+        f"\n{n:,} messages in {elapsed:.2f} s: {n / elapsed:,.0f} msg/s; relay process CPU "
+        f"{cpu / n * 1e6:.1f} µs/msg (incl. startup, {cpu:.2f} s)"
+    )
+    print(f"batches: {clock.calls['claim query']:,} (batch size {args.batch_size})")
+    print("\nwall time per message, by stage:")
+    accounted = 0.0
+    for name, seconds in clock.seconds.items():
+        accounted += seconds
+        print(f"  {name:28s} {seconds / n * 1e6:8.1f} µs  ({seconds / elapsed:5.1%})")
+    rest = max(0.0, elapsed - accounted)
+    print(f"  {'rest (BEGIN/COMMIT, loop)':28s} {rest / n * 1e6:8.1f} µs  ({rest / elapsed:5.1%})")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(TOP_STATEMENTS).fetchall()
+    print("\npg_stat_statements (server execution time):")
+    print(f"  {'calls':>7} {'total ms':>9} {'ms/call':>8} {'µs/msg':>7} {'rows':>8}  query")
+    for calls, total, count, _blocks, text in rows:
+        print(
+            f"  {calls:7d} {total:9.0f} {total / max(calls, 1):8.2f} "
+            f"{total * 1000 / n:7.1f} {count:8d}  {text}"
+        )
+
+
+if __name__ == "__main__":
+    main()

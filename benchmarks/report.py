@@ -1,0 +1,301 @@
+"""Results: medians over runs, ratios to the naive relay, targets, JSON + Markdown + PNG."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# The figures each workload reports in the summary, in table order.
+SUMMARY_FIELDS = {
+    "drain": ["msg_per_s", "cpu_us_per_msg", "peak_rss_mb", "startup_seconds"],
+    "drain-1m": ["msg_per_s", "cpu_us_per_msg", "peak_rss_mb", "startup_seconds"],
+    "sustained": ["max_sustained_msg_per_s", "cpu_us_per_msg", "peak_rss_mb"],
+    "latency": ["p50_ms", "p95_ms", "p99_ms", "max_ms", "cpu_us_per_msg", "peak_rss_mb"],
+}
+RATE_FIELD = {"drain": "msg_per_s", "sustained": "max_sustained_msg_per_s"}
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (workload, relay, mode, broker): the median of every figure over runs."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record["workload"] in SUMMARY_FIELDS:
+            key = (record["workload"], record["kind"], record["mode"], record["broker"])
+            groups[key].append(record)
+    rows = []
+    for (workload, kind, mode, broker), runs in groups.items():
+        row: dict[str, Any] = {
+            "workload": workload,
+            "kind": kind,
+            "mode": mode,
+            "broker": broker,
+            "runs": len(runs),
+        }
+        for name in SUMMARY_FIELDS[workload]:
+            values = [r[name] for r in runs if r.get(name) is not None]
+            row[name] = round(statistics.median(values), 1) if values else None
+        if workload == "latency":
+            row["notes"] = _latency_notes(runs)
+        if workload == "drain":
+            row["complete"] = all(r.get("complete") for r in runs)
+        rows.append(row)
+    _add_ratios(rows)
+    return rows
+
+
+def _latency_notes(runs: list[dict[str, Any]]) -> str:
+    missing = sum(r.get("missing", 0) for r in runs)
+    achieved = statistics.median(r.get("achieved_write_rate", r.get("rate", 0)) for r in runs)
+    return f"offered {achieved:.0f}/s" + (f", {missing} not received" if missing else "")
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Every outbox-relay figure also as a multiple of the naive relay's (same broker)."""
+    naive = {(r["workload"], r["broker"]): r for r in rows if r["kind"] == "naive"}
+    for row in rows:
+        base = naive.get((row["workload"], row["broker"]))
+        if row["kind"] != "outbox-relay" or base is None:
+            continue
+        field = RATE_FIELD.get(row["workload"])
+        if field and row.get(field) and base.get(field):
+            row["x_naive"] = round(row[field] / base[field], 1)
+        elif row["workload"] == "latency" and row.get("p99_ms") and base.get("p99_ms"):
+            row["x_naive"] = round(base["p99_ms"] / row["p99_ms"], 1)  # >1: faster
+
+
+# --- targets ----------------------------------------------------------------------------------
+
+
+def _find(
+    rows: list[dict[str, Any]], workload: str, mode: str, broker: str, kind: str = "outbox-relay"
+) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in rows
+            if (r["workload"], r["mode"], r["broker"], r["kind"]) == (workload, mode, broker, kind)
+        ),
+        None,
+    )
+
+
+def targets(rows: list[dict[str, Any]], extras: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured figure and whether it is met."""
+    checks: list[tuple[str, Any, str, float]] = []  # (what, measured, op, target)
+
+    def rate(workload: str, mode: str, broker: str) -> Any:
+        row = _find(rows, workload, mode, broker)
+        return row.get(RATE_FIELD[workload]) if row else None
+
+    def field(workload: str, mode: str, broker: str, name: str) -> Any:
+        row = _find(rows, workload, mode, broker)
+        return row.get(name) if row else None
+
+    drain_ratio = field("drain", "poll", "kafka", "x_naive")
+    checks += [
+        ("polling -> Kafka drain, msg/s", rate("drain", "poll", "kafka"), ">=", 50_000),
+        ("polling -> Kafka drain, x naive", drain_ratio, ">=", 3),
+        (
+            "polling -> Kafka sustained with writers, msg/s",
+            rate("sustained", "poll", "kafka"),
+            ">=",
+            20_000,
+        ),
+        ("CDC -> Kafka sustained, msg/s", rate("sustained", "cdc", "kafka"), ">=", 30_000),
+        ("CDC -> Kafka backlog replay, msg/s", rate("drain", "cdc", "kafka"), ">=", 60_000),
+        ("polling -> RabbitMQ drain, msg/s", rate("drain", "poll", "rabbitmq"), ">=", 8_000),
+        (
+            "polling -> RabbitMQ sustained, msg/s",
+            rate("sustained", "poll", "rabbitmq"),
+            ">=",
+            8_000,
+        ),
+        ("CDC -> RabbitMQ drain, msg/s", rate("drain", "cdc", "rabbitmq"), ">=", 8_000),
+        (
+            "polling -> Kafka p99 at 1,000 msg/s, ms",
+            field("latency", "poll", "kafka", "p99_ms"),
+            "<=",
+            20,
+        ),
+        (
+            "CDC -> Kafka p99 at 1,000 msg/s, ms",
+            field("latency", "cdc", "kafka", "p99_ms"),
+            "<=",
+            15,
+        ),
+        (
+            "polling relay CPU in the Kafka drain, us/msg",
+            field("drain", "poll", "kafka", "cpu_us_per_msg"),
+            "<=",
+            25,
+        ),
+        (
+            "CDC relay CPU in the Kafka drain, us/msg",
+            field("drain", "cdc", "kafka", "cpu_us_per_msg"),
+            "<=",
+            15,
+        ),
+        ("peak RSS of any outbox-relay run, MB", extras.get("peak_rss_mb"), "<=", 100),
+    ]
+    if "rss_growth_mb_over_1m" in extras:
+        checks.append(
+            ("RSS growth over 1,000,000 messages, MB", extras["rss_growth_mb_over_1m"], "<=", 10)
+        )
+    if "soak_rate_decay_pct" in extras:
+        checks.append(
+            (
+                "soak: relay rate, last window vs first, % lower",
+                extras["soak_rate_decay_pct"],
+                "<=",
+                5,
+            )
+        )
+    if "soak_cpu_increase_pct" in extras:
+        checks.append(
+            (
+                "soak: relay CPU per message, last window vs first, % higher",
+                extras["soak_cpu_increase_pct"],
+                "<=",
+                10,
+            )
+        )
+    if "soak_final_backlog_seconds" in extras:
+        checks.append(
+            (
+                "soak: backlog at the end, seconds of writes",
+                extras["soak_final_backlog_seconds"],
+                "<=",
+                1,
+            )
+        )
+    out = []
+    for what, measured, op, target in checks:
+        met = (
+            None if measured is None else (measured >= target if op == ">=" else measured <= target)
+        )
+        out.append({"target": what, "measured": measured, "goal": f"{op} {target:,}", "met": met})
+    return out
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def write_all(out_dir: Path, tag: str, document: dict[str, Any]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{tag}.json", out_dir / f"{tag}.md"]
+    written[0].write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    written[1].write_text(markdown(document))
+    png = latency_png(out_dir / f"{tag}-latency.png", document["records"])
+    if png is not None:
+        written.append(png)
+    return written
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "**NO**"
+    if isinstance(value, float) and value >= 100:
+        return f"{value:,.0f}"
+    if isinstance(value, int | float):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown(document: dict[str, Any]) -> str:
+    meta = document["meta"]
+    lines = [
+        f"# outbox-relay benchmarks: {meta['tag']}",
+        "",
+        (
+            f"`{meta['command']}` on {meta['machine']}, {meta['started_at']}; relay tree "
+            f"{meta['relay_tree']}. Medians of the runs shown; CPU is the relay process's own "
+            "utime+stime per message, RSS its VmHWM; latency is COMMIT returning in the writer "
+            "→ arrival at a consumer."
+        ),
+        "",
+    ]
+    columns = [
+        "workload",
+        "kind",
+        "mode",
+        "broker",
+        "runs",
+        "msg_per_s",
+        "max_sustained_msg_per_s",
+        "x_naive",
+        "cpu_us_per_msg",
+        "peak_rss_mb",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "notes",
+    ]
+    titles = [
+        "workload",
+        "relay",
+        "mode",
+        "broker",
+        "runs",
+        "drain msg/s",
+        "sustained msg/s",
+        "x naive",
+        "CPU µs/msg",
+        "peak RSS MB",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "notes",
+    ]
+    lines += ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    for row in document["summary"]:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    if document.get("targets"):
+        lines += ["", "## Targets", "", "| target | goal | measured | met |", "|---|---|---|---|"]
+        for t in document["targets"]:
+            lines.append(
+                f"| {t['target']} | {t['goal']} | {_cell(t['measured'])} | {_cell(t['met'])} |"
+            )
+    for note in document.get("notes", []):
+        lines += ["", f"- {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def latency_png(path: Path, records: list[dict[str, Any]]) -> Path | None:
+    """A CDF of every latency run (log scale), or None without matplotlib (the `bench`
+    dependency group)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    runs = [r for r in records if r["workload"] == "latency" and r.get("latencies_ms")]
+    if not runs:
+        return None
+    figure, axis = plt.subplots(figsize=(9, 5.5))
+    for record in runs:
+        values = record["latencies_ms"]
+        fractions = [(i + 1) / len(values) for i in range(len(values))]
+        label = f"{record['kind']} {record['mode']}→{record['broker']} run {record['run']}"
+        axis.plot(values, fractions, label=label, linewidth=1.2)
+    axis.set_xscale("log")
+    axis.set_xlabel("commit → consumer latency (ms, log scale)")
+    axis.set_ylabel("fraction of messages")
+    axis.set_title(f"Latency at {runs[0]['rate']:,.0f} msg/s (single-event transactions)")
+    for q in (0.5, 0.95, 0.99):
+        axis.axhline(q, color="grey", linewidth=0.5, linestyle=":")
+    axis.grid(True, which="both", linewidth=0.3)
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -1,0 +1,433 @@
+"""Run the benchmark suite: ``python -m benchmarks.run [--quick | --soak [SECONDS]]``.
+
+    uv run --group bench python -m benchmarks.run --quick   # about 3 minutes
+    uv run --group bench python -m benchmarks.run           # full: about 30 minutes
+    uv run --group bench python -m benchmarks.run --soak 600
+
+Starts a private PostgreSQL 15 cluster (fsync on), a Tansu broker and a RabbitMQ node on
+loopback (or uses --kafka-bootstrap / --amqp-url), then for each mode (poll; cdc when
+``outbox-relay run --mode cdc`` works), each broker, and each relay (the installed
+``outbox-relay`` command, and the naive baseline of benchmarks/naive_relay.py) runs:
+
+- drain: N events preloaded while the relay is down; msg/s from the first to the last
+  event at the broker, relay CPU per message, peak RSS;
+- sustained: writer processes offer rising rates (fractions of the drain rate); the
+  highest rate whose backlog stays flat;
+- latency: single-event transactions at 1,000/s; COMMIT -> consumer percentiles, next to
+  the floor of the broker and consumer alone (a producer in this process);
+- drain-1m (full runs, or ``--workloads drain-1m``): 1,000,000 events, RSS along the way.
+
+Results (JSON, a Markdown table, a latency PNG) go to benchmarks/results/<tag>.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import relay
+from benchmarks import report
+from benchmarks.floor import latency_floor
+from benchmarks.processes import cdc_available, log_dir
+from benchmarks.soak import soak
+from benchmarks.stack import Stack, drop_database, fresh_database, running_stack
+from benchmarks.workloads import Case, drain, latency, sustained
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(relay.__file__).resolve().parents[1]  # the relay's source tree, for git
+
+
+@dataclass(frozen=True)
+class Plan:
+    tag: str
+    runs: int
+    drain_messages: int
+    naive_window: float  # seconds: the naive relay is measured over a window
+    naive_runs: int
+    ramp: tuple[float, ...]  # offered rates, as fractions of the measured drain rate
+    step: float
+    bisect: int
+    sustained_runs: int
+    naive_sustained: bool
+    latency_seconds: float
+    latency_warmup: float
+    latency_runs: int
+    million: bool  # one extra 1,000,000-message drain, for RSS flatness
+
+
+QUICK = Plan("quick", 3, 30_000, 6, 1, (0.5, 0.75, 1.0), 4, 0, 1, False, 5, 1, 1, False)
+FULL = Plan(
+    "full",
+    3,
+    200_000,
+    20,
+    3,
+    (0.3, 0.45, 0.6, 0.75, 0.9, 1.05, 1.2),
+    12,
+    2,
+    3,
+    True,
+    30,
+    3,
+    3,
+    True,
+)
+WRITERS, ROWS_PER_TX, LATENCY_RATE = 4, 10, 1000.0
+
+
+def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so every relay, writer and service is stopped by PID
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args = parse_args()
+    plan = QUICK if args.quick else FULL
+    if args.runs:
+        plan = Plan(
+            **{
+                **vars(plan),
+                "runs": args.runs,
+                "sustained_runs": args.runs,
+                "latency_runs": args.runs,
+                "naive_runs": min(args.runs, plan.naive_runs),
+            }
+        )
+    tag = args.tag or ("soak" if args.soak else plan.tag)
+    brokers = args.brokers.split(",")
+    logs = log_dir()
+    meta = _meta(tag, logs)
+    records: list[dict[str, Any]] = []
+    notes: list[str] = []
+    extras: dict[str, Any] = {}
+    with running_stack(
+        brokers, kafka_bootstrap=args.kafka_bootstrap, amqp_url=args.amqp_url
+    ) as stack:
+        modes = _usable_modes(stack, args.modes.split(","), brokers[0], logs, notes)
+        if args.soak:
+            _soak_all(stack, modes, brokers, logs, args, records, extras)
+        else:
+            _suite(stack, plan, modes, brokers, logs, args, records, extras, notes)
+    summary = report.summarize(records)
+    rss = [r.get("peak_rss_mb") for r in records if r["kind"] == "outbox-relay"]
+    extras.setdefault("peak_rss_mb", max((v for v in rss if v), default=None))
+    document = {
+        "meta": meta,
+        "summary": summary,
+        "targets": report.targets(summary, extras),
+        "extras": extras,
+        "notes": notes,
+        "records": records,
+    }
+    document["meta"]["finished_at"] = _now()
+    for path in report.write_all(args.output, tag, document):
+        print(f"wrote {path}")
+    print(report.markdown(document))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller and fewer runs (~3 min)")
+    parser.add_argument(
+        "--soak",
+        type=float,
+        nargs="?",
+        const=600.0,
+        metavar="SECONDS",
+        help="only the soak: writers at a steady rate for SECONDS (600)",
+    )
+    parser.add_argument("--soak-rate", type=float, default=10_000.0)
+    parser.add_argument("--modes", default="poll,cdc")
+    parser.add_argument("--brokers", default="kafka,rabbitmq")
+    parser.add_argument("--workloads", default="drain,sustained,latency")
+    parser.add_argument("--runs", type=int, help="runs per figure (median); default 3")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    parser.add_argument(
+        "--relay-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for outbox-relay run (repeatable)",
+    )
+    parser.add_argument("--kafka-bootstrap", help="use this Kafka instead of a private Tansu")
+    parser.add_argument("--amqp-url", help="use this RabbitMQ instead of a private node")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--tag", help="results file name (default: quick, full or soak)")
+    return parser.parse_args()
+
+
+def _usable_modes(
+    stack: Stack, wanted: list[str], broker: str, logs: Path, notes: list[str]
+) -> list[str]:
+    modes = [m for m in wanted if m != "cdc"]
+    if "cdc" in wanted:
+        target, dsn = stack.target(broker), fresh_database(stack.pg)
+        try:
+            works, why = cdc_available(dsn, target.relay_args(), logs)
+        finally:
+            target.close()
+            drop_database(stack.pg, dsn)
+        if works:
+            modes.append("cdc")
+        else:
+            notes.append(f"CDC mode skipped: `outbox-relay run --mode cdc` says: {why}")
+            print(f"skipping CDC mode: {why}", flush=True)
+    return modes
+
+
+def _suite(
+    stack: Stack,
+    plan: Plan,
+    modes: list[str],
+    brokers: list[str],
+    logs: Path,
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+    extras: dict[str, Any],
+    notes: list[str],
+) -> None:
+    workloads = args.workloads.split(",")
+    kinds = ["outbox-relay"] + ([] if args.no_naive else ["naive"])
+    for broker in brokers:
+        if "latency" in workloads:
+            case = Case("direct-producer", "none", broker)
+            _record(
+                records,
+                "latency",
+                case,
+                1,
+                lambda broker=broker: latency_floor(
+                    stack,
+                    broker,
+                    rate=LATENCY_RATE,
+                    seconds=plan.latency_seconds,
+                    warmup=plan.latency_warmup,
+                ),
+            )
+        for mode in modes:
+            for kind in kinds:
+                if kind == "naive" and mode != "poll":
+                    continue  # the baseline polls; CDC results are compared with it
+                case = Case(kind, mode, broker)
+                drain_rate = (
+                    _drains(stack, plan, case, logs, args, records)
+                    if "drain" in workloads
+                    else None
+                )
+                if "sustained" in workloads and (kind != "naive" or plan.naive_sustained):
+                    _sustained(stack, plan, case, logs, args, records, drain_rate)
+                if "latency" in workloads:
+                    _latency(stack, plan, case, logs, args, records, drain_rate, notes)
+    if ((plan.million and "drain" in workloads) or "drain-1m" in workloads) and "poll" in modes:
+        broker = "kafka" if "kafka" in brokers else brokers[0]
+        result = _record(
+            records,
+            "drain-1m",
+            Case("outbox-relay", "poll", broker),
+            1,
+            lambda: drain(
+                stack,
+                Case("outbox-relay", "poll", broker),
+                logs,
+                messages=1_000_000,
+                limit=1800,
+                extra=args.relay_arg,
+            ),
+        )
+        curve = result["rss_mb_by_delivered"]
+        tenth = next((rss for count, rss in curve if count >= 100_000), curve[0][1])
+        extras["rss_growth_mb_over_1m"] = round(curve[-1][1] - tenth, 1)
+        extras["rss_mb_by_delivered_1m"] = curve
+
+
+def _record(
+    records: list[dict[str, Any]], workload: str, case: Case, run: int, measure: Any
+) -> dict[str, Any]:
+    print(f"[{time.strftime('%H:%M:%S')}] {workload} {case.label()} run {run} ...", flush=True)
+    result = measure()
+    record = {
+        "workload": workload,
+        "kind": case.kind,
+        "mode": case.mode,
+        "broker": case.broker,
+        "run": run,
+        **result,
+    }
+    records.append(record)
+    shown = {k: v for k, v in result.items() if not isinstance(v, list | dict)}
+    print(f"    {shown}", flush=True)
+    for step in result.get("steps", []):
+        print(f"      step {step}", flush=True)
+    return record
+
+
+def _drains(
+    stack: Stack,
+    plan: Plan,
+    case: Case,
+    logs: Path,
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+) -> float:
+    naive = case.kind == "naive"
+    runs = plan.naive_runs if naive else plan.runs
+    rates = []
+    for run in range(1, runs + 1):
+        result = _record(
+            records,
+            "drain",
+            case,
+            run,
+            lambda: drain(
+                stack,
+                case,
+                logs,
+                messages=plan.drain_messages,
+                limit=plan.naive_window if naive else 600,
+                extra=args.relay_arg,
+            ),
+        )
+        rates.append(result["msg_per_s"])
+    return sorted(rates)[len(rates) // 2]
+
+
+def _sustained(
+    stack: Stack,
+    plan: Plan,
+    case: Case,
+    logs: Path,
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+    drain_rate: float | None,
+) -> None:
+    base = drain_rate or (1000.0 if case.kind == "naive" else 10_000.0)
+    rates = [max(100.0, round(base * f, -2)) for f in plan.ramp]
+    writers = 1 if case.kind == "naive" else WRITERS
+    for run in range(1, plan.sustained_runs + 1):
+        _record(
+            records,
+            "sustained",
+            case,
+            run,
+            lambda: sustained(
+                stack,
+                case,
+                logs,
+                rates=rates,
+                step=plan.step,
+                bisect=plan.bisect,
+                writers=writers,
+                rows_per_tx=ROWS_PER_TX,
+                extra=args.relay_arg,
+            ),
+        )
+
+
+def _latency(
+    stack: Stack,
+    plan: Plan,
+    case: Case,
+    logs: Path,
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+    drain_rate: float | None,
+    notes: list[str],
+) -> None:
+    if drain_rate is not None and drain_rate < LATENCY_RATE * 1.1:
+        notes.append(
+            f"latency of {case.label()} not measured: it drains {drain_rate:,.0f} "
+            f"msg/s, below the offered {LATENCY_RATE:,.0f}/s, so its backlog (and "
+            "latency) grows without bound"
+        )
+        return
+    for run in range(1, plan.latency_runs + 1):
+        _record(
+            records,
+            "latency",
+            case,
+            run,
+            lambda: latency(
+                stack,
+                case,
+                logs,
+                rate=LATENCY_RATE,
+                seconds=plan.latency_seconds,
+                warmup=plan.latency_warmup,
+                extra=args.relay_arg,
+            ),
+        )
+
+
+def _soak_all(
+    stack: Stack,
+    modes: list[str],
+    brokers: list[str],
+    logs: Path,
+    args: argparse.Namespace,
+    records: list[dict[str, Any]],
+    extras: dict[str, Any],
+) -> None:
+    for broker in brokers:
+        for mode in modes:
+            case = Case("outbox-relay", mode, broker)
+            result = _record(
+                records,
+                "soak",
+                case,
+                1,
+                lambda case=case: soak(
+                    stack,
+                    case,
+                    logs,
+                    rate=args.soak_rate,
+                    seconds=args.soak,
+                    windows=max(4, min(20, int(args.soak // 15))),
+                    writers=WRITERS,
+                    rows_per_tx=ROWS_PER_TX,
+                    extra=args.relay_arg,
+                ),
+            )
+            first, last = result["relay_rate_first_last"]
+            if mode == "poll" and broker == brokers[0] and first:
+                extras["soak_rate_decay_pct"] = round(max(0.0, (first - last) / first * 100), 1)
+                cpu_first, cpu_last = result["cpu_us_first_last"]
+                if cpu_first and cpu_last:
+                    extras["soak_cpu_increase_pct"] = round((cpu_last / cpu_first - 1) * 100, 1)
+                backlog = result["backlog_first_last"][1]
+                extras["soak_final_backlog_seconds"] = round(backlog / args.soak_rate, 2)
+
+
+def _meta(tag: str, logs: Path) -> dict[str, Any]:
+    def git(*argv: str) -> str:
+        result = subprocess.run(
+            ["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        return result.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "relay", "connectors")
+    return {
+        "tag": tag,
+        "command": "python -m benchmarks.run " + shlex.join(sys.argv[1:]),
+        "started_at": _now(),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, Linux {platform.release()}",
+        "python": platform.python_version(),
+        "relay_tree": git("rev-parse", "--short", "HEAD")
+        + (" + uncommitted changes to relay/ or connectors/" if dirty else ""),
+        "relay_logs": str(logs),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+if __name__ == "__main__":
+    main()
