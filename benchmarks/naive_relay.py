@@ -16,6 +16,7 @@ Stops on SIGTERM/SIGINT after the batch in hand.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import time
 from typing import Any
@@ -28,6 +29,7 @@ CLAIM = (
 )
 MARK_SENT = "UPDATE outbox.messages SET sent_at = now(), attempts = attempts + 1 WHERE seq = %s"
 IDLE_POLL = 0.1  # a common choice: a tenth of a second between empty polls
+PROGRESS_EVERY = 0.02
 
 
 class KafkaSender:
@@ -87,8 +89,29 @@ class RabbitSender:
         self._connection.close()
 
 
-def relay(dsn: str, sender: Any, stopping: list[bool]) -> int:
-    sent = 0
+class Progress:
+    """How many messages the broker confirmed, in a file the benchmark reads (at most every
+    PROGRESS_EVERY seconds): the counterpart of outbox-relay's own metrics, so neither
+    relay is counted by a consumer that would load the broker."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path, self.count, self._written_at = path, 0, 0.0
+
+    def add(self, count: int = 1) -> None:
+        self.count += count
+        if self.path and time.monotonic() - self._written_at >= PROGRESS_EVERY:
+            self.write()
+
+    def write(self) -> None:
+        if self.path:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as out:
+                out.write(str(self.count))
+            os.replace(tmp, self.path)
+            self._written_at = time.monotonic()
+
+
+def relay(dsn: str, sender: Any, stopping: list[bool], progress: Progress) -> int:
     with psycopg.connect(dsn) as conn:
         while not stopping:
             with conn.transaction():
@@ -96,10 +119,12 @@ def relay(dsn: str, sender: Any, stopping: list[bool]) -> int:
                 for seq, message_id, topic, key, payload in rows:
                     sender.send(topic, key, payload.encode(), message_id)
                     conn.execute(MARK_SENT, (seq,))
-                    sent += 1
+                    progress.add()
             if not rows:
+                progress.write()
                 time.sleep(IDLE_POLL)
-    return sent
+    progress.write()
+    return progress.count
 
 
 def main() -> None:
@@ -109,6 +134,7 @@ def main() -> None:
     parser.add_argument("--kafka-bootstrap", default="localhost:9092")
     parser.add_argument("--amqp-url", default="amqp://guest:guest@localhost:5672/%2F")
     parser.add_argument("--amqp-exchange", default="outbox")
+    parser.add_argument("--progress", help="keep the count of confirmed messages in this file")
     args = parser.parse_args()
     stopping: list[bool] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -118,7 +144,7 @@ def main() -> None:
     else:
         sender = RabbitSender(args.amqp_url, args.amqp_exchange)
     try:
-        sent = relay(args.dsn, sender, stopping)
+        sent = relay(args.dsn, sender, stopping, Progress(args.progress))
     finally:
         sender.close()
     print(f"naive relay stopped; {sent} messages sent", flush=True)

@@ -161,8 +161,18 @@ def relay_histogram(port: int, name: str, timeout: float = 2.0) -> dict[float, f
     return buckets
 
 
-def naive_argv(dsn: str, target_args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.naive_relay", "--dsn", dsn, *target_args]
+def naive_argv(dsn: str, target_args: list[str], progress: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "benchmarks.naive_relay", "--dsn", dsn, *target_args,
+        "--progress", str(progress),
+    ]  # fmt: skip
+
+
+def confirmed_by_naive(progress: Path) -> int | None:
+    try:
+        return int(progress.read_text() or 0)
+    except (OSError, ValueError):
+        return None
 
 
 def cdc_available(dsn: str, target_args: list[str], log_dir: Path) -> tuple[bool, str]:

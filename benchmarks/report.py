@@ -281,16 +281,30 @@ def latency_png(path: Path, records: list[dict[str, Any]]) -> Path | None:
     runs = [r for r in records if r["workload"] == "latency" and r.get("latencies_ms")]
     if not runs:
         return None
-    figure, axis = plt.subplots(figsize=(9, 5.5))
+    figure, axis = plt.subplots(figsize=(10, 6))
+    cases = sorted({(r["broker"], r["kind"], r["mode"]) for r in runs})
+    colors = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-."]
     for record in runs:
+        case = (record["broker"], record["kind"], record["mode"])
         values = record["latencies_ms"]
         fractions = [(i + 1) / len(values) for i in range(len(values))]
-        label = f"{record['kind']} {record['mode']}→{record['broker']} run {record['run']}"
-        axis.plot(values, fractions, label=label, linewidth=1.2)
+        first = min(r["run"] for r in runs if (r["broker"], r["kind"], r["mode"]) == case)
+        label = f"{case[1]} {case[2]} -> {case[0]}" if record["run"] == first else None
+        axis.plot(
+            values,
+            fractions,
+            label=label,
+            color=colors(cases.index(case) % 10),
+            linestyle=styles[(record["run"] - 1) % len(styles)],
+            linewidth=1.2,
+        )
     axis.set_xscale("log")
     axis.set_xlabel("commit → consumer latency (ms, log scale)")
     axis.set_ylabel("fraction of messages")
-    axis.set_title(f"Latency at {runs[0]['rate']:,.0f} msg/s (single-event transactions)")
+    axis.set_title(
+        f"Latency at {runs[0]['rate']:,.0f} msg/s (single-event transactions; line style = run)"
+    )
     for q in (0.5, 0.95, 0.99):
         axis.axhline(q, color="grey", linewidth=0.5, linestyle=":")
     axis.grid(True, which="both", linewidth=0.3)
