@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--retention", default="1h")
+    parser.add_argument("--retention", default=None, help="default: the relay's default")
     parser.add_argument("--cprofile", help="write a cProfile of the drain to this file")
     parser.add_argument("--relay-source", help="import relay/ and connectors/ from here")
     return parser.parse_args()
@@ -70,6 +70,27 @@ ORDER BY total_exec_time DESC LIMIT 12
 """
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of each thread of this process, by name (librdkafka names its
+    own threads; Python threads are named from ``threading``)."""
+    import os
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds: dict[str, float] = defaultdict(float)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                data = stat.read()
+        except OSError:  # the thread ended
+            continue
+        fields = data[data.rindex(")") + 2 :].split()
+        name = names.get(int(tid)) or data[data.index("(") + 1 : data.rindex(")")]
+        seconds[name] += (int(fields[11]) + int(fields[12])) / ticks
+    return seconds
+
+
 async def drain(config: Any, messages: int, clock: StageClock) -> float:
     from relay.service import RelayService
 
@@ -81,12 +102,18 @@ async def drain(config: Any, messages: int, clock: StageClock) -> float:
     task = asyncio.create_task(service.run())
     while not poller.stats.batches:
         await asyncio.sleep(0.001)
-    started = time.perf_counter()
+    started, threads_before = time.perf_counter(), thread_cpu()
     while poller.stats.published < messages:
         if task.done():
             task.result()
         await asyncio.sleep(0.005)
     elapsed = time.perf_counter() - started
+    threads_after = thread_cpu()
+    print("\nrelay CPU per message during the drain, by thread:")
+    for name, after in sorted(threads_after.items(), key=lambda item: -item[1]):
+        used = after - threads_before.get(name, 0.0)
+        if used > 0:
+            print(f"  {name:28s} {used / messages * 1e6:8.1f} µs")
     service.request_stop()
     await task
     return elapsed
@@ -115,13 +142,14 @@ def main() -> None:
             conn.execute("CHECKPOINT")
             conn.execute("SELECT pg_stat_statements_reset()")
         fields = {f.name for f in dataclasses.fields(RelayConfig)}
-        options = {"metrics_port": 0} if "metrics_port" in fields else {}
+        options: dict[str, Any] = {"metrics_port": 0} if "metrics_port" in fields else {}
+        if args.retention:
+            options["retention"] = parse_duration(args.retention, "retention")
         config = RelayConfig(
             dsn=dsn,
             connector="kafka",
             kafka_bootstrap=target.bootstrap,
             batch_size=args.batch_size,
-            retention=parse_duration(args.retention, "retention"),
             **options,
         )
         clock = StageClock()
