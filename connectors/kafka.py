@@ -81,14 +81,21 @@ def outcome_for(err: KafkaError) -> Outcome:
     return retryable(text, answered=err.code() >= 0)
 
 
+_OWN_HEADERS = frozenset({"message_id", "content_type"})
+
+
 def message_headers(message: OutboxMessage) -> list[tuple[str, str | bytes | None]]:
     """The message's own headers plus ``message_id`` and ``content_type``, which win."""
-    own = {k: v for k, v in message.headers.items() if k not in ("message_id", "content_type")}
     headers: list[tuple[str, str | bytes | None]] = [
         ("message_id", str(message.id).encode()),
         ("content_type", message.content_type.encode()),
     ]
-    headers.extend((name, value.encode()) for name, value in own.items())
+    if message.headers:  # usually empty: skip the filtering
+        headers.extend(
+            (name, value.encode())
+            for name, value in message.headers.items()
+            if name not in _OWN_HEADERS
+        )
     return headers
 
 

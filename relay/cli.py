@@ -395,9 +395,10 @@ def run_command(
         typer.Option(
             "--retention",
             envvar=_env("RETENTION"),
-            help="Keep sent messages this long; 0 deletes them on ack.",
+            help="0 deletes a message once the broker confirmed it; a duration keeps sent "
+            "messages that long (an UPDATE per message instead, and a bigger table).",
         ),
-    ] = "1h",
+    ] = "0",
     shutdown_timeout: Annotated[
         str,
         typer.Option(

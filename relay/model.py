@@ -9,11 +9,14 @@ from datetime import datetime
 from uuid import UUID
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OutboxMessage:
-    """One event taken from the outbox, ready to publish.
+    """One event taken from the outbox, ready to publish. Treat it as read-only.
 
-    ``payload`` is the exact bytes to put on the wire (compact UTF-8 JSON for JSON
+    (Not ``frozen``: a frozen dataclass's ``__init__`` cost 2 µs per message, a tenth of
+    the relay's whole CPU budget per message.)
+
+    ``payload`` is the exact bytes to put on the wire (jsonb's UTF-8 text for JSON
     payloads, the stored bytes for binary ones, ``None`` for a tombstone).
     ``position`` orders messages within the source (the outbox sequence number in
     polling mode, the commit LSN in CDC mode).

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from types import MappingProxyType
 from typing import Any
-from uuid import UUID
 
 import orjson
+from psycopg.abc import Buffer
+from psycopg.adapt import AdaptersMap, Loader
 
 from relay.backoff import full_jitter
 from relay.breaker import broker_outage
@@ -17,18 +18,36 @@ from relay.model import OutboxMessage, Outcome, OutcomeKind
 MAX_ERROR_LENGTH = 500
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedRow:
-    seq: int
-    id: UUID
-    topic: str
-    key: str | None
-    payload: Any
-    payload_bytes: bytes | None
-    content_type: str
-    headers: Mapping[str, Any]
-    created_at: datetime
-    attempts: int
+# The columns claim_batch returns, in order; ``message_from_claim`` reads them.
+CLAIM_COLUMNS = (
+    "seq", "id", "topic", "key", "payload", "payload_bytes", "content_type", "headers",
+    "created_at", "attempts",
+)  # fmt: skip
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class JsonTextLoader(Loader):
+    """jsonb as the UTF-8 bytes of its text, exactly as PostgreSQL prints it.
+
+    That text is what gets published: re-encoding a 1 KB payload through a JSON parser
+    cost more CPU than everything else the relay does per message, and jsonb has no
+    original spelling to preserve anyway (it normalizes keys, order and spacing)."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+class JsonObjectLoader(Loader):
+    """json as Python objects, with orjson (several times faster than the json module)."""
+
+    def load(self, data: Buffer) -> Any:
+        return orjson.loads(data)
+
+
+def register_claim_loaders(adapters: AdaptersMap) -> None:
+    """The claim reads the payload as jsonb (its text, as bytes) and the headers as json."""
+    adapters.register_loader("jsonb", JsonTextLoader)
+    adapters.register_loader("json", JsonObjectLoader)
 
 
 def header_text(value: Any) -> str:
@@ -36,24 +55,31 @@ def header_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
-def to_message(row: ClaimedRow) -> OutboxMessage:
-    if row.payload_bytes is not None:
-        payload: bytes | None = bytes(row.payload_bytes)
-    elif row.payload is not None:
-        payload = orjson.dumps(row.payload)  # compact UTF-8 JSON
-    else:
-        payload = None
+def message_from_claim(values: Sequence[Any]) -> OutboxMessage:
+    """One claimed row (CLAIM_COLUMNS, loaded as above) as the message to publish."""
+    seq, id_, topic, key, payload, payload_bytes, content_type, headers, created, tries = values
     return OutboxMessage(
-        id=row.id,
-        topic=row.topic,
-        key=row.key,
-        payload=payload,
-        headers={k: header_text(v) for k, v in row.headers.items()},
-        content_type=row.content_type,
-        position=row.seq,
-        created_at=row.created_at,
-        attempts=row.attempts,
+        id_,
+        topic,
+        key,
+        payload if payload_bytes is None else bytes(payload_bytes),
+        {k: header_text(v) for k, v in headers.items()} if headers else NO_HEADERS,
+        content_type,
+        seq,
+        created,
+        tries,
     )
+
+
+def bigint_array(values: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers, for ``%s::bigint[]``: a tenth of the CPU
+    of psycopg adapting a long list element by element."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def message_row(_cursor: Any) -> Callable[[Sequence[Any]], OutboxMessage]:
+    """A psycopg row factory: claimed rows straight to messages, with no dict in between."""
+    return message_from_claim
 
 
 @dataclass(frozen=True)
@@ -119,56 +145,58 @@ class Acknowledgement:
 
 
 def plan_acknowledgement(
-    rows: Sequence[ClaimedRow], outcomes: Sequence[Outcome], policy: FailurePolicy
+    messages: Sequence[OutboxMessage], outcomes: Sequence[Outcome], policy: FailurePolicy
 ) -> Acknowledgement:
     """Decide what to write after a batch.
 
-    Delivered rows are sent. The first failed row of a key counts an attempt: it is
+    Delivered rows are sent. The first failed message of a key counts an attempt: it is
     retried later and holds its key, or moves to the dead letters (a PERMANENT outcome,
     or its last attempt) where, with ``block``, its key stays held. Later failed rows of
     the same key only wait behind it. When the broker confirmed nothing (an outage),
     RETRYABLE rows are not written at all.
     """
-    if len(outcomes) != len(rows):
-        raise ValueError(f"connector returned {len(outcomes)} outcomes for {len(rows)} messages")
+    if len(outcomes) != len(messages):
+        raise ValueError(
+            f"connector returned {len(outcomes)} outcomes for {len(messages)} messages"
+        )
     ack = Acknowledgement(outage=broker_outage(outcomes))
     failed_keys: set[str] = set()
-    for row, outcome in zip(rows, outcomes, strict=True):
+    for message, outcome in zip(messages, outcomes, strict=True):
         if outcome.kind is OutcomeKind.DELIVERED:
-            ack.sent.append(row.seq)
-            if row.attempts and row.key is not None:
-                ack.released_keys.append(row.key)
+            ack.sent.append(message.position)
+            if message.attempts and message.key is not None:
+                ack.released_keys.append(message.key)
             continue
-        if row.key is not None:
-            if row.key in failed_keys:
+        if message.key is not None:
+            if message.key in failed_keys:
                 ack.waiting += 1
                 continue
-            failed_keys.add(row.key)
+            failed_keys.add(message.key)
         if outcome.kind is OutcomeKind.RETRYABLE and ack.outage:
             continue
-        _plan_failure(ack, row, outcome, policy)
+        _plan_failure(ack, message, outcome, policy)
     return ack
 
 
 def _plan_failure(
-    ack: Acknowledgement, row: ClaimedRow, outcome: Outcome, policy: FailurePolicy
+    ack: Acknowledgement, message: OutboxMessage, outcome: Outcome, policy: FailurePolicy
 ) -> None:
     error = (outcome.error or outcome.kind.value)[:MAX_ERROR_LENGTH]
     permanent = outcome.kind is OutcomeKind.PERMANENT
-    if permanent or row.attempts + 1 >= policy.max_attempts:
-        ack.dead_seqs.append(row.seq)
+    if permanent or message.attempts + 1 >= policy.max_attempts:
+        ack.dead_seqs.append(message.position)
         ack.dead_errors.append(error)
         ack.dead_reasons.append("permanent" if permanent else "max_attempts")
-        if row.key is None:
+        if message.key is None:
             return
         if policy.on_poison == "block":
-            ack.hold(row.key, row.seq, error, 0.0, forever=True)
+            ack.hold(message.key, message.position, error, 0.0, forever=True)
         else:
-            ack.released_keys.append(row.key)
+            ack.released_keys.append(message.key)
         return
-    delay = full_jitter(row.attempts, base=policy.retry_base, cap=policy.retry_cap)
-    ack.failed_seqs.append(row.seq)
+    delay = full_jitter(message.attempts, base=policy.retry_base, cap=policy.retry_cap)
+    ack.failed_seqs.append(message.position)
     ack.failed_errors.append(error)
     ack.failed_delays.append(delay)
-    if row.key is not None:
-        ack.hold(row.key, row.seq, error, delay, forever=False)
+    if message.key is not None:
+        ack.hold(message.key, message.position, error, delay, forever=False)

@@ -18,11 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-import orjson
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.adapt import Loader
-from psycopg.rows import class_row
 
 from relay.backoff import full_jitter
 from relay.breaker import CircuitBreaker
@@ -38,24 +35,18 @@ from relay.errors import (
 from relay.health import HealthState
 from relay.leases import LeaseKeeper
 from relay.metrics import RelayMetrics
-from relay.model import Outcome
+from relay.model import OutboxMessage, Outcome
 from relay.outbox_rows import (
     Acknowledgement,
-    ClaimedRow,
     FailurePolicy,
+    bigint_array,
+    message_row,
     plan_acknowledgement,
-    to_message,
+    register_claim_loaders,
 )
 from relay.sqlfiles import query
 
 log = logging.getLogger("outbox_relay.poller")
-
-
-class OrjsonLoader(Loader):
-    """jsonb straight to Python objects with orjson (several times faster than json)."""
-
-    def load(self, data: Any) -> Any:
-        return orjson.loads(bytes(data))
 
 
 def lock_space(schema: str) -> int:
@@ -73,6 +64,11 @@ def claim_session(config: RelayConfig) -> DbSession:
             "idle_in_transaction_session_timeout": ttl_ms,
             "statement_timeout": ttl_ms,
             "lock_timeout": str(int(config.publish_timeout * 1000)),
+            # The batch's COMMIT need not wait for its WAL flush: if PostgreSQL crashes
+            # before the flush, the acknowledgement is lost as if the relay had died
+            # before committing, and the batch is published again (a duplicate, never a
+            # loss). Saves a disk flush per batch; the application's commits are untouched.
+            "synchronous_commit": "off",
         },
     )
 
@@ -205,7 +201,6 @@ class Poller:
     async def drain_once(self) -> DrainResult:
         """Claim, publish and acknowledge one batch, in one transaction."""
         conn = await self._session.connection()
-        conn.adapters.register_loader("jsonb", OrjsonLoader)
         try:
             async with asyncio.timeout(self.batch_deadline):
                 result = await self._drain(conn)
@@ -231,13 +226,14 @@ class Poller:
         await conn.execute("COMMIT")
         return DrainResult(claimed=len(rows), outage=outage)
 
-    async def _claim(self, conn: AsyncConnection[Any]) -> list[ClaimedRow]:
+    async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
         schema = self._config.schema
         locked = await conn.execute(query("lock_leased_buckets", schema), self._claim_params)
         buckets = [row[0] for row in await locked.fetchall()]
         if not buckets:
             return []
-        async with conn.cursor(row_factory=class_row(ClaimedRow)) as cursor:
+        async with conn.cursor(row_factory=message_row) as cursor:
+            register_claim_loaders(cursor.adapters)
             # A new statement, so a new snapshot: it sees everything the buckets' previous
             # owner committed before releasing the locks we now hold.
             await cursor.execute(
@@ -246,11 +242,10 @@ class Poller:
             return await cursor.fetchall()
 
     async def _publish_and_acknowledge(
-        self, conn: AsyncConnection[Any], rows: Sequence[ClaimedRow]
+        self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage]
     ) -> bool:
         if not self._leases.holds_valid_leases():
             raise LeaseLostError("this relay's bucket leases ran out before publishing")
-        batch = [to_message(row) for row in rows]
         started = time.monotonic()
         outcomes = await self._connector.publish(batch, timeout=self._config.publish_timeout)
         if not self._leases.holds_valid_leases():
@@ -258,7 +253,7 @@ class Poller:
             # every other relay off these buckets); if PostgreSQL ended it, the COMMIT
             # fails and the new owner publishes the batch again (duplicates, in order).
             log.warning("this relay's bucket leases ran out while a batch was in flight")
-        ack = plan_acknowledgement(rows, outcomes, self._policy)
+        ack = plan_acknowledgement(batch, outcomes, self._policy)
         await self._acknowledge(conn, ack)
         self._count(ack, outcomes, time.monotonic() - started)
         return ack.outage
@@ -267,7 +262,7 @@ class Poller:
         schema = self._config.schema
         if ack.sent:
             name = "delete_sent" if self._config.retention == 0 else "mark_sent"
-            await conn.execute(query(name, schema), {"seqs": ack.sent}, prepare=True)
+            await conn.execute(query(name, schema), {"seqs": bigint_array(ack.sent)}, prepare=True)
         if ack.dead_seqs:
             await conn.execute(query("dead_letter", schema), ack.dead_letter_params())
         if ack.released_keys:

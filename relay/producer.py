@@ -57,7 +57,7 @@ def enqueue(
 ) -> UUID:
     """Add one event to the outbox in ``conn``'s current transaction; return its id.
 
-    ``payload`` is any JSON-serializable value (published as compact UTF-8 JSON) or bytes
+    ``payload`` is any JSON-serializable value (stored as jsonb, published as its text) or bytes
     (published byte for byte with ``content_type``). Messages with the same ``key`` are
     published in commit order; ``key=None`` means no ordering requirement.
     """

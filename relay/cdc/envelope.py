@@ -6,8 +6,9 @@ then the body::
     {"v": 1, "id": "<uuid>", "topic": "...", "key": "..." | null,
      "headers": {...}, "content_type": "...", "body": "json" | "bytes" | "null"}\\n<body>
 
-``json`` bodies are republished as compact JSON (like outbox rows), ``bytes`` byte for
-byte, ``null`` as a tombstone. ``encode_envelope`` builds the same bytes in Python.
+``json`` bodies are published as written (PostgreSQL's jsonb text, like outbox rows),
+``bytes`` byte for byte, ``null`` as a tombstone. ``encode_envelope`` builds the same
+bytes in Python.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from uuid import UUID
 
 import orjson
 
-from relay.cdc.mapping import MappingError, compact_json, header_text
+from relay.cdc.mapping import MappingError, header_text, json_text
 from relay.model import OutboxMessage
 
 ENVELOPE_VERSION = 1
@@ -97,7 +98,7 @@ def _headers(value: object) -> dict[str, str]:
 
 def _body(kind: object, body: bytes) -> bytes | None:
     if kind == "json":
-        return compact_json(body)
+        return json_text(body)
     if kind == "bytes":
         return body
     if kind == "null":

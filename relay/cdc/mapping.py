@@ -44,12 +44,10 @@ class MappingError(PermanentError):
     """A captured row or logical message cannot become an outbox message."""
 
 
-def compact_json(text: str | bytes | bytearray | memoryview) -> bytes:
-    """JSON text (jsonb's output has spaces) as compact UTF-8 JSON, like polling mode."""
-    try:
-        return orjson.dumps(orjson.loads(bytes(text) if isinstance(text, memoryview) else text))
-    except orjson.JSONDecodeError as exc:
-        raise MappingError(f"the payload is not valid JSON: {exc}") from None
+def json_text(text: str | bytes | bytearray | memoryview) -> bytes:
+    """JSON text as the bytes to publish, unchanged: PostgreSQL's own jsonb text, exactly
+    what polling mode publishes for the same row."""
+    return text.encode() if isinstance(text, str) else bytes(text)
 
 
 def header_text(value: object) -> str:
@@ -142,7 +140,7 @@ class _BoundOutbox:
         if isinstance(raw, bytes):
             body: bytes | None = raw
         elif isinstance(payload, str | bytes):
-            body = compact_json(payload)
+            body = json_text(payload)
         else:
             body = None
         created = row.get("created_at")
@@ -230,7 +228,7 @@ class _BoundDebezium:
         if value is None:
             return None, "application/json"
         if self.payload_type in JSON_TYPES and isinstance(value, str | bytes):
-            return compact_json(value), "application/json"
+            return json_text(value), "application/json"
         if isinstance(value, bytes):
             return value, "application/octet-stream"
         return str(value).encode(), "text/plain; charset=utf-8"

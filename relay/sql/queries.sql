@@ -17,8 +17,10 @@ WHERE pg_try_advisory_xact_lock(%(lock_space)s, bucket);
 -- name: claim_batch
 -- Pending rows of the locked buckets, in sequence order, skipping keys held behind a
 -- failed or dead-lettered message.
+-- Column order is relay.outbox_rows.CLAIM_COLUMNS; headers come as json (NULL when
+-- empty, the usual case) so they load apart from the jsonb payload.
 SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
-       m.headers, m.created_at, m.attempts
+       NULLIF(m.headers, '{{}}')::json AS headers, m.created_at, m.attempts
 FROM {schema}.messages m
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL
   AND m.available_at <= now()
@@ -32,12 +34,14 @@ LIMIT %(limit)s
 FOR UPDATE OF m SKIP LOCKED;
 
 -- name: mark_sent
+-- %(seqs)s is an array literal (relay.outbox_rows.bigint_array), because psycopg
+-- adapts a list of 500 ints one element at a time in Python.
 UPDATE {schema}.messages
 SET sent_at = now(), attempts = attempts + 1, last_error = NULL
-WHERE seq = ANY(%(seqs)s);
+WHERE seq = ANY(%(seqs)s::bigint[]);
 
 -- name: delete_sent
-DELETE FROM {schema}.messages WHERE seq = ANY(%(seqs)s);
+DELETE FROM {schema}.messages WHERE seq = ANY(%(seqs)s::bigint[]);
 
 -- name: release_holds
 -- A held key whose message finally went through flows again.

@@ -138,7 +138,9 @@ def test_a_polling_relay_role_marks_sent_and_keeps_rows_for_retention(owned_outb
         grant_printed(owned_outbox, role, "poll")
         enqueue(owned_outbox, "orders", 20)
         relay = RelayProcess(
-            ["--dsn", role_dsn, "--connector", "memory", "--metrics-port", "0", *FAST],
+            # the UPDATE path: sent rows are kept (the default deletes them; the test above)
+            ["--dsn", role_dsn, "--connector", "memory", "--metrics-port", "0",
+             "--retention", "1h", *FAST],
             tmp_path / "relay.log",
         )
         try:

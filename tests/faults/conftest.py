@@ -17,6 +17,7 @@ from tests.faults.support import RELAY_TIMINGS, Figures
 from tests.support.cli import RelayProcess
 from tests.support.kafka_harness import KafkaHarness
 from tests.support.rabbitmq_harness import RabbitMQHarness, unique_exchange
+from tests.support.written_log import record_writes
 
 _summary_lock = threading.Lock()
 
@@ -51,6 +52,7 @@ def outbox(db_dsn: str) -> str:
 
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         migrate(conn, "outbox")
+    record_writes(db_dsn)  # delivered rows are deleted: loss is judged against this log
     return db_dsn
 
 

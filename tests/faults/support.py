@@ -15,6 +15,7 @@ import orjson
 import psycopg
 
 from tests.support.harness import Received
+from tests.support.written_log import sent_and_pending, written_rows
 
 # Quick timings so that a fault and its recovery fit in seconds, not minutes.
 RELAY_TIMINGS = [
@@ -104,15 +105,9 @@ class Workload:
                 self._stop.wait(0.2)
 
     def counts(self) -> tuple[int, int]:
-        """(sent, pending) of this workload's topic."""
-        with psycopg.connect(self.dsn, connect_timeout=3) as conn:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE sent_at IS NOT NULL), "
-                "count(*) FILTER (WHERE sent_at IS NULL) FROM outbox.messages WHERE topic = %s",
-                (self.topic,),
-            ).fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1])
+        """(sent, pending) of this workload's topic; sent counts rows the relay deleted on
+        acknowledgement (the default) as well as rows it marked sent."""
+        return sent_and_pending(self.dsn, self.topic, connect_timeout=3)
 
     def sent(self) -> int:
         try:
@@ -128,12 +123,14 @@ class Workload:
         return wait_for(lambda: self.counts()[1] == 0, timeout, "the outbox to drain")
 
     def expected(self) -> dict[str, tuple[str | None, int]]:
-        """id -> (key, seq) of every message of the topic still in the outbox."""
-        with psycopg.connect(self.dsn) as conn:
-            rows = conn.execute(
-                "SELECT id::text, key, seq FROM outbox.messages WHERE topic = %s", (self.topic,)
-            ).fetchall()
-        return {row[0]: (row[1], row[2]) for row in rows}
+        """id -> (key, seq) of every message written to the topic that is not (now) a
+        dead letter: what must reach the broker."""
+        dead = {letter["id"] for letter in self.dead_letters()}
+        return {
+            row[0]: (row[1], row[2])
+            for row in written_rows(self.dsn, self.topic)
+            if row[0] not in dead
+        }
 
     def dead_letters(self) -> list[dict[str, Any]]:
         with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=_dict_row()) as cur:

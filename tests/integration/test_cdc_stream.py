@@ -103,8 +103,8 @@ def test_insert_then_delete_and_emitted_events_are_published(db_dsn):
     rows_left, published = asyncio.run(scenario())
     assert rows_left == 0
     assert [(m.topic, m.key, m.payload) for m in published] == [
-        ("orders", "a", b'{"step":1}'),
-        ("orders", "a", b'{"step":2}'),
+        ("orders", "a", b'{"step": 1}'),
+        ("orders", "a", b'{"step": 2}'),
         ("images", "b", b"\x89PNG"),
         ("orders", "a", None),
     ]

@@ -134,7 +134,7 @@ def test_a_debezium_outbox_table_is_routed_by_aggregate(db_dsn, caplog):
     ids, published = asyncio.run(scenario())
     assert [m.id for m in published] == ids
     assert [(m.topic, m.key, m.payload) for m in published] == [
-        ("Order", f"order-{n}", b'{"n":%d}' % n) for n in range(3)]
+        ("Order", f"order-{n}", b'{"n": %d}' % n) for n in range(3)]
     assert published[0].headers == {"type": "OrderCreated", "tenant": "acme"}
     assert any("amount" in r.getMessage() for r in caplog.records)  # numeric: not a header
 

@@ -43,7 +43,9 @@ def test_an_outage_opens_the_circuit_stops_claiming_and_burns_no_attempts(db_dsn
     write(db_dsn, [f"k{i % 5}" for i in range(50)])
     connector = InMemoryConnector(down=True)
     port = free_port()
-    config = relay_config(db_dsn, max_attempts=2, metrics_port=port, retry_cap=1.0)
+    config = relay_config(
+        db_dsn, max_attempts=2, metrics_port=port, retry_cap=1.0, retention=3600
+    )  # keep sent rows: their attempts are the point
 
     async def scenario():
         async with RunningRelay(config, connector) as relay:

@@ -13,6 +13,7 @@ import pytest
 from relay import enqueue
 from relay.errors import SchemaMissingError
 from relay.model import permanent, retryable
+from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
 from relay.poller import lock_space
 from relay.service import preflight
 from relay.sqlfiles import query
@@ -62,7 +63,7 @@ def test_relay_publishes_everything_in_key_order(db_dsn):
 
     published = asyncio.run(scenario())
     assert [m.id for m in published] == ids  # one relay, one bucket owner: global order kept
-    assert published[0].payload == b'{"n":0}'
+    assert published[0].payload == b'{"n": 0}'
     assert pending(db_dsn) == 0
 
 
@@ -94,7 +95,8 @@ def test_a_failing_key_waits_and_does_not_stop_other_keys(db_dsn):
     write(db_dsn, 50, keys=5)
 
     async def scenario():
-        async with RunningRelay(relay_config(db_dsn, batch_size=7), connector) as relay:
+        config = relay_config(db_dsn, batch_size=7, retention=3600)  # keeps attempts readable
+        async with RunningRelay(config, connector) as relay:
             await eventually(
                 lambda: len({m.id for m in relay.connector.published}) >= 50,
                 20,
@@ -285,3 +287,18 @@ def test_retention_purges_old_sent_rows_in_batches(db_dsn):
 def test_preflight_says_to_run_migrate(db_dsn):
     with pytest.raises(SchemaMissingError, match="run `outbox-relay migrate`"):
         preflight(relay_config(db_dsn))
+
+
+def test_the_claim_returns_the_columns_message_from_claim_unpacks(db_dsn):
+    install_outbox(db_dsn)
+    write(db_dsn, 1)
+    with psycopg.connect(db_dsn) as conn, conn.cursor() as cursor:
+        register_claim_loaders(cursor.adapters)
+        cursor.execute(
+            query("claim_batch", "outbox"),
+            {"buckets": list(range(256)), "limit": 10, "relay_id": None, "lock_space": 0},
+        )
+        assert tuple(column.name for column in cursor.description or []) == CLAIM_COLUMNS
+        message = message_from_claim(cursor.fetchone())
+    assert message.payload == b'{"n": 0}' and message.headers == {}
+    assert (message.topic, message.key, message.attempts) == ("orders", "k0", 0)

@@ -5,22 +5,19 @@ import pytest
 
 from relay.backoff import full_jitter
 from relay.model import DELIVERED, permanent, retryable
-from relay.outbox_rows import ClaimedRow, FailurePolicy, plan_acknowledgement, to_message
+from relay.outbox_rows import (
+    FailurePolicy,
+    JsonTextLoader,
+    message_from_claim,
+    plan_acknowledgement,
+)
 
 
 def row(seq, key="k", attempts=0, payload=None, payload_bytes=None, headers=None):
-    return ClaimedRow(
-        seq=seq,
-        id=uuid4(),
-        topic="t",
-        key=key,
-        payload=payload,
-        payload_bytes=payload_bytes,
-        content_type="application/json",
-        headers=headers or {},
-        created_at=datetime.now(UTC),
-        attempts=attempts,
-    )
+    """A claimed row as the claim query's loaders hand it over (CLAIM_COLUMNS)."""
+    values = (seq, uuid4(), "t", key, payload, payload_bytes, "application/json", headers,
+              datetime.now(UTC), attempts)  # fmt: skip
+    return message_from_claim(values)
 
 
 def plan(rows, outcomes, **policy):
@@ -88,16 +85,19 @@ def test_outcome_count_must_match():
         plan([row(1), row(2)], [DELIVERED])
 
 
-def test_json_payload_is_compact_and_binary_is_untouched():
-    compact = to_message(row(1, payload={"a": [1, 2], "b": "é"})).payload
-    assert compact == b'{"a":[1,2],"b":"\xc3\xa9"}'
-    assert to_message(row(1, payload_bytes=b"\x00\xff")).payload == b"\x00\xff"
-    assert to_message(row(1)).payload is None
+def test_json_payload_is_jsonb_text_and_binary_is_untouched():
+    jsonb_text = '{"a": [1, 2], "b": "é"}'.encode()  # how jsonb prints
+    loaded = JsonTextLoader(0).load(memoryview(jsonb_text))
+    assert loaded == jsonb_text and isinstance(loaded, bytes)
+    assert row(1, payload=loaded).payload == jsonb_text
+    assert row(1, payload_bytes=memoryview(b"\x00\xff")).payload == b"\x00\xff"
+    assert row(1).payload is None
 
 
 def test_non_string_headers_travel_as_json_text():
-    message = to_message(row(1, headers={"n": 1, "s": "x", "o": {"a": True}}))
+    message = row(1, headers={"n": 1, "s": "x", "o": {"a": True}})
     assert message.headers == {"n": "1", "s": "x", "o": '{"a":true}'}
+    assert row(2, headers=None).headers == {}
 
 
 def test_full_jitter_stays_under_the_cap():
