@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from struct import error as StructError
 
 import orjson
 
@@ -18,6 +20,7 @@ from relay.cdc.envelope import decode_envelope
 from relay.cdc.mapping import ID_NAMESPACE, BoundMapping, MappingError, RowMapping
 from relay.cdc.outgoing import Outgoing, Unmappable
 from relay.cdc.pgoutput import (
+    KIND_BINARY,
     Begin,
     Commit,
     Insert,
@@ -27,19 +30,47 @@ from relay.cdc.pgoutput import (
     TupleData,
 )
 from relay.cdc.settings import CdcNames
-from relay.cdc.values import ColumnValueError, decode_column
+from relay.cdc.values import ColumnValueError, binary_decoder, decode_column
 
 log = logging.getLogger("outbox_relay.cdc")
+
+
+_Decoder = Callable[[bytes], object]
+
+
+def _no_decoder(_data: bytes) -> object:
+    raise ValueError("no binary decoder")  # decode_column raises the real error
 
 
 @dataclass(frozen=True)
 class _CapturedRelation:
     mapping: BoundMapping
-    columns: tuple[tuple[int, str, int], ...]  # (index in the tuple, name, type oid)
+    # (index in the tuple, name, type oid, the type's binary decoder): resolved once per
+    # relation, because the generic per-value dispatch was a fifth of the decoding time.
+    columns: tuple[tuple[int, str, int, _Decoder], ...]
+
+    @classmethod
+    def of(
+        cls, mapping: BoundMapping, columns: Iterable[tuple[int, str, int]]
+    ) -> _CapturedRelation:
+        return cls(
+            mapping,
+            tuple((i, name, oid, binary_decoder(oid) or _no_decoder) for i, name, oid in columns),
+        )
 
     def decode(self, row: TupleData) -> dict[str, object]:
         kinds, raw = row.kinds, row.values
-        return {name: decode_column(oid, kinds[i], raw[i]) for i, name, oid in self.columns}
+        decoded: dict[str, object] = {}
+        for i, name, oid, decoder in self.columns:
+            value = raw[i]
+            if kinds[i] == KIND_BINARY and isinstance(value, bytes):
+                try:
+                    decoded[name] = decoder(value)
+                    continue
+                except (StructError, ValueError, OverflowError):
+                    pass  # decode_column below raises it with the column's type named
+            decoded[name] = decode_column(oid, kinds[i], value)
+        return decoded
 
 
 class ChangeDecoder:
@@ -77,7 +108,7 @@ class ChangeDecoder:
             (index, name, oid) for index, (name, oid) in enumerate(columns)
             if name in bound.columns
         )
-        self._captured[relation.relation_id] = _CapturedRelation(bound, wanted)
+        self._captured[relation.relation_id] = _CapturedRelation.of(bound, wanted)
 
     def _insert(self, insert: Insert) -> None:
         captured = self._captured.get(insert.relation_id)
@@ -119,7 +150,7 @@ class ChangeDecoder:
 def _row_for_parking(captured: _CapturedRelation, row: TupleData) -> dict[str, object]:
     """The raw row as text, for a person to look at in the parked message."""
     out: dict[str, object] = {}
-    for index, name, _ in captured.columns:
+    for index, name, _oid, _decoder in captured.columns:
         value = row.values[index]
         out[name] = value.decode("utf-8", "replace") if isinstance(value, bytes) else None
     return out

@@ -182,6 +182,12 @@ def decode_binary(type_oid: int, data: bytes) -> object:
     return _decode(_BINARY_DECODERS, "binary", type_oid, data)
 
 
+def binary_decoder(type_oid: int) -> Callable[[bytes], object] | None:
+    """The bare binary decoder of a type (no error wrapping), to resolve once per relation
+    rather than once per value; None when the type has none."""
+    return _BINARY_DECODERS.get(type_oid)
+
+
 def decode_text(type_oid: int, data: bytes) -> object:
     """Decode a value in its type's text output format; same results as ``decode_binary``."""
     return _decode(_TEXT_DECODERS, "text", type_oid, data)
