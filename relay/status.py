@@ -62,7 +62,8 @@ def format_status(status: dict[str, Any]) -> str:
         f"parked messages:     {status['parked']} in the dead letters"
         + (" (outbox-relay dead-letters list)" if status["parked"] else ""),
         f"held keys:           {status['held_keys']}",
-        f"sent last minute:    {status['sent_last_minute']}",
+        f"sent last minute:    {status['sent_last_minute']} kept"
+        + ("" if status["sent_last_minute"] else " (with --retention 0 sent rows are deleted)"),
         f"relays:              {sum(1 for r in status['relays'] if r['alive'])} alive",
     ]
     for relay in status["relays"]:
