@@ -30,6 +30,7 @@ from relay.cdc.cli_options import (
 from relay.cdc.preflight import run_checks
 from relay.cdc.settings import CdcSettings
 from relay.cdc.status import cdc_status, format_cdc_status
+from relay.cli_common import DsnFileOption
 from relay.config import RelayConfig
 from relay.db import connection_failure
 from relay.deadletters_cli import build_dead_letters_app
@@ -88,17 +89,6 @@ SchemaOption = Annotated[
     str,
     typer.Option("--schema", envvar=_env("SCHEMA"), help="Schema that holds the outbox."),
 ]
-DsnFileOption = Annotated[
-    str | None,
-    typer.Option(
-        "--dsn-file",
-        envvar=_env("DSN_FILE"),
-        show_default=False,
-        help="Read the connection string from this file (a mounted secret) instead of --dsn.",
-    ),
-]
-
-
 def dsn_from(dsn: str, dsn_file: str | None) -> str:
     """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
     chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
@@ -145,6 +135,11 @@ def _check_schema_name(schema: str) -> None:
             f"the schema name {schema!r} is not a plain identifier "
             "(lowercase letters, digits and underscores, not starting with a digit)"
         )
+
+
+def connect_either(dsn: str, dsn_file: str | None) -> psycopg.Connection[Any]:
+    """Connect with --dsn or --dsn-file (the sub-command groups' ``Connect``)."""
+    return _connect(dsn_from(dsn, dsn_file))
 
 
 def _connect(
@@ -493,8 +488,8 @@ def _amqp_url_from(ctx: typer.Context, amqp_url: str, amqp_url_file: str | None)
     return chosen or amqp_url
 
 
-app.add_typer(build_inbox_app(clear_errors, _connect), name="inbox")
-app.add_typer(build_dead_letters_app(clear_errors, _connect), name="dead-letters")
+app.add_typer(build_inbox_app(clear_errors, connect_either), name="inbox")
+app.add_typer(build_dead_letters_app(clear_errors, connect_either), name="dead-letters")
 
 
 def main() -> None:

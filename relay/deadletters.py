@@ -29,7 +29,6 @@ from relay.sqlfiles import query
 
 F = TypeVar("F", bound=Callable[..., Any])
 Guard = Callable[[F], F]
-Connect = Callable[[str], psycopg.Connection[Any]]
 
 SQL_FILE = "dead_letters.sql"
 CHUNK = 500

@@ -11,10 +11,10 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from relay.cli_common import Connect, DsnFileOption
 from relay.config import DEFAULT_SCHEMA, is_plain_identifier
 from relay.deadletters import (
     LIST_LIMIT,
-    Connect,
     Guard,
     Selection,
     count_dead_letters,
@@ -90,7 +90,7 @@ def _check_schema(schema: str) -> None:
 
 def _bulk(
     connect: Connect,
-    dsn: str,
+    dsn: tuple[str, str | None],
     schema: str,
     selection: Selection,
     operation: Callable[[Any, str, list[int]], int],
@@ -103,7 +103,7 @@ def _bulk(
             f"name the dead letters to {verb}: message ids, a filter (--topic, --key, "
             "--older-than, --newer-than), or --all"
         )
-    with connect(dsn) as conn:
+    with connect(*dsn) as conn:
         require_schema(conn, schema)
         total = count_dead_letters(conn, schema, selection)
         done = 0
@@ -134,6 +134,7 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     @guard
     def list_command(
         dsn: Dsn = "",
+        dsn_file: DsnFileOption = None,
         schema: Schema = DEFAULT_SCHEMA,
         topic: Topic = None,
         key: Key = None,
@@ -145,7 +146,7 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         """List dead letters, oldest first."""
         _check_schema(schema)
         selection = _selection(topic, key, older_than, newer_than)
-        with connect(dsn) as conn:
+        with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema)
             rows = list_dead_letters(conn, schema, selection, max(0, limit))
             total = count_dead_letters(conn, schema, selection)
@@ -159,13 +160,14 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     def show_command(
         message_id: Annotated[str, typer.Argument(help="The message id (a UUID).")],
         dsn: Dsn = "",
+        dsn_file: DsnFileOption = None,
         schema: Schema = DEFAULT_SCHEMA,
         as_json: AsJson = False,
     ) -> None:
         """Show one dead letter with its payload, headers and error."""
         _check_schema(schema)
         wanted = _uuid(message_id)
-        with connect(dsn) as conn:
+        with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema)
             letter = show_dead_letter(conn, schema, wanted)
         if letter is None:
@@ -180,6 +182,7 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     def retry_command(
         ids: Ids = None,
         dsn: Dsn = "",
+        dsn_file: DsnFileOption = None,
         schema: Schema = DEFAULT_SCHEMA,
         topic: Topic = None,
         key: Key = None,
@@ -189,13 +192,14 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     ) -> None:
         """Put dead letters back into the outbox in their original order; keys flow again."""
         selection = _selection(topic, key, older_than, newer_than, ids)
-        _bulk(connect, dsn, schema, selection, retry_dead_letters, "retry", everything)
+        _bulk(connect, (dsn, dsn_file), schema, selection, retry_dead_letters, "retry", everything)
 
     @app.command("drop")
     @guard
     def drop_command(
         ids: Ids = None,
         dsn: Dsn = "",
+        dsn_file: DsnFileOption = None,
         schema: Schema = DEFAULT_SCHEMA,
         topic: Topic = None,
         key: Key = None,
@@ -205,4 +209,4 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     ) -> None:
         """Delete dead letters for good and let their keys flow again."""
         selection = _selection(topic, key, older_than, newer_than, ids)
-        _bulk(connect, dsn, schema, selection, drop_dead_letters, "drop", everything)
+        _bulk(connect, (dsn, dsn_file), schema, selection, drop_dead_letters, "drop", everything)

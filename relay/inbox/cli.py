@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
-import psycopg
 import typer
 
+from relay.cli_common import Connect, DsnFileOption
 from relay.config import DEFAULT_SCHEMA
 from relay.durations import parse_duration
 from relay.errors import ConfigError
@@ -23,7 +23,6 @@ from relay.migrations import ALL_TRACKS, Migration, require_schema
 
 F = TypeVar("F", bound=Callable[..., Any])
 Guard = Callable[[F], F]
-Connect = Callable[[str], psycopg.Connection[Any]]
 
 InboxOnlyOption = Annotated[
     bool,
@@ -68,6 +67,7 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
                 help="PostgreSQL connection string of the consumer's database.",
             ),
         ] = "",
+        dsn_file: DsnFileOption = None,
         schema: Annotated[
             str,
             typer.Option(
@@ -108,7 +108,7 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
         window = parse_duration(older_than, "dedupe window")
         if batch_size < 1:
             raise ConfigError("the purge batch size must be at least 1")
-        with connect(dsn) as conn:
+        with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema, track="inbox")
             deleted = purge_inbox(conn, schema, window, consumer=consumer, batch_size=batch_size)
         whose = f" of consumer {consumer!r}" if consumer else ""

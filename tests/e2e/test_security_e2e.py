@@ -288,3 +288,28 @@ def test_the_metrics_and_health_server_listens_on_loopback_only_by_default(migra
         assert relay.terminate() == 0
     finally:
         relay.stop()
+
+
+def test_every_database_command_reads_the_dsn_from_a_file(migrated, tmp_path):
+    inbox = outbox_relay("migrate", "--dsn", migrated, "--inbox-only")
+    assert inbox.returncode == 0, inbox.stderr
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(with_password(migrated, DB_CANARY) + "\n")
+    commands = [
+        ["dead-letters", "list", "--json"],
+        ["dead-letters", "retry", "--all"],
+        ["dead-letters", "drop", "--all"],
+        ["inbox", "purge"],
+    ]
+    for command in commands:
+        result = outbox_relay(*command, "--dsn-file", str(dsn_file))
+        assert result.returncode == 0, (command, result.stderr)
+        assert_no_canary(result.stdout + result.stderr)
+    unreachable = tmp_path / "unreachable"
+    unreachable.write_text(f"host=127.0.0.1 port={closed_port()} password={DB_CANARY}\n")
+    for command in commands:
+        result = outbox_relay(*command, "--dsn-file", str(unreachable))
+        assert result.returncode != 0 and "cannot connect to PostgreSQL" in result.stderr
+        assert_no_canary(result.stdout + result.stderr)
+    both = outbox_relay("dead-letters", "list", "--dsn", migrated, "--dsn-file", str(dsn_file))
+    assert both.returncode == 2 and "not both" in both.stderr

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from relay.cli import _connect, clear_errors
+from relay.cli import clear_errors, connect_either
 from relay.errors import SchemaMissingError
 from relay.inbox.cli import build_inbox_app
 from relay.migrations import (
@@ -95,7 +95,7 @@ def test_a_missing_inbox_schema_names_the_inbox_only_migration(db_dsn):
 def cli() -> typer.Typer:
     """A root app that mounts the sub-app the way relay/cli.py does."""
     root = typer.Typer()
-    root.add_typer(build_inbox_app(clear_errors, _connect), name="inbox")
+    root.add_typer(build_inbox_app(clear_errors, connect_either), name="inbox")
     return root
 
 
