@@ -30,7 +30,7 @@ from relay.cdc.cli_options import (
 from relay.cdc.preflight import run_checks
 from relay.cdc.settings import CdcSettings
 from relay.cdc.status import cdc_status, format_cdc_status
-from relay.cli_common import DsnFileOption
+from relay.cli_common import DsnFileOption, DsnOption, SchemaOption
 from relay.config import RelayConfig
 from relay.db import connection_failure
 from relay.deadletters_cli import build_dead_letters_app
@@ -76,19 +76,6 @@ def _env(name: str) -> str:
     return f"OUTBOX_RELAY_{name}"
 
 
-DsnOption = Annotated[
-    str,
-    typer.Option(
-        "--dsn",
-        envvar=_env("DSN"),
-        show_default=False,
-        help="PostgreSQL connection string (URL or key=value).",
-    ),
-]
-SchemaOption = Annotated[
-    str,
-    typer.Option("--schema", envvar=_env("SCHEMA"), help="Schema that holds the outbox."),
-]
 def dsn_from(dsn: str, dsn_file: str | None) -> str:
     """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
     chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
@@ -204,7 +191,7 @@ def migrate_command(
     if print_sql:
         sys.stdout.write(render_script(schema, tracks=tracks))
         return
-    with _connect(dsn_from(dsn, dsn_file)) as conn:
+    with connect_either(dsn, dsn_file) as conn:
         applied = migrate(conn, schema, tracks=tracks)
     typer.echo(describe_migration(schema, applied, tracks))
 
@@ -224,7 +211,7 @@ def status_command(
     _check_schema_name(schema)
     if cdc_slot is not None and (problems := CdcSettings(slot=cdc_slot).problems(schema)):
         raise ConfigError(" ".join(problems))
-    with _connect(dsn_from(dsn, dsn_file)) as conn:
+    with connect_either(dsn, dsn_file) as conn:
         status = collect_status(conn, schema)
         cdc = cdc_status(conn, schema, cdc_slot)
     if cdc["exists"] or cdc_slot:

@@ -8,6 +8,19 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
+DsnOption = Annotated[
+    str,
+    typer.Option(
+        "--dsn",
+        envvar="OUTBOX_RELAY_DSN",
+        show_default=False,
+        help="PostgreSQL connection string (URL or key=value).",
+    ),
+]
+SchemaOption = Annotated[
+    str,
+    typer.Option("--schema", envvar="OUTBOX_RELAY_SCHEMA", help="Schema that holds the outbox."),
+]
 DsnFileOption = Annotated[
     str | None,
     typer.Option(

@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from relay.cli_common import Connect, DsnFileOption
+from relay.cli_common import Connect, DsnFileOption, DsnOption, SchemaOption
 from relay.config import DEFAULT_SCHEMA, is_plain_identifier
 from relay.deadletters import (
     LIST_LIMIT,
@@ -30,23 +30,6 @@ from relay.durations import parse_duration
 from relay.errors import ConfigError
 from relay.migrations import require_schema
 
-
-def _env(name: str) -> str:
-    return f"OUTBOX_RELAY_{name}"
-
-
-Dsn = Annotated[
-    str,
-    typer.Option(
-        "--dsn",
-        envvar=_env("DSN"),
-        show_default=False,
-        help="PostgreSQL connection string (URL or key=value).",
-    ),
-]
-Schema = Annotated[
-    str, typer.Option("--schema", envvar=_env("SCHEMA"), help="Schema that holds the outbox.")
-]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Topic = Annotated[str | None, typer.Option("--topic", help="Only this topic.")]
 Key = Annotated[str | None, typer.Option("--key", help="Only this message key.")]
@@ -133,9 +116,9 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     @app.command("list")
     @guard
     def list_command(
-        dsn: Dsn = "",
+        dsn: DsnOption = "",
         dsn_file: DsnFileOption = None,
-        schema: Schema = DEFAULT_SCHEMA,
+        schema: SchemaOption = DEFAULT_SCHEMA,
         topic: Topic = None,
         key: Key = None,
         older_than: OlderThan = None,
@@ -159,9 +142,9 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     @guard
     def show_command(
         message_id: Annotated[str, typer.Argument(help="The message id (a UUID).")],
-        dsn: Dsn = "",
+        dsn: DsnOption = "",
         dsn_file: DsnFileOption = None,
-        schema: Schema = DEFAULT_SCHEMA,
+        schema: SchemaOption = DEFAULT_SCHEMA,
         as_json: AsJson = False,
     ) -> None:
         """Show one dead letter with its payload, headers and error."""
@@ -181,9 +164,9 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     @guard
     def retry_command(
         ids: Ids = None,
-        dsn: Dsn = "",
+        dsn: DsnOption = "",
         dsn_file: DsnFileOption = None,
-        schema: Schema = DEFAULT_SCHEMA,
+        schema: SchemaOption = DEFAULT_SCHEMA,
         topic: Topic = None,
         key: Key = None,
         older_than: OlderThan = None,
@@ -198,9 +181,9 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
     @guard
     def drop_command(
         ids: Ids = None,
-        dsn: Dsn = "",
+        dsn: DsnOption = "",
         dsn_file: DsnFileOption = None,
-        schema: Schema = DEFAULT_SCHEMA,
+        schema: SchemaOption = DEFAULT_SCHEMA,
         topic: Topic = None,
         key: Key = None,
         older_than: OlderThan = None,
