@@ -348,6 +348,15 @@ def run_command(
             help="Messages claimed and published per batch.",
         ),
     ] = defaults.DEFAULT_BATCH_SIZE,
+    claim_lanes: Annotated[
+        int,
+        typer.Option(
+            "--claim-lanes",
+            envvar=_env("CLAIM_LANES"),
+            help="Batches in flight at once in polling mode, each lane with its own share of "
+            "the buckets (per-key order holds) and its own database connection.",
+        ),
+    ] = defaults.DEFAULT_CLAIM_LANES,
     publish_timeout: Annotated[
         str,
         typer.Option(
@@ -432,6 +441,7 @@ def run_command(
         amqp_url=amqp_url,
         amqp_exchange=amqp_exchange,
         batch_size=batch_size,
+        claim_lanes=claim_lanes,
         publish_timeout=parse_duration(publish_timeout, "publish timeout"),
         lease_ttl=parse_duration(lease_ttl, "lease TTL"),
         poll_interval=parse_duration(poll_interval, "poll interval"),

@@ -18,6 +18,10 @@ DEFAULT_KAFKA_BOOTSTRAP = "localhost:9092"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_AMQP_EXCHANGE = "outbox"
 DEFAULT_BATCH_SIZE = 500
+# Two claim transactions in flight: one lane's next claim runs in PostgreSQL while the
+# other lane's batch is with the broker (benchmarks/README.md has the figures).
+DEFAULT_CLAIM_LANES = 2
+MAX_CLAIM_LANES = 16
 DEFAULT_PUBLISH_TIMEOUT = 5.0
 DEFAULT_LEASE_TTL = 10.0
 DEFAULT_POLL_INTERVAL = 1.0
@@ -65,6 +69,7 @@ class RelayConfig:
     amqp_url: str = DEFAULT_AMQP_URL
     amqp_exchange: str = DEFAULT_AMQP_EXCHANGE
     batch_size: int = DEFAULT_BATCH_SIZE
+    claim_lanes: int = DEFAULT_CLAIM_LANES
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
     lease_ttl: float = DEFAULT_LEASE_TTL
     poll_interval: float = DEFAULT_POLL_INTERVAL
@@ -96,6 +101,8 @@ class RelayConfig:
             found.append(f"The mode {self.mode!r} is unknown; choose one of: {', '.join(MODES)}.")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             found.append(f"The batch size must be between 1 and {MAX_BATCH_SIZE}.")
+        if not 1 <= self.claim_lanes <= MAX_CLAIM_LANES:
+            found.append(f"The number of claim lanes must be between 1 and {MAX_CLAIM_LANES}.")
         if not _AMQP_NAME.match(self.amqp_exchange):
             found.append(f"The exchange name {self.amqp_exchange!r} has characters AMQP forbids.")
         found.extend(self._timing_problems())

@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 log = logging.getLogger("outbox_relay.health")
 
 LOOP_SLACK = 10.0  # seconds a beat may come late before /healthz fails
+STARTUP = "start-up"
 
 
 @dataclass
@@ -52,23 +53,33 @@ class HealthState:
         self._clock = clock
         self._slack = slack
         self._db_stale_after = db_stale_after
-        self._next_beat_by = clock() + 60.0  # start-up: preflight and connector.open()
+        # Each drain loop's promise of its next beat, by loop name. Start-up (preflight
+        # and connector.open()) gets a minute, and is forgotten at the first beat.
+        self._promises: dict[str, float] = {STARTUP: clock() + 60.0}
         self._db_answered_at: float | None = None
         self.circuit: Callable[[], str] = lambda: "closed"
         self.started = False
 
-    def beat(self, next_within: float) -> None:
-        """The loop is alive, and promises to beat again within ``next_within`` seconds."""
-        self._next_beat_by = self._clock() + next_within
-        self.started = True
+    def beat(self, next_within: float, loop: str = "drain") -> None:
+        """``loop`` is alive, and promises to beat again within ``next_within`` seconds.
+
+        Each loop (one per claim lane) keeps its own promise, so a lane that is stuck
+        is seen even while the others keep beating."""
+        self._promises[loop] = self._clock() + next_within
+        if not self.started:
+            self._promises.pop(STARTUP, None)
+            self.started = True
 
     def database_answered(self) -> None:
         self._db_answered_at = self._clock()
 
     def liveness(self) -> Verdict:
-        late = self._clock() - self._next_beat_by
+        # A copy taken in one C call: the event loop may add a loop's first promise now.
+        promises = list(self._promises.items())
+        loop, due = min(promises, key=lambda promise: promise[1])  # the most overdue
+        late = self._clock() - due
         ok = late <= self._slack
-        return Verdict(ok, {"loop": "running" if ok else f"stuck for {late:.0f}s"})
+        return Verdict(ok, {"loop": "running" if ok else f"{loop} stuck for {late:.0f}s"})
 
     def readiness(self) -> Verdict:
         now = self._clock()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
@@ -24,7 +25,7 @@ def channel_name(schema: str) -> str:
 
 
 class WakeListener:
-    def __init__(self, session: DbSession, schema: str, wake: asyncio.Event) -> None:
+    def __init__(self, session: DbSession, schema: str, wake: Callable[[], None]) -> None:
         self._session = session
         self._channel = channel_name(schema)
         self._wake = wake
@@ -58,6 +59,6 @@ class WakeListener:
         conn = await self._session.connection()
         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
         self._failures = 0  # listening again: the next loss starts from a short backoff
-        self._wake.set()
+        self._wake()
         async for _ in conn.notifies():
-            self._wake.set()
+            self._wake()

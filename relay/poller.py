@@ -54,11 +54,11 @@ def lock_space(schema: str) -> int:
     return zlib.crc32(f"outbox-relay:{schema}".encode()) - 2**31
 
 
-def claim_session(config: RelayConfig) -> DbSession:
+def claim_session(config: RelayConfig, lane: int = 0) -> DbSession:
     ttl_ms = str(int(config.lease_ttl * 1000))
     return DbSession(
         config.dsn,
-        "claim",
+        f"claim-{lane}",
         connect_timeout=config.connect_timeout,
         settings={
             "idle_in_transaction_session_timeout": ttl_ms,
@@ -90,7 +90,14 @@ class DrainResult:
 
 
 class Poller:
-    """Drains the buckets this relay leases until told to stop."""
+    """Drains one lane's share of the buckets this relay leases until told to stop.
+
+    A relay runs ``claim_lanes`` pollers, each with its own claim session and its own
+    fixed share of the leased buckets (bucket modulo the lane count). While one lane's
+    batch is with the broker, another lane's claim runs in PostgreSQL. A key lives in
+    one bucket and a bucket in one lane, whose batches go one after another, so per-key
+    order holds as with a single lane.
+    """
 
     def __init__(
         self,
@@ -104,6 +111,8 @@ class Poller:
         breaker: CircuitBreaker | None = None,
         metrics: RelayMetrics | None = None,
         health: HealthState | None = None,
+        lane: int = 0,
+        stats: PollerStats | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -117,14 +126,17 @@ class Poller:
             "relay_id": relay_id,
             "lock_space": lock_space(config.schema),
             "limit": config.batch_size,
+            "lane": lane,
+            "lanes": config.claim_lanes,
         }
+        self._loop_name = f"claim lane {lane}"
         self._policy = FailurePolicy(
             retry_base=config.retry_base,
             retry_cap=config.retry_cap,
             max_attempts=config.max_attempts,
             on_poison=config.on_poison,
         )
-        self.stats = PollerStats()
+        self.stats = stats if stats is not None else PollerStats()  # shared by the lanes
         self._failures_in_a_row = 0
 
     @property
@@ -139,7 +151,7 @@ class Poller:
             self._metrics.loop_went_round()
             if await self._circuit_open(stopping):
                 continue
-            self._health.beat(self.batch_deadline + self._config.publish_timeout)
+            self._health.beat(self.batch_deadline + self._config.publish_timeout, self._loop_name)
             result = await self._drain_guarded()
             if result.error is not None or result.outage:
                 await self._back_off(stopping, result)
@@ -148,7 +160,7 @@ class Poller:
                 log.info("draining again after %d failed rounds", self._failures_in_a_row)
             self._failures_in_a_row = 0
             if result.claimed < self._config.batch_size:
-                self._health.beat(self._config.poll_interval)
+                self._health.beat(self._config.poll_interval, self._loop_name)
                 await _wait_any(stopping, self._wake, self._config.poll_interval)
 
     async def _circuit_open(self, stopping: asyncio.Event) -> bool:
@@ -157,7 +169,7 @@ class Poller:
         if wait <= 0:
             return False
         pause = min(wait, max(self._config.poll_interval, 0.05))
-        self._health.beat(pause)
+        self._health.beat(pause, self._loop_name)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), pause)
         return True
@@ -191,7 +203,7 @@ class Poller:
             )
         else:
             log.log(level, "drain failed (%s); retrying in %.1fs", result.error, delay)
-        self._health.beat(delay)
+        self._health.beat(delay, self._loop_name)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), delay)
 

@@ -27,7 +27,7 @@ from relay.listener import WakeListener
 from relay.metrics import RelayMetrics
 from relay.migrations import require_schema
 from relay.operability import Operability
-from relay.poller import Poller, claim_session
+from relay.poller import Poller, PollerStats, claim_session
 
 log = logging.getLogger("outbox_relay")
 
@@ -75,13 +75,13 @@ class RelayService:
             self.metrics,
         )
         self.stopping = asyncio.Event()
-        self.wake = asyncio.Event()
+        # One wake-up event per lane, so a lane clearing its own cannot swallow another's.
+        self.wakeups = [asyncio.Event() for _ in range(config.claim_lanes)]
+        self.poll_stats = PollerStats()
         self.sessions: list[DbSession] = []
 
         def session(duty: str) -> DbSession:
-            made = claim_session(config) if duty == "claim" else duty_session(config, duty)
-            self.sessions.append(made)
-            return made
+            return self._kept(duty_session(config, duty))
 
         self.leases = LeaseKeeper(
             session("leases"),
@@ -90,20 +90,10 @@ class RelayService:
             relay_name=config.relay_name,
             mode=config.mode,
             ttl=config.lease_ttl,
-            on_change=self.wake.set,
-            published=lambda: self.poller.stats.published,
+            on_change=self.wake,
+            published=lambda: self.poll_stats.published,
         )
-        self.poller = Poller(
-            config,
-            session("claim"),
-            self.connector,
-            self.leases,
-            self.relay_id,
-            self.wake,
-            breaker=self.breaker,
-            metrics=self.metrics,
-            health=self.health,
-        )
+        self.pollers = [self._poller(lane) for lane in range(config.claim_lanes)]
         self.operability = Operability(
             config, self.metrics, self.health, self.breaker, lambda: len(self.leases.owned)
         )
@@ -118,6 +108,30 @@ class RelayService:
             if config.mode == "cdc"
             else None
         )
+
+    def _kept(self, session: DbSession) -> DbSession:
+        self.sessions.append(session)
+        return session
+
+    def _poller(self, lane: int) -> Poller:
+        return Poller(
+            self.config,
+            self._kept(claim_session(self.config, lane)),
+            self.connector,
+            self.leases,
+            self.relay_id,
+            self.wakeups[lane],
+            breaker=self.breaker,
+            metrics=self.metrics,
+            health=self.health,
+            lane=lane,
+            stats=self.poll_stats,
+        )
+
+    def wake(self) -> None:
+        """A NOTIFY or a lease change: every lane looks for work."""
+        for wakeup in self.wakeups:
+            wakeup.set()
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
@@ -141,7 +155,7 @@ class RelayService:
         else:
             self.leases.start()
             self.listener.start()
-            drain = asyncio.create_task(self.poller.run(self.stopping), name="poller")
+            drain = asyncio.create_task(self._run_lanes(), name="poller")
         try:
             await self.stopping.wait()
         finally:
@@ -164,7 +178,7 @@ class RelayService:
             ("listener", self.listener.stop),
             ("retention", self.retention.stop),
             ("lease keeper", self.leases.stop),
-            ("poller", self.poller.close),
+            ("poller", self._close_lanes),
             ("metrics", self.operability.stop),
         ):
             await _bounded(stop(), step, what)
@@ -175,8 +189,14 @@ class RelayService:
             self.config.shutdown_timeout + 1,
             "connector",
         )
-        published = self.cdc.stats.published if self.cdc else self.poller.stats.published
+        published = self.cdc.stats.published if self.cdc else self.poll_stats.published
         log.info("relay stopped; %d messages published", published)
+
+    async def _run_lanes(self) -> None:
+        await asyncio.gather(*(poller.run(self.stopping) for poller in self.pollers))
+
+    async def _close_lanes(self) -> None:
+        await asyncio.gather(*(poller.close() for poller in self.pollers))
 
 
 async def _bounded(step: Coroutine[Any, Any, None], timeout: float, what: str) -> None:

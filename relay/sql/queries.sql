@@ -7,9 +7,12 @@
 -- its own, before claim_batch: under READ COMMITTED a statement's snapshot is taken when
 -- it starts, so a claim that took the lock mid-statement could still read rows and key
 -- holds from before the previous owner's commit.
+-- Each claim lane of a relay takes only its own share of the leased buckets (bucket
+-- modulo the lane count), so a key is drained by one lane and stays in order.
 SELECT bucket FROM (
   SELECT bucket FROM {schema}.bucket_leases
   WHERE relay_id = %(relay_id)s AND expires_at > now()
+    AND bucket %% %(lanes)s = %(lane)s
   OFFSET 0
 ) owned
 WHERE pg_try_advisory_xact_lock(%(lock_space)s, bucket);

@@ -64,7 +64,7 @@ def test_json_logs_and_the_health_endpoints_of_a_running_relay(db_dsn, tmp_path)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             body = answer.read().decode()
         assert "outbox_relay_buckets_owned" in body
-        assert 'outbox_relay_db_session_connected{duty="claim"}' in body
+        assert 'outbox_relay_db_session_connected{duty="claim-0"}' in body
         assert relay.terminate() == 0
     finally:
         relay.stop()

@@ -95,9 +95,22 @@ def wait_until(check, timeout, what):
         time.sleep(0.1)
 
 
+def ids_by_key(pairs):
+    grouped = defaultdict(list)
+    for message_id, key in pairs:
+        grouped[key].append(message_id)
+    return grouped
+
+
 def assert_same_messages(rows, received):
-    assert [r.message_id for r in received] == [row[0] for row in rows]
-    for row, got in zip(rows, received, strict=True):
+    """Each row exactly once, each key in outbox order (claim lanes interleave keys)."""
+    assert sorted(r.message_id for r in received) == sorted(row[0] for row in rows)
+    assert ids_by_key((r.message_id, r.key) for r in received) == ids_by_key(
+        (row[0], row[1]) for row in rows
+    )
+    by_id = {r.message_id: r for r in received}
+    for row in rows:
+        got = by_id[row[0]]
         assert got.key == row[1]
         if row[2]:
             assert got.value == row[2].encode()  # jsonb's own text, byte for byte

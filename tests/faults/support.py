@@ -26,6 +26,7 @@ RELAY_TIMINGS = [
     "--retry-cap", "2s",
     "--shutdown-timeout", "10s",
     "--batch-size", "100",
+    "--claim-lanes", "2",
     "--metrics-port", "0",
 ]  # fmt: skip
 

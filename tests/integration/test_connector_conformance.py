@@ -83,6 +83,35 @@ def test_one_key_keeps_its_order_over_a_large_batch(harness):
     assert [r.value for r in received] == [m.payload for m in batch]
 
 
+def test_batches_published_at_once_each_get_their_own_outcomes(harness):
+    """The relay's claim lanes publish several batches at once through one connector."""
+    topic, refused = harness.new_topic(), harness.unroutable_topic()
+    batches = [
+        [message(topic, f"lane-{lane}", f"{lane}:{i}".encode()) for i in range(300)]
+        for lane in range(3)
+    ]
+    if refused is not None:
+        batches[1][150] = message(refused, "lane-1", b"refused")
+
+    async def go():
+        connector = connector_for(harness)
+        await connector.open()
+        try:
+            return await asyncio.gather(*(connector.publish(b, timeout=15) for b in batches))
+        finally:
+            await connector.close(timeout=2)
+
+    outcomes = asyncio.run(go())
+    for lane, batch_outcomes in enumerate(outcomes):
+        refused_here = {150} if refused is not None and lane == 1 else set()
+        assert len(batch_outcomes) == 300
+        assert {i for i, o in enumerate(batch_outcomes) if not o.delivered} == refused_here
+    received = harness.read(topic, 900 - (refused is not None), timeout=30)
+    for lane, batch in enumerate(batches):
+        sent = [m.payload for m in batch if m.topic == topic]
+        assert [r.value for r in received if r.key == f"lane-{lane}"] == sent
+
+
 def test_a_refused_message_is_permanent_and_alone(harness):
     refused = harness.unroutable_topic()
     if refused is None:

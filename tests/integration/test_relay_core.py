@@ -57,14 +57,66 @@ def test_relay_publishes_everything_in_key_order(db_dsn):
     ids = write(db_dsn, 1200)
 
     async def scenario():
-        async with RunningRelay(relay_config(db_dsn, batch_size=100)) as relay:
+        config = relay_config(db_dsn, batch_size=100, claim_lanes=1)
+        async with RunningRelay(config) as relay:
             await eventually(lambda: len(relay.connector.published) >= 1200, 20, "the backlog")
             return relay.connector.published
 
     published = asyncio.run(scenario())
-    assert [m.id for m in published] == ids  # one relay, one bucket owner: global order kept
+    assert [m.id for m in published] == ids  # one relay, one lane: global order kept
     assert published[0].payload == b'{"n": 0}'
     assert pending(db_dsn) == 0
+
+
+def test_claim_lanes_publish_at_once_and_keep_each_keys_order(db_dsn):
+    install_outbox(db_dsn)
+    ids = write(db_dsn, 3000, keys=40)
+    connector = InMemoryConnector(delay=0.02)  # a batch stays in flight while others claim
+    in_flight = {"now": 0, "most": 0}
+    publish = connector.publish
+
+    async def counting(batch, *, timeout):
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            return await publish(batch, timeout=timeout)
+        finally:
+            in_flight["now"] -= 1
+
+    connector.publish = counting
+
+    async def scenario():
+        config = relay_config(db_dsn, batch_size=50, claim_lanes=3)
+        async with RunningRelay(config, connector) as relay:
+            await eventually(lambda: len(connector.published) >= 3000, 30, "the backlog")
+            return relay.connector.published
+
+    published = asyncio.run(scenario())
+    assert in_flight["most"] == 3
+    assert sorted(m.id for m in published) == sorted(ids)  # each exactly once
+    for key, positions in positions_by_key(published).items():
+        assert positions == sorted(positions), key
+    assert [m.id for m in published] != ids  # the lanes did interleave
+    assert pending(db_dsn) == 0
+
+
+def test_each_lane_locks_only_its_share_of_the_leased_buckets(db_dsn):
+    install_outbox(db_dsn)
+    relay_id = lease_bucket(db_dsn, 0)
+    with psycopg.connect(db_dsn, autocommit=True) as admin:
+        admin.execute(
+            "UPDATE outbox.bucket_leases SET relay_id = %s, expires_at = now() + interval "
+            "'1 minute' WHERE bucket < 40",
+            (relay_id,),
+        )
+    shares = []
+    for lane in range(3):
+        with psycopg.connect(db_dsn) as conn:
+            params = {"relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3}
+            shares.append(
+                {r[0] for r in conn.execute(query("lock_leased_buckets", "outbox"), params)}
+            )
+    assert [sorted(share) for share in shares] == [list(range(lane, 40, 3)) for lane in range(3)]
 
 
 def test_notify_wakes_the_relay_well_before_the_poll_interval(db_dsn):
@@ -173,7 +225,13 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
 
 def claim_like_the_poller(conn, relay_id, limit=10):
     """The poller's claim: lock the leased buckets, then (a new statement) claim rows."""
-    params = {"relay_id": relay_id, "lock_space": lock_space("outbox"), "limit": limit}
+    params = {
+        "relay_id": relay_id,
+        "lock_space": lock_space("outbox"),
+        "limit": limit,
+        "lane": 0,
+        "lanes": 1,
+    }
     buckets = [r[0] for r in conn.execute(query("lock_leased_buckets", "outbox"), params)]
     if not buckets:
         return []

@@ -76,6 +76,19 @@ def test_liveness_fails_when_the_loop_breaks_its_promise():
     assert not verdict.ok and "stuck" in verdict.detail["loop"]
 
 
+def test_liveness_sees_one_stuck_lane_while_another_keeps_beating():
+    clock = Clock()
+    state = HealthState(slack=5.0, clock=clock)
+    state.beat(10.0, "claim lane 0")
+    for _ in range(20):
+        clock.now += 1.0
+        state.beat(1.0, "claim lane 1")
+    verdict = state.liveness()
+    assert not verdict.ok and verdict.detail["loop"] == "claim lane 0 stuck for 10s"
+    state.beat(1.0, "claim lane 0")
+    assert state.liveness().ok
+
+
 def test_readiness_needs_a_recent_database_answer_and_a_circuit_that_is_not_open():
     clock = Clock()
     state = HealthState(db_stale_after=30.0, clock=clock)
