@@ -381,6 +381,14 @@ def run_command(
             help="Fallback poll when no NOTIFY arrives.",
         ),
     ] = "1s",
+    poll_linger: Annotated[
+        str,
+        typer.Option(
+            "--poll-linger",
+            envvar=_env("POLL_LINGER"),
+            help="After a NOTIFY, wait this long so the commits right behind share the batch.",
+        ),
+    ] = f"{defaults.DEFAULT_POLL_LINGER * 1000:g}ms",
     retention: Annotated[
         str,
         typer.Option(
@@ -445,6 +453,7 @@ def run_command(
         publish_timeout=parse_duration(publish_timeout, "publish timeout"),
         lease_ttl=parse_duration(lease_ttl, "lease TTL"),
         poll_interval=parse_duration(poll_interval, "poll interval"),
+        poll_linger=parse_duration(poll_linger, "poll linger"),
         retention=parse_duration(retention, "retention"),
         shutdown_timeout=parse_duration(shutdown_timeout, "shutdown timeout"),
         max_message_bytes=max_message_bytes,

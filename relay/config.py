@@ -25,6 +25,10 @@ MAX_CLAIM_LANES = 16
 DEFAULT_PUBLISH_TIMEOUT = 5.0
 DEFAULT_LEASE_TTL = 10.0
 DEFAULT_POLL_INTERVAL = 1.0
+# After a wake-up with the outbox drained, wait this long so the commits right behind
+# share the next batch. At 1,000 msg/s to RabbitMQ: no linger 655 us of relay CPU per
+# message and a p99 of 8 ms; 2 ms 448 us and 11 ms; 5 ms 305 us and 19 ms.
+DEFAULT_POLL_LINGER = 0.002
 DEFAULT_RETENTION = 0.0
 DEFAULT_SHUTDOWN_TIMEOUT = 15.0
 DEFAULT_RETRY_BASE = 0.5
@@ -73,6 +77,7 @@ class RelayConfig:
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
     lease_ttl: float = DEFAULT_LEASE_TTL
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    poll_linger: float = DEFAULT_POLL_LINGER
     retention: float = DEFAULT_RETENTION
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     retry_base: float = DEFAULT_RETRY_BASE
@@ -139,6 +144,8 @@ class RelayConfig:
             "connect timeout": self.connect_timeout,
         }
         found.extend(f"The {what} must be above zero." for what, v in positive.items() if v <= 0)
+        if not 0 <= self.poll_linger <= 1:
+            found.append("The poll linger must be between 0 and 1 second.")
         if self.retention < 0:
             found.append("The retention must be zero (delete on acknowledgement) or more.")
         if self.retry_cap < self.retry_base:

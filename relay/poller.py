@@ -160,8 +160,16 @@ class Poller:
                 log.info("draining again after %d failed rounds", self._failures_in_a_row)
             self._failures_in_a_row = 0
             if result.claimed < self._config.batch_size:
-                self._health.beat(self._config.poll_interval, self._loop_name)
-                await _wait_any(stopping, self._wake, self._config.poll_interval)
+                await self._wait_for_work(stopping)
+
+    async def _wait_for_work(self, stopping: asyncio.Event) -> None:
+        """Drained: wait for a NOTIFY (or the poll interval), then linger a moment so the
+        commits right behind the first share its batch."""
+        linger = self._config.poll_linger
+        self._health.beat(self._config.poll_interval + linger, self._loop_name)
+        await _wait_any(stopping, self._wake, self._config.poll_interval)
+        if linger > 0 and self._wake.is_set() and not stopping.is_set():
+            await asyncio.sleep(linger)
 
     async def _circuit_open(self, stopping: asyncio.Event) -> bool:
         """While the circuit is open, claim nothing: wait (quietly) for the next probe."""

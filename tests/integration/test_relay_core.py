@@ -100,6 +100,27 @@ def test_claim_lanes_publish_at_once_and_keep_each_keys_order(db_dsn):
     assert pending(db_dsn) == 0
 
 
+@pytest.mark.parametrize(("linger", "one_batch"), [(1.0, True), (0.0, False)])
+def test_the_poll_linger_lets_the_commits_right_behind_share_a_batch(db_dsn, linger, one_batch):
+    install_outbox(db_dsn)
+    connector = InMemoryConnector()
+
+    async def scenario():
+        config = relay_config(db_dsn, poll_linger=linger, poll_interval=30.0)
+        async with RunningRelay(config, connector) as relay:
+            await eventually(lambda: relay.service.leases.owned, 10, "leases")
+            await asyncio.sleep(0.3)  # every lane idle, waiting for a NOTIFY
+            before = connector.batches
+            for _ in range(4):  # one key: one lane; 4 commits within ~0.2 s
+                await asyncio.to_thread(write, db_dsn, 1, 1)
+                await asyncio.sleep(0.05)
+            await eventually(lambda: len(connector.published) == 4, 10, "the 4 messages")
+            return connector.batches - before
+
+    batches = asyncio.run(scenario())
+    assert (batches == 1) if one_batch else (batches > 1)
+
+
 def test_each_lane_locks_only_its_share_of_the_leased_buckets(db_dsn):
     install_outbox(db_dsn)
     relay_id = lease_bucket(db_dsn, 0)

@@ -26,6 +26,20 @@ def test_every_problem_is_reported_in_plain_sentences():
         config.validate()
 
 
+@pytest.mark.parametrize(
+    ("setting", "sentence"),
+    [
+        ({"claim_lanes": 0}, "claim lanes must be between 1 and 16"),
+        ({"claim_lanes": 17}, "claim lanes must be between 1 and 16"),
+        ({"poll_linger": -0.001}, "poll linger must be between 0 and 1 second"),
+        ({"poll_linger": 1.5}, "poll linger must be between 0 and 1 second"),
+    ],
+)
+def test_lanes_and_linger_are_bounded(setting, sentence):
+    with pytest.raises(ConfigError, match=sentence):
+        RelayConfig(dsn="postgresql://localhost/db", **setting).validate()
+
+
 @pytest.mark.parametrize("name", ["outbox; drop table x", 'a"b', "1abc", "Upper", "x" * 64])
 def test_schema_names_that_would_need_quoting_are_refused(name):
     assert any("schema name" in p for p in RelayConfig(dsn="x", schema=name).problems())
