@@ -67,7 +67,7 @@ class Plan:
     million: bool  # one extra 1,000,000-message drain, for RSS flatness
 
 
-QUICK = Plan("quick", 3, 30_000, 6, 1, (0.5, 0.75, 1.0), 4, 0, 1, False, 5, 1, 1, False)
+QUICK = Plan("quick", 3, 30_000, 6, 1, (0.3, 0.5, 0.75, 1.0), 4, 0, 1, False, 5, 1, 1, False)
 FULL = Plan(
     "full",
     3,
@@ -153,6 +153,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--brokers", default="kafka,rabbitmq")
     parser.add_argument("--workloads", default="drain,sustained,latency")
     parser.add_argument("--runs", type=int, help="runs per figure (median); default 3")
+    parser.add_argument(
+        "--writers",
+        type=int,
+        default=WRITERS,
+        help=f"writer processes in the sustained and soak workloads (default {WRITERS})",
+    )
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument(
         "--kinds",
@@ -353,7 +359,7 @@ def _sustained(
 ) -> None:
     base = drain_rate or (1000.0 if case.kind == "naive" else 10_000.0)
     rates = [max(100.0, round(base * f, -2)) for f in plan.ramp]
-    writers = 1 if case.kind == "naive" else WRITERS
+    writers = 1 if case.kind == "naive" else args.writers
     for run in range(1, plan.sustained_runs + 1):
         _record(
             records,
@@ -433,7 +439,7 @@ def _soak_all(
                     rate=args.soak_rate,
                     seconds=args.soak,
                     windows=max(4, min(20, int(args.soak // 15))),
-                    writers=WRITERS,
+                    writers=args.writers,
                     rows_per_tx=ROWS_PER_TX,
                     extra=args.relay_arg,
                 ),
