@@ -1,7 +1,8 @@
-"""Where a polling drain spends its time: per stage, per statement, per Python function.
+"""Where a drain spends its time: per stage, per statement, per thread, per function.
 
     python -m benchmarks.profile_drain [--messages 100000] [--batch-size 500]
-        [--retention 1h|0] [--cprofile out.prof] [--relay-source DIR]
+        [--mode poll|cdc] [--claim-lanes N] [--retention 1h|0] [--cprofile out.prof]
+        [--relay-source DIR]
 
 Runs ``RelayService`` in this process (so it can be timed from inside) against a private
 PostgreSQL with ``pg_stat_statements`` and a Tansu broker, after preloading a backlog:
@@ -11,6 +12,9 @@ PostgreSQL with ``pg_stat_statements`` and a Tansu broker, after preloading a ba
   stages, waiting) is what is left of the drain's wall time;
 - statements: ``pg_stat_statements`` (server time per call, rows, per message);
 - functions: ``--cprofile`` writes a cProfile of the whole drain and prints the top.
+
+``--mode cdc`` replays the backlog from the slot (created before the preload, so the
+rows come through the WAL as after an outage); its stages are only ``connector.publish``.
 
 ``--relay-source DIR`` imports ``relay`` and ``connectors`` from DIR instead: a patched
 scratch copy, to measure an idea without touching the repository.
@@ -37,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--retention", default=None, help="default: the relay's default")
     parser.add_argument("--claim-lanes", type=int, help="default: the relay's default")
+    parser.add_argument("--mode", choices=("poll", "cdc"), default="poll")
     parser.add_argument("--cprofile", help="write a cProfile of the drain to this file")
     parser.add_argument("--relay-source", help="import relay/ and connectors/ from here")
     return parser.parse_args()
@@ -101,7 +106,7 @@ async def drain(config: Any, messages: int, clock: StageClock) -> float:
         poller._acknowledge = clock.wrap("acknowledge", poller._acknowledge)
     service.connector.publish = clock.wrap("connector.publish", service.connector.publish)
     task = asyncio.create_task(service.run())
-    stats = service.poll_stats
+    stats = service.cdc.stats if service.cdc is not None else service.poll_stats
     while not stats.batches:
         await asyncio.sleep(0.001)
     started, threads_before = time.perf_counter(), thread_cpu()
@@ -121,6 +126,18 @@ async def drain(config: Any, messages: int, clock: StageClock) -> float:
     return elapsed
 
 
+async def create_the_slot(config: Any) -> None:
+    """Stream once, so the slot exists before the backlog is written."""
+    from relay.service import RelayService
+
+    service = RelayService(config)
+    task = asyncio.create_task(service.run())
+    assert service.cdc is not None
+    await asyncio.wait_for(service.cdc.streaming.wait(), 60)
+    service.request_stop()
+    await task
+
+
 def main() -> None:
     args = parse_args()
     if args.relay_source:
@@ -138,11 +155,6 @@ def main() -> None:
     with running_stack(["kafka"], pg_settings=settings) as stack:
         dsn = fresh_database(stack.pg)
         target = KafkaTarget(stack.kafka_bootstrap or "")
-        preload(dsn, target.topic, args.messages)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION pg_stat_statements")
-            conn.execute("CHECKPOINT")
-            conn.execute("SELECT pg_stat_statements_reset()")
         fields = {f.name for f in dataclasses.fields(RelayConfig)}
         options: dict[str, Any] = {"metrics_port": 0} if "metrics_port" in fields else {}
         if args.retention:
@@ -151,11 +163,19 @@ def main() -> None:
             options["claim_lanes"] = args.claim_lanes
         config = RelayConfig(
             dsn=dsn,
+            mode=args.mode,
             connector="kafka",
             kafka_bootstrap=target.bootstrap,
             batch_size=args.batch_size,
             **options,
         )
+        if args.mode == "cdc":
+            asyncio.run(create_the_slot(config))
+        preload(dsn, target.topic, args.messages)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
+            conn.execute("CHECKPOINT")
+            conn.execute("SELECT pg_stat_statements_reset()")
         clock = StageClock()
         profiler = cProfile.Profile() if args.cprofile else None
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)

@@ -34,8 +34,24 @@ from relay.cli_common import DsnFileOption, DsnOption, SchemaOption
 from relay.config import RelayConfig
 from relay.db import connection_failure
 from relay.deadletters_cli import build_dead_letters_app
+from relay.drain_options import (
+    DEFAULT_LEASE_TTL,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_POLL_LINGER,
+    DEFAULT_PUBLISH_TIMEOUT,
+    DEFAULT_RETENTION,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    BatchSizeOption,
+    ClaimLanesOption,
+    LeaseTtlOption,
+    PollIntervalOption,
+    PollLingerOption,
+    PublishTimeoutOption,
+    RetentionOption,
+    ShutdownTimeoutOption,
+    drain_settings,
+)
 from relay.dsn import redact, secrets_in
-from relay.durations import parse_duration
 from relay.errors import ConfigError, RelayError, translate_db_error
 from relay.grants import GRANT_MODES, render_grants
 from relay.inbox.cli import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
@@ -340,72 +356,14 @@ def run_command(
             help="Exchange to publish to (a durable topic exchange).",
         ),
     ] = defaults.DEFAULT_AMQP_EXCHANGE,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size",
-            envvar=_env("BATCH_SIZE"),
-            help="Messages claimed and published per batch.",
-        ),
-    ] = defaults.DEFAULT_BATCH_SIZE,
-    claim_lanes: Annotated[
-        int,
-        typer.Option(
-            "--claim-lanes",
-            envvar=_env("CLAIM_LANES"),
-            help="Batches in flight at once in polling mode, each lane with its own share of "
-            "the buckets (per-key order holds) and its own database connection.",
-        ),
-    ] = defaults.DEFAULT_CLAIM_LANES,
-    publish_timeout: Annotated[
-        str,
-        typer.Option(
-            "--publish-timeout",
-            envvar=_env("PUBLISH_TIMEOUT"),
-            help="Wait this long for broker confirms of a batch.",
-        ),
-    ] = "5s",
-    lease_ttl: Annotated[
-        str,
-        typer.Option(
-            "--lease-ttl",
-            envvar=_env("LEASE_TTL"),
-            help="A dead relay's buckets move to others after this long.",
-        ),
-    ] = "10s",
-    poll_interval: Annotated[
-        str,
-        typer.Option(
-            "--poll-interval",
-            envvar=_env("POLL_INTERVAL"),
-            help="Fallback poll when no NOTIFY arrives.",
-        ),
-    ] = "1s",
-    poll_linger: Annotated[
-        str,
-        typer.Option(
-            "--poll-linger",
-            envvar=_env("POLL_LINGER"),
-            help="After a NOTIFY, wait this long so the commits right behind share the batch.",
-        ),
-    ] = f"{defaults.DEFAULT_POLL_LINGER * 1000:g}ms",
-    retention: Annotated[
-        str,
-        typer.Option(
-            "--retention",
-            envvar=_env("RETENTION"),
-            help="0 deletes a message once the broker confirmed it; a duration keeps sent "
-            "messages that long (an UPDATE per message instead, and a bigger table).",
-        ),
-    ] = "0",
-    shutdown_timeout: Annotated[
-        str,
-        typer.Option(
-            "--shutdown-timeout",
-            envvar=_env("SHUTDOWN_TIMEOUT"),
-            help="Bound on the drain after SIGTERM.",
-        ),
-    ] = "15s",
+    batch_size: BatchSizeOption = defaults.DEFAULT_BATCH_SIZE,
+    claim_lanes: ClaimLanesOption = defaults.DEFAULT_CLAIM_LANES,
+    publish_timeout: PublishTimeoutOption = DEFAULT_PUBLISH_TIMEOUT,
+    lease_ttl: LeaseTtlOption = DEFAULT_LEASE_TTL,
+    poll_interval: PollIntervalOption = DEFAULT_POLL_INTERVAL,
+    poll_linger: PollLingerOption = DEFAULT_POLL_LINGER,
+    retention: RetentionOption = DEFAULT_RETENTION,
+    shutdown_timeout: ShutdownTimeoutOption = DEFAULT_SHUTDOWN_TIMEOUT,
     log_level: Annotated[
         str,
         typer.Option(
@@ -448,14 +406,6 @@ def run_command(
         kafka_options=kafka_options,
         amqp_url=amqp_url,
         amqp_exchange=amqp_exchange,
-        batch_size=batch_size,
-        claim_lanes=claim_lanes,
-        publish_timeout=parse_duration(publish_timeout, "publish timeout"),
-        lease_ttl=parse_duration(lease_ttl, "lease TTL"),
-        poll_interval=parse_duration(poll_interval, "poll interval"),
-        poll_linger=parse_duration(poll_linger, "poll linger"),
-        retention=parse_duration(retention, "retention"),
-        shutdown_timeout=parse_duration(shutdown_timeout, "shutdown timeout"),
         max_message_bytes=max_message_bytes,
         cdc=cdc_settings(
             slot=cdc_slot,
@@ -465,6 +415,16 @@ def run_command(
             heartbeat=cdc_heartbeat,
             takeover_ttl=cdc_takeover_ttl,
             linger=cdc_linger,
+        ),
+        **drain_settings(
+            batch_size=batch_size,
+            claim_lanes=claim_lanes,
+            publish_timeout=publish_timeout,
+            lease_ttl=lease_ttl,
+            poll_interval=poll_interval,
+            poll_linger=poll_linger,
+            retention=retention,
+            shutdown_timeout=shutdown_timeout,
         ),
         **operability_settings(
             retry_base=retry_base,

@@ -96,6 +96,9 @@ def test_unreachable_rabbitmq_names_the_host_but_not_the_password(db_dsn):
     ("flag", "value", "expected"),
     [
         ("--batch-size", "0", "batch size"),
+        ("--claim-lanes", "0", "claim lanes must be between 1 and 16"),
+        ("--poll-linger", "2s", "poll linger must be between 0 and 1 second"),
+        ("--poll-linger", "soon", "not a duration"),
         ("--lease-ttl", "soon", "not a duration"),
         ("--mode", "stream", "mode 'stream' is unknown"),
         ("--kafka-option", "novalue", "name=value"),
