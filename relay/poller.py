@@ -45,6 +45,7 @@ from relay.outbox_rows import (
     register_claim_loaders,
 )
 from relay.sqlfiles import query
+from relay.wakeups import RECHECK_AFTER, WakeupSwitch
 
 log = logging.getLogger("outbox_relay.poller")
 
@@ -113,6 +114,7 @@ class Poller:
         health: HealthState | None = None,
         lane: int = 0,
         stats: PollerStats | None = None,
+        switch: WakeupSwitch | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -130,6 +132,9 @@ class Poller:
             "lanes": config.claim_lanes,
         }
         self._loop_name = f"claim lane {lane}"
+        self._lane = lane
+        self._switch = switch
+        self._recheck_soon = False
         self._policy = FailurePolicy(
             retry_base=config.retry_base,
             retry_cap=config.retry_cap,
@@ -165,9 +170,14 @@ class Poller:
     async def _wait_for_work(self, stopping: asyncio.Event) -> None:
         """Drained: wait for a NOTIFY (or the poll interval), then linger a moment so the
         commits right behind the first share its batch."""
+        if await self._writers_were_quiet():
+            self._recheck_soon = True
+            return  # look once more before waiting: a row committed meanwhile woke nobody
         linger = self._config.poll_linger
-        self._health.beat(self._config.poll_interval + linger, self._loop_name)
-        await _wait_any(stopping, self._wake, self._config.poll_interval)
+        interval = RECHECK_AFTER if self._recheck_soon else self._config.poll_interval
+        self._recheck_soon = False
+        self._health.beat(interval + linger, self._loop_name)
+        await _wait_any(stopping, self._wake, interval)
         if linger > 0 and self._wake.is_set() and not stopping.is_set():
             await asyncio.sleep(linger)
 
@@ -192,6 +202,18 @@ class Poller:
             log.exception("unexpected error while draining")
             await self._session.discard()
             return DrainResult(error=f"{type(exc).__name__}: {exc}")
+
+    async def _writers_were_quiet(self) -> bool:
+        """Ask writers to NOTIFY again if they had stopped (relay.wakeups)."""
+        if self._switch is None:
+            return False
+        try:
+            conn = await self._session.connection()
+            return await self._switch.before_waiting(conn, self._lane)
+        except (RelayError, psycopg.Error) as exc:
+            await self._session.discard()
+            log.debug("could not ask writers to notify again (%s); polling meanwhile", exc)
+            return True  # unsure whether writers notify: look again soon
 
     async def _back_off(self, stopping: asyncio.Event, result: DrainResult) -> None:
         delay = full_jitter(
@@ -244,6 +266,9 @@ class Poller:
         rows = await self._claim(conn)
         outage = await self._publish_and_acknowledge(conn, rows) if rows else False
         await conn.execute("COMMIT")
+        if self._switch is not None and not outage:
+            full = len(rows) >= self._config.batch_size
+            await self._switch.batch_done(conn, self._lane, full=full)
         return DrainResult(claimed=len(rows), outage=outage)
 
     async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:

@@ -28,6 +28,7 @@ from relay.metrics import RelayMetrics
 from relay.migrations import require_schema
 from relay.operability import Operability
 from relay.poller import Poller, PollerStats, claim_session
+from relay.wakeups import WakeupSwitch
 
 log = logging.getLogger("outbox_relay")
 
@@ -93,6 +94,7 @@ class RelayService:
             on_change=self.wake,
             published=lambda: self.poll_stats.published,
         )
+        self.wakeup_switch = WakeupSwitch(config.schema, self.relay_id, config.claim_lanes)
         self.pollers = [self._poller(lane) for lane in range(config.claim_lanes)]
         self.operability = Operability(
             config, self.metrics, self.health, self.breaker, lambda: len(self.leases.owned)
@@ -126,6 +128,7 @@ class RelayService:
             health=self.health,
             lane=lane,
             stats=self.poll_stats,
+            switch=self.wakeup_switch,
         )
 
     def wake(self) -> None:

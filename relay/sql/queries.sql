@@ -181,3 +181,7 @@ ORDER BY r.started_at;
 
 -- name: held_keys
 SELECT count(*) FROM {schema}.key_holds WHERE held_until > now();
+
+-- name: set_listening
+-- Whether writers should NOTIFY this relay (relay.wakeups.WakeupSwitch).
+UPDATE {schema}.relays SET listening = %(listening)s WHERE relay_id = %(relay_id)s;

@@ -121,6 +121,58 @@ def test_the_poll_linger_lets_the_commits_right_behind_share_a_batch(db_dsn, lin
     assert (batches == 1) if one_batch else (batches > 1)
 
 
+def notifications_after_one_insert(dsn, channel="outbox.messages"):
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{channel}"')
+        write(dsn, 1)
+        return list(listener.notifies(timeout=0.5, stop_after=1))
+
+
+def test_writers_notify_only_while_a_live_polling_relay_listens(db_dsn):
+    install_outbox(db_dsn)
+    assert notifications_after_one_insert(db_dsn) == []  # no relay at all: nobody to wake
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO outbox.relays (relay_id, name, mode, expires_at) "
+            "VALUES (gen_random_uuid(), 'r', 'poll', now() + interval '1 minute')"
+        )
+        assert len(notifications_after_one_insert(db_dsn)) == 1
+        conn.execute("UPDATE outbox.relays SET listening = false")
+        assert notifications_after_one_insert(db_dsn) == []
+        conn.execute("UPDATE outbox.relays SET listening = true, mode = 'cdc'")
+        assert notifications_after_one_insert(db_dsn) == []
+        conn.execute("UPDATE outbox.relays SET mode = 'poll', expires_at = now()")
+        assert notifications_after_one_insert(db_dsn) == []  # a dead relay's row
+
+
+def listening(dsn):
+    with psycopg.connect(dsn) as conn:
+        return [row[0] for row in conn.execute("SELECT listening FROM outbox.relays")]
+
+
+def test_a_busy_relay_quiets_the_writers_and_a_dry_lane_wakes_them(db_dsn):
+    """Full batches on every lane clear the flag; the first lane to run dry sets it again
+    and still finds the rows written while nobody was notified."""
+    install_outbox(db_dsn)
+    write(db_dsn, 6000, keys=64)
+    connector = InMemoryConnector(delay=0.01)
+
+    async def scenario():
+        config = relay_config(db_dsn, batch_size=50, claim_lanes=2, poll_interval=30.0)
+        async with RunningRelay(config, connector) as relay:
+            switch = relay.service.wakeup_switch
+            await eventually(lambda: not switch.listening, 20, "writers told to be quiet")
+            assert await asyncio.to_thread(listening, db_dsn) == [False]
+            await eventually(lambda: len(connector.published) >= 6000, 30, "the backlog")
+            await eventually(lambda: switch.listening, 10, "writers told to notify again")
+            assert await asyncio.to_thread(listening, db_dsn) == [True]
+            await asyncio.sleep(0.3)
+            await asyncio.to_thread(write, db_dsn, 1)  # woken by NOTIFY, not the 30 s poll
+            return await eventually(lambda: len(connector.published) >= 6001, 5, "one more")
+
+    assert asyncio.run(scenario()) < 2.0
+
+
 def test_each_lane_locks_only_its_share_of_the_leased_buckets(db_dsn):
     install_outbox(db_dsn)
     relay_id = lease_bucket(db_dsn, 0)
