@@ -45,7 +45,7 @@ from relay.outbox_rows import (
     register_claim_loaders,
 )
 from relay.sqlfiles import query
-from relay.wakeups import RECHECK_AFTER, WakeupSwitch
+from relay.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
 
 log = logging.getLogger("outbox_relay.poller")
 
@@ -157,6 +157,7 @@ class Poller:
             if await self._circuit_open(stopping):
                 continue
             self._health.beat(self.batch_deadline + self._config.publish_timeout, self._loop_name)
+            round_epoch = self._switch.epoch if self._switch is not None else 0
             result = await self._drain_guarded()
             if result.error is not None or result.outage:
                 await self._back_off(stopping, result)
@@ -165,12 +166,16 @@ class Poller:
                 log.info("draining again after %d failed rounds", self._failures_in_a_row)
             self._failures_in_a_row = 0
             if result.claimed < self._config.batch_size:
-                await self._wait_for_work(stopping)
+                await self._wait_for_work(stopping, round_epoch)
 
-    async def _wait_for_work(self, stopping: asyncio.Event) -> None:
+    async def _wait_for_work(self, stopping: asyncio.Event, round_epoch: int) -> None:
         """Drained: wait for a NOTIFY (or the poll interval), then linger a moment so the
         commits right behind the first share its batch."""
-        if await self._writers_were_quiet():
+        if self._switch is not None and self._switch.keeps_polling(self._lane):
+            self._health.beat(QUIET_POLL, self._loop_name)
+            await _wait_any(stopping, self._wake, QUIET_POLL)  # rows keep coming: no NOTIFY
+            return
+        if await self._writers_were_quiet(round_epoch):
             self._recheck_soon = True
             return  # look once more before waiting: a row committed meanwhile woke nobody
         linger = self._config.poll_linger
@@ -203,13 +208,13 @@ class Poller:
             await self._session.discard()
             return DrainResult(error=f"{type(exc).__name__}: {exc}")
 
-    async def _writers_were_quiet(self) -> bool:
+    async def _writers_were_quiet(self, round_epoch: int) -> bool:
         """Ask writers to NOTIFY again if they had stopped (relay.wakeups)."""
         if self._switch is None:
             return False
         try:
             conn = await self._session.connection()
-            return await self._switch.before_waiting(conn, self._lane)
+            return await self._switch.before_waiting(conn, self._lane, round_epoch)
         except (RelayError, psycopg.Error) as exc:
             await self._session.discard()
             log.debug("could not ask writers to notify again (%s); polling meanwhile", exc)
@@ -267,8 +272,7 @@ class Poller:
         outage = await self._publish_and_acknowledge(conn, rows) if rows else False
         await conn.execute("COMMIT")
         if self._switch is not None and not outage:
-            full = len(rows) >= self._config.batch_size
-            await self._switch.batch_done(conn, self._lane, full=full)
+            await self._switch.round_done(conn, self._lane, claimed=len(rows))
         return DrainResult(claimed=len(rows), outage=outage)
 
     async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:

@@ -94,7 +94,9 @@ class RelayService:
             on_change=self.wake,
             published=lambda: self.poll_stats.published,
         )
-        self.wakeup_switch = WakeupSwitch(config.schema, self.relay_id, config.claim_lanes)
+        self.wakeup_switch = WakeupSwitch(
+            config.schema, self.relay_id, config.claim_lanes, on_quiet=self.wake
+        )
         self.pollers = [self._poller(lane) for lane in range(config.claim_lanes)]
         self.operability = Operability(
             config, self.metrics, self.health, self.breaker, lambda: len(self.leases.owned)
