@@ -1,9 +1,10 @@
 """The soak: writers at a steady rate for minutes, to show whether anything decays.
 
-With the default retention (1 h) every sent row stays in the table, so the table and its
-partial pending index accumulate dead and sent tuples for the whole run; autovacuum has
-to keep up. Each window reports the relay's rate, the backlog, CPU per message, RSS, the
-table's size and dead tuples, and the relay's own commit -> broker confirm latency (from its
+With the default retention (0: a confirmed row is deleted) every message leaves a dead
+row and a dead entry in the partial pending index, at the write rate; autovacuum has to
+keep up, and the claim's plan must stay an index walk while it catches up. Each window
+reports the relay's rate, the backlog, CPU per message, RSS, the table's size and dead
+tuples, and the relay's own commit -> broker confirm latency (from its
 ``outbox_relay_commit_to_confirm_seconds`` histogram: quantiles are bucket upper bounds).
 No consumer reads the topic: Tansu's in-memory fetch slows down as a topic grows into the
 millions, and the consumer would measure that instead of the relay.

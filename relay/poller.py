@@ -25,7 +25,7 @@ from relay.backoff import full_jitter
 from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
 from relay.connector import Connector
-from relay.db import DbSession
+from relay.db import INDEX_WALK_SETTINGS, DbSession
 from relay.errors import (
     DatabaseUnavailableError,
     LeaseLostError,
@@ -55,6 +55,7 @@ def lock_space(schema: str) -> int:
     return zlib.crc32(f"outbox-relay:{schema}".encode()) - 2**31
 
 
+
 def claim_session(config: RelayConfig, lane: int = 0) -> DbSession:
     ttl_ms = str(int(config.lease_ttl * 1000))
     return DbSession(
@@ -70,6 +71,7 @@ def claim_session(config: RelayConfig, lane: int = 0) -> DbSession:
             # before committing, and the batch is published again (a duplicate, never a
             # loss). Saves a disk flush per batch; the application's commits are untouched.
             "synchronous_commit": "off",
+            **INDEX_WALK_SETTINGS,
         },
     )
 

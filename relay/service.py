@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import psycopg
@@ -17,7 +17,7 @@ from relay.cdc.preflight import require_ready
 from relay.cdc.relay import CdcRelay
 from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
-from relay.db import DbSession, connection_failure
+from relay.db import INDEX_WALK_SETTINGS, DbSession, connection_failure
 from relay.decorators import instrument
 from relay.health import HealthState
 from relay.housekeeping import RetentionTask
@@ -48,13 +48,15 @@ def preflight(config: RelayConfig) -> None:
         require_ready(config)
 
 
-def duty_session(config: RelayConfig, duty: str) -> DbSession:
+def duty_session(
+    config: RelayConfig, duty: str, settings: Mapping[str, str] | None = None
+) -> DbSession:
     """A connection for one background duty; statements end within a lease TTL."""
     return DbSession(
         config.dsn,
         duty,
         connect_timeout=config.connect_timeout,
-        settings={"statement_timeout": str(int(config.lease_ttl * 1000))},
+        settings={"statement_timeout": str(int(config.lease_ttl * 1000)), **(settings or {})},
     )
 
 
@@ -81,8 +83,8 @@ class RelayService:
         self.poll_stats = PollerStats()
         self.sessions: list[DbSession] = []
 
-        def session(duty: str) -> DbSession:
-            return self._kept(duty_session(config, duty))
+        def session(duty: str, settings: Mapping[str, str] | None = None) -> DbSession:
+            return self._kept(duty_session(config, duty, settings))
 
         self.leases = LeaseKeeper(
             session("leases"),
@@ -105,7 +107,10 @@ class RelayService:
         self.metrics.watch_sessions(lambda: self.sessions)
         self.listener = WakeListener(session("listen"), config.schema, self.wake)
         self.retention = RetentionTask(
-            session("housekeeping"), config.schema, config.retention, RETENTION_EVERY
+            session("housekeeping", INDEX_WALK_SETTINGS),
+            config.schema,
+            config.retention,
+            RETENTION_EVERY,
         )
         self.cdc = (
             CdcRelay(config, self.connector, relay_id=self.relay_id)

@@ -31,7 +31,7 @@ from relay.cdc.stream import ReplicationStream, SlotInUseError
 from relay.cdc.waits import wait_any
 from relay.config import RelayConfig
 from relay.connector import Connector
-from relay.db import DbSession
+from relay.db import INDEX_WALK_SETTINGS, DbSession
 from relay.errors import ConfigError, PermanentError, RelayError
 
 log = logging.getLogger("outbox_relay.cdc")
@@ -76,7 +76,8 @@ class CdcRelay:
             mark_sent=None if names.debezium else self._mark_sent,
         )
         self._retention_session = DbSession(config.dsn, "cdc-housekeeping",
-                                            connect_timeout=config.connect_timeout)
+                                            connect_timeout=config.connect_timeout,
+                                            settings=INDEX_WALK_SETTINGS)
         self.streaming = asyncio.Event()  # set while this relay streams
         self._failures = 0
 

@@ -9,13 +9,14 @@ from collections import defaultdict
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from relay import enqueue
 from relay.errors import SchemaMissingError
 from relay.model import permanent, retryable
 from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
 from relay.poller import lock_space
-from relay.service import preflight
+from relay.service import RelayService, preflight
 from relay.sqlfiles import query
 from relay.testing.fakes import InMemoryConnector
 from tests.support.relays import RunningRelay, eventually, install_outbox, relay_config
@@ -433,3 +434,53 @@ def test_the_claim_returns_the_columns_message_from_claim_unpacks(db_dsn):
         message = message_from_claim(cursor.fetchone())
     assert message.payload == b'{"n": 0}' and message.headers == {}
     assert (message.topic, message.key, message.attempts) == ("orders", "k0", 0)
+
+
+PLAN_CASES = {
+    # duty: (query, params, SQL that makes the table small and the rows candidates)
+    "claim-0": (
+        "claim_batch",
+        {"buckets": list(range(0, 256, 2)), "limit": 500},
+        "SELECT 1",
+    ),
+    "housekeeping": (
+        "purge_sent",
+        {"retention": 60, "limit": 500},
+        "UPDATE outbox.messages SET sent_at = now() - interval '1 day'",
+    ),
+}
+
+
+def explain(rows):
+    return "\n".join(line for (line,) in rows)
+
+
+@pytest.mark.parametrize("duty", sorted(PLAN_CASES))
+def test_queries_that_lock_the_first_rows_walk_their_index_even_where_a_sort_looks_cheaper(
+    db_dsn, duty
+):
+    """On a small table the planner likes a sequential scan plus sort for the claim and
+    the retention purge: the plan that stale statistics also picked for a large backlog
+    in the soak (a full sort per batch, spilling to disk). The sessions the relay runs
+    them in rule sorts out."""
+    name, params, setup = PLAN_CASES[duty]
+    statement = sql.SQL("EXPLAIN ") + query(name, "outbox")
+    install_outbox(db_dsn)
+    write(db_dsn, 50)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(setup)
+        conn.execute("ANALYZE outbox.messages")
+        assert "Sort" in explain(conn.execute(statement, params))  # the planner left alone
+
+    async def relay_plan():
+        service = RelayService(relay_config(db_dsn), connector=InMemoryConnector())
+        (session,) = [s for s in service.sessions if s.duty == duty]
+        try:
+            conn = await session.connection()
+            return explain(await (await conn.execute(statement, params)).fetchall())
+        finally:
+            await session.close()
+
+    plan = asyncio.run(relay_plan())
+    assert "Sort" not in plan and "JIT" not in plan
+    assert "Index Scan using messages_" in plan
