@@ -25,7 +25,7 @@ from relay.backoff import full_jitter
 from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
 from relay.connector import Connector
-from relay.db import INDEX_WALK_SETTINGS, DbSession
+from relay.db import INDEX_PLAN_SETTINGS, DbSession
 from relay.errors import (
     DatabaseUnavailableError,
     LeaseLostError,
@@ -71,7 +71,7 @@ def claim_session(config: RelayConfig, lane: int = 0) -> DbSession:
             # before committing, and the batch is published again (a duplicate, never a
             # loss). Saves a disk flush per batch; the application's commits are untouched.
             "synchronous_commit": "off",
-            **INDEX_WALK_SETTINGS,
+            **INDEX_PLAN_SETTINGS,
         },
     )
 

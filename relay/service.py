@@ -17,7 +17,7 @@ from relay.cdc.preflight import require_ready
 from relay.cdc.relay import CdcRelay
 from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
-from relay.db import INDEX_WALK_SETTINGS, DbSession, connection_failure
+from relay.db import INDEX_PLAN_SETTINGS, DbSession, connection_failure
 from relay.decorators import instrument
 from relay.health import HealthState
 from relay.housekeeping import RetentionTask
@@ -107,7 +107,7 @@ class RelayService:
         self.metrics.watch_sessions(lambda: self.sessions)
         self.listener = WakeListener(session("listen"), config.schema, self.wake)
         self.retention = RetentionTask(
-            session("housekeeping", INDEX_WALK_SETTINGS),
+            session("housekeeping", INDEX_PLAN_SETTINGS),
             config.schema,
             config.retention,
             RETENTION_EVERY,

@@ -31,7 +31,7 @@ from relay.cdc.stream import ReplicationStream, SlotInUseError
 from relay.cdc.waits import wait_any
 from relay.config import RelayConfig
 from relay.connector import Connector
-from relay.db import INDEX_WALK_SETTINGS, DbSession
+from relay.db import INDEX_PLAN_SETTINGS, DbSession
 from relay.errors import ConfigError, PermanentError, RelayError
 
 log = logging.getLogger("outbox_relay.cdc")
@@ -77,7 +77,7 @@ class CdcRelay:
         )
         self._retention_session = DbSession(config.dsn, "cdc-housekeeping",
                                             connect_timeout=config.connect_timeout,
-                                            settings=INDEX_WALK_SETTINGS)
+                                            settings=INDEX_PLAN_SETTINGS)
         self.streaming = asyncio.Event()  # set while this relay streams
         self._failures = 0
 
