@@ -105,7 +105,9 @@ class RelayService:
         )
         self.metrics.describe(relay=config.relay_name, mode=config.mode, connector=config.connector)
         self.metrics.watch_sessions(lambda: self.sessions)
-        self.listener = WakeListener(session("listen"), config.schema, self.wake)
+        self.listener = WakeListener(
+            session("listen"), config.schema, self.wake, coalesce=config.poll_linger
+        )
         self.retention = RetentionTask(
             session("housekeeping", INDEX_PLAN_SETTINGS),
             config.schema,

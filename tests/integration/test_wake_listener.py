@@ -1,0 +1,56 @@
+"""The NOTIFY listener against real PostgreSQL: a burst of notifications is one or two
+wake-ups, the last notification of a burst still wakes, and a lone one wakes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psycopg
+import pytest
+
+from relay.db import DbSession
+from relay.listener import WakeListener, channel_name
+
+pytestmark = pytest.mark.integration
+
+BURST = 50
+
+
+async def wakes_for_a_burst(dsn: str, coalesce: float) -> tuple[list[float], float, float]:
+    """Wake-up times for BURST notifying transactions, when the last was about to be
+    sent, and how long a lone notification after a pause took to wake the relay."""
+    wakes: list[float] = []
+    session = DbSession(dsn, "listen", connect_timeout=5)
+    listener = WakeListener(session, "outbox", lambda: wakes.append(time.monotonic()), coalesce)
+    listener.start()
+    try:
+        while not wakes:  # the wake-up that follows LISTEN
+            await asyncio.sleep(0.01)
+        wakes.clear()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as writer:
+            for _ in range(BURST):  # autocommit: one transaction, one notification each
+                last_sent = time.monotonic()
+                await writer.execute("SELECT pg_notify(%s, '')", (channel_name("outbox"),))
+            await asyncio.sleep(coalesce + 0.5)
+            burst = list(wakes)
+            lone_sent = time.monotonic()
+            await writer.execute("SELECT pg_notify(%s, '')", (channel_name("outbox"),))
+            while len(wakes) == len(burst):
+                await asyncio.sleep(0.001)
+        return burst, last_sent, wakes[-1] - lone_sent
+    finally:
+        await listener.stop()
+
+
+def test_a_burst_of_notifications_wakes_the_relay_once_per_coalescing_pause(db_dsn):
+    burst, last_sent, lone_latency = asyncio.run(wakes_for_a_burst(db_dsn, 0.2))
+    assert 1 <= len(burst) <= 3
+    assert burst[-1] >= last_sent  # what arrived during the pause was read, not dropped
+    assert lone_latency < 0.1  # no pause before the first wake-up
+
+
+def test_without_coalescing_the_relay_wakes_as_notifications_arrive(db_dsn):
+    burst, last_sent, lone_latency = asyncio.run(wakes_for_a_burst(db_dsn, 0.0))
+    # how many share one wake-up depends on how they were packed into packets
+    assert burst and burst[-1] >= last_sent and lone_latency < 0.1
