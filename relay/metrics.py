@@ -23,6 +23,7 @@ from relay.breaker import STATE_VALUES, CircuitState
 from relay.db import DbSession
 from relay.latency_histogram import BatchHistogram
 from relay.model import OutboxMessage, Outcome, OutcomeKind
+from relay.status import COUNT_CAP
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 DELIVERED_KIND = OutcomeKind.DELIVERED
@@ -89,7 +90,9 @@ class RelayMetrics:
 
     def _define_backlog(self, r: CollectorRegistry) -> None:
         self.pending = Gauge(
-            "outbox_relay_pending_messages", "Messages not yet sent (whole outbox).", registry=r
+            "outbox_relay_pending_messages",
+            f"Messages not yet sent (whole outbox), counted up to {COUNT_CAP:,}.",
+            registry=r,
         )
         self.oldest_pending_age = Gauge(
             "outbox_relay_oldest_pending_age_seconds",

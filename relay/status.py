@@ -11,12 +11,19 @@ from psycopg.rows import dict_row
 from relay.migrations import require_schema
 from relay.sqlfiles import query
 
+# Where the pending and sent-last-minute counts stop: beyond it the oldest pending age,
+# not the count, says how far behind the relay is.
+COUNT_CAP = 100_000
 
-def sample_backlog(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
+
+def sample_backlog(
+    conn: psycopg.Connection[Any], schema: str, cap: int = COUNT_CAP
+) -> dict[str, Any]:
     """The cheap figures (partial indexes only): pending, oldest age, dead letters, held
-    keys, sent in the last minute. The metrics sampler reads these every few seconds."""
+    keys, sent in the last minute. The metrics sampler reads these every few seconds.
+    The counts stop at ``cap``."""
     with conn.cursor(row_factory=dict_row) as cur:
-        backlog = cur.execute(query("status_backlog", schema)).fetchone() or {}
+        backlog = cur.execute(query("status_backlog", schema), {"cap": cap}).fetchone() or {}
         held = cur.execute(query("held_keys", schema)).fetchone() or {}
     return {
         "pending": backlog.get("pending", 0),
@@ -25,6 +32,7 @@ def sample_backlog(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]
         "dead_letters": backlog.get("parked", 0),
         "sent_last_minute": backlog.get("sent_last_minute", 0),
         "held_keys": next(iter(held.values()), 0),
+        "counts_stop_at": cap,
     }
 
 
@@ -49,6 +57,10 @@ def _relay(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _count(value: int, cap: int) -> str:
+    return f"at least {value}" if value >= cap else str(value)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
@@ -57,12 +69,13 @@ def format_status(status: dict[str, Any]) -> str:
     age = status["oldest_pending_age_seconds"]
     lines = [
         f"outbox schema:       {status['schema']}",
-        f"pending messages:    {status['pending']}",
+        f"pending messages:    {_count(status['pending'], status['counts_stop_at'])}",
         f"oldest pending age:  {'-' if age is None else f'{age:.1f}s'}",
         f"parked messages:     {status['parked']} in the dead letters"
         + (" (outbox-relay dead-letters list)" if status["parked"] else ""),
         f"held keys:           {status['held_keys']}",
-        f"sent last minute:    {status['sent_last_minute']} kept"
+        f"sent last minute:    {_count(status['sent_last_minute'], status['counts_stop_at'])}"
+        " kept"
         + ("" if status["sent_last_minute"] else " (with --retention 0 sent rows are deleted)"),
         f"relays:              {sum(1 for r in status['relays'] if r['alive'])} alive",
     ]
