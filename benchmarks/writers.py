@@ -21,7 +21,7 @@ from benchmarks.payloads import body_pool, event_key, event_text
 
 INSERT = (
     "INSERT INTO outbox.messages (topic, key, payload)"
-    " SELECT %(topic)s, k, p::jsonb FROM unnest(%(keys)b::text[], %(payloads)b::text[]) AS t(k, p)"
+    " SELECT %(topic)s, k, p::json FROM unnest(%(keys)b::text[], %(payloads)b::text[]) AS t(k, p)"
 )
 PRELOAD_CHUNK = 5000
 

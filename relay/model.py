@@ -16,8 +16,8 @@ class OutboxMessage:
     (Not ``frozen``: a frozen dataclass's ``__init__`` cost 2 µs per message, a tenth of
     the relay's whole CPU budget per message.)
 
-    ``payload`` is the exact bytes to put on the wire (jsonb's UTF-8 text for JSON
-    payloads, the stored bytes for binary ones, ``None`` for a tombstone).
+    ``payload`` is the exact bytes to put on the wire (the UTF-8 text of a JSON payload
+    as stored, the stored bytes for binary ones, ``None`` for a tombstone).
     ``position`` orders messages within the source (the outbox sequence number in
     polling mode, the commit LSN in CDC mode).
     """

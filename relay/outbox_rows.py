@@ -27,11 +27,10 @@ NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class JsonTextLoader(Loader):
-    """jsonb as the UTF-8 bytes of its text, exactly as PostgreSQL prints it.
+    """json as the UTF-8 bytes of its text, exactly as the application wrote it.
 
     That text is what gets published: re-encoding a 1 KB payload through a JSON parser
-    cost more CPU than everything else the relay does per message, and jsonb has no
-    original spelling to preserve anyway (it normalizes keys, order and spacing)."""
+    cost more CPU than everything else the relay does per message."""
 
     def load(self, data: Buffer) -> bytes:
         return bytes(data)
@@ -45,9 +44,10 @@ class JsonObjectLoader(Loader):
 
 
 def register_claim_loaders(adapters: AdaptersMap) -> None:
-    """The claim reads the payload as jsonb (its text, as bytes) and the headers as json."""
-    adapters.register_loader("jsonb", JsonTextLoader)
-    adapters.register_loader("json", JsonObjectLoader)
+    """The claim reads the payload (json) as its text, as bytes, and the headers (jsonb)
+    as an object."""
+    adapters.register_loader("json", JsonTextLoader)
+    adapters.register_loader("jsonb", JsonObjectLoader)
 
 
 def header_text(value: Any) -> str:

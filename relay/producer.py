@@ -57,9 +57,10 @@ def enqueue(
 ) -> UUID:
     """Add one event to the outbox in ``conn``'s current transaction; return its id.
 
-    ``payload`` is any JSON-serializable value (stored as jsonb, published as its text) or bytes
-    (published byte for byte with ``content_type``). Messages with the same ``key`` are
-    published in commit order; ``key=None`` means no ordering requirement.
+    ``payload`` is any JSON-serializable value (stored and published as orjson's compact
+    text) or bytes (published byte for byte with ``content_type``). Messages with the
+    same ``key`` are published in commit order; ``key=None`` means no ordering
+    requirement.
     """
     statement, params = _statement(schema, topic, key, payload, headers, content_type)
     row = conn.execute(statement, params).fetchone()

@@ -42,8 +42,10 @@ GRANT INSERT, SELECT (id) ON "outbox".messages TO "writer";
 GRANT EXECUTE ON FUNCTION
   "outbox".uuid_v7(),
   "outbox".enqueue(text, text, jsonb, jsonb),
+  "outbox".enqueue(text, text, text, jsonb),
   "outbox".enqueue_binary(text, text, bytea, jsonb, text),
   "outbox".emit(text, text, jsonb, jsonb),
+  "outbox".emit(text, text, text, jsonb),
   "outbox".emit_binary(text, text, bytea, jsonb, text),
   "outbox".cdc_emit(uuid, text, text, jsonb, text, text, bytea),
   "outbox".cdc_message_prefix()
@@ -88,8 +90,10 @@ GRANT INSERT, SELECT (id) ON "outbox_amqp".messages TO "writer";
 GRANT EXECUTE ON FUNCTION
   "outbox_amqp".uuid_v7(),
   "outbox_amqp".enqueue(text, text, jsonb, jsonb),
+  "outbox_amqp".enqueue(text, text, text, jsonb),
   "outbox_amqp".enqueue_binary(text, text, bytea, jsonb, text),
   "outbox_amqp".emit(text, text, jsonb, jsonb),
+  "outbox_amqp".emit(text, text, text, jsonb),
   "outbox_amqp".emit_binary(text, text, bytea, jsonb, text),
   "outbox_amqp".cdc_emit(uuid, text, text, jsonb, text, text, bytea),
   "outbox_amqp".cdc_message_prefix()

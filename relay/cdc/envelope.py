@@ -6,7 +6,7 @@ then the body::
     {"v": 1, "id": "<uuid>", "topic": "...", "key": "..." | null,
      "headers": {...}, "content_type": "...", "body": "json" | "bytes" | "null"}\\n<body>
 
-``json`` bodies are published as written (PostgreSQL's jsonb text, like outbox rows),
+``json`` bodies are published as written (like outbox rows),
 ``bytes`` byte for byte, ``null`` as a tombstone. ``encode_envelope`` builds the same
 bytes in Python.
 """

@@ -45,8 +45,8 @@ class MappingError(PermanentError):
 
 
 def json_text(text: str | bytes | bytearray | memoryview) -> bytes:
-    """JSON text as the bytes to publish, unchanged: PostgreSQL's own jsonb text, exactly
-    what polling mode publishes for the same row."""
+    """JSON text as the bytes to publish, unchanged: the column's text (as written for
+    json, PostgreSQL's normalized text for jsonb), exactly what polling mode publishes."""
     return text.encode() if isinstance(text, str) else bytes(text)
 
 

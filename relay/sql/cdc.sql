@@ -115,7 +115,7 @@ INSERT INTO {schema}.messages AS m
    parked_at)
 SELECT f.id, f.topic, f.key, f.payload, f.payload_bytes, f.content_type, f.headers, 1,
        f.error, now()
-FROM unnest(%(ids)s::uuid[], %(topics)s::text[], %(keys)s::text[], %(payloads)s::jsonb[],
+FROM unnest(%(ids)s::uuid[], %(topics)s::text[], %(keys)s::text[], %(payloads)s::json[],
             %(payload_bytes)s::bytea[], %(content_types)s::text[], %(headers)s::jsonb[],
             %(errors)s::text[])
      AS f(id, topic, key, payload, payload_bytes, content_type, headers, error)

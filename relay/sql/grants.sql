@@ -65,8 +65,10 @@ GRANT INSERT, SELECT (id) ON {schema}.messages TO {role};
 GRANT EXECUTE ON FUNCTION
   {schema}.uuid_v7(),
   {schema}.enqueue(text, text, jsonb, jsonb),
+  {schema}.enqueue(text, text, text, jsonb),
   {schema}.enqueue_binary(text, text, bytea, jsonb, text),
   {schema}.emit(text, text, jsonb, jsonb),
+  {schema}.emit(text, text, text, jsonb),
   {schema}.emit_binary(text, text, bytea, jsonb, text),
   {schema}.cdc_emit(uuid, text, text, jsonb, text, text, bytea),
   {schema}.cdc_message_prefix()

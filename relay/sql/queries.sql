@@ -20,10 +20,10 @@ WHERE pg_try_advisory_xact_lock(%(lock_space)s, bucket);
 -- name: claim_batch
 -- Pending rows of the locked buckets, in sequence order, skipping keys held behind a
 -- failed or dead-lettered message.
--- Column order is relay.outbox_rows.CLAIM_COLUMNS; headers come as json (NULL when
--- empty, the usual case) so they load apart from the jsonb payload.
+-- Column order is relay.outbox_rows.CLAIM_COLUMNS. The payload (json) loads as its
+-- text and the headers (jsonb, NULL when empty, the usual case) as an object.
 SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
-       NULLIF(m.headers, '{{}}')::json AS headers, m.created_at, m.attempts
+       NULLIF(m.headers, '{{}}') AS headers, m.created_at, m.attempts
 FROM {schema}.messages m
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL
   AND m.available_at <= now()
@@ -151,7 +151,8 @@ WHERE seq IN (
 );
 
 -- name: enqueue_json
-SELECT {schema}.enqueue(%(topic)s, %(key)s, %(payload)s::jsonb, %(headers)s::jsonb);
+-- The text overload: the JSON is stored as written (migration 6).
+SELECT {schema}.enqueue(%(topic)s, %(key)s, %(payload)s::text, %(headers)s::jsonb);
 
 -- name: enqueue_binary
 SELECT {schema}.enqueue_binary(%(topic)s, %(key)s, %(payload)s::bytea, %(headers)s::jsonb,

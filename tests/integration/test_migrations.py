@@ -115,3 +115,41 @@ def test_enqueue_async_joins_the_callers_transaction(db_dsn):
     kept, count = asyncio.run(scenario())
     assert count == 1  # the rolled-back event is gone with its transaction
     assert kept.version == 7
+
+
+def test_json_payloads_are_kept_as_written_and_jsonb_callers_still_work(db_dsn):
+    """Migration 6: the text overload stores the JSON as written (and still rejects what
+    is not JSON); a jsonb value still calls the jsonb version."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        migrate(conn, "outbox")
+        written = '{"b": 1,  "a": [1,2], "b": 2}'  # spacing, key order, a duplicate key
+        conn.execute("SELECT outbox.enqueue('t', 'k', %s)", (written,))
+        conn.execute("SELECT outbox.enqueue('t', 'k', to_jsonb(%s::text))", ("x",))
+        conn.execute("SELECT outbox.emit('t', 'k', %s)", (written,))
+        texts = conn.execute("SELECT payload::text FROM outbox.messages ORDER BY seq").fetchall()
+        assert texts == [(written,), ('"x"',)]
+        for bad in ("{not json", "{'a': 1}"):
+            with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+                conn.execute("SELECT outbox.enqueue('t', 'k', %s)", (bad,))
+            with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+                conn.execute("SELECT outbox.emit('t', 'k', %s)", (bad,))
+
+
+def test_upgrading_to_json_payloads_keeps_pending_rows_and_dead_letters(db_dsn):
+    before_json = [m for m in load_migrations("outbox") if m.version < 6]
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA outbox")
+        conn.execute(
+            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in before_json:
+            conn.execute(migration.render("outbox"))
+            conn.execute(migration.record("outbox"))
+        for n in range(2):
+            conn.execute("SELECT outbox.enqueue('t', 'k', %s::jsonb)", (f'{{"n":{n}}}',))
+        conn.execute("UPDATE outbox.messages SET parked_at = now() WHERE payload->>'n' = '1'")
+        assert [m.version for m in migrate(conn, "outbox", tracks=("outbox",))] == [6]
+        pending = conn.execute("SELECT payload::text FROM outbox.messages").fetchall()
+        parked = conn.execute("SELECT payload::text FROM outbox.dead_letters").fetchall()
+    assert (pending, parked) == ([('{"n": 0}',)], [('{"n": 1}',)])

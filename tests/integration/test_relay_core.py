@@ -65,7 +65,7 @@ def test_relay_publishes_everything_in_key_order(db_dsn):
 
     published = asyncio.run(scenario())
     assert [m.id for m in published] == ids  # one relay, one lane: global order kept
-    assert published[0].payload == b'{"n": 0}'
+    assert published[0].payload == b'{"n":0}'  # as relay.enqueue wrote it
     assert pending(db_dsn) == 0
 
 
@@ -432,7 +432,7 @@ def test_the_claim_returns_the_columns_message_from_claim_unpacks(db_dsn):
         )
         assert tuple(column.name for column in cursor.description or []) == CLAIM_COLUMNS
         message = message_from_claim(cursor.fetchone())
-    assert message.payload == b'{"n": 0}' and message.headers == {}
+    assert message.payload == b'{"n":0}' and message.headers == {}
     assert (message.topic, message.key, message.attempts) == ("orders", "k0", 0)
 
 

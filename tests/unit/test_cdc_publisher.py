@@ -95,7 +95,7 @@ def test_a_relay_whose_lease_ran_out_does_not_publish():
     assert connector.published == []
 
 
-def test_park_params_keep_json_as_jsonb_and_bytes_as_bytes():
+def test_park_params_keep_json_as_text_and_bytes_as_bytes():
     json_event = OutboxMessage(id=uuid4(), topic="t", key="k", payload=b'{"a":1}')
     raw_event = OutboxMessage(id=uuid4(), topic="t" * 300, key=None, payload=b"\x00",
                               content_type="application/octet-stream")
