@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from relay.breaker import STATE_VALUES, CircuitState
 from relay.db import DbSession
 from relay.latency_histogram import BatchHistogram
-from relay.model import OutboxMessage, Outcome, OutcomeKind
+from relay.model import DELIVERED, OutboxMessage, Outcome, OutcomeKind
 from relay.status import COUNT_CAP
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
@@ -173,19 +173,30 @@ class RelayMetrics:
         the histogram in one call (this runs for every batch on the hot path)."""
         self.batch_size.observe(len(batch))
         self.publish_seconds.labels(connector).observe(seconds)
-        topics = map(attrgetter("topic"), batch)
-        kinds = map(attrgetter("kind"), outcomes)
-        grouped = collections.Counter(zip(topics, kinds, strict=False))
-        for (topic, kind), count in grouped.items():
-            self.messages.labels(topic, connector, kind.value).inc(count)
+        if outcomes.count(DELIVERED) == len(batch):  # the usual batch: counted in C
+            grouped = collections.Counter(map(attrgetter("topic"), batch))
+            for topic, count in grouped.items():
+                self.messages.labels(topic, connector, DELIVERED_KIND.value).inc(count)
+            delivered: Sequence[OutboxMessage] = batch
+        else:
+            self._count_mixed(connector, batch, outcomes)
+            delivered = [m for m, o in zip(batch, outcomes, strict=False) if o.delivered]
         now = datetime.now(UTC)
         latencies = [
             max(0.0, (now - message.created_at).total_seconds())
-            for message, outcome in zip(batch, outcomes, strict=False)
-            if outcome.kind is DELIVERED_KIND and message.created_at is not None
+            for message in delivered
+            if message.created_at is not None
         ]
         if latencies:
             self.confirm_latency.observe_many(connector, latencies)
+
+    def _count_mixed(
+        self, connector: str, batch: Sequence[OutboxMessage], outcomes: Sequence[Outcome]
+    ) -> None:
+        kinds = (outcome.kind.value for outcome in outcomes)
+        grouped = collections.Counter(zip(map(attrgetter("topic"), batch), kinds, strict=False))
+        for (topic, kind), count in grouped.items():
+            self.messages.labels(topic, connector, kind).inc(count)
 
     def watch_sessions(self, sessions: Callable[[], Iterable[DbSession]]) -> None:
         """Export the state of the relay's database sessions (one per duty)."""

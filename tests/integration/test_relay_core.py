@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections import defaultdict
+from datetime import UTC
 
 import psycopg
 import pytest
@@ -66,6 +67,7 @@ def test_relay_publishes_everything_in_key_order(db_dsn):
     published = asyncio.run(scenario())
     assert [m.id for m in published] == ids  # one relay, one lane: global order kept
     assert published[0].payload == b'{"n":0}'  # as relay.enqueue wrote it
+    assert published[0].created_at.tzinfo is UTC  # the cheap latency arithmetic (poller.py)
     assert pending(db_dsn) == 0
 
 

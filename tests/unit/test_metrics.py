@@ -1,0 +1,51 @@
+"""RelayMetrics.observe_batch: the per-batch counts and confirm latencies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+from zoneinfo import ZoneInfo
+
+from relay.metrics import RelayMetrics
+from relay.model import DELIVERED, OutboxMessage, Outcome, OutcomeKind, permanent, retryable
+
+
+def message(topic: str, age: float, tz=UTC) -> OutboxMessage:
+    created = datetime.now(tz) - timedelta(seconds=age)
+    return OutboxMessage(uuid4(), topic, "k", b"{}", created_at=created)
+
+
+def count(metrics: RelayMetrics, topic: str, outcome: str) -> float | None:
+    labels = {"topic": topic, "connector": "kafka", "outcome": outcome}
+    return metrics.registry.get_sample_value("outbox_relay_messages_total", labels)
+
+
+def latency(metrics: RelayMetrics, suffix: str, le: str | None = None) -> float | None:
+    labels = {"connector": "kafka", **({"le": le} if le else {})}
+    name = f"outbox_relay_commit_to_confirm_seconds_{suffix}"
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_a_fully_delivered_batch_counts_per_topic_and_times_every_message():
+    metrics = RelayMetrics()
+    batch = [message("a", 0.0), message("b", 0.0), message("a", 3.0, ZoneInfo("Europe/Paris"))]
+    metrics.observe_batch("kafka", batch, [DELIVERED, DELIVERED, DELIVERED], 0.01)
+    assert (count(metrics, "a", "delivered"), count(metrics, "b", "delivered")) == (2, 1)
+    assert latency(metrics, "count") == 3
+    assert latency(metrics, "bucket", "0.1") == 2 and latency(metrics, "bucket", "5.0") == 3
+
+
+def test_a_mixed_batch_counts_each_outcome_and_times_only_the_delivered():
+    metrics = RelayMetrics()
+    batch = [message("a", 1.0), message("a", 0.0), message("b", 0.0), message("b", 0.0)]
+    outcomes = [
+        Outcome(OutcomeKind.DELIVERED),  # equal to DELIVERED, not the same object
+        retryable("timed out"),
+        permanent("too large"),
+        DELIVERED,
+    ]
+    metrics.observe_batch("kafka", batch, outcomes, 0.01)
+    assert count(metrics, "a", "delivered") == 1 and count(metrics, "a", "retryable") == 1
+    assert count(metrics, "b", "permanent") == 1 and count(metrics, "b", "delivered") == 1
+    assert latency(metrics, "count") == 2
+    assert latency(metrics, "bucket", "0.5") == 1  # the 1 s old one lands above
