@@ -131,6 +131,12 @@ class ReplicationStream:
         try:
             while True:
                 size, data = pgconn.get_copy_data(1)
+                if size == 0:
+                    # A busy stream has more in the socket than libpq read last time
+                    # (it reads ~32 KB at most): a read that finds nothing costs less
+                    # than a wait on the socket through the event loop.
+                    pgconn.consume_input()
+                    size, data = pgconn.get_copy_data(1)
                 if size > 0:
                     return data
                 if size == -1:
