@@ -10,9 +10,10 @@ Only ``proto_version '1'`` is understood, with the ``binary`` (PostgreSQL 14+) a
 in version 2 a streamed change carries an extra xid that a version 1 reader would
 silently misread as the relation id.
 
-The parser reads through a ``memoryview``, so the payload of a frame is never copied;
-only the values a message carries are copied out, once, as ``bytes``. Every malformed
-input (truncated, trailing bytes, unknown tags) raises ``PgOutputProtocolError``.
+The parser copies a message into ``bytes`` once and slices the values out of it (one
+more copy each), which costs less than slicing a ``memoryview`` and copying the slices
+out. Every malformed input (truncated, trailing bytes, unknown tags) raises
+``PgOutputProtocolError``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ KIND_BINARY: Final = ord("b")
 _KINDS_WITH_DATA: Final = frozenset({KIND_TEXT, KIND_BINARY})
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per change, and a frozen dataclass's __init__ costs about a
+# µs more (see relay.model.OutboxMessage). Treat it as read-only.
+@dataclass(slots=True)
 class TupleData:
     """One row: ``values[i]`` is column ``i`` of the Relation, raw.
 
@@ -176,7 +179,9 @@ class Type:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is made per change, and a frozen dataclass's __init__ costs about a
+# µs more (see relay.model.OutboxMessage). Treat it as read-only.
+@dataclass(slots=True)
 class Insert:
     """A new row of the table ``relation_id`` (announced by a Relation message before)."""
 
@@ -245,128 +250,130 @@ _Parsed: TypeAlias = tuple[PgOutputMessage, int]  # the message and the offset a
 
 def parse_pgoutput(payload: Buffer) -> PgOutputMessage:
     """Decode one pgoutput message (the payload of an ``XLogData``)."""
-    view = as_byte_view(payload)
-    if not view:
+    # One copy of the message: slicing bytes is cheaper than slicing a memoryview and
+    # copying each slice out, and every column value is copied out anyway.
+    data = payload if isinstance(payload, bytes) else as_byte_view(payload).tobytes()
+    if not data:
         raise PgOutputProtocolError("empty pgoutput message")
-    tag = view[0]
+    tag = data[0]
     parser = _PARSERS.get(tag)
     if parser is None:
         raise PgOutputProtocolError(_unknown_message(tag))
     try:
-        message, end = parser(view)
+        message, end = parser(data)
     except (StructError, IndexError, ValueError) as exc:
         # ValueError covers a missing string terminator and invalid UTF-8.
         raise PgOutputProtocolError(
-            f"malformed pgoutput {describe_tag(tag)} message ({len(view)} bytes): {exc}"
+            f"malformed pgoutput {describe_tag(tag)} message ({len(data)} bytes): {exc}"
         ) from exc
-    if end != len(view):
-        problem = "is truncated" if end > len(view) else f"has {len(view) - end} trailing bytes"
+    if end != len(data):
+        problem = "is truncated" if end > len(data) else f"has {len(data) - end} trailing bytes"
         raise PgOutputProtocolError(
-            f"pgoutput {describe_tag(tag)} message of {len(view)} bytes {problem}"
+            f"pgoutput {describe_tag(tag)} message of {len(data)} bytes {problem}"
         )
     return message
 
 
-def _parse_begin(view: memoryview) -> _Parsed:
-    final_lsn, commit_ts, xid = _BEGIN.unpack_from(view, 1)
+def _parse_begin(data: bytes) -> _Parsed:
+    final_lsn, commit_ts, xid = _BEGIN.unpack_from(data, 1)
     return Begin(final_lsn, commit_ts, xid), 1 + _BEGIN.size
 
 
-def _parse_commit(view: memoryview) -> _Parsed:
-    flags, commit_lsn, end_lsn, commit_ts = _COMMIT.unpack_from(view, 1)
+def _parse_commit(data: bytes) -> _Parsed:
+    flags, commit_lsn, end_lsn, commit_ts = _COMMIT.unpack_from(data, 1)
     return Commit(flags, commit_lsn, end_lsn, commit_ts), 1 + _COMMIT.size
 
 
-def _parse_origin(view: memoryview) -> _Parsed:
-    (commit_lsn,) = _ORIGIN_LSN.unpack_from(view, 1)
-    name, end = _read_cstring(view, 9)
+def _parse_origin(data: bytes) -> _Parsed:
+    (commit_lsn,) = _ORIGIN_LSN.unpack_from(data, 1)
+    name, end = _read_cstring(data, 9)
     return Origin(commit_lsn, name), end
 
 
-def _parse_relation(view: memoryview) -> _Parsed:
-    (relation_id,) = _RELATION_ID.unpack_from(view, 1)
-    namespace, pos = _read_cstring(view, 5)
-    name, pos = _read_cstring(view, pos)
-    identity, count = view[pos], _UINT16.unpack_from(view, pos + 1)[0]
+def _parse_relation(data: bytes) -> _Parsed:
+    (relation_id,) = _RELATION_ID.unpack_from(data, 1)
+    namespace, pos = _read_cstring(data, 5)
+    name, pos = _read_cstring(data, pos)
+    identity, count = data[pos], _UINT16.unpack_from(data, pos + 1)[0]
     pos += 3
     columns = []
     for _ in range(count):
-        flags = view[pos]
-        column_name, pos = _read_cstring(view, pos + 1)
-        type_oid, type_modifier = _COLUMN_TYPE.unpack_from(view, pos)
+        flags = data[pos]
+        column_name, pos = _read_cstring(data, pos + 1)
+        type_oid, type_modifier = _COLUMN_TYPE.unpack_from(data, pos)
         pos += _COLUMN_TYPE.size
         columns.append(RelationColumn(flags, column_name, type_oid, type_modifier))
     return Relation(relation_id, namespace, name, chr(identity), tuple(columns)), pos
 
 
-def _parse_type(view: memoryview) -> _Parsed:
-    (type_oid,) = _UINT32.unpack_from(view, 1)
-    namespace, pos = _read_cstring(view, 5)
-    name, pos = _read_cstring(view, pos)
+def _parse_type(data: bytes) -> _Parsed:
+    (type_oid,) = _UINT32.unpack_from(data, 1)
+    namespace, pos = _read_cstring(data, 5)
+    name, pos = _read_cstring(data, pos)
     return Type(type_oid, namespace, name), pos
 
 
-def _parse_insert(view: memoryview) -> _Parsed:
-    relation_id, tag = _RELATION_ID_AND_TAG.unpack_from(view, 1)
+def _parse_insert(data: bytes) -> _Parsed:
+    relation_id, tag = _RELATION_ID_AND_TAG.unpack_from(data, 1)
     _expect_tag(tag, (_TAG_NEW,), "Insert")
-    new, end = _read_tuple(view, 6)
+    new, end = _read_tuple(data, 6)
     return Insert(relation_id, new), end
 
 
-def _parse_update(view: memoryview) -> _Parsed:
-    relation_id, tag = _RELATION_ID_AND_TAG.unpack_from(view, 1)
+def _parse_update(data: bytes) -> _Parsed:
+    relation_id, tag = _RELATION_ID_AND_TAG.unpack_from(data, 1)
     _expect_tag(tag, (_TAG_KEY, _TAG_OLD, _TAG_NEW), "Update")
     old_kind: str | None = None
     old: TupleData | None = None
     pos = 6
     if tag != _TAG_NEW:
         old_kind = chr(tag)
-        old, pos = _read_tuple(view, pos)
-        _expect_tag(view[pos], (_TAG_NEW,), "Update")
+        old, pos = _read_tuple(data, pos)
+        _expect_tag(data[pos], (_TAG_NEW,), "Update")
         pos += 1
-    new, end = _read_tuple(view, pos)
+    new, end = _read_tuple(data, pos)
     return Update(relation_id, old_kind, old, new), end
 
 
-def _parse_delete(view: memoryview) -> _Parsed:
-    relation_id, tag = _RELATION_ID_AND_TAG.unpack_from(view, 1)
+def _parse_delete(data: bytes) -> _Parsed:
+    relation_id, tag = _RELATION_ID_AND_TAG.unpack_from(data, 1)
     _expect_tag(tag, (_TAG_KEY, _TAG_OLD), "Delete")
-    old, end = _read_tuple(view, 6)
+    old, end = _read_tuple(data, 6)
     return Delete(relation_id, chr(tag), old), end
 
 
-def _parse_truncate(view: memoryview) -> _Parsed:
-    count, options = _TRUNCATE_HEAD.unpack_from(view, 1)
+def _parse_truncate(data: bytes) -> _Parsed:
+    count, options = _TRUNCATE_HEAD.unpack_from(data, 1)
     start = 1 + _TRUNCATE_HEAD.size
-    if start + 4 * count > len(view):  # before building a Struct for a garbage count
+    if start + 4 * count > len(data):  # before building a Struct for a garbage count
         raise ValueError(f"{count} relation ids do not fit")
-    relation_ids = Struct(f"!{count}I").unpack_from(view, start)
+    relation_ids = Struct(f"!{count}I").unpack_from(data, start)
     return Truncate(relation_ids, bool(options & 1), bool(options & 2)), start + 4 * count
 
 
-def _parse_message(view: memoryview) -> _Parsed:
-    flags, lsn = _MESSAGE_HEAD.unpack_from(view, 1)
-    prefix, pos = _read_cstring(view, 1 + _MESSAGE_HEAD.size)
-    (size,) = _UINT32.unpack_from(view, pos)
+def _parse_message(data: bytes) -> _Parsed:
+    flags, lsn = _MESSAGE_HEAD.unpack_from(data, 1)
+    prefix, pos = _read_cstring(data, 1 + _MESSAGE_HEAD.size)
+    (size,) = _UINT32.unpack_from(data, pos)
     start = pos + 4
     end = start + size
-    return Message(bool(flags & 1), lsn, prefix, view[start:end].tobytes()), end
+    return Message(bool(flags & 1), lsn, prefix, data[start:end]), end
 
 
-def _read_tuple(view: memoryview, pos: int) -> tuple[TupleData, int]:
+def _read_tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
     """Read a TupleData at ``pos``; the hot loop of the decoder."""
-    (count,) = _UINT16.unpack_from(view, pos)
+    (count,) = _UINT16.unpack_from(data, pos)
     pos += 2
     values: list[ColumnValue] = []
     append = values.append
     kinds = bytearray(count)
     for index in range(count):
-        kind = kinds[index] = view[pos]
+        kind = kinds[index] = data[pos]
         if kind in _KINDS_WITH_DATA:
-            (size,) = _UINT32.unpack_from(view, pos + 1)
+            (size,) = _UINT32.unpack_from(data, pos + 1)
             start = pos + 5
             pos = start + size
-            append(view[start:pos].tobytes())
+            append(data[start:pos])
         elif kind == KIND_NULL:
             append(None)
             pos += 1
@@ -380,20 +387,12 @@ def _read_tuple(view: memoryview, pos: int) -> tuple[TupleData, int]:
     return TupleData(tuple(values), bytes(kinds)), pos
 
 
-# memoryview has no find(): copy a short window, enough for any identifier (NAMEDATALEN 64).
-_CSTRING_WINDOW: Final = 64
-
-
-def _read_cstring(view: memoryview, pos: int) -> tuple[str, int]:
+def _read_cstring(data: bytes, pos: int) -> tuple[str, int]:
     """Read a NUL-terminated UTF-8 string at ``pos``; return it and the offset after it."""
-    chunk = view[pos : pos + _CSTRING_WINDOW].tobytes()
-    end = chunk.find(0)
+    end = data.find(0, pos)
     if end < 0:
-        chunk = view[pos:].tobytes()
-        end = chunk.find(0)
-        if end < 0:
-            raise ValueError(f"string at offset {pos} has no terminating NUL")
-    return chunk[:end].decode(), pos + end + 1
+        raise ValueError(f"string at offset {pos} has no terminating NUL")
+    return data[pos:end].decode(), end + 1
 
 
 def _expect_tag(tag: int, allowed: tuple[int, ...], message: str) -> None:
@@ -429,7 +428,7 @@ def _unknown_message(tag: int) -> str:
     return f"unknown pgoutput message type {describe_tag(tag)}"
 
 
-_PARSERS: Final[dict[int, Callable[[memoryview], _Parsed]]] = {
+_PARSERS: Final[dict[int, Callable[[bytes], _Parsed]]] = {
     ord("B"): _parse_begin,
     ord("C"): _parse_commit,
     ord("O"): _parse_origin,
