@@ -63,6 +63,9 @@ class _CapturedRelation:
         decoded: dict[str, object] = {}
         for i, name, oid, decoder in self.columns:
             value = raw[i]
+            if value is None:  # SQL NULL; several outbox columns are NULL in every event
+                decoded[name] = None
+                continue
             if kinds[i] == KIND_BINARY and isinstance(value, bytes):
                 try:
                     decoded[name] = decoder(value)

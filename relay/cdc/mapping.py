@@ -157,7 +157,7 @@ class _BoundOutbox:
 
 
 def _json_object_headers(value: object) -> dict[str, str]:
-    if value is None:
+    if value is None or value == "{}":  # the column's default, in most events
         return {}
     parsed = orjson.loads(value) if isinstance(value, str | bytes) else value
     if not isinstance(parsed, dict):

@@ -366,13 +366,14 @@ def _read_tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
     pos += 2
     values: list[ColumnValue] = []
     append = values.append
+    read_size = _UINT32.unpack_from
+    with_data = _KINDS_WITH_DATA  # a local: global lookups cost in this loop
     kinds = bytearray(count)
     for index in range(count):
         kind = kinds[index] = data[pos]
-        if kind in _KINDS_WITH_DATA:
-            (size,) = _UINT32.unpack_from(data, pos + 1)
+        if kind in with_data:
             start = pos + 5
-            pos = start + size
+            pos = start + read_size(data, pos + 1)[0]
             append(data[start:pos])
         elif kind == KIND_NULL:
             append(None)
