@@ -8,8 +8,11 @@ from types import MappingProxyType
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import AdaptersMap, Loader
+from psycopg.pq import Format
+from psycopg.types.string import ByteaBinaryLoader
 
 from relay.backoff import full_jitter
 from relay.breaker import broker_outage
@@ -24,30 +27,32 @@ CLAIM_COLUMNS = (
     "created_at", "attempts",
 )  # fmt: skip
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+JSONB_VERSION = 1  # the first byte of jsonb's binary form; the text follows
 
 
-class JsonTextLoader(Loader):
-    """json as the UTF-8 bytes of its text, exactly as the application wrote it.
+class JsonbObjectLoader(Loader):
+    """jsonb in binary format as Python objects, with orjson (several times faster than
+    the json module)."""
 
-    That text is what gets published: re-encoding a 1 KB payload through a JSON parser
-    cost more CPU than everything else the relay does per message."""
-
-    def load(self, data: Buffer) -> bytes:
-        return bytes(data)
-
-
-class JsonObjectLoader(Loader):
-    """json as Python objects, with orjson (several times faster than the json module)."""
+    format = Format.BINARY
 
     def load(self, data: Buffer) -> Any:
-        return orjson.loads(data)
+        if data[0] != JSONB_VERSION:
+            raise psycopg.DataError(f"unknown jsonb binary format version {data[0]}")
+        return orjson.loads(data[1:])
 
 
 def register_claim_loaders(adapters: AdaptersMap) -> None:
-    """The claim reads the payload (json) as its text, as bytes, and the headers (jsonb)
-    as an object."""
-    adapters.register_loader("json", JsonTextLoader)
-    adapters.register_loader("jsonb", JsonObjectLoader)
+    """For a binary claim cursor: the payload (json) as the bytes of its text, exactly as
+    the application wrote it, and the headers (jsonb) as an object.
+
+    json's binary form is its text, so psycopg's C loader for bytea hands it over
+    without a Python call per row; re-encoding a 1 KB payload through a JSON parser
+    would cost more CPU than everything else the relay does per message. Binary rows
+    also spare the server printing (and the relay parsing) the timestamp, the UUID and
+    the integers: ~1.5 µs less relay CPU per message (benchmarks/README.md)."""
+    adapters.register_loader("json", ByteaBinaryLoader)
+    adapters.register_loader("jsonb", JsonbObjectLoader)
 
 
 def header_text(value: Any) -> str:
@@ -56,7 +61,7 @@ def header_text(value: Any) -> str:
 
 
 def message_from_claim(values: Sequence[Any]) -> OutboxMessage:
-    """One claimed row (CLAIM_COLUMNS, loaded as above) as the message to publish."""
+    """One claimed row (CLAIM_COLUMNS, loaded in binary as above) as the message to publish."""
     seq, id_, topic, key, payload, payload_bytes, content_type, headers, created, tries = values
     return OutboxMessage(
         id_,

@@ -287,7 +287,7 @@ class Poller:
         buckets = [row[0] for row in await locked.fetchall()]
         if not buckets:
             return []
-        async with conn.cursor(row_factory=message_row) as cursor:
+        async with conn.cursor(row_factory=message_row, binary=True) as cursor:
             register_claim_loaders(cursor.adapters)
             # A new statement, so a new snapshot: it sees everything the buckets' previous
             # owner committed before releasing the locks we now hold.

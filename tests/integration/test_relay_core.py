@@ -426,16 +426,26 @@ def test_preflight_says_to_run_migrate(db_dsn):
 def test_the_claim_returns_the_columns_message_from_claim_unpacks(db_dsn):
     install_outbox(db_dsn)
     write(db_dsn, 1)
-    with psycopg.connect(db_dsn) as conn, conn.cursor() as cursor:
-        register_claim_loaders(cursor.adapters)
-        cursor.execute(
-            query("claim_batch", "outbox"),
-            {"buckets": list(range(256)), "limit": 10, "relay_id": None, "lock_space": 0},
-        )
-        assert tuple(column.name for column in cursor.description or []) == CLAIM_COLUMNS
-        message = message_from_claim(cursor.fetchone())
-    assert message.payload == b'{"n":0}' and message.headers == {}
-    assert (message.topic, message.key, message.attempts) == ("orders", "k0", 0)
+    with psycopg.connect(db_dsn) as conn:
+        with conn.transaction():
+            ids = [
+                enqueue(conn, topic="t", key="b", payload=b"\x00\xff", headers={"h": "v"}),
+                enqueue(conn, topic="t", key="j", payload={"é": [1, 2.50]}),
+            ]
+        with conn.cursor(binary=True) as cursor:  # as the relay claims
+            register_claim_loaders(cursor.adapters)
+            cursor.execute(
+                query("claim_batch", "outbox"),
+                {"buckets": list(range(256)), "limit": 10, "relay_id": None, "lock_space": 0},
+            )
+            assert tuple(column.name for column in cursor.description or []) == CLAIM_COLUMNS
+            first, binary, unicode = map(message_from_claim, cursor.fetchall())
+    assert first.payload == b'{"n":0}' and first.headers == {}
+    assert (first.topic, first.key, first.attempts) == ("orders", "k0", 0)
+    assert first.created_at is not None and first.created_at.utcoffset() is not None
+    assert (binary.id, binary.payload, binary.headers) == (ids[0], b"\x00\xff", {"h": "v"})
+    assert unicode.id == ids[1] and unicode.content_type == "application/json"
+    assert unicode.payload == '{"é":[1,2.5]}'.encode()  # the text as written, not re-encoded
 
 
 # (duty, query, params, SQL making the rows candidates, the plan the planner picks alone)

@@ -1,15 +1,18 @@
 from datetime import UTC, datetime
 from uuid import uuid4
 
+import psycopg
 import pytest
+from psycopg.adapt import AdaptersMap, Transformer
+from psycopg.pq import Format
 
 from relay.backoff import full_jitter
 from relay.model import DELIVERED, permanent, retryable
 from relay.outbox_rows import (
     FailurePolicy,
-    JsonTextLoader,
     message_from_claim,
     plan_acknowledgement,
+    register_claim_loaders,
 )
 
 
@@ -85,13 +88,28 @@ def test_outcome_count_must_match():
         plan([row(1), row(2)], [DELIVERED])
 
 
-def test_json_payload_is_jsonb_text_and_binary_is_untouched():
-    jsonb_text = '{"a": [1, 2], "b": "é"}'.encode()  # how jsonb prints
-    loaded = JsonTextLoader(0).load(memoryview(jsonb_text))
-    assert loaded == jsonb_text and isinstance(loaded, bytes)
-    assert row(1, payload=loaded).payload == jsonb_text
+def claim_loader(type_name):
+    adapters = AdaptersMap(psycopg.adapters)
+    register_claim_loaders(adapters)
+    oid = adapters.types[type_name].oid
+    return Transformer(adapters).get_loader(oid, Format.BINARY)
+
+
+def test_json_payload_is_its_text_and_binary_is_untouched():
+    json_text = '{"a": [1, 2], "b": "é"}'.encode()  # json's binary form is its text
+    loaded = claim_loader("json").load(memoryview(json_text))
+    assert loaded == json_text and isinstance(loaded, bytes)
+    assert row(1, payload=loaded).payload == json_text
     assert row(1, payload_bytes=memoryview(b"\x00\xff")).payload == b"\x00\xff"
     assert row(1).payload is None
+
+
+def test_jsonb_headers_load_from_their_binary_form():
+    loaded = claim_loader("jsonb").load(b'\x01{"n": 1, "s": "x"}')  # version byte, then text
+    assert loaded == {"n": 1, "s": "x"}
+    assert row(1, headers=loaded).headers == {"n": "1", "s": "x"}
+    with pytest.raises(psycopg.DataError, match="version 2"):
+        claim_loader("jsonb").load(memoryview(b"\x02{}"))
 
 
 def test_non_string_headers_travel_as_json_text():
