@@ -17,6 +17,7 @@ from connectors.kafka import (
     message_headers,
     outcome_for,
     redact,
+    uuid_text,
 )
 from relay.config import RelayConfig
 from relay.model import DELIVERED, OutboxMessage, OutcomeKind, permanent, retryable
@@ -83,6 +84,11 @@ def test_headers_carry_id_and_content_type_first_and_win() -> None:
         ("content_type", b"text/plain"),
         ("trace", "ä".encode()),
     ]
+
+
+def test_uuid_text_is_the_canonical_form() -> None:
+    for value in [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), *(uuid.uuid4() for _ in range(50))]:
+        assert uuid_text(value) == str(value).encode()
 
 
 def test_redact_blanks_secret_option_values() -> None:

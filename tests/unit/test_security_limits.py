@@ -50,6 +50,14 @@ def test_a_message_exactly_at_the_limit_passes():
     assert [o.kind for o in outcomes] == [D]
 
 
+def test_headers_or_multibyte_text_can_be_what_goes_over():
+    by_headers = message(10, key="h", headers={"trace": "x" * 100})
+    by_key = message(10, key="é" * 50)  # 100 bytes of UTF-8, though 50 characters
+    fits = message(10, key="f", headers={"n": "1"})
+    outcomes = publish(SizeLimitedConnector(InMemoryConnector(), 100), [by_headers, by_key, fits])
+    assert [o.kind for o in outcomes] == [P, P, D]
+
+
 def test_later_messages_of_an_oversized_key_wait_and_other_keys_flow_in_order():
     inner = InMemoryConnector()
     limited = SizeLimitedConnector(inner, max_bytes=50)
