@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 import time
 import uuid
@@ -84,6 +85,50 @@ def test_batch_is_delivered_with_ids_keys_payloads_headers(harness: RabbitMQHarn
     assert [r.headers for r in got] == [dict(m.headers) for m in sent]
     assert [r.content_type for r in got] == [m.content_type for m in sent]
     assert [r.topic for r in got] == [json_topic, json_topic, binary_topic]
+    assert [r.timestamp for r in got] == [int(created.timestamp()), None, None]
+    assert all(r.persistent for r in got)
+
+
+def test_bodies_larger_than_a_frame_arrive_whole(harness: RabbitMQHarness) -> None:
+    # 131,072 bytes is RabbitMQ's default frame_max: these bodies span one to four frames.
+    topic = harness.new_topic()
+    sizes = [0, 1, 131_064, 131_065, 400_000]
+    batch = [message(topic, "k", os.urandom(size) if size else None) for size in sizes]
+
+    async def scenario() -> list[OutcomeKind]:
+        connector = connector_for(harness)
+        await connector.open()
+        try:
+            return kinds(await connector.publish(batch, timeout=TIMEOUT))
+        finally:
+            await connector.close(timeout=TIMEOUT)
+
+    assert asyncio.run(scenario()) == [OutcomeKind.DELIVERED] * len(sizes)
+    got = harness.read(topic, len(sizes), TIMEOUT)
+    assert [r.value for r in got] == [m.payload or b"" for m in batch]
+
+
+def test_topic_longer_than_amqp_allows_is_permanent_alone(harness: RabbitMQHarness) -> None:
+    # AMQP routing keys are short strings (255 bytes); such a message can never be sent,
+    # and must not hold up the rest of its batch.
+    topic = harness.new_topic()
+    batch = [message(topic, "k", b"%d" % i) for i in range(4)]
+    batch[1] = message("é" * 128, "k", b"too long")
+
+    async def scenario() -> list[Outcome]:
+        connector = connector_for(harness)
+        await connector.open()
+        try:
+            return await connector.publish(batch, timeout=TIMEOUT)
+        finally:
+            await connector.close(timeout=TIMEOUT)
+
+    outcomes = asyncio.run(scenario())
+    delivered = OutcomeKind.DELIVERED
+    assert kinds(outcomes) == [delivered, OutcomeKind.PERMANENT, delivered, delivered]
+    assert outcomes[1].error is not None and "255" in outcomes[1].error
+    ids = [r.message_id for r in harness.read(topic, 3, TIMEOUT)]
+    assert ids == [str(m.id) for i, m in enumerate(batch) if i != 1]
 
 
 def test_same_key_order_holds_over_1000_messages(harness: RabbitMQHarness) -> None:

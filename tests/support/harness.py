@@ -19,6 +19,9 @@ class Received:
     value: bytes | None
     headers: dict[str, str] = field(default_factory=dict)
     content_type: str | None = None
+    # AMQP only: the ``timestamp`` property and whether delivery_mode was 2 (persistent).
+    timestamp: int | None = None
+    persistent: bool | None = None
 
 
 class BrokerHarness(Protocol):

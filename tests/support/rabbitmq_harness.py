@@ -194,6 +194,8 @@ def _received(method: Any, properties: Any, body: bytes) -> Received:
         value=body,
         headers=headers,
         content_type=properties.content_type,
+        timestamp=properties.timestamp,
+        persistent=properties.delivery_mode == 2,
     )
 
 
