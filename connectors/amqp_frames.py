@@ -25,6 +25,7 @@ BASIC_PUBLISH = 40
 MANDATORY = 1
 PERSISTENT = 2
 MAX_SHORT_STRING = 255
+MAX_TIMESTAMP = 2**64 - 1  # an unsigned 64-bit field
 MAX_CACHED_ROUTES = 4096
 
 # Property flags of the content header (AMQP 0-9-1, 4.2.6.1), highest bit first.
@@ -42,7 +43,8 @@ _timestamp = struct.Struct(">BQ").pack  # preceded by the delivery-mode octet
 
 
 class FieldTooLong(ValueError):
-    """A field AMQP stores as a short string (at most 255 bytes) is longer."""
+    """A field is longer than AMQP can carry: a short string over 255 bytes, or
+    properties that do not fit in one frame."""
 
 
 def short_string(value: str, what: str) -> bytes:
@@ -72,6 +74,7 @@ class PublishEncoder:
     def __init__(self, channel: int, exchange: str, frame_max: int) -> None:
         self._channel = channel
         self._exchange = short_string(exchange, "exchange name")
+        self._frame_max = frame_max
         self._body_max = frame_max - FRAME_OVERHEAD
         self._methods: dict[str, bytes] = {}
 
@@ -85,11 +88,14 @@ class PublishEncoder:
         headers: Mapping[str, str],
         timestamp: int | None,
     ) -> list[bytes]:
-        """The method, header and body frames; FieldTooLong when a field cannot be sent."""
+        """The method, header and body frames; FieldTooLong when a field cannot be sent.
+
+        A ``timestamp`` outside the unsigned 64-bit range is left out, as if unknown.
+        """
         method = self._methods.get(routing_key) or self._method_frame(routing_key)
         flags = FLAG_CONTENT_TYPE | FLAG_HEADERS | FLAG_DELIVERY_MODE | FLAG_MESSAGE_ID
         tail = bytes((PERSISTENT,))
-        if timestamp is not None:
+        if timestamp is not None and 0 <= timestamp <= MAX_TIMESTAMP:
             flags |= FLAG_TIMESTAMP
             tail = _timestamp(PERSISTENT, timestamp)
         properties = b"".join((
@@ -100,7 +106,13 @@ class PublishEncoder:
             short_string(message_id, "message id"),
             tail[1:],
         ))
-        return [method, self._frame(FRAME_HEADER, properties), *self._body_frames(body)]
+        header = self._frame(FRAME_HEADER, properties)
+        if len(header) > self._frame_max:  # the broker would close the connection on it
+            raise FieldTooLong(
+                f"the headers take {len(header):,} bytes; they must fit in one frame of "
+                f"{self._frame_max:,} (the broker's frame_max)"
+            )
+        return [method, header, *self._body_frames(body)]
 
     def _method_frame(self, routing_key: str) -> bytes:
         arguments = struct.pack(">HHH", BASIC_CLASS, BASIC_PUBLISH, 0)  # ticket: reserved

@@ -8,13 +8,13 @@ lock shared between threads. A whole batch is written before any confirm is awai
 and confirms (``multiple=True`` included) settle messages as they arrive, so many
 publishes are in flight at once. The batch's frames are encoded by ``amqp_frames``
 (pika's per-message objects cost more than the rest of the relay) and handed to the
-connection as one write; pika keeps the connection, the channel and the confirms.
+connection in a few large writes; pika keeps the connection, the channel and the confirms.
 
 What consumers see: routing key = the message topic, ``message_id`` = the outbox UUID,
-``delivery_mode=2``, ``content_type``, ``timestamp`` (whole seconds of ``created_at``)
-and the message headers plus a ``key`` header holding the message key (left out when
-the key is null; it replaces a user header of the same name). AMQP has no key field,
-and a header is what a consumer or a consistent-hash exchange can read.
+``delivery_mode=2``, ``content_type``, ``timestamp`` (whole seconds of ``created_at``,
+left out before 1970) and the message headers plus a ``key`` header holding the message
+key (left out when the key is null; it replaces a user header of the same name). AMQP
+has no key field, and a header is what a consumer or a consistent-hash exchange can read.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ KEY_HEADER = "key"
 # AMQP 0-9-1 reply codes; decisions are taken on these, never on the reply text.
 ACCESS_REFUSED = 403
 PRECONDITION_FAILED = 406
+WRITE_CHUNK = 1 << 18  # bytes per write handed to pika's transport
 # Everything pika or the socket layer raises while connecting or declaring.
 _CONNECT_ERRORS = (amqp.AMQPError, AMQPConnectorException, OSError, TimeoutError)
 
@@ -103,16 +104,29 @@ class _FrameConnection(AsyncioConnection):  # type: ignore[misc]
     """An ``AsyncioConnection`` that also takes frames the relay encoded itself.
 
     pika hands every frame to its transport separately and the transport sends each with
-    its own ``send()``: three system calls per message. A batch written here is one chunk.
-    ``_adapter_emit_data`` is the method every pika adapter implements to take the bytes
-    of frames, in order; the counters are the ones pika's heartbeat checker reads.
+    its own ``send()``: three system calls per message. A batch written here goes in
+    chunks of ~256 KB. ``_adapter_emit_data`` is the method every pika adapter implements
+    to take the bytes of frames, in order; the counters are the ones pika keeps.
     """
 
     def write_frames(self, frames: list[bytes]) -> None:
-        data = b"".join(frames)
-        self.bytes_sent += len(data)
+        """Hand ``frames`` to the transport in chunks of about WRITE_CHUNK bytes: the
+        transport copies the unsent rest of a chunk after each partial send()."""
         self.frames_sent += len(frames)
-        self._adapter_emit_data(data)
+        chunk: list[bytes] = []
+        size = 0
+        for data in frames:
+            chunk.append(data)
+            size += len(data)
+            if size >= WRITE_CHUNK:
+                self._emit(chunk, size)
+                chunk, size = [], 0
+        if chunk:
+            self._emit(chunk, size)
+
+    def _emit(self, chunk: list[bytes], size: int) -> None:
+        self.bytes_sent += size
+        self._adapter_emit_data(b"".join(chunk))
 
 
 class _Link:
@@ -216,19 +230,24 @@ class _Link:
             state.settle_rest(retryable(f"connection lost: {reason}"))
             return state
         frames: list[bytes] = []
-        for index, message in enumerate(batch):
-            message_id = str(message.id)
-            try:
-                frames += _encode(encoder, message, message_id)
-            except FieldTooLong as exc:  # this message can never be sent as it is
-                state.settle(index, permanent(f"cannot publish to RabbitMQ: {exc}"))
-                continue
-            tag, self._next_tag = self._next_tag, self._next_tag + 1
-            self._pending[tag] = (state, index, message_id)
-            self._tag_of[message_id] = tag
-            state.tags.append(tag)
-        if frames:  # no I/O ran since the check above: the connection is still open
-            self._connection.write_frames(frames)
+        try:
+            for index, message in enumerate(batch):
+                message_id = str(message.id)
+                try:
+                    frames += _encode(encoder, message, message_id)
+                except FieldTooLong as exc:  # this message can never be sent as it is
+                    state.settle(index, permanent(f"cannot publish to RabbitMQ: {exc}"))
+                    continue
+                tag, self._next_tag = self._next_tag, self._next_tag + 1
+                self._pending[tag] = (state, index, message_id)
+                self._tag_of[message_id] = tag
+                state.tags.append(tag)
+        finally:
+            # Whatever got a delivery tag is written, even if a later message raised:
+            # the broker numbers what it receives, and the tags must stay in step.
+            # No I/O ran since the check above, so the connection is still open.
+            if frames:
+                self._connection.write_frames(frames)
         return state
 
     async def wait(self, state: _Batch, timeout: float) -> list[Outcome]:

@@ -39,10 +39,24 @@ def harness(amqp_url: str) -> Iterator[RabbitMQHarness]:
         harness.cleanup()
 
 
-def connector_for(harness: RabbitMQHarness) -> RabbitMQConnector:
+def connector_for(harness: RabbitMQHarness, *, url_query: str = "") -> RabbitMQConnector:
     base = RelayConfig(dsn="postgresql://unused", relay_name=f"test-{uuid.uuid4().hex[:6]}")
     config = dataclasses.replace(harness.configure(base), connect_timeout=3.0)
+    if url_query:
+        separator = "&" if "?" in config.amqp_url else "?"
+        config = dataclasses.replace(config, amqp_url=config.amqp_url + separator + url_query)
     return RabbitMQConnector.from_config(config.validate())
+
+
+def publish_once(connector: RabbitMQConnector, batch: list[OutboxMessage]) -> list[Outcome]:
+    async def scenario() -> list[Outcome]:
+        await connector.open()
+        try:
+            return await connector.publish(batch, timeout=TIMEOUT)
+        finally:
+            await connector.close(timeout=TIMEOUT)
+
+    return asyncio.run(scenario())
 
 
 def message(topic: str, key: str | None, payload: bytes | None, **fields: Any) -> OutboxMessage:
@@ -106,6 +120,62 @@ def test_bodies_larger_than_a_frame_arrive_whole(harness: RabbitMQHarness) -> No
     assert asyncio.run(scenario()) == [OutcomeKind.DELIVERED] * len(sizes)
     got = harness.read(topic, len(sizes), TIMEOUT)
     assert [r.value for r in got] == [m.payload or b"" for m in batch]
+
+
+def test_bodies_are_split_at_the_negotiated_frame_size(harness: RabbitMQHarness) -> None:
+    # The client asks for 8,192-byte frames; RabbitMQ agrees to the smaller of the two.
+    topic = harness.new_topic()
+    sizes = [8_183, 8_184, 8_185, 20_000]
+    batch = [message(topic, "k", os.urandom(size)) for size in sizes]
+    outcomes = publish_once(connector_for(harness, url_query="frame_max=8192"), batch)
+    assert kinds(outcomes) == [OutcomeKind.DELIVERED] * len(sizes)
+    assert [r.value for r in harness.read(topic, len(sizes), TIMEOUT)] == [m.payload for m in batch]
+
+
+def test_headers_larger_than_a_frame_are_permanent_alone(harness: RabbitMQHarness) -> None:
+    # RabbitMQ would close the connection on such a header frame, batch after batch.
+    topic = harness.new_topic()
+    batch = [message(topic, "k", b"%d" % i) for i in range(3)]
+    batch[1] = message(topic, "k", b"big", headers={"trace": "t" * 140_000})
+    outcomes = publish_once(connector_for(harness), batch)
+    assert kinds(outcomes) == [OutcomeKind.DELIVERED, OutcomeKind.PERMANENT,
+                               OutcomeKind.DELIVERED]
+    assert outcomes[1].error is not None and "frame" in outcomes[1].error
+    ids = [r.message_id for r in harness.read(topic, 2, TIMEOUT)]
+    assert ids == [str(batch[0].id), str(batch[2].id)]
+
+
+def test_a_created_at_before_1970_is_sent_without_a_timestamp(harness: RabbitMQHarness) -> None:
+    topic = harness.new_topic()
+    batch = [message(topic, "k", b"old", created_at=datetime(1969, 7, 20, tzinfo=UTC)),
+             message(topic, "k", b"new", created_at=datetime(2024, 5, 1, tzinfo=UTC))]
+    outcomes = publish_once(connector_for(harness), batch)
+    assert kinds(outcomes) == [OutcomeKind.DELIVERED] * 2
+    got = harness.read(topic, 2, TIMEOUT)
+    assert [r.timestamp for r in got] == [None, int(batch[1].created_at.timestamp())]
+
+
+def test_delivery_tags_stay_in_step_after_an_unexpected_error(harness: RabbitMQHarness) -> None:
+    # The broker numbers the messages it receives; a batch that raises halfway must still
+    # send what it already numbered, or every later confirm settles the wrong message.
+    topic = harness.new_topic()
+    first = message(topic, "k", b"first")
+    broken = message(topic, "k", "not bytes")  # type: ignore[arg-type]
+    after = message(topic, "k", b"after")
+
+    async def scenario() -> list[OutcomeKind]:
+        connector = connector_for(harness)
+        await connector.open()
+        try:
+            with pytest.raises(TypeError):
+                await connector.publish([first, broken], timeout=TIMEOUT)
+            return kinds(await connector.publish([after], timeout=TIMEOUT))
+        finally:
+            await connector.close(timeout=TIMEOUT)
+
+    assert asyncio.run(scenario()) == [OutcomeKind.DELIVERED]
+    ids = [r.message_id for r in harness.read(topic, 2, TIMEOUT)]
+    assert ids == [str(first.id), str(after.id)]
 
 
 def test_topic_longer_than_amqp_allows_is_permanent_alone(harness: RabbitMQHarness) -> None:

@@ -3,27 +3,54 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pika
 import pytest
-from pika import frame, spec
+from pika import connection, spec
 
 from connectors.amqp_frames import MAX_CACHED_ROUTES, FieldTooLong, PublishEncoder
 
 FRAME_MAX = 131_072
 
 
+class _CapturingConnection(connection.Connection):  # type: ignore[misc]
+    """pika's own Connection with no I/O: what ``_send_message`` emits is kept."""
+
+    def __init__(self, frame_max: int) -> None:
+        super().__init__(pika.ConnectionParameters(frame_max=frame_max),
+                         internal_connection_workflow=False)
+        self._body_max_length = self._get_body_frame_max_length()  # as after Tune
+        self.sent: list[bytes] = []
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def _adapter_add_callback_threadsafe(self, callback: Any) -> None:
+        raise NotImplementedError
+
+    def _adapter_call_later(self, delay: float, callback: Any) -> None:
+        raise NotImplementedError
+
+    def _adapter_remove_timeout(self, timeout_id: Any) -> None:
+        raise NotImplementedError
+
+    def _adapter_connect_stream(self) -> None:
+        raise NotImplementedError
+
+    def _adapter_disconnect_stream(self) -> None:
+        raise NotImplementedError
+
+
 def pika_frames(
     channel: int, exchange: str, routing_key: str, body: bytes, props: pika.BasicProperties,
     frame_max: int,
 ) -> list[bytes]:
-    """What pika's Connection._send_message marshals for one basic_publish."""
+    """The frames pika's basic_publish sends: its own Connection._send_message."""
+    capture = _CapturingConnection(frame_max)
     publish = spec.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True)
-    frames = [frame.Method(channel, publish).marshal(),
-              frame.Header(channel, len(body), props).marshal()]
-    step = frame_max - 8
-    frames += [frame.Body(channel, body[i:i + step]).marshal() for i in range(0, len(body), step)]
-    return frames
+    capture._send_message(channel, publish, (props, body))
+    return capture.sent
 
 
 CASES = [
@@ -72,6 +99,26 @@ def test_fields_longer_than_a_short_string_are_refused(field: str, words: str) -
         encoder.frames(args["routing_key"], b"{}", message_id="m",  # type: ignore[arg-type]
                        content_type=args["content_type"], headers=args["headers"],
                        timestamp=None)
+
+
+def test_headers_that_do_not_fit_in_a_frame_are_refused() -> None:
+    encoder = PublishEncoder(1, "outbox", 4096)
+    headers = {"trace": "t" * 5000}
+    with pytest.raises(FieldTooLong, match=r"headers take .* frame of 4,096"):
+        encoder.frames("t", b"{}", message_id="m", content_type="c", headers=headers,
+                       timestamp=None)
+    assert encoder.frames("t", b"{}", message_id="m", content_type="c",
+                          headers={"trace": "t" * 3000}, timestamp=None)
+
+
+@pytest.mark.parametrize("timestamp", [-1, -86_400 * 365, 2**64])
+def test_a_timestamp_outside_the_field_is_left_out(timestamp: int) -> None:
+    encoder = PublishEncoder(1, "outbox", FRAME_MAX)
+    props = pika.BasicProperties(message_id="m", delivery_mode=2, content_type="c",
+                                 headers={})
+    ours = encoder.frames("t", b"{}", message_id="m", content_type="c", headers={},
+                          timestamp=timestamp)
+    assert ours == pika_frames(1, "outbox", "t", b"{}", props, FRAME_MAX)
 
 
 def test_exchange_name_longer_than_a_short_string_is_refused() -> None:
