@@ -44,6 +44,8 @@ KEY_HEADER = "key"
 ACCESS_REFUSED = 403
 PRECONDITION_FAILED = 406
 WRITE_CHUNK = 1 << 18  # bytes per write handed to pika's transport
+CLOSE_GRACE = 1.0  # a link given up on: time for the close handshake before the socket is cut
+ABORT_WAIT = 0.5  # a cut socket is reported closed on the next turns of the loop
 # Everything pika or the socket layer raises while connecting or declaring.
 _CONNECT_ERRORS = (amqp.AMQPError, AMQPConnectorException, OSError, TimeoutError)
 
@@ -337,6 +339,10 @@ class _Link:
         await asyncio.wait([self._closed], timeout=timeout)
         if not self._closed.done():
             log.warning("RabbitMQ did not finish closing the connection within %ss", timeout)
+            # Drop the socket now: left to the garbage collector, it would stay open
+            # (and count against the broker's connections) for as long as it pleases.
+            connection._adapter_disconnect_stream()
+            await asyncio.wait([self._closed], timeout=ABORT_WAIT)
 
 
 def _encode(encoder: PublishEncoder, message: OutboxMessage, message_id: str) -> list[bytes]:
@@ -424,7 +430,7 @@ class RabbitMQConnector:
             if self._link is None or not self._link.usable:
                 stale, self._link = self._link, None
                 if stale is not None:
-                    await stale.close(0)
+                    await stale.close(CLOSE_GRACE)
                 self._link = await self._connect(min(self._connect_timeout, timeout))
             return self._link
 
@@ -443,7 +449,7 @@ class RabbitMQConnector:
             async with asyncio.timeout(timeout):
                 await link.start(self._params, passive=passive)
         except BaseException as exc:
-            await link.close(0)
+            await link.close(CLOSE_GRACE)
             if isinstance(exc, _CONNECT_ERRORS):
                 raise self._translate(exc, timeout) from exc
             raise

@@ -445,6 +445,26 @@ def test_paused_broker_gives_retryable_by_the_timeout(node_harness: RabbitMQHarn
     assert later == [OutcomeKind.DELIVERED]
 
 
+def test_close_cuts_the_socket_of_a_broker_that_does_not_answer(
+    node_harness: RabbitMQHarness,
+) -> None:
+    async def scenario() -> tuple[float, bool]:
+        connector = connector_for(node_harness)
+        await connector.open()
+        connection = connector._link._connection  # type: ignore[union-attr]
+        node_harness.pause_broker()
+        try:
+            started = time.monotonic()
+            await connector.close(timeout=0.5)
+            return time.monotonic() - started, connection.is_closed
+        finally:
+            node_harness.resume_broker()
+
+    took, closed = asyncio.run(scenario())
+    assert closed  # not left open for the garbage collector
+    assert took < 2.0
+
+
 def test_connection_lost_mid_batch_settles_at_once(
     node_harness: RabbitMQHarness, private_rabbitmq: PrivateRabbitMQ
 ) -> None:
