@@ -227,7 +227,7 @@ class _Link:
         """Write every message without waiting; confirms settle them later."""
         state = _Batch(len(batch), self._loop)
         encoder = self._encoder
-        if self._lost is not None or encoder is None or not self.usable:
+        if encoder is None or not self.usable:  # usable: nothing lost, channel open
             reason = _describe(self._lost) if self._lost is not None else "channel closed"
             state.settle_rest(retryable(f"connection lost: {reason}"))
             return state

@@ -108,16 +108,8 @@ def test_bodies_larger_than_a_frame_arrive_whole(harness: RabbitMQHarness) -> No
     topic = harness.new_topic()
     sizes = [0, 1, 131_064, 131_065, 400_000]
     batch = [message(topic, "k", os.urandom(size) if size else None) for size in sizes]
-
-    async def scenario() -> list[OutcomeKind]:
-        connector = connector_for(harness)
-        await connector.open()
-        try:
-            return kinds(await connector.publish(batch, timeout=TIMEOUT))
-        finally:
-            await connector.close(timeout=TIMEOUT)
-
-    assert asyncio.run(scenario()) == [OutcomeKind.DELIVERED] * len(sizes)
+    outcomes = publish_once(connector_for(harness), batch)
+    assert kinds(outcomes) == [OutcomeKind.DELIVERED] * len(sizes)
     got = harness.read(topic, len(sizes), TIMEOUT)
     assert [r.value for r in got] == [m.payload or b"" for m in batch]
 
@@ -184,16 +176,7 @@ def test_topic_longer_than_amqp_allows_is_permanent_alone(harness: RabbitMQHarne
     topic = harness.new_topic()
     batch = [message(topic, "k", b"%d" % i) for i in range(4)]
     batch[1] = message("é" * 128, "k", b"too long")
-
-    async def scenario() -> list[Outcome]:
-        connector = connector_for(harness)
-        await connector.open()
-        try:
-            return await connector.publish(batch, timeout=TIMEOUT)
-        finally:
-            await connector.close(timeout=TIMEOUT)
-
-    outcomes = asyncio.run(scenario())
+    outcomes = publish_once(connector_for(harness), batch)
     delivered = OutcomeKind.DELIVERED
     assert kinds(outcomes) == [delivered, OutcomeKind.PERMANENT, delivered, delivered]
     assert outcomes[1].error is not None and "255" in outcomes[1].error
