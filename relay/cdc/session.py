@@ -27,7 +27,6 @@ from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import PrimaryKeepalive, lsn_to_str, parse_copy_data
 from relay.cdc.leader import Leadership
 from relay.cdc.outgoing import Batch, Outgoing
-from relay.cdc.pgoutput import parse_pgoutput
 from relay.cdc.publisher import BatchPublisher
 from relay.cdc.queries import cdc_query
 from relay.cdc.stream import ReplicationStream
@@ -128,7 +127,7 @@ class StreamSession:
                     self._reply_wanted.set()
                 continue
             self.received_lsn = max(self.received_lsn, parsed.wal_end)
-            self._decoder.apply(parse_pgoutput(parsed.payload))
+            self._decoder.feed(parsed.payload)
 
     # --- publishing ------------------------------------------------------------------
 

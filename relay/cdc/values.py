@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from struct import Struct
 from struct import error as StructError
 from typing import Final
 from uuid import UUID
+
+import psycopg
+from psycopg import pq
+from psycopg.adapt import Transformer
 
 from relay.cdc.pgoutput import (
     KIND_BINARY,
     KIND_NULL,
     KIND_TEXT,
     KIND_UNCHANGED_TOAST,
-    PG_EPOCH,
     UNCHANGED_TOAST,
     ColumnValue,
     PgOutputProtocolError,
@@ -82,7 +85,6 @@ _INT2: Final = Struct("!h")
 _INT4: Final = Struct("!i")
 _INT8: Final = Struct("!q")
 _UINT4: Final = Struct("!I")
-_LOCAL_EPOCH: Final = PG_EPOCH.replace(tzinfo=None)
 _JSONB_VERSION: Final = b"\x01"
 
 
@@ -102,12 +104,33 @@ def _jsonb_binary(data: bytes) -> str:
     return data[1:].decode()
 
 
-def _timestamptz_binary(data: bytes) -> datetime:
-    return PG_EPOCH + timedelta(microseconds=_INT8.unpack(data)[0])
+def _psycopg_binary_loader(type_oid: int) -> Callable[[bytes], object]:
+    """psycopg's own loader (in C with psycopg[binary]): the values polling mode gets,
+    at a fraction of the cost of building them here (a UUID 0.9 → 0.1 µs, a timestamp
+    0.8 → 0.2). A Transformer without a connection reads timestamptz in UTC."""
+    return Transformer().get_loader(type_oid, pq.Format.BINARY).load
 
 
-def _timestamp_binary(data: bytes) -> datetime:
-    return _LOCAL_EPOCH + timedelta(microseconds=_INT8.unpack(data)[0])
+_load_uuid: Final = _psycopg_binary_loader(UUID_OID)
+_load_timestamptz: Final = _psycopg_binary_loader(TIMESTAMPTZ_OID)
+_load_timestamp: Final = _psycopg_binary_loader(TIMESTAMP_OID)
+
+
+def _checked_timestamp(load: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    def decode(data: bytes) -> object:
+        # The C loaders trust the server for the length: a wrong one must not be read.
+        if len(data) != 8:
+            raise ValueError(f"timestamp has {len(data)} bytes, expected 8")
+        try:
+            return load(data)
+        except psycopg.DataError as exc:  # infinity, or beyond what datetime holds
+            raise OverflowError(str(exc)) from None
+
+    return decode
+
+
+_timestamptz_binary: Final = _checked_timestamp(_load_timestamptz)
+_timestamp_binary: Final = _checked_timestamp(_load_timestamp)
 
 
 _BINARY_DECODERS: Final[dict[int, Callable[[bytes], object]]] = {
@@ -124,7 +147,7 @@ _BINARY_DECODERS: Final[dict[int, Callable[[bytes], object]]] = {
     VARCHAR_OID: _utf8,
     TIMESTAMP_OID: _timestamp_binary,
     TIMESTAMPTZ_OID: _timestamptz_binary,
-    UUID_OID: lambda data: UUID(bytes=data),
+    UUID_OID: _load_uuid,  # checks the length itself (ValueError)
     JSONB_OID: _jsonb_binary,
 }
 

@@ -1,5 +1,6 @@
 """From pgoutput messages to outbox events: recorded frames, envelopes, Debezium rows."""
 
+import struct
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
@@ -7,12 +8,20 @@ import pytest
 
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.envelope import decode_envelope, encode_envelope
+from relay.cdc.frames import PrimaryKeepalive, parse_copy_data
 from relay.cdc.mapping import DebeziumMapping, MappingError, OutboxTableMapping
 from relay.cdc.outgoing import Mark, Outgoing, Unmappable
-from relay.cdc.pgoutput import Begin, Commit, Message, Relation, RelationColumn
+from relay.cdc.pgoutput import (
+    Begin,
+    Commit,
+    Message,
+    Relation,
+    RelationColumn,
+    parse_pgoutput,
+)
 from relay.cdc.settings import CdcSettings, TableName
 from relay.model import OutboxMessage
-from tests.unit.test_pgoutput import messages_of
+from tests.unit.test_pgoutput import messages_of, read_frames
 
 RECORDED_TABLE = TableName("public", "outbox")
 
@@ -165,3 +174,113 @@ def test_a_table_without_the_needed_columns_is_refused():
     with pytest.raises(MappingError, match="aggregateid"):
         DebeziumMapping(TableName("app", "outbox")).bind([("id", 2950), ("payload", 3802),
                                                            ("aggregatetype", 25)])
+
+
+# --- feed: inserts read straight from their bytes ----------------------------------------
+
+def payloads_of(name):
+    """The pgoutput messages of a recording, as the raw bytes the stream hands over."""
+    parsed = (parse_copy_data(frame) for frame in read_frames(name))
+    return [p.payload for p in parsed if not isinstance(p, PrimaryKeepalive)]
+
+
+def fed_and_applied(payloads, table=RECORDED_TABLE):
+    """What feed() queues, and what parse_pgoutput + apply() queue, for the same bytes;
+    an exception counts as the outcome (its type and text)."""
+    outcomes = []
+    for use_feed in (True, False):
+        decoder, out = decoder_for(table)
+        try:
+            for payload in payloads:
+                if use_feed:
+                    decoder.feed(payload)
+                else:
+                    decoder.apply(parse_pgoutput(payload))
+        except Exception as exc:
+            outcomes.append((type(exc), str(exc)))
+        else:
+            outcomes.append((drain(out), decoder.events))
+    return outcomes
+
+
+@pytest.mark.parametrize("recording", ["frames_binary.bin", "frames_text.bin"])
+def test_feeding_raw_messages_queues_what_the_general_path_does(recording):
+    fed, applied = fed_and_applied(payloads_of(recording))
+    assert fed == applied
+    assert len([e for e in fed[0] if isinstance(e, OutboxMessage)]) == 5
+
+
+COLUMNS = (("id", 2950), ("topic", 25), ("key", 25), ("payload", 114), ("payload_bytes", 17),
+           ("headers", 3802), ("created_at", 1184), ("sent_at", 1184), ("parked_at", 1184),
+           ("bucket", 21))
+RELATION = Relation(42, "public", "outbox", "d",
+                    tuple(RelationColumn(0, name, oid, -1) for name, oid in COLUMNS))
+
+
+def binary(value):
+    return b"b" + struct.pack("!I", len(value)) + value
+
+
+GOOD_ROW = {
+    "id": binary(bytes(range(16))), "topic": binary(b"orders"), "key": binary(b"k-1"),
+    "payload": binary(b'{"a": 1}'), "payload_bytes": b"n", "headers": binary(b'\x01{"h": 1}'),
+    "created_at": binary(struct.pack("!q", 767_836_800_000_000)), "sent_at": b"n",
+    "parked_at": b"n", "bucket": binary(struct.pack("!h", 3)),
+}
+
+
+def insert_bytes(relation_id=42, tag=b"N", count=None, **columns):
+    row = {**GOOD_ROW, **columns}
+    values = [row[name] for name, _ in COLUMNS]
+    head = struct.pack("!cIcH", b"I", relation_id, tag, len(values) if count is None else count)
+    return head + b"".join(values)
+
+
+def relation_bytes():
+    out = b"R" + struct.pack("!I", 42) + b"public\0outbox\0d" + struct.pack("!H", len(COLUMNS))
+    for name, oid in COLUMNS:
+        out += b"\0" + name.encode() + b"\0" + struct.pack("!Ii", oid, -1)
+    return out
+
+
+@pytest.mark.parametrize(
+    "insert",
+    [
+        insert_bytes(),
+        insert_bytes(key=b"n", headers=b"n"),
+        insert_bytes(topic=b"t\x00\x00\x00\x06orders"),  # a text value: the general path
+        insert_bytes(payload=b"u"),  # unchanged TOAST: the general path says what it is
+        insert_bytes(id=binary(b"\x01" * 15)),  # a bad uuid: parked with the raw row
+        insert_bytes(id=b"n"),  # no id: a MappingError, parked with the raw row
+        insert_bytes(created_at=binary(struct.pack("!q", 2**63 - 1))),  # infinity: parked
+        insert_bytes(created_at=binary(b"\x00" * 7)),
+        insert_bytes(sent_at=binary(struct.pack("!q", 0))),  # inserted as sent: no event
+        insert_bytes(bucket=b"x"),  # an unknown kind, in a column not even wanted
+        insert_bytes(count=9),
+        insert_bytes(count=11),
+        insert_bytes(tag=b"K"),
+        insert_bytes(relation_id=43),  # not the captured table
+        insert_bytes() + b"\x00",  # trailing bytes
+        insert_bytes()[:-1],  # truncated
+        insert_bytes(payload=b"b\xff\xff\xff\xff{}"),  # a length past the end
+        b"I\x00\x00\x00",  # too short to hold a relation id and a tuple
+    ],
+)
+def test_feeding_an_insert_matches_the_general_path(insert):
+    relation = relation_bytes()
+    assert parse_pgoutput(relation) == RELATION
+    fed, applied = fed_and_applied([relation, b"B" + struct.pack("!QqI", 700, 0, 3), insert],
+                                   TableName("public", "outbox"))
+    assert fed == applied
+
+
+def test_plain_rows_take_the_direct_path_and_decode_as_the_general_one():
+    decoder, _ = decoder_for(TableName("public", "outbox"))
+    decoder.feed(relation_bytes())
+    captured = decoder._captured[42]
+    for insert in (insert_bytes(), insert_bytes(key=b"n", headers=b"n")):
+        direct = captured.read_insert(insert)
+        assert direct is not None
+        assert direct == captured.decode(parse_pgoutput(insert).new)
+        assert "bucket" not in direct  # a column the mapping does not read
+    assert captured.read_insert(insert_bytes(topic=b"t\x00\x00\x00\x06orders")) is None

@@ -78,6 +78,12 @@ def test_timestamptz_text_keeps_a_non_utc_offset():
         (3802, b'\x02{"a": 1}', "unsupported jsonb binary version"),
         (25, b"\xff", "bad binary text"),
         (1184, (2**63 - 1).to_bytes(8, "big"), "bad binary timestamptz"),  # 'infinity'
+        (1184, (-(2**63)).to_bytes(8, "big", signed=True), "bad binary timestamptz"),
+        (1114, (2**63 - 1).to_bytes(8, "big"), "bad binary timestamp"),
+        # psycopg's C loaders do not check lengths: ours must, before they read
+        (1184, b"\x00" * 7, "timestamp has 7 bytes"),
+        (1114, b"\x00" * 9, "timestamp has 9 bytes"),
+        (2950, b"\x00" * 17, "bad binary uuid"),
     ],
 )
 def test_bad_binary_values_raise_column_value_error(oid, data, match):
