@@ -41,6 +41,8 @@ IDLE_SAVE_BYTES = 1 << 20  # an idle advance this large is saved at once
 IDLE_SAVE_INTERVAL = 10.0  # a smaller one waits this long
 BACKLOG_BATCHES = 8  # stop reading while this many batches wait for the broker
 YIELD_EVERY = 256  # frames read in a row before the reader lets the other tasks run
+# Frames taken from the connection at once; the backlog may pass its bound by this many.
+READ_BATCH = 128
 
 
 class StreamSession:
@@ -107,27 +109,31 @@ class StreamSession:
 
     async def _read_loop(self) -> None:
         outgoing = self._outgoing
-        frames = 0
+        since_yield = 0
         while True:
-            frames += 1
-            if frames % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # a busy stream never waits: let the others run
             if outgoing.backlog >= self._max_backlog:
                 self._space.clear()
                 await wait_any(self._space, timeout=STATUS_INTERVAL)
                 continue
-            frame = await self._stream.read(timeout=STATUS_INTERVAL)
-            if frame is None:
-                continue
-            parsed = parse_copy_data(frame)
-            if isinstance(parsed, PrimaryKeepalive):
-                self.received_lsn = max(self.received_lsn, parsed.wal_end)
-                outgoing.add_mark(parsed.wal_end, commit=False)
-                if parsed.reply_requested:
-                    self._reply_wanted.set()
-                continue
+            # Frames in batches: one await per batch, not per change.
+            frames = await self._stream.read_frames(STATUS_INTERVAL, READ_BATCH)
+            for frame in frames:
+                self._take(frame)
+            since_yield += len(frames)
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)  # a busy stream never waits: let the others run
+
+    def _take(self, frame: memoryview) -> None:
+        parsed = parse_copy_data(frame)
+        if isinstance(parsed, PrimaryKeepalive):
             self.received_lsn = max(self.received_lsn, parsed.wal_end)
-            self._decoder.feed(parsed.payload)
+            self._outgoing.add_mark(parsed.wal_end, commit=False)
+            if parsed.reply_requested:
+                self._reply_wanted.set()
+            return
+        self.received_lsn = max(self.received_lsn, parsed.wal_end)
+        self._decoder.feed(parsed.payload)
 
     # --- publishing ------------------------------------------------------------------
 

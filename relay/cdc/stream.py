@@ -123,31 +123,40 @@ class ReplicationStream:
             raise _start_failure(slot, result, pgconn)
         self.streaming = True
 
-    async def read(self, timeout: float) -> memoryview | None:
-        """The next CopyData frame, or None when nothing came within ``timeout``."""
+    async def read_frames(self, timeout: float, limit: int) -> list[memoryview]:
+        """The CopyData frames that have arrived, up to ``limit`` of them; when none has,
+        the first to come within ``timeout`` (an empty list when none does)."""
         pgconn = self._pgconn
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        frames: list[memoryview] = []
         try:
             while True:
-                size, data = pgconn.get_copy_data(1)
-                if size == 0:
-                    # A busy stream has more in the socket than libpq read last time
-                    # (it reads ~32 KB at most): a read that finds nothing costs less
-                    # than a wait on the socket through the event loop.
-                    pgconn.consume_input()
-                    size, data = pgconn.get_copy_data(1)
-                if size > 0:
-                    return data
-                if size == -1:
-                    raise self._stream_ended()
+                self._take_arrived(frames, limit)
                 remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
+                if frames or remaining <= 0:
+                    return frames
                 await self._wait(readable=True, timeout=min(remaining, READ_WAIT))
                 pgconn.consume_input()
         except psycopg.Error as exc:
             raise DatabaseUnavailableError(f"the replication stream broke: {exc}") from None
+
+    def _take_arrived(self, frames: list[memoryview], limit: int) -> None:
+        pgconn = self._pgconn
+        while len(frames) < limit:
+            size, data = pgconn.get_copy_data(1)
+            if size == 0:
+                # A busy stream has more in the socket than libpq read last time
+                # (it reads ~32 KB at most): a read that finds nothing costs less
+                # than a wait on the socket through the event loop.
+                pgconn.consume_input()
+                size, data = pgconn.get_copy_data(1)
+            if size > 0:
+                frames.append(data)
+            elif size == -1:
+                raise self._stream_ended()  # the frames before are not confirmed: resent
+            else:
+                return
 
     async def send_status(self, written: int, flushed: int, *, reply: bool = False) -> None:
         """Tell the server what was received (``written``) and may be forgotten."""
