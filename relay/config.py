@@ -17,7 +17,10 @@ DEFAULT_CONNECTOR = "kafka"
 DEFAULT_KAFKA_BOOTSTRAP = "localhost:9092"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_AMQP_EXCHANGE = "outbox"
-DEFAULT_BATCH_SIZE = 500
+# Debezium's max.batch.size. Each batch pays a fixed ~2-5 ms (its round trips to
+# PostgreSQL and the broker's confirm); at 500 that was a third of a drain's time
+# (benchmarks/README.md has the figures). Peak RSS grows ~8 MB per 1,000 messages in flight.
+DEFAULT_BATCH_SIZE = 2048
 # Two claim transactions in flight: one lane's next claim runs in PostgreSQL while the
 # other lane's batch is with the broker (benchmarks/README.md has the figures).
 DEFAULT_CLAIM_LANES = 2

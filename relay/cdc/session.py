@@ -39,7 +39,10 @@ STATUS_INTERVAL = 10.0  # well inside the default wal_sender_timeout (60 s)
 SAVE_INTERVAL = 0.2  # at most this often a cdc_state write while events flow
 IDLE_SAVE_BYTES = 1 << 20  # an idle advance this large is saved at once
 IDLE_SAVE_INTERVAL = 10.0  # a smaller one waits this long
-BACKLOG_BATCHES = 8  # stop reading while this many batches wait for the broker
+# Stop reading while this many batches wait for the broker (at least MIN_BACKLOG events):
+# enough to have the next batch ready, and every waiting event costs memory.
+BACKLOG_BATCHES = 3
+MIN_BACKLOG = 4096
 YIELD_EVERY = 256  # frames read in a row before the reader lets the other tasks run
 # Frames taken from the connection at once; the backlog may pass its bound by this many.
 READ_BATCH = 128
@@ -67,7 +70,7 @@ class StreamSession:
         self._save_query = cdc_query("save_progress", schema)
         self._batch_size = batch_size
         self._linger = linger
-        self._max_backlog = batch_size * BACKLOG_BATCHES
+        self._max_backlog = max(batch_size * BACKLOG_BATCHES, MIN_BACKLOG)
         self.received_lsn = start_lsn
         self.saved_lsn = start_lsn
         self._reported = (-1, -1)

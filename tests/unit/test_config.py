@@ -6,7 +6,7 @@ from relay.errors import ConfigError
 
 
 def test_defaults_are_valid():
-    assert RelayConfig(dsn="postgresql://localhost/db").validate().batch_size == 500
+    assert RelayConfig(dsn="postgresql://localhost/db").validate().batch_size == 2048
 
 
 def test_every_problem_is_reported_in_plain_sentences():
