@@ -1,6 +1,6 @@
 """Where a drain spends its time: per stage, per statement, per thread, per function.
 
-    python -m benchmarks.profile_drain [--messages 100000] [--batch-size 500]
+    python -m benchmarks.profile_drain [--messages 100000] [--batch-size N]
         [--mode poll|cdc] [--claim-lanes N] [--retention 1h|0] [--cprofile out.prof]
         [--relay-source DIR]
 
@@ -38,7 +38,7 @@ from typing import Any
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, help="default: the relay's default")
     parser.add_argument("--retention", default=None, help="default: the relay's default")
     parser.add_argument("--claim-lanes", type=int, help="default: the relay's default")
     parser.add_argument("--mode", choices=("poll", "cdc"), default="poll")
@@ -161,12 +161,13 @@ def main() -> None:
             options["retention"] = parse_duration(args.retention, "retention")
         if args.claim_lanes:
             options["claim_lanes"] = args.claim_lanes
+        if args.batch_size:
+            options["batch_size"] = args.batch_size
         config = RelayConfig(
             dsn=dsn,
             mode=args.mode,
             connector="kafka",
             kafka_bootstrap=target.bootstrap,
-            batch_size=args.batch_size,
             **options,
         )
         if args.mode == "cdc":
@@ -188,6 +189,7 @@ def main() -> None:
         cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (
             cpu_after.ru_stime - cpu_before.ru_stime
         )
+        args.batch_size = config.batch_size  # what ran, for the report
         report(args, clock, elapsed, cpu, dsn)
         target.close()
     if profiler:
