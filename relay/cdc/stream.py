@@ -65,6 +65,7 @@ class ReplicationStream:
         self._conn = conn
         self._pgconn = conn.pgconn
         self.streaming = False
+        self._failure: RelayError | None = None  # raised once the frames before it are read
 
     @classmethod
     async def connect(cls, dsn: str, *, connect_timeout: float) -> ReplicationStream:
@@ -125,7 +126,12 @@ class ReplicationStream:
 
     async def read_frames(self, timeout: float, limit: int) -> list[memoryview]:
         """The CopyData frames that have arrived, up to ``limit`` of them; when none has,
-        the first to come within ``timeout`` (an empty list when none does)."""
+        the first to come within ``timeout`` (an empty list when none does).
+
+        When the stream ends or breaks, the frames read before are handed over first
+        (an error in one of them says more than the end does) and the next call raises."""
+        if self._failure is not None:
+            raise self._failure
         pgconn = self._pgconn
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -139,7 +145,12 @@ class ReplicationStream:
                 await self._wait(readable=True, timeout=min(remaining, READ_WAIT))
                 pgconn.consume_input()
         except psycopg.Error as exc:
-            raise DatabaseUnavailableError(f"the replication stream broke: {exc}") from None
+            self._failure = DatabaseUnavailableError(f"the replication stream broke: {exc}")
+        except RelayError as exc:  # the server ended the stream
+            self._failure = exc
+        if not frames:
+            raise self._failure from None
+        return frames
 
     def _take_arrived(self, frames: list[memoryview], limit: int) -> None:
         pgconn = self._pgconn
@@ -154,7 +165,7 @@ class ReplicationStream:
             if size > 0:
                 frames.append(data)
             elif size == -1:
-                raise self._stream_ended()  # the frames before are not confirmed: resent
+                raise self._stream_ended()
             else:
                 return
 

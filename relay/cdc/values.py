@@ -129,6 +129,12 @@ def _checked_timestamp(load: Callable[[bytes], object]) -> Callable[[bytes], obj
     return decode
 
 
+def _uuid_binary(data: bytes) -> object:
+    if len(data) != 16:  # not every psycopg build checks
+        raise ValueError(f"uuid has {len(data)} bytes, expected 16")
+    return _load_uuid(data)
+
+
 _timestamptz_binary: Final = _checked_timestamp(_load_timestamptz)
 _timestamp_binary: Final = _checked_timestamp(_load_timestamp)
 
@@ -147,7 +153,7 @@ _BINARY_DECODERS: Final[dict[int, Callable[[bytes], object]]] = {
     VARCHAR_OID: _utf8,
     TIMESTAMP_OID: _timestamp_binary,
     TIMESTAMPTZ_OID: _timestamptz_binary,
-    UUID_OID: _load_uuid,  # checks the length itself (ValueError)
+    UUID_OID: _uuid_binary,
     JSONB_OID: _jsonb_binary,
 }
 

@@ -1,0 +1,74 @@
+"""ReplicationStream.read_frames: every frame libpq holds, in order, in bounded batches."""
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from relay.cdc.stream import ReplicationStream
+from relay.errors import DatabaseUnavailableError
+
+END = None  # where the server ended the COPY
+
+
+class ArrivingFrames:
+    """Stands in for libpq's connection: each consume_input() makes the next chunk of
+    frames readable, as reads from the socket would."""
+
+    def __init__(self, chunks):
+        self._chunks = list(chunks)
+        self._buffered = []
+        self.socket = -1
+
+    def consume_input(self):
+        if self._chunks:
+            self._buffered.extend(self._chunks.pop(0))
+
+    def get_copy_data(self, _async):
+        if not self._buffered:
+            return 0, b""
+        frame = self._buffered.pop(0)
+        return (-1, b"") if frame is END else (len(frame), memoryview(frame))
+
+    def get_result(self):
+        return None
+
+
+def stream_over(chunks):
+    stream = ReplicationStream(SimpleNamespace(pgconn=ArrivingFrames(chunks)))
+
+    async def no_socket_wait(**_):
+        await asyncio.sleep(0)
+
+    stream._wait = no_socket_wait
+    return stream
+
+
+async def read_all(stream, calls, limit=128):
+    batches = []
+    for _ in range(calls):
+        batches.append([bytes(f) for f in await stream.read_frames(0.05, limit)])
+    return batches
+
+
+def test_frames_come_in_order_in_batches_of_at_most_the_limit():
+    frames = [b"f%03d" % i for i in range(300)]
+    batches = asyncio.run(read_all(stream_over([frames[:250], [], frames[250:]]), 4))
+    assert [len(b) for b in batches] == [128, 122, 50, 0]
+    assert [frame for batch in batches for frame in batch] == frames
+
+
+def test_the_frames_before_the_end_of_the_stream_are_handed_over_first():
+    stream = stream_over([[b"a", b"b"], [b"c", END]])
+
+    async def scenario():
+        first = await read_all(stream, 1)
+        with pytest.raises(DatabaseUnavailableError, match="ended the replication stream"):
+            await stream.read_frames(0.05, 128)
+        return first
+
+    assert asyncio.run(scenario()) == [[b"a", b"b", b"c"]]
+
+
+def test_nothing_within_the_timeout_is_an_empty_batch():
+    assert asyncio.run(read_all(stream_over([]), 2)) == [[], []]
