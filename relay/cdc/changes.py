@@ -135,14 +135,15 @@ class ChangeDecoder:
         An insert into the captured table, nearly every message of a busy stream, is
         read straight from its bytes; everything else is parsed in full first."""
         data = payload if isinstance(payload, bytes) else as_byte_view(payload).tobytes()
+        captured = None
         if len(data) > 7 and data[0] == _TAG_INSERT:
             captured = self._captured.get(_UINT32(data, 1)[0])
-            row = None if captured is None else captured.read_insert(data)
-            if captured is not None and row is not None:
-                self._ordinal += 1
-                self._publish_row(captured, row, data)
-                return
-        self.apply(parse_pgoutput(data))
+        row = captured.read_insert(data) if captured is not None else None
+        if captured is None or row is None:
+            self.apply(parse_pgoutput(data))
+            return
+        self._ordinal += 1
+        self._publish_row(captured, row, data)
 
     def apply(self, message: PgOutputMessage) -> None:
         if isinstance(message, Insert):
