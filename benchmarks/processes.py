@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,33 @@ def usage(pid: int) -> Usage:
         if name in ("VmRSS", "VmHWM"):
             memory[name] = int(value.split()[0]) / 1024
     return Usage(cpu, memory.get("VmRSS", 0.0), memory.get("VmHWM", 0.0))
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds so far of a live process and its live descendants (a service: the
+    postmaster and its backends, which each start a session of their own; Tansu; the
+    Erlang VM under the rabbitmq-server script)."""
+    ticks, children = {}, defaultdict(list)
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended
+            continue
+        child = int(stat_file.parent.name)
+        ticks[child] = int(fields[11]) + int(fields[12])
+        children[int(fields[1])].append(child)
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        total += ticks.get(current, 0)
+        pending.extend(children.get(current, ()))
+    return total / CLOCK_TICKS
+
+
+def machine_idle() -> float:
+    """Idle CPU seconds so far, all cores together (/proc/stat: idle + iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / CLOCK_TICKS
 
 
 @functools.cache

@@ -97,7 +97,21 @@ def thread_cpu() -> dict[str, float]:
     return seconds
 
 
-async def drain(config: Any, messages: int, clock: StageClock) -> float:
+def box_cpu(services: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of this process, of each service with its children, and idle."""
+    import os
+
+    from benchmarks.processes import machine_idle, tree_cpu, usage
+
+    seconds = {"relay (this process)": usage(os.getpid()).cpu_seconds}
+    seconds.update({name: tree_cpu(pid) for name, pid in services.items()})
+    seconds["idle (both cores)"] = machine_idle()
+    return seconds
+
+
+async def drain(
+    config: Any, messages: int, clock: StageClock, services: dict[str, int]
+) -> float:
     from relay.service import RelayService
 
     service = RelayService(config)
@@ -110,12 +124,16 @@ async def drain(config: Any, messages: int, clock: StageClock) -> float:
     while not stats.batches:
         await asyncio.sleep(0.001)
     started, threads_before = time.perf_counter(), thread_cpu()
+    box_before = box_cpu(services)
     while stats.published < messages:
         if task.done():
             task.result()
         await asyncio.sleep(0.005)
     elapsed = time.perf_counter() - started
-    threads_after = thread_cpu()
+    threads_after, box_after = thread_cpu(), box_cpu(services)
+    print("\nthe machine's CPU per message during the drain, by process (with its children):")
+    for name, after in box_after.items():
+        print(f"  {name:28s} {(after - box_before[name]) / messages * 1e6:8.1f} µs")
     print("\nrelay CPU per message during the drain, by thread:")
     for name, after in sorted(threads_after.items(), key=lambda item: -item[1]):
         used = after - threads_before.get(name, 0.0)
@@ -145,7 +163,7 @@ def main() -> None:
     import psycopg
 
     import relay
-    from benchmarks.stack import KafkaTarget, fresh_database, running_stack
+    from benchmarks.stack import KafkaTarget, fresh_database, running_stack, service_pids
     from benchmarks.writers import preload
     from relay.config import RelayConfig
     from relay.durations import parse_duration
@@ -182,7 +200,8 @@ def main() -> None:
         cpu_before = resource.getrusage(resource.RUSAGE_SELF)
         if profiler:
             profiler.enable()
-        elapsed = asyncio.run(drain(config, args.messages, clock))
+        services = service_pids(stack)
+        elapsed = asyncio.run(drain(config, args.messages, clock, services))
         if profiler:
             profiler.disable()
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
