@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from relay.dsn import describe_dsn, redact
+from relay.eager_reads import EagerReadConnection
 from relay.errors import DatabaseUnavailableError, RelayError, translate_db_error
 
 log = logging.getLogger("outbox_relay.db")
@@ -100,7 +101,7 @@ async def open_connection(
 ) -> psycopg.AsyncConnection[Any]:
     """Connect with a timeout and apply session settings; failures name the target."""
     try:
-        conn = await psycopg.AsyncConnection.connect(
+        conn = await EagerReadConnection.connect(
             dsn,
             autocommit=autocommit,
             connect_timeout=max(1, round(connect_timeout)),

@@ -1,0 +1,46 @@
+"""The relay's PostgreSQL connections read large results whole, and psycopg's timeouts
+and cancellation still work through them."""
+
+import asyncio
+import hashlib
+
+import pytest
+
+from relay.db import open_connection
+from relay.eager_reads import EagerReadConnection
+
+LARGE = "SELECT i, repeat(md5(i::text), 32) FROM generate_series(1, %s) AS i"
+
+
+async def connect(dsn):
+    return await open_connection(dsn, duty="test", connect_timeout=5, settings={})
+
+
+def test_a_result_of_megabytes_arrives_whole(db_dsn):
+    async def scenario():
+        conn = await connect(db_dsn)
+        try:
+            assert isinstance(conn, EagerReadConnection)
+            cursor = await conn.execute(LARGE, [5000])  # ~5 MB
+            return await cursor.fetchall()
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(scenario())
+    assert rows == [(i, hashlib.md5(str(i).encode()).hexdigest() * 32) for i in range(1, 5001)]
+
+
+def test_a_statement_cut_short_by_a_timeout_leaves_the_connection_usable(db_dsn):
+    async def scenario():
+        conn = await connect(db_dsn)
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await conn.execute("SELECT pg_sleep(30)")
+            cursor = await conn.execute("SELECT 1")
+            return await cursor.fetchone()
+        finally:
+            await conn.close()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 20)) == (1,)
+
