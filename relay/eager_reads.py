@@ -12,7 +12,7 @@ nothing to read go to psycopg's own wait as before.
 from __future__ import annotations
 
 import select
-import time
+from time import monotonic
 from typing import Any, TypeVar
 
 import psycopg
@@ -21,9 +21,10 @@ from psycopg.waiting import Ready, Wait
 
 RV = TypeVar("RV")
 
-# How long the event loop may go without a turn while a result streams in. A claim's
-# 2 MB arrives in ~1-3 ms; other coroutines (the other lane, delivery reports) wait at
-# most this long.
+# How long reads may go on here, without a turn of the event loop, while a result streams
+# in. A claim's 2 MB arrives in ~1-3 ms; other coroutines (the other lane, delivery
+# reports) wait this much longer at most than psycopg's own wait lets them (it skips the
+# loop for writes for up to 5 ms, MAX_BUSY_TIME).
 EAGER_READ_BUDGET = 0.002
 
 
@@ -43,15 +44,16 @@ def read_what_arrived(gen: PQGen[RV], fileno: int) -> PQGen[RV]:
     waiting on ``fileno`` (within the budget); yield every other wait to the caller."""
     poller = select.poll()
     poller.register(fileno, select.POLLIN)
-    budget_ends = time.monotonic() + EAGER_READ_BUDGET
+    budget_ends = monotonic() + EAGER_READ_BUDGET
     try:
         wait = next(gen)
         while True:
-            if wait == Wait.R and poller.poll(0) and time.monotonic() < budget_ends:
+            if wait == Wait.R and poller.poll(0) and monotonic() < budget_ends:
                 wait = gen.send(Ready.R)
                 continue
             ready = yield wait
-            budget_ends = time.monotonic() + EAGER_READ_BUDGET
+            if wait == Wait.R:  # the loop had its turn (a write may not have given it one)
+                budget_ends = monotonic() + EAGER_READ_BUDGET
             wait = gen.send(ready)
     except StopIteration as done:
         result: RV = done.value

@@ -4,7 +4,10 @@ and cancellation still work through them."""
 import asyncio
 import hashlib
 
+import psycopg
+import psycopg.waiting
 import pytest
+from psycopg.waiting import Wait
 
 from relay.db import open_connection
 from relay.eager_reads import EagerReadConnection
@@ -44,3 +47,36 @@ def test_a_statement_cut_short_by_a_timeout_leaves_the_connection_usable(db_dsn)
 
     assert asyncio.run(asyncio.wait_for(scenario(), 20)) == (1,)
 
+
+
+def test_a_large_result_takes_far_fewer_turns_of_the_event_loop(db_dsn, monkeypatch):
+    """Counts the waits to read that reach psycopg's wait (each one a loop round trip)."""
+    reads = 0
+    psycopg_wait = psycopg.waiting.wait_async
+
+    def counted(gen):
+        nonlocal reads
+        try:
+            wait = next(gen)
+            while True:
+                reads += wait == Wait.R
+                wait = gen.send((yield wait))
+        except StopIteration as done:
+            return done.value
+
+    async def counting_wait(gen, fileno, *args, **kwargs):
+        return await psycopg_wait(counted(gen), fileno, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.waiting, "wait_async", counting_wait)
+
+    async def turns(connection_class):
+        nonlocal reads
+        async with await connection_class.connect(db_dsn, autocommit=True) as conn:
+            reads = 0
+            await (await conn.execute(LARGE, [5000])).fetchall()  # ~5 MB
+            return reads
+
+    plain = asyncio.run(turns(psycopg.AsyncConnection))
+    eager = asyncio.run(turns(EagerReadConnection))
+    assert plain > 100  # libpq's ~16 KB per read: ~300 waits
+    assert eager < plain / 2, (eager, plain)
