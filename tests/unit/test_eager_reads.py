@@ -21,6 +21,17 @@ def sockets():
     peer.close()
 
 
+@pytest.fixture
+def endless_data(sockets, monkeypatch):
+    """Our socket, always readable; a clock that moves 1 ms per reading; a 5 ms budget."""
+    ours, peer = sockets
+    peer.sendall(b"endless rows")
+    clock = itertools.count()
+    monkeypatch.setattr(eager_reads, "monotonic", lambda: next(clock) / 1000)
+    monkeypatch.setattr(eager_reads, "EAGER_READ_BUDGET", 0.005)
+    return ours
+
+
 def operation(*waits, result="done"):
     """A stand-in for a psycopg generator: yields ``waits``, records what it was sent."""
     received = []
@@ -71,12 +82,8 @@ def test_writes_go_to_the_caller_even_with_data_waiting(sockets):
     assert received == [Ready.W, Ready.W, Ready.R]
 
 
-def test_the_caller_gets_a_turn_once_the_budget_is_spent(sockets, monkeypatch):
-    ours, peer = sockets
-    peer.sendall(b"endless rows")
-    clock = itertools.count()
-    monkeypatch.setattr(eager_reads, "monotonic", lambda: next(clock) / 1000)
-    monkeypatch.setattr(eager_reads, "EAGER_READ_BUDGET", 0.005)
+def test_the_caller_gets_a_turn_once_the_budget_is_spent(endless_data):
+    ours = endless_data
     gen, received = operation(*[Wait.R] * 20)
     _result, given = run_to_the_end(read_what_arrived(gen, ours.fileno()))
     # the fake clock moves 1 ms per reading: after each of the caller's turns 4 reads fit
@@ -96,12 +103,8 @@ def test_an_error_of_the_operation_reaches_the_caller(sockets):
         run_to_the_end(read_what_arrived(failing(), ours.fileno()))
 
 
-def test_a_write_does_not_renew_the_budget(sockets, monkeypatch):
-    ours, peer = sockets
-    peer.sendall(b"endless rows")
-    clock = itertools.count()
-    monkeypatch.setattr(eager_reads, "monotonic", lambda: next(clock) / 1000)
-    monkeypatch.setattr(eager_reads, "EAGER_READ_BUDGET", 0.005)
+def test_a_write_does_not_renew_the_budget(endless_data):
+    ours = endless_data
     # psycopg answers a write without a loop turn: the reads after it share the budget
     gen, _received = operation(Wait.R, Wait.W, *[Wait.R] * 4)
     _result, given = run_to_the_end(read_what_arrived(gen, ours.fileno()))
