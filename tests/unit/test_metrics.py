@@ -49,3 +49,13 @@ def test_a_mixed_batch_counts_each_outcome_and_times_only_the_delivered():
     assert count(metrics, "b", "permanent") == 1 and count(metrics, "b", "delivered") == 1
     assert latency(metrics, "count") == 2
     assert latency(metrics, "bucket", "0.5") == 1  # the 1 s old one lands above
+
+
+def test_confirm_latency_can_be_read_against_a_15_or_20_ms_objective():
+    metrics = RelayMetrics()
+    batch = [message("a", age) for age in (0.012, 0.017, 0.022)]
+    metrics.observe_batch("kafka", batch, [DELIVERED] * 3, 0.01)
+    # now() moves on between building the batch and observing it, by far less than 3 ms
+    assert latency(metrics, "bucket", "0.015") == 1
+    assert latency(metrics, "bucket", "0.02") == 2
+    assert latency(metrics, "bucket", "0.025") == 3
