@@ -172,6 +172,9 @@ def confirmed_by_relay(port: int, timeout: float = 2.0) -> int | None:
     return int(total)
 
 
+CONFIRM_HISTOGRAM = "outbox_relay_commit_to_confirm_seconds"
+
+
 def relay_histogram(port: int, name: str, timeout: float = 2.0) -> dict[float, float]:
     """Cumulative bucket counts (upper bound -> count) of one of the relay's histograms."""
     try:
@@ -187,6 +190,22 @@ def relay_histogram(port: int, name: str, timeout: float = 2.0) -> dict[float, f
             key = float("inf") if bound == "+Inf" else float(bound)
             buckets[key] = buckets.get(key, 0.0) + value
     return buckets
+
+
+def histogram_quantiles(
+    before: dict[float, float], after: dict[float, float]
+) -> dict[str, float | None]:
+    """p50 and p99 of what a cumulative histogram gained between two scrapes, each as the
+    upper bound (in ms) of the bucket it falls in."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    result: dict[str, float | None] = {"p50_ms": None, "p99_ms": None}
+    for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
+        if total > 0:
+            bound = next(b for b, c in zip(bounds, counts, strict=True) if c >= q * total)
+            result[name] = bound * 1000
+    return result
 
 
 def naive_argv(dsn: str, target_args: list[str], progress: Path) -> list[str]:

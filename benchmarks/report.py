@@ -14,7 +14,16 @@ SUMMARY_FIELDS = {
     "drain": ["msg_per_s", "cpu_us_per_msg", "peak_rss_mb", "startup_seconds"],
     "drain-1m": ["msg_per_s", "cpu_us_per_msg", "peak_rss_mb", "startup_seconds"],
     "sustained": ["max_sustained_msg_per_s", "cpu_us_per_msg", "peak_rss_mb"],
-    "latency": ["p50_ms", "p95_ms", "p99_ms", "max_ms", "cpu_us_per_msg", "peak_rss_mb"],
+    "latency": [
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "cpu_us_per_msg",
+        "peak_rss_mb",
+        "relay_confirm_p50_ms",
+        "relay_confirm_p99_ms",
+    ],
 }
 RATE_FIELD = {"drain": "msg_per_s", "sustained": "max_sustained_msg_per_s"}
 
@@ -52,7 +61,11 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _latency_notes(runs: list[dict[str, Any]]) -> str:
     missing = sum(r.get("missing", 0) for r in runs)
     achieved = statistics.median(r.get("achieved_write_rate", r.get("rate", 0)) for r in runs)
-    return f"offered {achieved:.0f}/s" + (f", {missing} not received" if missing else "")
+    note = f"offered {achieved:.0f}/s" + (f", {missing} not received" if missing else "")
+    relay_p99 = [r["relay_confirm_p99_ms"] for r in runs if r.get("relay_confirm_p99_ms")]
+    if relay_p99:  # the relay's histogram: commit to confirm, before any consumer
+        note += f"; relay's own p99 <= {statistics.median(relay_p99):g} ms"
+    return note
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -83,6 +96,33 @@ def _find(
         ),
         None,
     )
+
+
+def _latency_checks(field: Any) -> list[tuple[str, Any, str, float]]:
+    """p99 at 1,000 msg/s: 20 ms polling, 15 ms CDC. The target is commit to broker
+    confirm, which the relay's own histogram measures (as the bound of the bucket the
+    p99 falls in); arrival at a consumer adds the broker's delivery to consumers."""
+    checks: list[tuple[str, Any, str, float]] = []
+    for broker, name in (("kafka", "Kafka"), ("rabbitmq", "RabbitMQ")):
+        for mode, label, goal in (("poll", "polling", 20), ("cdc", "CDC", 15)):
+            where = f"{label} -> {name} p99 at 1,000 msg/s, ms"
+            checks.append(
+                (
+                    f"{where}, commit to confirm",
+                    field("latency", mode, broker, "relay_confirm_p99_ms"),
+                    "<=",
+                    goal,
+                )
+            )
+            checks.append(
+                (
+                    f"{where}, commit to consumer",
+                    field("latency", mode, broker, "p99_ms"),
+                    "<=",
+                    goal,
+                )
+            )
+    return checks
 
 
 def targets(rows: list[dict[str, Any]], extras: dict[str, Any]) -> list[dict[str, Any]]:
@@ -117,18 +157,7 @@ def targets(rows: list[dict[str, Any]], extras: dict[str, Any]) -> list[dict[str
             8_000,
         ),
         ("CDC -> RabbitMQ drain, msg/s", rate("drain", "cdc", "rabbitmq"), ">=", 8_000),
-        (
-            "polling -> Kafka p99 at 1,000 msg/s, ms",
-            field("latency", "poll", "kafka", "p99_ms"),
-            "<=",
-            20,
-        ),
-        (
-            "CDC -> Kafka p99 at 1,000 msg/s, ms",
-            field("latency", "cdc", "kafka", "p99_ms"),
-            "<=",
-            15,
-        ),
+        *_latency_checks(field),
         (
             "polling relay CPU in the Kafka drain, us/msg",
             field("drain", "poll", "kafka", "cpu_us_per_msg"),

@@ -18,11 +18,10 @@ from typing import Any
 
 import psycopg
 
+from benchmarks.processes import CONFIRM_HISTOGRAM, histogram_quantiles
 from benchmarks.stack import Stack
 from benchmarks.workloads import Case, Session, wait_until
 from benchmarks.writers import Writers
-
-CONFIRM_HISTOGRAM = "outbox_relay_commit_to_confirm_seconds"
 
 TABLE_STATS = """
 SELECT pg_total_relation_size('outbox.messages'),
@@ -84,22 +83,6 @@ def soak(
         "rss_mb_first_last": [first["rss_mb"], last["rss_mb"]],
         "peak_rss_mb": round(session.hwm_mb, 1),
     }
-
-
-def histogram_quantiles(
-    before: dict[float, float], after: dict[float, float]
-) -> dict[str, float | None]:
-    """p50 and p99 of what a cumulative histogram gained between two scrapes, each as the
-    upper bound (in ms) of the bucket it falls in."""
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    total = counts[-1] if counts else 0.0
-    result: dict[str, float | None] = {"p50_ms": None, "p99_ms": None}
-    for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
-        if total > 0:
-            bound = next(b for b, c in zip(bounds, counts, strict=True) if c >= q * total)
-            result[name] = bound * 1000
-    return result
 
 
 def _window(
