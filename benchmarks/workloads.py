@@ -413,8 +413,8 @@ def latency(
         "peak_rss_mb": round(session.hwm_mb, 1),
         # The relay's own view (created_at to confirm, bucket bounds): what the consumer
         # adds on top of it is the broker's delivery, not the relay.
-        "relay_confirm_p50_ms": by_relay["p50_ms"],
-        "relay_confirm_p99_ms": by_relay["p99_ms"],
+        "confirm_p50_ms": by_relay["p50_ms"],
+        "confirm_p99_ms": by_relay["p99_ms"],
         "latencies_ms": [round(v, 3) for v in values],
     }
 
