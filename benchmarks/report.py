@@ -248,7 +248,8 @@ def markdown(document: dict[str, Any]) -> str:
             f"`{meta['command']}` on {meta['machine']}, {meta['started_at']}; relay tree "
             f"{meta['relay_tree']}. Medians of the runs shown; CPU is the relay process's own "
             "utime+stime per message, RSS its VmHWM; latency is COMMIT returning in the writer "
-            "→ arrival at a consumer."
+            "→ arrival at a consumer, and in the notes commit → the broker's confirm (the "
+            "relay's own histogram: the bound of the bucket its p99 falls in)."
         ),
         "",
     ]
