@@ -13,13 +13,13 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncClientCursor, AsyncConnection
 
 from relay.backoff import full_jitter
 from relay.breaker import CircuitBreaker
@@ -54,6 +54,25 @@ def lock_space(schema: str) -> int:
     """The advisory-lock namespace of a schema's buckets (a signed 32-bit integer)."""
     return zlib.crc32(f"outbox-relay:{schema}".encode()) - 2**31
 
+
+def begin_and_lock_statement(
+    conn: AsyncConnection[Any], schema: str, params: Mapping[str, Any]
+) -> bytes:
+    """BEGIN, then ``lock_leased_buckets`` with ``params`` bound as literals: one
+    simple-protocol query, so one round trip.
+
+    A lane's lock parameters never change, so the statement is built once. At 1,000
+    msg/s a round is a handful of rows and each round trip costs more than they do.
+    """
+    lock = AsyncClientCursor(conn).mogrify(query("lock_leased_buckets", schema), params)
+    return b"BEGIN;\n" + lock.encode()
+
+
+async def begin_and_lock_buckets(conn: AsyncConnection[Any], statement: bytes) -> list[int]:
+    """Run a ``begin_and_lock_statement``; the buckets now locked, the transaction open."""
+    cursor = await conn.execute(statement, prepare=False)
+    cursor.nextset()  # past BEGIN's result to the lock statement's rows
+    return [row[0] for row in await cursor.fetchall()]
 
 
 def claim_session(config: RelayConfig, lane: int = 0) -> DbSession:
@@ -137,6 +156,7 @@ class Poller:
             "lane": lane,
             "lanes": config.claim_lanes,
         }
+        self._begin_and_lock: bytes | None = None  # built on the first round
         self._loop_name = f"claim lane {lane}"
         self._lane = lane
         self._switch = switch
@@ -273,20 +293,23 @@ class Poller:
         # than sending ROLLBACK down a connection that may have stopped answering.
         if not self._leases.owned:
             return DrainResult()
-        await conn.execute("BEGIN")
-        rows = await self._claim(conn)
+        buckets = await self._begin_and_lock_buckets(conn)
+        rows = await self._claim(conn, buckets) if buckets else []
         outage = await self._publish_and_acknowledge(conn, rows) if rows else False
         await conn.execute("COMMIT")
         if self._switch is not None and not outage:
             await self._switch.round_done(conn, self._lane, claimed=len(rows))
         return DrainResult(claimed=len(rows), outage=outage)
 
-    async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
+    async def _begin_and_lock_buckets(self, conn: AsyncConnection[Any]) -> list[int]:
+        if self._begin_and_lock is None:
+            self._begin_and_lock = begin_and_lock_statement(
+                conn, self._config.schema, self._claim_params
+            )
+        return await begin_and_lock_buckets(conn, self._begin_and_lock)
+
+    async def _claim(self, conn: AsyncConnection[Any], buckets: list[int]) -> list[OutboxMessage]:
         schema = self._config.schema
-        locked = await conn.execute(query("lock_leased_buckets", schema), self._claim_params)
-        buckets = [row[0] for row in await locked.fetchall()]
-        if not buckets:
-            return []
         async with conn.cursor(row_factory=message_row, binary=True) as cursor:
             register_claim_loaders(cursor.adapters)
             # A new statement, so a new snapshot: it sees everything the buckets' previous

@@ -16,7 +16,7 @@ from relay import enqueue
 from relay.errors import SchemaMissingError
 from relay.model import permanent, retryable
 from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
-from relay.poller import lock_space
+from relay.poller import begin_and_lock_buckets, begin_and_lock_statement, lock_space
 from relay.service import RelayService, preflight
 from relay.sqlfiles import query
 from relay.testing.fakes import InMemoryConnector
@@ -176,7 +176,7 @@ def test_a_busy_relay_quiets_the_writers_and_a_dry_lane_wakes_them(db_dsn):
     assert asyncio.run(scenario()) < 2.0
 
 
-def test_each_lane_locks_only_its_share_of_the_leased_buckets(db_dsn):
+def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(db_dsn):
     install_outbox(db_dsn)
     relay_id = lease_bucket(db_dsn, 0)
     with psycopg.connect(db_dsn, autocommit=True) as admin:
@@ -185,14 +185,26 @@ def test_each_lane_locks_only_its_share_of_the_leased_buckets(db_dsn):
             "'1 minute' WHERE bucket < 40",
             (relay_id,),
         )
-    shares = []
-    for lane in range(3):
-        with psycopg.connect(db_dsn) as conn:
+
+    async def lock_one_lane(lane: int, other: psycopg.Connection) -> tuple[list[int], bool]:
+        # As the poller does: BEGIN and the lock in one query, on an autocommit session.
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
             params = {"relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3}
-            shares.append(
-                {r[0] for r in conn.execute(query("lock_leased_buckets", "outbox"), params)}
-            )
-    assert [sorted(share) for share in shares] == [list(range(lane, 40, 3)) for lane in range(3)]
+            statement = begin_and_lock_statement(conn, "outbox", params)
+            buckets = await begin_and_lock_buckets(conn, statement)
+            taken_elsewhere = [
+                other.execute("SELECT pg_try_advisory_lock(1, %s)", (b,)).fetchone()[0]
+                for b in buckets
+            ]
+            await conn.execute("COMMIT")
+            freed = other.execute("SELECT pg_try_advisory_lock(1, %s)", (buckets[0],))
+            held_until_commit = not any(taken_elsewhere) and freed.fetchone()[0]
+            other.execute("SELECT pg_advisory_unlock_all()")
+            return sorted(buckets), held_until_commit
+
+    with psycopg.connect(db_dsn, autocommit=True) as other:
+        shares = [asyncio.run(lock_one_lane(lane, other)) for lane in range(3)]
+    assert shares == [(list(range(lane, 40, 3)), True) for lane in range(3)]
 
 
 def test_notify_wakes_the_relay_well_before_the_poll_interval(db_dsn):
