@@ -109,15 +109,19 @@ def box_cpu(services: dict[str, int]) -> dict[str, float]:
     return seconds
 
 
-async def drain(
-    config: Any, messages: int, clock: StageClock, services: dict[str, int]
-) -> float:
+async def drain(config: Any, messages: int, clock: StageClock, services: dict[str, int]) -> float:
     from relay.service import RelayService
 
     service = RelayService(config)
     for poller in service.pollers:
         poller._claim = clock.wrap("claim query", poller._claim)
-        poller._acknowledge = clock.wrap("acknowledge", poller._acknowledge)
+        # Trees before 2026-12-04 acknowledge, then COMMIT apart; later ones in one query.
+        name = (
+            "_acknowledge_and_commit"
+            if hasattr(poller, "_acknowledge_and_commit")
+            else "_acknowledge"
+        )
+        setattr(poller, name, clock.wrap("acknowledge", getattr(poller, name)))
     service.connector.publish = clock.wrap("connector.publish", service.connector.publish)
     task = asyncio.create_task(service.run())
     stats = service.cdc.stats if service.cdc is not None else service.poll_stats

@@ -122,6 +122,11 @@ class Acknowledgement:
     hold_forever: list[bool] = field(default_factory=list)
     waiting: int = 0  # failed behind an earlier failure of their key: not an attempt
 
+    @property
+    def sent_only(self) -> bool:
+        """Nothing to write but the sent rows (every message delivered)."""
+        return not (self.dead_seqs or self.released_keys or self.failed_seqs or self.hold_keys)
+
     def hold_params(self) -> dict[str, list[Any]]:
         return {
             "keys": self.hold_keys,

@@ -19,7 +19,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncClientCursor, AsyncConnection
+from psycopg import AsyncClientCursor, AsyncConnection, sql
 
 from relay.backoff import full_jitter
 from relay.breaker import CircuitBreaker
@@ -73,6 +73,15 @@ async def begin_and_lock_buckets(conn: AsyncConnection[Any], statement: bytes) -
     cursor = await conn.execute(statement, prepare=False)
     cursor.nextset()  # past BEGIN's result to the lock statement's rows
     return [row[0] for row in await cursor.fetchall()]
+
+
+def sent_and_commit_statement(
+    conn: AsyncConnection[Any], acknowledge: sql.Composed, seqs: Sequence[int]
+) -> bytes:
+    """``acknowledge`` (delete_sent or mark_sent) for ``seqs``, then COMMIT: one
+    simple-protocol query. If the write fails, PostgreSQL skips the COMMIT."""
+    write = AsyncClientCursor(conn).mogrify(acknowledge, {"seqs": bigint_array(seqs)})
+    return write.encode() + b";\nCOMMIT"
 
 
 def claim_session(config: RelayConfig, lane: int = 0) -> DbSession:
@@ -295,8 +304,11 @@ class Poller:
             return DrainResult()
         buckets = await self._begin_and_lock_buckets(conn)
         rows = await self._claim(conn, buckets) if buckets else []
-        outage = await self._publish_and_acknowledge(conn, rows) if rows else False
-        await conn.execute("COMMIT")
+        if rows:
+            outage = await self._publish_and_acknowledge(conn, rows)  # and commits
+        else:
+            outage = False
+            await conn.execute("COMMIT")
         if self._switch is not None and not outage:
             await self._switch.round_done(conn, self._lane, claimed=len(rows))
         return DrainResult(claimed=len(rows), outage=outage)
@@ -332,14 +344,20 @@ class Poller:
             # fails and the new owner publishes the batch again (duplicates, in order).
             log.warning("this relay's bucket leases ran out while a batch was in flight")
         ack = plan_acknowledgement(batch, outcomes, self._policy)
-        await self._acknowledge(conn, ack)
+        await self._acknowledge_and_commit(conn, ack)
         self._count(ack, outcomes, time.monotonic() - started)
         return ack.outage
 
-    async def _acknowledge(self, conn: AsyncConnection[Any], ack: Acknowledgement) -> None:
+    async def _acknowledge_and_commit(
+        self, conn: AsyncConnection[Any], ack: Acknowledgement
+    ) -> None:
         schema = self._config.schema
+        name = "delete_sent" if self._config.retention == 0 else "mark_sent"
+        if ack.sent and ack.sent_only:
+            # The usual batch: its one write and COMMIT in one query, one round trip.
+            await conn.execute(sent_and_commit_statement(conn, query(name, schema), ack.sent))
+            return
         if ack.sent:
-            name = "delete_sent" if self._config.retention == 0 else "mark_sent"
             await conn.execute(query(name, schema), {"seqs": bigint_array(ack.sent)}, prepare=True)
         if ack.dead_seqs:
             await conn.execute(query("dead_letter", schema), ack.dead_letter_params())
@@ -349,6 +367,7 @@ class Poller:
             await conn.execute(query("record_failures", schema), ack.failure_params())
         if ack.hold_keys:
             await conn.execute(query("hold_keys", schema), ack.hold_params())
+        await conn.execute("COMMIT")
 
     def _count(self, ack: Acknowledgement, outcomes: Sequence[Outcome], elapsed: float) -> None:
         delivered = len(ack.sent)

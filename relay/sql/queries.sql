@@ -37,7 +37,7 @@ LIMIT %(limit)s
 FOR UPDATE OF m SKIP LOCKED;
 
 -- name: mark_sent
--- %(seqs)s is an array literal (relay.outbox_rows.bigint_array), because psycopg
+-- The seqs parameter is an array literal (relay.outbox_rows.bigint_array): psycopg
 -- adapts a list of 500 ints one element at a time in Python.
 UPDATE {schema}.messages
 SET sent_at = now(), attempts = attempts + 1, last_error = NULL

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import defaultdict
@@ -16,7 +17,12 @@ from relay import enqueue
 from relay.errors import SchemaMissingError
 from relay.model import permanent, retryable
 from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
-from relay.poller import begin_and_lock_buckets, begin_and_lock_statement, lock_space
+from relay.poller import (
+    begin_and_lock_buckets,
+    begin_and_lock_statement,
+    lock_space,
+    sent_and_commit_statement,
+)
 from relay.service import RelayService, preflight
 from relay.sqlfiles import query
 from relay.testing.fakes import InMemoryConnector
@@ -407,6 +413,37 @@ def test_retention_zero_deletes_on_acknowledgement(db_dsn):
     asyncio.run(scenario())
     with psycopg.connect(db_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM outbox.messages").fetchone()[0] == 0
+
+
+REFUSE_WRITES = """
+CREATE FUNCTION outbox.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'refused'; END $$;
+CREATE TRIGGER refuse BEFORE UPDATE OR DELETE ON outbox.messages
+FOR EACH ROW EXECUTE FUNCTION outbox.refuse();
+"""
+
+
+@pytest.mark.parametrize("name", ["delete_sent", "mark_sent"])
+def test_the_acknowledgement_and_its_commit_go_as_one_query(db_dsn, name):
+    install_outbox(db_dsn)
+    write(db_dsn, 5)
+    with psycopg.connect(db_dsn) as conn:
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM outbox.messages ORDER BY seq")]
+
+    async def acknowledge(seqs: list[int]) -> str:
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+            await conn.execute("BEGIN")
+            statement = sent_and_commit_statement(conn, query(name, "outbox"), seqs)
+            with contextlib.suppress(psycopg.errors.RaiseException):
+                await conn.execute(statement)
+            return conn.info.transaction_status.name
+
+    assert asyncio.run(acknowledge(seqs[:3])) == "IDLE"  # written and committed
+    assert pending(db_dsn) == 2
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(REFUSE_WRITES)
+    assert asyncio.run(acknowledge(seqs[3:])) == "INERROR"  # the write failed: no COMMIT
+    assert pending(db_dsn) == 2
 
 
 def test_retention_purges_old_sent_rows_in_batches(db_dsn):
