@@ -124,7 +124,8 @@ class Acknowledgement:
 
     @property
     def sent_only(self) -> bool:
-        """Nothing to write but the sent rows (every message delivered)."""
+        """Nothing to write but the sent rows: every message delivered, and none of them
+        a retry whose key hold must be released."""
         return not (self.dead_seqs or self.released_keys or self.failed_seqs or self.hold_keys)
 
     def hold_params(self) -> dict[str, list[Any]]:

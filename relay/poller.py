@@ -65,7 +65,9 @@ def begin_and_lock_statement(
     msg/s a round is a handful of rows and each round trip costs more than they do.
     """
     lock = AsyncClientCursor(conn).mogrify(query("lock_leased_buckets", schema), params)
-    return b"BEGIN;\n" + lock.encode()
+    # READ COMMITTED whatever the server's default: the claim after the lock must take a
+    # snapshot of its own (see lock_leased_buckets), which REPEATABLE READ would not.
+    return b"BEGIN ISOLATION LEVEL READ COMMITTED;\n" + lock.encode()
 
 
 async def begin_and_lock_buckets(conn: AsyncConnection[Any], statement: bytes) -> list[int]:
@@ -355,7 +357,8 @@ class Poller:
         name = "delete_sent" if self._config.retention == 0 else "mark_sent"
         if ack.sent and ack.sent_only:
             # The usual batch: its one write and COMMIT in one query, one round trip.
-            await conn.execute(sent_and_commit_statement(conn, query(name, schema), ack.sent))
+            statement = sent_and_commit_statement(conn, query(name, schema), ack.sent)
+            await conn.execute(statement, prepare=False)
             return
         if ack.sent:
             await conn.execute(query(name, schema), {"seqs": bigint_array(ack.sent)}, prepare=True)

@@ -191,6 +191,12 @@ def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(d
             "'1 minute' WHERE bucket < 40",
             (relay_id,),
         )
+        # The claim needs a snapshot of its own after the lock, whatever the default.
+        admin.execute(
+            sql.SQL(
+                "ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'"
+            ).format(sql.Identifier(admin.info.dbname))
+        )
 
     async def lock_one_lane(lane: int, other: psycopg.Connection) -> tuple[list[int], bool]:
         # As the poller does: BEGIN and the lock in one query, on an autocommit session.
@@ -198,6 +204,8 @@ def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(d
             params = {"relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3}
             statement = begin_and_lock_statement(conn, "outbox", params)
             buckets = await begin_and_lock_buckets(conn, statement)
+            isolation = await (await conn.execute("SHOW transaction_isolation")).fetchone()
+            assert isolation == ("read committed",)
             taken_elsewhere = [
                 other.execute("SELECT pg_try_advisory_lock(1, %s)", (b,)).fetchone()[0]
                 for b in buckets
@@ -318,7 +326,8 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
 
 
 def claim_like_the_poller(conn, relay_id, limit=10):
-    """The poller's claim: lock the leased buckets, then (a new statement) claim rows."""
+    """The poller's claim on an autocommit connection: its own BEGIN-and-lock query, then
+    (a new statement) the claim. The transaction stays open for the caller to end."""
     params = {
         "relay_id": relay_id,
         "lock_space": lock_space("outbox"),
@@ -326,10 +335,25 @@ def claim_like_the_poller(conn, relay_id, limit=10):
         "lane": 0,
         "lanes": 1,
     }
-    buckets = [r[0] for r in conn.execute(query("lock_leased_buckets", "outbox"), params)]
+    locked = conn.execute(poller_lock_statement(conn.info.dsn, params), prepare=False)
+    locked.nextset()
+    buckets = [r[0] for r in locked]
     if not buckets:
         return []
     return conn.execute(query("claim_batch", "outbox"), {**params, "buckets": buckets}).fetchall()
+
+
+def connect_autocommit(dsn):
+    """As the relay's sessions are: transactions only where a statement begins one."""
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def poller_lock_statement(dsn, params):
+    async def build():
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            return begin_and_lock_statement(conn, "outbox", params)
+
+    return asyncio.run(build())
 
 
 def lease_bucket(dsn, bucket):
@@ -355,7 +379,7 @@ def test_the_new_owner_of_a_bucket_waits_for_the_old_owners_batch(db_dsn):
     write(db_dsn, 3, keys=1)
     bucket = bucket_of(db_dsn, "k0")
     owner_a = lease_bucket(db_dsn, bucket)
-    with psycopg.connect(db_dsn) as a, psycopg.connect(db_dsn) as b:
+    with connect_autocommit(db_dsn) as a, connect_autocommit(db_dsn) as b:
         assert len(claim_like_the_poller(a, owner_a)) == 3  # A's batch stays in flight
         owner_b = lease_bucket(db_dsn, bucket)
         assert claim_like_the_poller(b, owner_b) == []
@@ -381,7 +405,7 @@ def test_a_hand_over_mid_commit_cannot_skip_the_old_owners_key_hold(db_dsn):
         conn.execute("VACUUM ANALYZE outbox.messages")
     bucket = bucket_of(db_dsn, "K")
     owner_a = lease_bucket(db_dsn, bucket)
-    with psycopg.connect(db_dsn) as a, psycopg.connect(db_dsn) as b:
+    with connect_autocommit(db_dsn) as a, connect_autocommit(db_dsn) as b:
         first, second = [r[0] for r in claim_like_the_poller(a, owner_a, 500) if r[3] == "K"]
         a.execute("DELETE FROM outbox.messages WHERE seq = %s", (first,))
         a.execute(
