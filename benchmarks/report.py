@@ -51,6 +51,9 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["notes"] = _latency_notes(runs)
         if workload == "sustained" and any(r.get("lower_bound") for r in runs):
             row["notes"] = "at least: the relay kept up with all the writers could commit"
+        if kind == "writers-alone":
+            busy = statistics.median(r["machine_busy_pct"] for r in runs)
+            row["notes"] = f"no relay, no broker: the writers' ceiling ({busy:g} % of CPU busy)"
         if workload == "drain":
             row["complete"] = all(r.get("complete") for r in runs)
         rows.append(row)

@@ -44,6 +44,7 @@ from benchmarks.processes import cdc_available, log_dir
 from benchmarks.soak import soak
 from benchmarks.stack import Stack, drop_database, fresh_database, running_stack
 from benchmarks.workloads import Case, drain, latency, sustained
+from benchmarks.writers import writers_alone
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(relay.__file__).resolve().parents[1]  # the relay's source tree, for git
@@ -245,6 +246,8 @@ def _suite(
     kinds = [k for k in args.kinds.split(",") if k in ("outbox-relay", "naive")]
     if args.no_naive:
         kinds = [k for k in kinds if k != "naive"]
+    if "sustained" in workloads and "outbox-relay" in kinds:
+        _writers_alone(stack, plan, args, records)
     for broker in brokers:
         if "latency" in workloads and "direct-producer" in args.kinds.split(","):
             case = Case("direct-producer", "none", broker)
@@ -346,6 +349,27 @@ def _drains(
         )
         rates.append(result["msg_per_s"])
     return sorted(rates)[len(rates) // 2]
+
+
+def _writers_alone(
+    stack: Stack, plan: Plan, args: argparse.Namespace, records: list[dict[str, Any]]
+) -> None:
+    """The writers' own ceiling, no relay: what "the writers' limit" in a sustained
+    result stands for on this machine."""
+    dsn = fresh_database(stack.pg)
+    try:
+        _record(
+            records,
+            "sustained",
+            Case("writers-alone", "none", "none"),
+            1,
+            lambda: writers_alone(
+                dsn, "writers-alone", seconds=plan.step * 2, count=args.writers,
+                rows_per_tx=ROWS_PER_TX,
+            ),
+        )
+    finally:
+        drop_database(stack.pg, dsn)
 
 
 def _sustained(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import multiprocessing as mp
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import psycopg
 
 from benchmarks.payloads import body_pool, event_key, event_text
+from benchmarks.processes import machine_idle
 
 INSERT = (
     "INSERT INTO outbox.messages (topic, key, payload)"
@@ -153,3 +155,36 @@ class Writers:
         failed = [p.exitcode for p in self._processes if p.exitcode not in (0, None)]
         if failed:
             raise RuntimeError(f"a writer process failed (exit codes {failed})")
+
+
+# An offered rate no writer set here reaches: the writers go as fast as they can.
+FLAT_OUT = 1_000_000.0
+
+
+def writers_alone(
+    dsn: str, topic: str, *, seconds: float, count: int, rows_per_tx: int
+) -> dict[str, Any]:
+    """How fast ``count`` writers commit into the outbox with no relay and no broker.
+
+    The sustained workload offers rising rates to writers sharing the cores with the
+    relay; where they fall short of the offered rate, this is the ceiling they would hit
+    with the machine to themselves, so a "writers' limit" there is measured, not assumed.
+    """
+    writers = Writers(dsn, topic, rate=FLAT_OUT, count=count, rows_per_tx=rows_per_tx)
+    writers.start()
+    try:
+        time.sleep(seconds / 3)  # connections, prepared statements, the first pages
+        rows, idle, started = writers.committed(), machine_idle(), time.monotonic()
+        time.sleep(seconds * 2 / 3)
+        elapsed = time.monotonic() - started
+        rows, idle = writers.committed() - rows, machine_idle() - idle
+    finally:
+        writers.stop()
+    cores = os.cpu_count() or 1
+    return {
+        "max_sustained_msg_per_s": round(rows / elapsed),
+        "machine_busy_pct": round(100 * (1 - idle / (elapsed * cores)), 1),
+        "writers": count,
+        "rows_per_tx": rows_per_tx,
+        "seconds": seconds,
+    }
