@@ -383,6 +383,11 @@ def _sustained(
 ) -> None:
     base = drain_rate or (1000.0 if case.kind == "naive" else 10_000.0)
     rates = [max(100.0, round(base * f, -2)) for f in plan.ramp]
+    goal = report.SUSTAINED_GOALS.get((case.mode, case.broker))
+    if case.kind == "outbox-relay" and goal is not None:
+        # Offer the target's own rate too: a ramp of fractions of the drain rate can step
+        # from just below it to far above it, and then the run cannot say if it is met.
+        rates = sorted({*rates, float(goal)})
     writers = 1 if case.kind == "naive" else args.writers
     for run in range(1, plan.sustained_runs + 1):
         _record(
