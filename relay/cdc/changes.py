@@ -51,14 +51,18 @@ def _no_decoder(_data: bytes) -> object:
     raise ValueError("no binary decoder")  # decode_column raises the real error
 
 
+_SKIPPED: Final = ("", _no_decoder)
+
+
 @dataclass(frozen=True)
 class _CapturedRelation:
     mapping: BoundMapping
     # (index in the tuple, name, type oid, the type's binary decoder): resolved once per
     # relation, because the generic per-value dispatch was a fifth of the decoding time.
     columns: tuple[tuple[int, str, int, _Decoder], ...]
-    # For read_insert: per column of the table, its name and decoder, or None to skip it.
-    plan: tuple[tuple[str, _Decoder] | None, ...]
+    # For read_insert: per column of the table, its name and decoder; an empty name skips
+    # the column (a pair either way, so the loop unpacks it without indexing).
+    plan: tuple[tuple[str, _Decoder], ...]
 
     @classmethod
     def of(
@@ -68,7 +72,7 @@ class _CapturedRelation:
             (i, name, oid, binary_decoder(oid) or _no_decoder) for i, name, oid in columns
         )
         wanted = {i: (name, decoder) for i, name, _oid, decoder in resolved}
-        return cls(mapping, resolved, tuple(wanted.get(i) for i in range(width)))
+        return cls(mapping, resolved, tuple(wanted.get(i, _SKIPPED) for i in range(width)))
 
     def decode(self, row: TupleData) -> dict[str, object]:
         kinds, raw = row.kinds, row.values
@@ -98,18 +102,19 @@ class _CapturedRelation:
             return None
         decoded: dict[str, object] = {}
         pos = 8
+        size = _UINT32  # a local: global lookups cost in this loop
         try:
-            for column in plan:
+            for name, decode in plan:
                 kind = data[pos]
                 if kind == KIND_BINARY:
                     start = pos + 5
-                    pos = start + _UINT32(data, pos + 1)[0]
-                    if column is not None:
-                        decoded[column[0]] = column[1](data[start:pos])
+                    pos = start + size(data, pos + 1)[0]
+                    if name:
+                        decoded[name] = decode(data[start:pos])
                 elif kind == KIND_NULL:
                     pos += 1
-                    if column is not None:
-                        decoded[column[0]] = None
+                    if name:
+                        decoded[name] = None
                 else:
                     return None
         except (StructError, ValueError, OverflowError, IndexError):
