@@ -43,7 +43,7 @@ from benchmarks.floor import latency_floor
 from benchmarks.processes import cdc_available, log_dir
 from benchmarks.soak import soak
 from benchmarks.stack import Stack, drop_database, fresh_database, running_stack
-from benchmarks.workloads import Case, drain, latency, sustained
+from benchmarks.workloads import Case, drain, latency, sustained, sustained_rates
 from benchmarks.writers import writers_alone
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -381,13 +381,7 @@ def _sustained(
     records: list[dict[str, Any]],
     drain_rate: float | None,
 ) -> None:
-    base = drain_rate or (1000.0 if case.kind == "naive" else 10_000.0)
-    rates = [max(100.0, round(base * f, -2)) for f in plan.ramp]
-    goal = report.SUSTAINED_GOALS.get((case.mode, case.broker))
-    if case.kind == "outbox-relay" and goal is not None:
-        # Offer the target's own rate too: a ramp of fractions of the drain rate can step
-        # from just below it to far above it, and then the run cannot say if it is met.
-        rates = sorted({*rates, float(goal)})
+    rates = sustained_rates(plan.ramp, case, drain_rate)
     writers = 1 if case.kind == "naive" else args.writers
     for run in range(1, plan.sustained_runs + 1):
         _record(

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from benchmarks import report
 from benchmarks.processes import (
     CONFIRM_HISTOGRAM,
     RelayProcess,
@@ -250,6 +251,18 @@ class StepResult:
         return {k: _round(v) if isinstance(v, float) else v for k, v in vars(self).items()}
 
 
+def sustained_rates(ramp: tuple[float, ...], case: Case, drain_rate: float | None) -> list[float]:
+    """The rates a sustained run offers: fractions of the drain rate, and the target's."""
+    base = drain_rate or (1000.0 if case.kind == "naive" else 10_000.0)
+    rates = [max(100.0, round(base * f, -2)) for f in ramp]
+    goal = report.SUSTAINED_GOALS.get((case.mode, case.broker))
+    if case.kind == "outbox-relay" and goal is not None:
+        # Offer the target's own rate too: a ramp of fractions of the drain rate can step
+        # from just below it to far above it, and then the run cannot say if it is met.
+        rates = sorted({*rates, float(goal)})
+    return rates
+
+
 def sustained(
     stack: Stack,
     case: Case,
@@ -335,12 +348,7 @@ def _one_step(
     backlog = [s.committed - s.delivered for s in half]
     slope = statistics.linear_regression([s.t for s in half], backlog).slope
     write_rate = (b.committed - a.committed) / (b.t - a.t)
-    # flat: it ends small, and it is not clearly growing (a short step's slope is noisy, so
-    # a backlog that ends below a quarter second of writes counts as flat whatever the slope)
-    small = max(rate * 0.25, 500)
-    kept_up = backlog[-1] <= max(rate * 0.5, 1000) and (
-        slope <= 0.05 * rate or backlog[-1] <= small
-    )
+    kept_up, writer_limited = step_verdict(rate, write_rate, backlog[-1], slope)
     return StepResult(
         rate,
         write_rate,
@@ -350,8 +358,23 @@ def _one_step(
         _cpu_us(a, b),
         b.rss,
         kept_up,
-        write_rate < WRITERS_ON_PACE * rate,
+        writer_limited,
     ), committed
+
+
+def step_verdict(
+    rate: float, write_rate: float, backlog_end: int, slope: float
+) -> tuple[bool, bool]:
+    """(the relay kept up, the writers fell short of the offered rate) for one step.
+
+    Kept up: the backlog ends small and is not clearly growing (a short step's slope is
+    noisy, so a backlog that ends below a quarter second of writes counts as flat
+    whatever the slope).
+    """
+    small = max(rate * 0.25, 500)
+    flat = slope <= 0.05 * rate or backlog_end <= small
+    kept_up = backlog_end <= max(rate * 0.5, 1000) and flat
+    return kept_up, write_rate < WRITERS_ON_PACE * rate
 
 
 # --- latency ---------------------------------------------------------------------------------

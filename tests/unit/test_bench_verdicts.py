@@ -1,0 +1,68 @@
+"""The benchmark suite's own judgements: which rates a sustained run offers, when a step
+counts as kept up at its offered rate, and how the report reads the targets from them.
+
+The README's figures come from these decisions, so they are tested like the relay is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks import report
+from benchmarks.workloads import Case, step_verdict, sustained_rates
+
+QUICK_RAMP = (0.3, 0.5, 0.75, 1.0)
+
+
+def test_a_sustained_run_offers_the_targets_own_rate() -> None:
+    # A RabbitMQ drain of ~15,000/s made the quick ramp step from 7,600 straight to 11,400.
+    rates = sustained_rates(QUICK_RAMP, Case("outbox-relay", "poll", "rabbitmq"), 15_168.0)
+    assert rates == [4_600.0, 7_600.0, 8_000.0, 11_400.0, 15_200.0]
+    cdc_kafka = sustained_rates(QUICK_RAMP, Case("outbox-relay", "cdc", "kafka"), 53_006.0)
+    assert 30_000.0 in cdc_kafka and cdc_kafka == sorted(cdc_kafka)
+
+
+def test_the_naive_relay_is_offered_its_ramp_only() -> None:
+    rates = sustained_rates(QUICK_RAMP, Case("naive", "poll", "kafka"), 2_000.0)
+    assert rates == [600.0, 1_000.0, 1_500.0, 2_000.0]
+
+
+def test_writers_on_pace_count_the_step_at_its_offered_rate() -> None:
+    kept_up, writer_limited = step_verdict(8_000, 7_991, backlog_end=40, slope=3.0)
+    assert kept_up and not writer_limited
+
+
+def test_writers_short_of_the_offered_rate_make_the_step_writer_limited() -> None:
+    # Offered the 20,000 target, committed 18,500: the figure must not read as 20,000.
+    kept_up, writer_limited = step_verdict(20_000, 18_500, backlog_end=300, slope=0.0)
+    assert kept_up and writer_limited
+
+
+def test_a_growing_backlog_is_not_kept_up() -> None:
+    kept_up, _ = step_verdict(9_000, 9_003, backlog_end=6_000, slope=1_500.0)
+    assert not kept_up
+
+
+def record(kind: str, mode: str, broker: str, **figures: Any) -> dict[str, Any]:
+    return {"workload": "sustained", "kind": kind, "mode": mode, "broker": broker, "run": 1,
+            **figures}
+
+
+def test_the_report_judges_every_sustained_target_and_names_the_writers_ceiling() -> None:
+    records = [
+        record("writers-alone", "none", "none", max_sustained_msg_per_s=28_310,
+               machine_busy_pct=82.6),
+        record("outbox-relay", "poll", "kafka", max_sustained_msg_per_s=19_030,
+               lower_bound=True),
+        record("outbox-relay", "cdc", "rabbitmq", max_sustained_msg_per_s=8_000),
+    ]
+    rows = report.summarize(records)
+    ceiling = next(r for r in rows if r["kind"] == "writers-alone")
+    assert ceiling["max_sustained_msg_per_s"] == 28_310
+    assert "writers' ceiling" in ceiling["notes"] and "82.6 %" in ceiling["notes"]
+    judged = {t["target"]: t for t in report.targets(rows, {})}
+    polling = judged["polling -> Kafka sustained with writers, msg/s"]
+    assert (polling["measured"], polling["met"]) == (19_030, False)
+    cdc_rabbit = judged["CDC -> RabbitMQ sustained with writers, msg/s"]
+    assert (cdc_rabbit["measured"], cdc_rabbit["met"]) == (8_000, True)
+    assert judged["CDC -> Kafka sustained with writers, msg/s"]["met"] is None  # not run
