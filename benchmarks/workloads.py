@@ -263,6 +263,13 @@ def sustained_rates(ramp: tuple[float, ...], case: Case, drain_rate: float | Non
     return rates
 
 
+def bisect_rate(passed: float, failed: float) -> list[float]:
+    """The rate halfway between, to 100 msg/s; none when that is one already tried
+    (8,000 kept and 8,100 not: the half rounds back to 8,000)."""
+    half = round((passed + failed) / 2, -2)
+    return [half] if passed < half < failed else []
+
+
 def sustained(
     stack: Stack,
     case: Case,
@@ -300,7 +307,7 @@ def sustained(
                 queue = []
             if not queue and failed is not None and bisect > 0:  # passed 0: try half
                 bisect -= 1
-                queue = [round((passed + failed) / 2, -2)]
+                queue = bisect_rate(passed, failed)
             if not wait_until(lambda base=base: session.delivered() >= base, 60, 0.2):
                 break  # could not even drain what was written: no point going further
     finally:

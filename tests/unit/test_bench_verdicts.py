@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks import report
-from benchmarks.workloads import Case, step_verdict, sustained_rates
+from benchmarks.workloads import Case, bisect_rate, step_verdict, sustained_rates
 
 QUICK_RAMP = (0.3, 0.5, 0.75, 1.0)
 
@@ -41,6 +41,12 @@ def test_writers_short_of_the_offered_rate_make_the_step_writer_limited() -> Non
 def test_a_growing_backlog_is_not_kept_up() -> None:
     kept_up, _ = step_verdict(9_000, 9_003, backlog_end=6_000, slope=1_500.0)
     assert not kept_up
+
+
+def test_bisecting_never_offers_a_rate_already_tried() -> None:
+    assert bisect_rate(8_000, 10_100) == [9_000]
+    assert bisect_rate(8_000, 8_100) == []  # the half rounds back to 8,000
+    assert bisect_rate(0, 1_000) == [500]
 
 
 def record(kind: str, mode: str, broker: str, **figures: Any) -> dict[str, Any]:
