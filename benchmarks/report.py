@@ -56,8 +56,12 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[name] = round(statistics.median(values), 1) if values else None
         if workload == "latency":
             row["notes"] = _latency_notes(runs)
-        if workload == "sustained" and any(r.get("lower_bound") for r in runs):
-            row["notes"] = "at least: the relay kept up with all the writers could commit"
+        limited = sum(bool(r.get("lower_bound")) for r in runs)
+        if workload == "sustained" and limited:
+            row["notes"] = (
+                f"writer-limited in {limited} of {len(runs)} runs: the relay kept up with "
+                "all the writers could commit, so those figures are lower bounds"
+            )
         if kind == "writers-alone":
             busy = statistics.median(r["machine_busy_pct"] for r in runs)
             row["notes"] = f"no relay, no broker: the writers' ceiling ({busy:g} % of CPU busy)"

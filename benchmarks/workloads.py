@@ -38,7 +38,7 @@ SAMPLE_EVERY = 0.04  # each sample reads the relay's /metrics: keep its cost bel
 VERIFY_UP_TO = 200_000  # beyond this, reading the topic back takes Tansu minutes
 READY_TIMEOUT = 30.0
 # A sustained step counts as run at its offered rate only when the writers committed at
-# least this share of it (open-loop writers on pace land within 0.5 %); below, the step
+# least this share of it (open-loop writers on pace land within ~1.5 %); below, the step
 # is writer-limited and its figure is what they did commit. At 0.9 a step offering the
 # 20,000 target while the writers managed 18,500 would have read as 20,000 kept up.
 WRITERS_ON_PACE = 0.98

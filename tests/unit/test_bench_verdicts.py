@@ -38,6 +38,11 @@ def test_writers_short_of_the_offered_rate_make_the_step_writer_limited() -> Non
     assert kept_up and writer_limited
 
 
+def test_the_pace_rule_sits_at_98_percent() -> None:
+    assert step_verdict(20_000, 19_700, backlog_end=300, slope=0.0)[1] is False
+    assert step_verdict(20_000, 19_500, backlog_end=300, slope=0.0)[1] is True
+
+
 def test_a_growing_backlog_is_not_kept_up() -> None:
     kept_up, _ = step_verdict(9_000, 9_003, backlog_end=6_000, slope=1_500.0)
     assert not kept_up
