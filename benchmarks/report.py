@@ -121,9 +121,9 @@ def _latency_checks(field: Any) -> list[tuple[str, Any, str, float]]:
     confirm, which the relay's own histogram measures (as the bound of the bucket the
     p99 falls in); arrival at a consumer adds the broker's delivery to consumers."""
     checks: list[tuple[str, Any, str, float]] = []
-    for broker, name in (("kafka", "Kafka"), ("rabbitmq", "RabbitMQ")):
-        for mode, label, goal in (("poll", "polling", 20), ("cdc", "CDC", 15)):
-            where = f"{label} -> {name} p99 at 1,000 msg/s, ms"
+    for broker in ("kafka", "rabbitmq"):
+        for mode, goal in (("poll", 20), ("cdc", 15)):
+            where = f"{_LABELS[mode]} -> {_LABELS[broker]} p99 at 1,000 msg/s, ms"
             for until, column in (("confirm", "confirm_p99_ms"), ("consumer", "p99_ms")):
                 measured = field("latency", mode, broker, column)
                 checks.append((f"{where}, commit to {until}", measured, "<=", goal))
