@@ -30,6 +30,7 @@ from benchmarks.processes import (
     relay_histogram,
     supports_flag,
 )
+from benchmarks.ramp import Ramp, StepResult, step_verdict
 from benchmarks.stack import Stack, Target, drop_database, fresh_database, wait_until
 from benchmarks.writers import Writers, preload, read_commit_log
 from relay.testing.services import free_port
@@ -37,11 +38,6 @@ from relay.testing.services import free_port
 SAMPLE_EVERY = 0.04  # each sample reads the relay's /metrics: keep its cost below 1 %
 VERIFY_UP_TO = 200_000  # beyond this, reading the topic back takes Tansu minutes
 READY_TIMEOUT = 30.0
-# A sustained step counts as run at its offered rate only when the writers committed at
-# least this share of it (open-loop writers on pace land within ~1.5 %); below, the step
-# is writer-limited and its figure is what they did commit. At 0.9 a step offering the
-# 20,000 target while the writers managed 18,500 would have read as 20,000 kept up.
-WRITERS_ON_PACE = 0.98
 
 
 @dataclass(frozen=True)
@@ -235,22 +231,6 @@ def drain(
 # --- sustained throughput with writers -----------------------------------------------------
 
 
-@dataclass
-class StepResult:
-    rate: float
-    achieved_write_rate: float
-    relay_rate: float
-    backlog_slope: float
-    backlog_end: int
-    cpu_us_per_msg: float | None
-    rss_mb: float
-    kept_up: bool
-    writer_limited: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: _round(v) if isinstance(v, float) else v for k, v in vars(self).items()}
-
-
 def sustained_rates(ramp: tuple[float, ...], case: Case, drain_rate: float | None) -> list[float]:
     """The rates a sustained run offers: fractions of the drain rate, and the target's."""
     base = drain_rate or (1000.0 if case.kind == "naive" else 10_000.0)
@@ -261,13 +241,6 @@ def sustained_rates(ramp: tuple[float, ...], case: Case, drain_rate: float | Non
         # from just below it to far above it, and then the run cannot say if it is met.
         rates = sorted({*rates, float(goal)})
     return rates
-
-
-def bisect_rate(passed: float, failed: float) -> list[float]:
-    """The rate halfway between, to 100 msg/s; none when that is one already tried
-    (8,000 kept and 8,100 not: the half rounds back to 8,000)."""
-    half = round((passed + failed) / 2, -2)
-    return [half] if passed < half < failed else []
 
 
 def sustained(
@@ -284,38 +257,22 @@ def sustained(
 ) -> dict[str, Any]:
     """Offer rising write rates; the result is the highest rate whose backlog stayed flat."""
     session = Session(stack, case, logs, extra)
-    steps: list[StepResult] = []
+    ramp = Ramp(list(rates), bisect)
     try:
         session.start_relay()
         session.wait_ready()
         base = 0
-        queue = list(rates)
-        passed, failed = 0.0, None
-        while queue:
-            rate = queue.pop(0)
+        while (rate := ramp.next_rate()) is not None:
             result, base = _one_step(session, rate, step, writers, rows_per_tx, base)
-            steps.append(result)
-            if result.kept_up and result.writer_limited:
-                # The relay kept up with all the writers could commit: that rate is a lower
-                # bound of the relay's, and offering more would not raise it.
-                passed = max(passed, result.achieved_write_rate)
-                queue, failed = [], None
-            elif result.kept_up:
-                passed = max(passed, rate)
-            else:
-                failed = rate if failed is None else min(failed, rate)
-                queue = []
-            if not queue and failed is not None and bisect > 0:  # passed 0: try half
-                bisect -= 1
-                queue = bisect_rate(passed, failed)
+            ramp.record(result)
             if not wait_until(lambda base=base: session.delivered() >= base, 60, 0.2):
                 break  # could not even drain what was written: no point going further
     finally:
         session.close()
-    best = next((s for s in steps if passed in (s.rate, s.achieved_write_rate)), None)
+    best = ramp.best()
     return {
-        "max_sustained_msg_per_s": round(passed),
-        "writer_limited": any(s.writer_limited for s in steps),
+        "max_sustained_msg_per_s": round(ramp.passed),
+        "writer_limited": any(s.writer_limited for s in ramp.steps),
         # the figure is what the writers reached, not where the relay fell behind
         "lower_bound": bool(best and best.writer_limited),
         "cpu_us_per_msg": best.cpu_us_per_msg if best else None,
@@ -323,7 +280,7 @@ def sustained(
         "writers": writers,
         "rows_per_tx": rows_per_tx,
         "step_seconds": step,
-        "steps": [s.as_dict() for s in steps],
+        "steps": [s.as_dict() for s in ramp.steps],
     }
 
 
@@ -367,21 +324,6 @@ def _one_step(
         kept_up,
         writer_limited,
     ), committed
-
-
-def step_verdict(
-    rate: float, write_rate: float, backlog_end: int, slope: float
-) -> tuple[bool, bool]:
-    """(the relay kept up, the writers fell short of the offered rate) for one step.
-
-    Kept up: the backlog ends small and is not clearly growing (a short step's slope is
-    noisy, so a backlog that ends below a quarter second of writes counts as flat
-    whatever the slope).
-    """
-    small = max(rate * 0.25, 500)
-    flat = slope <= 0.05 * rate or backlog_end <= small
-    kept_up = backlog_end <= max(rate * 0.5, 1000) and flat
-    return kept_up, write_rate < WRITERS_ON_PACE * rate
 
 
 # --- latency ---------------------------------------------------------------------------------
