@@ -182,6 +182,12 @@ def relay_histogram(port: int, name: str, timeout: float = 2.0) -> dict[float, f
             text = r.read().decode()
     except OSError:
         return {}
+    return parse_histogram(text, name)
+
+
+def parse_histogram(text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts of histogram ``name`` in a Prometheus text exposition,
+    summed over its label values."""
     buckets: dict[float, float] = {}
     for line in text.splitlines():
         if line.startswith(f"{name}_bucket{{"):

@@ -6,7 +6,9 @@
 Runs ``RelayService`` in this process against a private PostgreSQL (with
 ``pg_stat_statements``) and a Tansu broker while writer processes commit one-row
 transactions at ``--rate``, so every commit sends a NOTIFY. Prints the relay's CPU per
-message and per batch, by thread, and the statements it ran per message. At low rates
+message and per batch, by thread, the statements it ran per message, and from its own
+histograms a message's age at the broker's confirm next to each batch's publish time
+(the rest is the wait before its batch is claimed and published). At low rates
 the fixed cost of each batch (wake-up, statements, publish) dominates, not the per-row
 work that ``profile_drain`` measures. ``--relay-source DIR`` imports ``relay`` and
 ``connectors`` from DIR, to compare two trees in interleaved runs (the machine drifts).
@@ -56,9 +58,11 @@ async def measure(config: Any, pool: Any, seconds: float) -> int:
     await asyncio.sleep(5)  # leases taken, writers at their rate
     stats = service.poll_stats
     published, batches = stats.published, stats.batches
+    histograms = latency_histograms(service)
     threads, cpu = thread_cpu(), cpu_seconds()
     await asyncio.sleep(seconds)
     cpu = cpu_seconds() - cpu
+    latencies = latency_histograms(service)
     messages, batches = stats.published - published, stats.batches - batches
     print(f"{messages:,} messages in {seconds:g} s, {batches:,} batches "
           f"({messages / max(batches, 1):.1f} per batch)")
@@ -68,10 +72,37 @@ async def measure(config: Any, pool: Any, seconds: float) -> int:
         used = after - threads.get(name, 0.0)
         if used > 0.01 * seconds:
             print(f"  {name:28s} {used / max(messages, 1) * 1e6:8.1f} µs")
+    print_latencies(histograms, latencies)
     pool.stop()
     service.request_stop()
     await task
     return messages
+
+
+# The relay's own histograms: a message's age at the broker's confirm (from its
+# created_at), and each batch's publish (first produce to last confirm). Their difference
+# is what a message waits before its batch is published.
+LATENCIES = {
+    "commit -> confirm": "outbox_relay_commit_to_confirm_seconds",
+    "publish of a batch": "outbox_relay_publish_seconds",
+}
+
+
+def latency_histograms(service: Any) -> dict[str, dict[float, float]]:
+    from prometheus_client import generate_latest
+
+    from benchmarks.processes import parse_histogram
+
+    text = generate_latest(service.metrics.registry).decode()
+    return {what: parse_histogram(text, name) for what, name in LATENCIES.items()}
+
+
+def print_latencies(before: dict[str, Any], after: dict[str, Any]) -> None:
+    from benchmarks.processes import histogram_quantiles
+
+    for what in LATENCIES:
+        q = histogram_quantiles(before[what], after[what])
+        print(f"{what}: p50 <= {q['p50_ms']} ms, p99 <= {q['p99_ms']} ms (bucket bounds)")
 
 
 def main() -> None:
