@@ -51,7 +51,8 @@ class RelayMetrics:
         )
         self.confirm_latency = BatchHistogram(
             "outbox_relay_commit_to_confirm_seconds",
-            "From the message's created_at (its commit) to the broker's confirm.",
+            "From the event's commit to the broker's confirm (CDC: the transaction's "
+            "commit timestamp; polling: the row's created_at, its transaction's start).",
             "connector",
             LATENCY_BUCKETS,
             registry=r,
@@ -188,9 +189,9 @@ class RelayMetrics:
             delivered = [m for m, o in zip(batch, outcomes, strict=False) if o.delivered]
         now = datetime.now(UTC)
         latencies = [
-            max(0.0, (now - message.created_at).total_seconds())
+            max(0.0, (now - start).total_seconds())
             for message in delivered
-            if message.created_at is not None
+            if (start := message.committed_at or message.created_at) is not None
         ]
         if latencies:
             self.confirm_latency.observe_many(connector, latencies)

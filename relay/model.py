@@ -19,7 +19,9 @@ class OutboxMessage:
     ``payload`` is the exact bytes to put on the wire (the UTF-8 text of a JSON payload
     as stored, the stored bytes for binary ones, ``None`` for a tombstone).
     ``position`` orders messages within the source (the outbox sequence number in
-    polling mode, the commit LSN in CDC mode).
+    polling mode, the commit LSN in CDC mode). ``committed_at`` is when the writing
+    transaction committed, where the source says so (CDC: the commit timestamp that
+    pgoutput sends with BEGIN); polling knows only ``created_at``, the transaction's start.
     """
 
     id: UUID
@@ -31,6 +33,7 @@ class OutboxMessage:
     position: int = 0
     created_at: datetime | None = None
     attempts: int = 0
+    committed_at: datetime | None = None
 
 
 class OutcomeKind(enum.Enum):

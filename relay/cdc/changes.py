@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from struct import Struct
 from struct import error as StructError
 from typing import Final
@@ -132,6 +133,7 @@ class ChangeDecoder:
         self._captured: dict[int, _CapturedRelation] = {}
         self._position = 0
         self._ordinal = 0
+        self._committed_at: datetime | None = None  # of the transaction being read
         self.events = 0
 
     def feed(self, payload: Buffer) -> None:
@@ -155,6 +157,7 @@ class ChangeDecoder:
             self._insert(message)
         elif isinstance(message, Begin):
             self._position, self._ordinal = message.final_lsn, 0
+            self._committed_at = message.commit_time
         elif isinstance(message, Commit):
             self._sink.add_mark(message.end_lsn, commit=True)
         elif isinstance(message, Message):
@@ -201,6 +204,7 @@ class ChangeDecoder:
                            exc)
             return
         if message is not None:
+            message.committed_at = self._committed_at
             self.events += 1
             self._sink.add(message)
 
@@ -215,7 +219,10 @@ class ChangeDecoder:
             self._position, self._ordinal = message.lsn, 0
         self._ordinal += 1
         try:
-            self._sink.add(decode_envelope(message.content, self._position))
+            event = decode_envelope(message.content, self._position)
+            if message.transactional:
+                event.committed_at = self._committed_at
+            self._sink.add(event)
             self.events += 1
         except MappingError as exc:
             self._unmappable(message.content, str(exc))

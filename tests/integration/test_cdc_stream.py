@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from collections import defaultdict
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -110,6 +111,32 @@ def test_insert_then_delete_and_emitted_events_are_published(db_dsn):
     ]
     assert published[1].headers == {"trace": "t-1", "n": "3"}
     assert published[2].content_type == "image/png"
+
+
+def test_each_event_carries_its_transactions_commit_time(db_dsn):
+    """The commit -> confirm latency starts at the commit timestamp pgoutput sends with
+    BEGIN, not at created_at: a transaction open for a second reads a second long
+    from created_at and not at all from its commit."""
+    install_outbox(db_dsn)
+
+    def produce():
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            with conn.transaction():
+                enqueue(conn, topic="orders", key="a", payload={"n": 1})
+                conn.execute("SELECT pg_sleep(1)")
+            return conn.execute("SELECT now()").fetchone()[0]  # a transaction after it
+
+    async def scenario():
+        async with RunningCdcRelay(cdc_config(db_dsn)) as running:
+            await running.streaming()
+            after = await asyncio.to_thread(produce)
+            await eventually(lambda: running.connector.published, 10, "the event")
+            return after, running.connector.published
+
+    after, [message] = asyncio.run(scenario())
+    assert message.created_at is not None and message.committed_at is not None
+    assert message.committed_at - message.created_at >= timedelta(seconds=1)
+    assert message.committed_at <= after
 
 
 def test_pending_rows_are_published_first_then_the_stream_without_gap(db_dsn):

@@ -60,6 +60,10 @@ def test_recorded_outbox_inserts_become_events_with_commit_marks():
     # each event carries its transaction's commit position, and those only grow
     positions = [e.position for e in events]
     assert positions == sorted(positions) and positions[0] == positions[2]
+    # and its commit timestamp, which starts the commit -> confirm latency
+    begins = [m.commit_time for m in messages_of("frames_binary.bin") if isinstance(m, Begin)]
+    assert events[0].committed_at == begins[0] == events[2].committed_at
+    assert {e.committed_at for e in events} <= set(begins)
 
 
 def test_text_format_frames_decode_to_the_same_events():
@@ -80,9 +84,9 @@ def test_other_tables_are_ignored():
     assert not [e for e in drain(out) if isinstance(e, OutboxMessage)]
 
 
-def emitted(decoder, content, *, transactional=True, lsn=500):
+def emitted(decoder, content, *, transactional=True, lsn=500, commit_ts=0):
     if transactional:
-        decoder.apply(Begin(final_lsn=lsn, commit_ts=0, xid=1))
+        decoder.apply(Begin(final_lsn=lsn, commit_ts=commit_ts, xid=1))
     decoder.apply(Message(transactional, lsn, "outbox-relay:outbox", content))
     if transactional:
         decoder.apply(Commit(0, lsn, lsn + 8, 0))
@@ -92,9 +96,10 @@ def test_an_emitted_envelope_becomes_an_event():
     decoder, out = decoder_for()
     message = OutboxMessage(id=uuid4(), topic="orders", key="k1", payload=b'{"a": [1, 2]}',
                             headers={"h": "v"})
-    emitted(decoder, encode_envelope(message, body_kind="json"))
+    emitted(decoder, encode_envelope(message, body_kind="json"), commit_ts=86_400_000_000)
     [event, mark] = drain(out)
     assert (event.id, event.topic, event.key) == (message.id, "orders", "k1")
+    assert event.committed_at == datetime(2000, 1, 2, tzinfo=UTC)  # its transaction's commit
     assert event.payload == message.payload  # as written
     assert event.headers == {"h": "v"} and event.position == 500
     assert mark == Mark(508, True)
@@ -107,6 +112,7 @@ def test_a_non_transactional_envelope_is_its_own_position():
     emitted(decoder, encode_envelope(message, body_kind="bytes"), transactional=False, lsn=900)
     [event, mark] = drain(out)
     assert (event.payload, event.position, mark) == (b"\x00", 900, Mark(901, True))
+    assert event.committed_at is None  # no transaction, no commit timestamp
 
 
 def test_other_prefixes_are_ignored_and_bad_envelopes_are_parked_not_skipped():
