@@ -89,7 +89,10 @@ class Ramp:
             if step.writer_limited:
                 self._writers_fell_short(step.rate)
         else:
-            self.failed = step.reached if self.failed is None else min(self.failed, step.reached)
+            # Never below a rate kept up with: writers that reached less than that while
+            # the relay fell behind say the relay failed at about that rate, not lower.
+            failed_at = max(step.reached, self.passed)
+            self.failed = failed_at if self.failed is None else min(self.failed, failed_at)
             self.queue = []
         if not self.queue and self.failed is not None and self.bisect > 0:
             self.bisect -= 1
@@ -102,7 +105,7 @@ class Ramp:
             self.retries -= 1
             self.queue.insert(0, rate)
         else:
-            self.queue = []
+            self.queue, self.bisect = [], 0  # nor would bisecting above what they reached
 
     def best(self) -> StepResult | None:
         """The step the run's figure comes from."""

@@ -82,9 +82,17 @@ def _sustained_notes(row: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     if goal is not None:
         # Below the goal is the relay's shortfall only where the relay fell behind; a run
         # whose writers could not offer the goal shows nothing either way.
-        row["relay_short_runs"] = sum(
-            not r.get("lower_bound") and r["max_sustained_msg_per_s"] < goal for r in runs
-        )
+        row["relay_short_runs"] = sum(_relay_fell_short(r, goal) for r in runs)
+
+
+def _relay_fell_short(run: dict[str, Any], goal: float) -> bool:
+    """The relay itself fell behind below ``goal`` in this run: its figure is its own
+    limit and below the goal, or some step failed below the goal (a lower bound from a
+    writer-limited step can sit under a failure the run also saw)."""
+    failed = run.get("failed_msg_per_s")
+    if failed is not None and failed < goal:
+        return True
+    return not run.get("lower_bound") and run["max_sustained_msg_per_s"] < goal
 
 
 def _latency_notes(runs: list[dict[str, Any]]) -> str:

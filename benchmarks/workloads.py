@@ -272,6 +272,8 @@ def sustained(
     best = ramp.best()
     return {
         "max_sustained_msg_per_s": round(ramp.passed),
+        # where the relay fell behind (at the rate the writers reached), None if nowhere
+        "failed_msg_per_s": None if ramp.failed is None else round(ramp.failed),
         "writer_limited": any(s.writer_limited for s in ramp.steps),
         # the figure is what the writers reached, not where the relay fell behind
         "lower_bound": bool(best and best.writer_limited),

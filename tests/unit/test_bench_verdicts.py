@@ -138,3 +138,33 @@ def test_a_sustained_target_is_missed_when_the_relay_fell_behind_in_most_runs() 
     polling = judged["polling -> Kafka sustained with writers, msg/s"]
     assert (polling["measured"], polling["met"]) == (18_724, False)
     assert report.markdown_cell(polling["met"]) == "**NO**"
+
+
+def test_bisection_does_not_climb_past_a_rate_the_writers_could_not_reach() -> None:
+    # 9,000 was writer-limited twice: bisecting towards 10,000 would offer more still
+    ramp = Ramp([8_000.0, 10_000.0], bisect=2)
+    outcomes = {8_000.0: [(8_002, True)], 10_000.0: [(9_990, False)],
+                9_000.0: [(8_700, True), (8_600, True)]}
+    assert walk(ramp, outcomes) == [8_000, 10_000, 9_000, 9_000]
+    assert ramp.passed == 8_700
+
+
+def test_a_failure_never_sits_below_a_rate_kept_up_with() -> None:
+    ramp = Ramp([15_000.0, 20_000.0], bisect=1)
+    outcomes = {15_000.0: [(15_004, True)], 20_000.0: [(14_500, False)]}
+    assert walk(ramp, outcomes) == [15_000, 20_000]
+    assert (ramp.passed, ramp.failed) == (15_000, 15_000)
+
+
+def test_a_relay_that_fell_behind_below_the_goal_is_a_miss_even_after_a_writers_dip() -> None:
+    # 20,000 offered: the writers reached 18,000 (kept up, a lower bound), then on the
+    # retry 19,000 and the relay fell behind: that is the relay's shortfall, not theirs.
+    ramp = Ramp([15_000.0, 20_000.0], bisect=0)
+    outcomes = {15_000.0: [(15_010, True)], 20_000.0: [(18_000, True), (19_000, False)]}
+    walk(ramp, outcomes)
+    best = ramp.best()
+    assert best is not None and best.writer_limited and ramp.failed == 19_000
+    runs = [record("outbox-relay", "poll", "kafka", max_sustained_msg_per_s=ramp.passed,
+                   lower_bound=True, failed_msg_per_s=ramp.failed)]
+    judged = {t["target"]: t for t in report.targets(report.summarize(runs), {})}
+    assert judged["polling -> Kafka sustained with writers, msg/s"]["met"] is False

@@ -109,8 +109,9 @@ def test_a_non_transactional_envelope_is_its_own_position():
     decoder, out = decoder_for()
     message = OutboxMessage(id=uuid4(), topic="t", key=None, payload=b"\x00",
                             content_type="application/octet-stream")
+    emitted(decoder, encode_envelope(message, body_kind="bytes"), lsn=800, commit_ts=1)
     emitted(decoder, encode_envelope(message, body_kind="bytes"), transactional=False, lsn=900)
-    [event, mark] = drain(out)
+    [_, _, event, mark] = drain(out)
     assert (event.payload, event.position, mark) == (b"\x00", 900, Mark(901, True))
     assert event.committed_at is None  # no transaction, no commit timestamp
 
