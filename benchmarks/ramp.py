@@ -69,7 +69,8 @@ class Ramp:
 
     ``passed`` is the highest rate the relay kept up with (for a writer-limited step, the
     rate the writers did commit: a lower bound of the relay's); ``failed`` the lowest at
-    which it fell behind, counted at the rate the writers reached, not the one offered.
+    which it fell behind, counted at the rate the writers reached, not the one offered,
+    and never below ``passed``.
     """
 
     queue: list[float]
