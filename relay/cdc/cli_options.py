@@ -79,7 +79,8 @@ CdcLingerOption = Annotated[
     typer.Option(
         "--cdc-linger",
         envvar=_env("CDC_LINGER"),
-        help="CDC: wait this long to fill a batch across transactions.",
+        help="CDC: after a quiet spell, wait this long so the transactions right behind "
+        "share a batch.",
     ),
 ]
 HEARTBEAT_DEFAULT = _seconds(DEFAULT_HEARTBEAT_INTERVAL)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import defaultdict
+from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
@@ -16,6 +18,7 @@ from relay.cdc import retention, session
 from relay.model import permanent
 from relay.testing.fakes import InMemoryConnector
 from tests.support.cdc_relays import (
+    FAST_CDC,
     RunningCdcRelay,
     cdc_config,
     eventually,
@@ -137,6 +140,27 @@ def test_each_event_carries_its_transactions_commit_time(db_dsn):
     assert message.created_at is not None and message.committed_at is not None
     assert message.committed_at - message.created_at >= timedelta(seconds=1)
     assert message.committed_at <= after
+
+
+def test_events_that_came_during_a_publish_do_not_wait_out_a_linger(db_dsn):
+    """The linger lets a quiet stream's first transaction wait for the ones right behind
+    it; events that came while a batch was with the broker have waited already."""
+    install_outbox(db_dsn)
+    connector = InMemoryConnector(delay=0.3)
+
+    async def scenario():
+        settings = replace(FAST_CDC, linger=1.0)
+        async with RunningCdcRelay(cdc_config(db_dsn), connector, settings) as running:
+            await running.streaming()
+            await asyncio.to_thread(write, db_dsn, 1)
+            await eventually(lambda: connector.batches >= 1, 10, "the first batch")
+            written = time.monotonic()
+            await asyncio.to_thread(write, db_dsn, 1, start=1)  # while the first publishes
+            await eventually(lambda: len(connector.published) == 2, 10, "the second")
+            return time.monotonic() - written
+
+    # The rest of the first publish, then its own: ~0.6 s; with the linger ~1.6 s.
+    assert asyncio.run(scenario()) < 1.1
 
 
 def test_pending_rows_are_published_first_then_the_stream_without_gap(db_dsn):
