@@ -202,11 +202,19 @@ def _merged(
     fresh = {key(r) for r in records}
     kept = [r for r in old["records"] if key(r) not in fresh]
     rerun = ", ".join(sorted("/".join(k) for k in fresh))
-    merged_meta = {
-        **old["meta"],
-        "rerun": {"command": meta["command"], "at": meta["started_at"], "replaced": rerun},
-    }
-    merged_notes = [*old.get("notes", []), *notes, f"rerun on {meta['started_at']}: {rerun}"]
+    # Every rerun is kept with its own tree: the file's relay_tree is the first run's.
+    earlier = list(old["meta"].get("reruns", []))
+    if "rerun" in old["meta"]:  # a file written when only the last rerun was kept
+        earlier.insert(0, old["meta"]["rerun"])
+    this_run = {"command": meta["command"], "at": meta["started_at"],
+                "relay_tree": meta["relay_tree"], "replaced": rerun}
+    merged_meta = {k: v for k, v in old["meta"].items() if k != "rerun"}
+    merged_meta["reruns"] = [*earlier, this_run]
+    merged_notes = [
+        *old.get("notes", []),
+        *notes,
+        f"rerun on {meta['started_at']} with relay tree {meta['relay_tree']}: {rerun}",
+    ]
     merged_extras = {**old.get("extras", {}), **extras}
     merged_extras.pop("peak_rss_mb", None)
     return kept + records, merged_notes, merged_extras, merged_meta
