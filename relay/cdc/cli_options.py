@@ -79,8 +79,8 @@ CdcLingerOption = Annotated[
     typer.Option(
         "--cdc-linger",
         envvar=_env("CDC_LINGER"),
-        help="CDC: after a quiet spell, wait this long so the transactions right behind "
-        "share a batch.",
+        help="CDC: when no event arrived during the last publish, wait this long so the "
+        "transactions right behind the next one share its batch.",
     ),
 ]
 HEARTBEAT_DEFAULT = _seconds(DEFAULT_HEARTBEAT_INTERVAL)

@@ -5,7 +5,8 @@ Three tasks share an ``Outgoing`` queue:
 - the reader decodes frames into events and marks, and stops reading (but not answering
   the server) while too much waits for the broker;
 - the publisher takes batches of up to ``batch_size`` events (after a short linger when
-  the stream was quiet, so small transactions share a batch) and delivers them in order;
+  none arrived during the last publish, so small transactions share a batch) and
+  delivers them in order;
 - the progress task saves the confirmed position to ``cdc_state`` and only then reports
   it to the server, at least every ``STATUS_INTERVAL`` and whenever the server asks.
 
@@ -154,7 +155,7 @@ class StreamSession:
     async def _next_batch(self, halt: asyncio.Event) -> Batch | None:
         outgoing = self._outgoing
         # Events that came while the previous batch was with the broker have waited
-        # long enough: only a batch that a quiet stream's first event starts lingers.
+        # long enough: only a batch whose first event finds the queue empty lingers.
         linger = 0.0 if outgoing.ready.is_set() else self._linger
         while not outgoing.ready.is_set() and not halt.is_set():
             await wait_any(halt, outgoing.ready)
