@@ -4,9 +4,10 @@
 
 No database and no broker: one binary pgoutput Insert of a row of the relay's own
 outbox table (``<schema>.messages`` after migration 0006, a ~1 KB JSON payload) is
-decoded over and over the way the CDC session does it (``parse_copy_data``,
-``ChangeDecoder.feed``, or ``parse_pgoutput`` and ``ChangeDecoder.apply`` in a tree
-from before ``feed``). Prints the best round's µs per message.
+decoded over and over the way the CDC session does it: ``wal_data_payload`` (or
+``parse_copy_data`` in a tree from before it), then ``ChangeDecoder.feed`` (or
+``parse_pgoutput`` and ``ChangeDecoder.apply`` before that). Prints the best round's µs
+per message.
 
 Wall time on a shared 2-core machine wanders; instruction counts do not. For an A/B
 that holds, count instructions with callgrind at two sizes and take the difference:
@@ -87,14 +88,19 @@ def decoder() -> Any:
 
 def time_round(frame: memoryview, messages: int) -> float:
     """Seconds to decode ``frame`` ``messages`` times with a fresh decoder."""
+    from relay.cdc import frames
     from relay.cdc.frames import parse_copy_data
     from relay.cdc.pgoutput import parse_pgoutput
 
     change_decoder = decoder()
     feed = getattr(change_decoder, "feed", None)  # what the session calls, where it exists
+    wal_data_payload = getattr(frames, "wal_data_payload", None)  # likewise
 
     def one() -> None:
-        payload = parse_copy_data(frame).payload
+        if wal_data_payload is not None:
+            payload = wal_data_payload(frame)[1]
+        else:
+            payload = parse_copy_data(frame).payload
         if feed is not None:
             feed(payload)
         else:

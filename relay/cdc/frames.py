@@ -28,6 +28,7 @@ __all__ = [
     "pg_now",
     "pg_timestamp_to_datetime",
     "str_to_lsn",
+    "wal_data_payload",
 ]
 
 
@@ -85,6 +86,8 @@ _KEEPALIVE: Final = Struct("!QqB")  # WAL end, server clock, reply requested
 _STANDBY_STATUS: Final = Struct("!cQQQqB")
 _TAG_XLOGDATA: Final = ord("w")
 _TAG_KEEPALIVE: Final = ord("k")
+_WAL_END: Final = Struct("!Q")  # at offset 9 of an XLogData frame
+_XLOGDATA_PAYLOAD_AT: Final = 1 + _XLOGDATA_HEADER.size
 
 
 # Not frozen: one is made per change, and a frozen dataclass's __init__ costs about a
@@ -136,6 +139,17 @@ def parse_copy_data(data: Buffer) -> XLogData | PrimaryKeepalive:
     raise PgOutputProtocolError(
         f"unknown replication frame type {describe_tag(tag)}; expected 'w' or 'k'"
     )
+
+
+def wal_data_payload(frame: memoryview) -> tuple[int, bytes] | None:
+    """(WAL end, pgoutput message) of an XLogData frame; None for any other frame, which
+    ``parse_copy_data`` then reads (and, where it is malformed, reports).
+
+    Nearly every frame of a busy stream is one, so it is read in place: building the
+    ``XLogData`` record and a view of its payload cost a µs per change."""
+    if len(frame) <= _XLOGDATA_PAYLOAD_AT or frame[0] != _TAG_XLOGDATA:
+        return None
+    return _WAL_END.unpack_from(frame, 9)[0], frame[_XLOGDATA_PAYLOAD_AT:].tobytes()
 
 
 def encode_standby_status(

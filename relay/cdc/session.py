@@ -25,7 +25,7 @@ import logging
 import time
 
 from relay.cdc.changes import ChangeDecoder
-from relay.cdc.frames import PrimaryKeepalive, lsn_to_str, parse_copy_data
+from relay.cdc.frames import PrimaryKeepalive, lsn_to_str, parse_copy_data, wal_data_payload
 from relay.cdc.leader import Leadership
 from relay.cdc.outgoing import Batch, Outgoing
 from relay.cdc.publisher import BatchPublisher
@@ -129,6 +129,13 @@ class StreamSession:
                 await asyncio.sleep(0)  # a busy stream never waits: let the others run
 
     def _take(self, frame: memoryview) -> None:
+        wal_data = wal_data_payload(frame)
+        if wal_data is not None:
+            wal_end, payload = wal_data
+            if wal_end > self.received_lsn:
+                self.received_lsn = wal_end
+            self._decoder.feed(payload)
+            return
         parsed = parse_copy_data(frame)
         if isinstance(parsed, PrimaryKeepalive):
             self.received_lsn = max(self.received_lsn, parsed.wal_end)

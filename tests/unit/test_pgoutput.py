@@ -13,6 +13,7 @@ from uuid import UUID
 
 import pytest
 
+from relay.cdc.frames import wal_data_payload
 from relay.cdc.pgoutput import (
     KIND_BINARY,
     KIND_TEXT,
@@ -232,6 +233,21 @@ def test_xlogdata_frames_carry_lsns_and_a_view_of_the_payload():
     # Relation messages are written outside any WAL position.
     relation_frame = xlogdata[OUTBOX_SEQUENCE.index(Relation)]
     assert relation_frame.wal_start == 0
+
+
+def test_the_session_s_quick_read_of_xlogdata_agrees_with_the_full_parse():
+    frames = read_frames("frames_binary.bin")
+    for raw in frames:
+        parsed = parse_copy_data(raw)
+        quick = wal_data_payload(memoryview(raw))
+        if isinstance(parsed, XLogData):
+            assert quick == (parsed.wal_end, bytes(parsed.payload))
+        else:
+            assert quick is None  # keepalives go through parse_copy_data
+    # Frames without a whole header and a payload are left to parse_copy_data too.
+    xlogdata = next(raw for raw in frames if raw[:1] == b"w")
+    for size in range(26):
+        assert wal_data_payload(memoryview(xlogdata[:size])) is None
 
 
 def test_recorded_keepalives_parse():
