@@ -109,10 +109,21 @@ def box_cpu(services: dict[str, int]) -> dict[str, float]:
     return seconds
 
 
+def tune_like_the_relay_process() -> None:
+    """What ``outbox-relay run`` does to the garbage collector once the relay is built
+    (nothing in trees from before ``tune_garbage_collector``)."""
+    import relay.service
+
+    tune = getattr(relay.service, "tune_garbage_collector", None)
+    if tune is not None:
+        tune()
+
+
 async def drain(config: Any, messages: int, clock: StageClock, services: dict[str, int]) -> float:
     from relay.service import RelayService
 
     service = RelayService(config)
+    tune_like_the_relay_process()
     for poller in service.pollers:
         poller._claim = clock.wrap("claim query", poller._claim)
         # Trees before 2026-12-04 acknowledge, then COMMIT apart; later ones in one query.

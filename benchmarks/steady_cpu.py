@@ -49,10 +49,11 @@ def cpu_seconds() -> float:
 
 
 async def measure(config: Any, pool: Any, seconds: float) -> int:
-    from benchmarks.profile_drain import thread_cpu
+    from benchmarks.profile_drain import thread_cpu, tune_like_the_relay_process
     from relay.service import RelayService
 
     service = RelayService(config)
+    tune_like_the_relay_process()
     task = asyncio.create_task(service.run())
     pool.start()
     await asyncio.sleep(5)  # leases taken, writers at their rate
