@@ -14,6 +14,9 @@ from connectors.kafka import (
     NO_REPORT,
     KafkaConnector,
     _BatchDelivery,
+    _produce_batch,
+    _ProducerSession,
+    content_type_header,
     message_headers,
     outcome_for,
     redact,
@@ -89,6 +92,48 @@ def test_headers_carry_id_and_content_type_first_and_win() -> None:
 def test_uuid_text_is_the_canonical_form() -> None:
     for value in [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), *(uuid.uuid4() for _ in range(50))]:
         assert uuid_text(value) == str(value).encode()
+
+
+def test_content_type_headers_are_cached_up_to_a_bound() -> None:
+    assert content_type_header("application/json") is content_type_header("application/json")
+    for n in range(200):  # a writer inventing types cannot grow the cache without end
+        assert content_type_header(f"x/{n}") == ("content_type", f"x/{n}".encode())
+    from connectors import kafka
+
+    assert len(kafka._CONTENT_TYPE_HEADERS) <= kafka._MAX_CACHED_CONTENT_TYPES
+
+
+def test_produce_loop_refuses_an_unencodable_message_and_holds_back_its_key() -> None:
+    """The inline produce and its careful fallback: a key or header that is not valid
+    UTF-8 is refused for good, later messages of its key wait (RETRYABLE), the others
+    are queued. A producer with no broker only queues."""
+    session = _ProducerSession({"bootstrap.servers": "", "message.timeout.ms": 600_000})
+    loop = asyncio.new_event_loop()
+    try:
+        batch = [
+            OutboxMessage(uuid.uuid4(), "t", "a", b"1"),
+            OutboxMessage(uuid.uuid4(), "t", "b\ud800", b"2"),
+            OutboxMessage(uuid.uuid4(), "t", "b\ud800", b"3"),
+            OutboxMessage(uuid.uuid4(), "t", "c", b"4", headers={"h": "\udc00"}),
+            OutboxMessage(uuid.uuid4(), "t", None, b"5"),
+        ]
+        delivery = _BatchDelivery(len(batch), loop)
+        _produce_batch(session, batch, delivery, deadline=0.0)
+        outcomes = delivery.seal()
+        assert [o.kind for o in outcomes] == [
+            OutcomeKind.RETRYABLE,  # queued: no report yet
+            OutcomeKind.PERMANENT,
+            OutcomeKind.RETRYABLE,
+            OutcomeKind.PERMANENT,
+            OutcomeKind.RETRYABLE,
+        ]
+        assert "not valid UTF-8" in (outcomes[1].error or "")
+        assert outcomes[2].error == "behind a refused message of the same key"
+        assert outcomes[0] == outcomes[4] == NO_REPORT
+        assert len(session.producer) == 2  # the two good messages, and only they
+    finally:
+        session.shutdown(0.0)
+        loop.close()
 
 
 def test_redact_blanks_secret_option_values() -> None:
