@@ -69,10 +69,51 @@ def tree_cpu(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
+def _machine_ticks() -> list[int]:
+    """/proc/stat's first line: user, nice, system, idle, iowait, irq, softirq, steal."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
 def machine_idle() -> float:
     """Idle CPU seconds so far, all cores together (/proc/stat: idle + iowait)."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
-    return (int(fields[4]) + int(fields[5])) / CLOCK_TICKS
+    ticks = _machine_ticks()
+    return (ticks[3] + ticks[4]) / CLOCK_TICKS
+
+
+def machine_steal() -> float:
+    """CPU seconds so far that the hypervisor gave to other guests while this machine
+    wanted to run (/proc/stat: steal), all cores together."""
+    return _machine_ticks()[7] / CLOCK_TICKS
+
+
+class MachineShare:
+    """How the cores' time went between ``start`` and ``stop``: busy, and stolen by the
+    hypervisor. On a shared virtual machine a run that lost time to steal is slower for
+    reasons outside this machine, which is worth knowing next to its figures."""
+
+    def __init__(self) -> None:
+        self._start: list[int] | None = None
+
+    def start(self) -> None:
+        self._start = _read_ticks_or_none()
+
+    def stop(self) -> dict[str, float]:
+        end = _read_ticks_or_none()
+        if self._start is None or end is None:
+            return {}  # no /proc/stat (not Linux): nothing to say
+        spent = [b - a for a, b in zip(self._start, end, strict=True)]
+        total = sum(spent) or 1
+        return {
+            "machine_busy_pct": round(100 * (total - spent[3] - spent[4] - spent[7]) / total, 1),
+            "machine_steal_pct": round(100 * spent[7] / total, 1),
+        }
+
+
+def _read_ticks_or_none() -> list[int] | None:
+    try:
+        return _machine_ticks()
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @functools.cache

@@ -98,14 +98,16 @@ def thread_cpu() -> dict[str, float]:
 
 
 def box_cpu(services: dict[str, int]) -> dict[str, float]:
-    """CPU seconds so far of this process, of each service with its children, and idle."""
+    """CPU seconds so far of this process, of each service with its children, idle, and
+    stolen by the hypervisor (time this virtual machine wanted and did not get)."""
     import os
 
-    from benchmarks.processes import machine_idle, tree_cpu, usage
+    from benchmarks.processes import machine_idle, machine_steal, tree_cpu, usage
 
     seconds = {"relay (this process)": usage(os.getpid()).cpu_seconds}
     seconds.update({name: tree_cpu(pid) for name, pid in services.items()})
     seconds["idle (both cores)"] = machine_idle()
+    seconds["stolen (hypervisor)"] = machine_steal()
     return seconds
 
 

@@ -66,9 +66,25 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["notes"] = f"no relay, no broker: the writers' ceiling ({busy:g} % of CPU busy)"
         if workload == "drain":
             row["complete"] = all(r.get("complete") for r in runs)
+        _steal_note(row, runs)
         rows.append(row)
     _add_ratios(rows)
     return rows
+
+
+# Below this share of the cores taken by the hypervisor, a run's figures are its own.
+STEAL_WORTH_NOTING_PCT = 2.0
+
+
+def _steal_note(row: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """Say so when the hypervisor took a noticeable share of the cores during the runs:
+    the figures are then partly the host's, not this machine's."""
+    steal = [r["machine_steal_pct"] for r in runs if r.get("machine_steal_pct") is not None]
+    if not steal or max(steal) < STEAL_WORTH_NOTING_PCT:
+        return
+    span = f"{min(steal):g} to {max(steal):g}" if len(steal) > 1 else f"{steal[0]:g}"
+    note = f"the hypervisor took {span} % of the cores' time (steal)"
+    row["notes"] = f"{row['notes']}; {note}" if row.get("notes") else note
 
 
 def _sustained_notes(row: dict[str, Any], runs: list[dict[str, Any]]) -> None:

@@ -40,7 +40,7 @@ import orjson
 import relay
 from benchmarks import report
 from benchmarks.floor import latency_floor
-from benchmarks.processes import cdc_available, log_dir
+from benchmarks.processes import MachineShare, cdc_available, log_dir
 from benchmarks.soak import soak
 from benchmarks.stack import Stack, drop_database, fresh_database, running_stack
 from benchmarks.workloads import Case, drain, latency, sustained, sustained_rates
@@ -312,7 +312,11 @@ def _record(
     records: list[dict[str, Any]], workload: str, case: Case, run: int, measure: Any
 ) -> dict[str, Any]:
     print(f"[{time.strftime('%H:%M:%S')}] {workload} {case.label()} run {run} ...", flush=True)
+    share = MachineShare()
+    share.start()
     result = measure()
+    # The whole run's share, setup included: what the hypervisor took is the point.
+    result = {**share.stop(), **result}  # a workload's own busy figure wins
     record = {
         "workload": workload,
         "kind": case.kind,

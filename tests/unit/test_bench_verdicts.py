@@ -168,3 +168,30 @@ def test_a_relay_that_fell_behind_below_the_goal_is_a_miss_even_after_a_writers_
                    lower_bound=True, failed_msg_per_s=ramp.failed)]
     judged = {t["target"]: t for t in report.targets(report.summarize(runs), {})}
     assert judged["polling -> Kafka sustained with writers, msg/s"]["met"] is False
+
+
+def _drain_run(steal: float | None) -> dict[str, Any]:
+    run: dict[str, Any] = {"workload": "drain", "kind": "outbox-relay", "mode": "poll",
+                           "broker": "kafka", "msg_per_s": 50_000.0, "complete": True}
+    if steal is not None:
+        run["machine_steal_pct"] = steal
+    return run
+
+
+def test_the_report_names_the_hypervisors_share_when_it_took_a_noticeable_one() -> None:
+    noted = report.summarize([_drain_run(0.4), _drain_run(6.5), _drain_run(3.0)])
+    assert "the hypervisor took 0.4 to 6.5 % of the cores' time (steal)" in noted[0]["notes"]
+    quiet = report.summarize([_drain_run(0.4), _drain_run(1.9), _drain_run(None)])
+    assert "notes" not in quiet[0]
+
+
+def test_the_machine_share_reads_proc_stat_between_start_and_stop() -> None:
+    from benchmarks.processes import MachineShare
+
+    share = MachineShare()
+    share.start()
+    sum(range(2_000_000))  # some busy time, so the interval is not empty
+    figures = share.stop()
+    assert set(figures) == {"machine_busy_pct", "machine_steal_pct"}
+    assert 0.0 <= figures["machine_steal_pct"] <= 100.0
+    assert 0.0 <= figures["machine_busy_pct"] <= 100.0
