@@ -1,0 +1,78 @@
+"""The CDC waits: a future with a timeout, and events with a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.cdc.waits import wait_any, wait_future
+
+
+def test_wait_future_returns_when_the_future_is_resolved() -> None:
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        loop.call_later(0.01, future.set_result, None)
+        started = loop.time()
+        await wait_future(future, timeout=5)
+        return loop.time() - started
+
+    assert asyncio.run(scenario()) < 1
+
+
+def test_wait_future_gives_up_after_the_timeout_and_cancels_the_future() -> None:
+    async def scenario() -> tuple[float, asyncio.Future[None]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        started = loop.time()
+        await wait_future(future, timeout=0.05)
+        return loop.time() - started, future
+
+    waited, future = asyncio.run(scenario())
+    assert 0.04 <= waited < 1
+    assert future.done()  # resolved by the timer: nothing will wake it later
+
+
+def test_cancelling_the_waiter_cancels_the_future_and_is_not_swallowed() -> None:
+    async def scenario() -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiter = asyncio.create_task(wait_future(future, timeout=30))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        return future
+
+    assert asyncio.run(scenario()).cancelled()
+
+
+def test_wait_future_leaves_no_timer_behind() -> None:
+    async def scenario() -> int:
+        loop = asyncio.get_running_loop()
+        for _ in range(100):
+            future: asyncio.Future[None] = loop.create_future()
+            loop.call_soon(future.set_result, None)
+            await wait_future(future, timeout=30)
+        await asyncio.sleep(0)
+        return sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_wait_any_returns_on_the_first_event_or_the_timeout() -> None:
+    async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        first, second = asyncio.Event(), asyncio.Event()
+        loop.call_later(0.01, second.set)
+        started = loop.time()
+        await wait_any(first, second, timeout=5)
+        woken = loop.time() - started
+        started = loop.time()
+        await wait_any(first, timeout=0.05)
+        return woken, loop.time() - started
+
+    woken, timed_out = asyncio.run(scenario())
+    assert woken < 1 and 0.04 <= timed_out < 1
+
