@@ -427,12 +427,20 @@ def _produce_batch(
         on_delivery = partial(report, index)
         try:
             key = None if message.key is None else message.key.encode()
-            produce(message.topic, message.payload, key, on_delivery=on_delivery,
-                    headers=message_headers(message))
-            continue
-        except (UnicodeEncodeError, BufferError, KafkaException):
-            pass  # nothing was queued: the careful path below waits, retries or refuses
-        failure = _produce_one(session, message, on_delivery, deadline)
+            headers = message_headers(message)
+        except UnicodeEncodeError as exc:
+            failure: Outcome | None = permanent(
+                f"the key or a header is not valid UTF-8: {exc.reason}"
+            )
+        else:
+            try:
+                produce(message.topic, message.payload, key, on_delivery=on_delivery,
+                        headers=headers)
+                continue
+            except (BufferError, KafkaException):
+                # Nothing was queued: the careful path waits, retries or refuses.
+                failure = _produce_one(session, message.topic, message.payload, key, headers,
+                                       on_delivery, deadline)
         if failure is not None:
             delivery.settle(index, failure)
             if message.key is not None:
@@ -441,20 +449,19 @@ def _produce_batch(
 
 def _produce_one(
     session: _ProducerSession,
-    message: OutboxMessage,
+    topic: str,
+    payload: bytes | None,
+    key: bytes | None,
+    headers: list[tuple[str, str | bytes | None]],
     on_delivery: Callable[[KafkaError | None, Message], None],
     deadline: float,
 ) -> Outcome | None:
-    """Queue one message; return its outcome only when librdkafka refused it outright."""
-    try:
-        key = None if message.key is None else message.key.encode()
-        headers = message_headers(message)
-    except UnicodeEncodeError as exc:
-        return permanent(f"the key or a header is not valid UTF-8: {exc.reason}")
+    """Queue one message whose first produce() raised, waiting for room in a full queue
+    until ``deadline``; return its outcome only when librdkafka refused it outright."""
     while True:
         try:
             session.producer.produce(
-                message.topic, message.payload, key, on_delivery=on_delivery, headers=headers
+                topic, payload, key, on_delivery=on_delivery, headers=headers
             )
             return None
         except BufferError:
