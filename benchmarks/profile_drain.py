@@ -44,6 +44,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--mode", choices=("poll", "cdc"), default="poll")
     parser.add_argument("--cprofile", help="write a cProfile of the drain to this file")
     parser.add_argument("--relay-source", help="import relay/ and connectors/ from here")
+    parser.add_argument("--kafka-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="a librdkafka property for the relay's producer (repeatable)")
     return parser.parse_args()
 
 
@@ -198,6 +200,8 @@ def main() -> None:
             options["claim_lanes"] = args.claim_lanes
         if args.batch_size:
             options["batch_size"] = args.batch_size
+        if args.kafka_option:
+            options["kafka_options"] = dict(o.split("=", 1) for o in args.kafka_option)
         config = RelayConfig(
             dsn=dsn,
             mode=args.mode,
