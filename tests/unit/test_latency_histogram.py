@@ -1,3 +1,5 @@
+from datetime import UTC, datetime, timedelta, timezone
+
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
@@ -29,3 +31,44 @@ def test_a_batch_exposes_what_observing_one_by_one_would():
 def test_bounds_must_increase():
     with pytest.raises(ValueError, match="increasing"):
         BatchHistogram("x", "doc", "l", (1, 0.5), registry=CollectorRegistry())
+
+
+def _series(registry: CollectorRegistry) -> dict[str, float | None]:
+    labels = {"connector": "kafka"}
+    found: dict[str, float | None] = {
+        le: registry.get_sample_value("lat_seconds_bucket", {**labels, "le": le})
+        for le in ("0.005", "0.1", "1.0", "30.0", "+Inf")
+    }
+    found["count"] = registry.get_sample_value("lat_seconds_count", labels)
+    found["sum"] = registry.get_sample_value("lat_seconds_sum", labels)
+    return found
+
+
+@pytest.mark.parametrize("zone", [UTC, timezone(timedelta(hours=-5))])
+def test_ages_count_as_their_values_would(zone):
+    # Ages on and next to each bound, beyond the last one, and starts in the future
+    # (a relay whose clock is behind the database's), which count as 0.
+    now = datetime(2026, 12, 5, 6, 0, tzinfo=UTC)
+    ages = [0.0, 0.004999, 0.005, 0.005001, 0.1, 0.100001, 0.7, 1.0, 29.999999, 30.0, 31.0,
+            1000.0, -0.002, -3.0]
+    starts = [(now - timedelta(seconds=age)).astimezone(zone) for age in ages]
+    ours, reference = CollectorRegistry(), CollectorRegistry()
+    by_age = BatchHistogram("lat_seconds", "doc", "connector", BOUNDS, registry=ours)
+    by_value = BatchHistogram("lat_seconds", "doc", "connector", BOUNDS, registry=reference)
+    by_age.observe_ages("kafka", now, starts[:5])
+    by_age.observe_ages("kafka", now, starts[5:])
+    by_value.observe_many("kafka", [max(0.0, age) for age in ages])
+    found, expected = _series(ours), _series(reference)
+    assert found.pop("sum") == pytest.approx(expected.pop("sum"))
+    assert found == expected
+    assert found["0.005"] == 5  # 0, 0.004999, 0.005 and the two in the future
+
+
+def test_ages_of_one_transaction_sum_like_the_rest():
+    now = datetime.now(UTC)
+    commit = now - timedelta(milliseconds=12)
+    registry = CollectorRegistry()
+    histogram = BatchHistogram("lat_seconds", "doc", "connector", BOUNDS, registry=registry)
+    histogram.observe_ages("kafka", now, [commit] * 2048)
+    assert _series(registry)["0.1"] == 2048 and _series(registry)["0.005"] == 0
+    assert _series(registry)["sum"] == pytest.approx(2048 * 0.012)
