@@ -36,7 +36,12 @@ from relay.cdc.pgoutput import (
     parse_pgoutput,
 )
 from relay.cdc.settings import CdcNames
-from relay.cdc.values import ColumnValueError, binary_decoder, decode_column
+from relay.cdc.values import (
+    ColumnValueError,
+    binary_decoder,
+    decode_column,
+    json_bytes_decoder,
+)
 
 log = logging.getLogger("outbox_relay.cdc")
 
@@ -55,6 +60,11 @@ def _no_decoder(_data: bytes) -> object:
 _SKIPPED: Final = ("", _no_decoder)
 
 
+def _decoder_of(name: str, oid: int, raw_json: frozenset[str]) -> _Decoder:
+    decoder = json_bytes_decoder(oid) if name in raw_json else None
+    return decoder or binary_decoder(oid) or _no_decoder
+
+
 @dataclass(frozen=True)
 class _CapturedRelation:
     mapping: BoundMapping
@@ -69,8 +79,9 @@ class _CapturedRelation:
     def of(
         cls, mapping: BoundMapping, columns: Iterable[tuple[int, str, int]], width: int
     ) -> _CapturedRelation:
+        raw_json = mapping.json_as_bytes
         resolved = tuple(
-            (i, name, oid, binary_decoder(oid) or _no_decoder) for i, name, oid in columns
+            (i, name, oid, _decoder_of(name, oid, raw_json)) for i, name, oid in columns
         )
         wanted = {i: (name, decoder) for i, name, _oid, decoder in resolved}
         return cls(mapping, resolved, tuple(wanted.get(i, _SKIPPED) for i in range(width)))

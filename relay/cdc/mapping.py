@@ -2,7 +2,8 @@
 
 A mapping is bound once to the table's columns (name and type oid, from a pgoutput
 Relation message or a cursor description) and then turns rows, given as
-``{column: decoded value}`` with json/jsonb as JSON text, into ``OutboxMessage``s. The
+``{column: decoded value}`` with json/jsonb as JSON text (a ``str``, or its UTF-8 bytes
+for the columns a bound mapping names in ``json_as_bytes``), into ``OutboxMessage``s. The
 same rows come from the stream (``relay.cdc.values``) and from the snapshot query, so
 both publish identical messages.
 """
@@ -82,6 +83,12 @@ class BoundMapping(Protocol):
         """The columns it reads; the others need not be decoded."""
         ...
 
+    @property
+    def json_as_bytes(self) -> frozenset[str]:
+        """Columns whose JSON it takes as the UTF-8 bytes of the text as well as a ``str``:
+        the payload, which is published as bytes, so the stream need not decode it."""
+        ...
+
     def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
         """The message of ``row``, or None for a row that is not an event to publish."""
         ...
@@ -132,6 +139,7 @@ class OutboxTableMapping:
 class _BoundOutbox:
     columns: frozenset[str]
     table: TableName
+    json_as_bytes: frozenset[str] = frozenset({"payload"})
 
     def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
         if row.get("sent_at") is not None or row.get("parked_at") is not None:
@@ -139,6 +147,8 @@ class _BoundOutbox:
         raw, payload = row["payload_bytes"], row["payload"]
         if isinstance(raw, bytes):
             body: bytes | None = raw
+        elif isinstance(payload, bytes):  # from the stream, json_as_bytes
+            body = payload
         elif isinstance(payload, str | bytes):
             body = json_text(payload)
         else:
@@ -205,6 +215,7 @@ class _BoundDebezium:
     table: TableName
     payload_type: int
     extras: tuple[str, ...]
+    json_as_bytes: frozenset[str] = frozenset({"payload"})
 
     def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
         topic = row["aggregatetype"]

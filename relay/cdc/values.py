@@ -211,6 +211,26 @@ def decode_binary(type_oid: int, data: bytes) -> object:
     return _decode(_BINARY_DECODERS, "binary", type_oid, data)
 
 
+def _jsonb_binary_bytes(data: bytes) -> bytes:
+    if data[:1] != _JSONB_VERSION:
+        raise ValueError(f"unsupported jsonb binary version {data[:1]!r}")
+    return data[1:]
+
+
+# json's binary form is its text, already UTF-8 (client_encoding): ``bytes`` hands the
+# value over as it is, with no Python frame.
+_JSON_BYTES_DECODERS: Final[dict[int, Callable[[bytes], object]]] = {
+    JSON_OID: bytes,
+    JSONB_OID: _jsonb_binary_bytes,
+}
+
+
+def json_bytes_decoder(type_oid: int) -> Callable[[bytes], object] | None:
+    """For a json or jsonb value that is only ever published: a binary decoder giving the
+    UTF-8 bytes of its text rather than a ``str`` to encode again; None for other types."""
+    return _JSON_BYTES_DECODERS.get(type_oid)
+
+
 def binary_decoder(type_oid: int) -> Callable[[bytes], object] | None:
     """The bare binary decoder of a type (no error wrapping), to resolve once per relation
     rather than once per value; None when the type has none."""

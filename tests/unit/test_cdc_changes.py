@@ -315,3 +315,27 @@ def test_plain_rows_take_the_direct_path(monkeypatch):
     for message in (relation_bytes(), insert_bytes(), insert_bytes(key=b"n")):
         decoder.feed(message)
     assert parsed == [b"R"] and decoder.events == 2
+
+
+NON_ASCII_JSON = '{"name": "Zoë Ærøskøbing", "note": "東京 ✓"}'.encode()
+
+
+@pytest.mark.parametrize(("payload_oid", "prefix"), [(114, b""), (3802, b"\x01")])
+def test_a_json_payload_is_published_as_its_utf8_text_in_either_format(payload_oid, prefix):
+    # json (and jsonb after its version byte) are taken as the bytes of their text on the
+    # stream: the published payload must be those UTF-8 bytes, as the text format gives.
+    columns = tuple((name, payload_oid if name == "payload" else oid) for name, oid in COLUMNS)
+    relation = b"R" + struct.pack("!I", 42) + b"public\0outbox\0d" + struct.pack("!H", len(columns))
+    for name, oid in columns:
+        relation += b"\0" + name.encode() + b"\0" + struct.pack("!Ii", oid, -1)
+    as_binary = insert_bytes(payload=binary(prefix + NON_ASCII_JSON))
+    as_text = insert_bytes(payload=b"t" + struct.pack("!I", len(NON_ASCII_JSON)) + NON_ASCII_JSON)
+    messages = [relation, b"B" + struct.pack("!QqI", 700, 0, 3), as_binary, as_text]
+    if prefix:  # a jsonb version the relay does not know: parked, not published
+        messages.append(insert_bytes(payload=binary(b"\x02" + NON_ASCII_JSON)))
+    decoder, out = decoder_for(TableName("public", "outbox"))
+    for message in messages:
+        decoder.feed(message)
+    queued = drain(out)
+    assert [e.payload for e in queued if isinstance(e, OutboxMessage)] == [NON_ASCII_JSON] * 2
+    assert len([e for e in queued if isinstance(e, Unmappable)]) == len(messages) - 4
