@@ -149,7 +149,7 @@ class _BoundOutbox:
             body: bytes | None = raw
         elif isinstance(payload, bytes):  # from the stream, json_as_bytes
             body = payload
-        elif isinstance(payload, str | bytes):
+        elif isinstance(payload, str):
             body = json_text(payload)
         else:
             body = None

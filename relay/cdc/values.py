@@ -98,10 +98,14 @@ def _bool_binary(data: bytes) -> bool:
     return data != b"\x00"
 
 
-def _jsonb_binary(data: bytes) -> str:
+def _jsonb_binary_bytes(data: bytes) -> bytes:
     if data[:1] != _JSONB_VERSION:
         raise ValueError(f"unsupported jsonb binary version {data[:1]!r}")
-    return data[1:].decode()
+    return data[1:]
+
+
+def _jsonb_binary(data: bytes) -> str:
+    return _jsonb_binary_bytes(data).decode()
 
 
 def _psycopg_binary_loader(type_oid: int) -> Callable[[bytes], object]:
@@ -209,12 +213,6 @@ def decode_binary(type_oid: int, data: bytes) -> object:
     ``datetime``, timestamp as a naive one, bytea as ``bytes``.
     """
     return _decode(_BINARY_DECODERS, "binary", type_oid, data)
-
-
-def _jsonb_binary_bytes(data: bytes) -> bytes:
-    if data[:1] != _JSONB_VERSION:
-        raise ValueError(f"unsupported jsonb binary version {data[:1]!r}")
-    return data[1:]
 
 
 # json's binary form is its text, already UTF-8 (client_encoding): ``bytes`` hands the
