@@ -195,3 +195,22 @@ def test_the_machine_share_reads_proc_stat_between_start_and_stop() -> None:
     assert set(figures) == {"machine_busy_pct", "machine_steal_pct"}
     assert 0.0 <= figures["machine_steal_pct"] <= 100.0
     assert 0.0 <= figures["machine_busy_pct"] <= 100.0
+
+
+def test_a_goal_above_the_writers_alone_says_so_and_a_relay_shortfall_stays_a_miss() -> None:
+    records = [
+        record("writers-alone", "none", "none", max_sustained_msg_per_s=17_210,
+               machine_busy_pct=81.6),
+        record("outbox-relay", "poll", "kafka", max_sustained_msg_per_s=14_503,
+               lower_bound=True),
+        record("outbox-relay", "cdc", "kafka", max_sustained_msg_per_s=9_000),
+        record("outbox-relay", "poll", "rabbitmq", max_sustained_msg_per_s=7_000,
+               lower_bound=True),
+    ]
+    judged = {t["target"]: t["met"] for t in report.targets(report.summarize(records), {})}
+    # 20,000 is above the writers' 17,210, and the relay kept up with what they committed
+    assert judged["polling -> Kafka sustained with writers, msg/s"] == report.BEYOND_WRITERS
+    # the relay fell short of what the writers committed: its own miss, ceiling or not
+    assert judged["CDC -> Kafka sustained with writers, msg/s"] is False
+    # 8,000 is below the ceiling: only writer-limited
+    assert judged["polling -> RabbitMQ sustained with writers, msg/s"] == report.WRITER_LIMITED
