@@ -46,7 +46,7 @@ def rabbitmq(url: str | None) -> Iterator[str]:
     if url is not None:
         yield url
         return
-    from relay.testing.services import PrivateRabbitMQ
+    from tests.support.services import PrivateRabbitMQ
 
     with PrivateRabbitMQ() as node:
         yield node.url

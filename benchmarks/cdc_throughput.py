@@ -24,9 +24,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relay.migrations import migrate
-from relay.testing.services import ThrowawayPostgres
 from tests.integration.test_cdc_slots import write_elsewhere
 from tests.support.cdc_relays import RunningCdcRelay, cdc_config, slot_position
+from tests.support.services import ThrowawayPostgres
 
 
 def fill(dsn: str, rows: int, per_transaction: int, size: int) -> None:

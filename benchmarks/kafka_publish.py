@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connectors.kafka import KafkaConnector
 from relay.model import OutboxMessage
-from relay.testing.services import TansuBroker
 from tests.support.kafka_harness import KafkaHarness
+from tests.support.services import TansuBroker
 
 ROUNDS = 5
 

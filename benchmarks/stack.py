@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg.conninfo import conninfo_to_dict
 
 from relay.migrations import migrate
-from relay.testing.services import PrivateRabbitMQ, TansuBroker, ThrowawayPostgres
+from tests.support.services import PrivateRabbitMQ, TansuBroker, ThrowawayPostgres
 
 KAFKA_PARTITIONS = 8
 POSTGRES_SETTINGS = {

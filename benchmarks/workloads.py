@@ -33,7 +33,7 @@ from benchmarks.processes import (
 from benchmarks.ramp import Ramp, StepResult, step_verdict
 from benchmarks.stack import Stack, Target, drop_database, fresh_database, wait_until
 from benchmarks.writers import Writers, preload, read_commit_log
-from relay.testing.services import free_port
+from tests.support.services import free_port
 
 SAMPLE_EVERY = 0.04  # each sample reads the relay's /metrics: keep its cost below 1 %
 VERIFY_UP_TO = 200_000  # beyond this, reading the topic back takes Tansu minutes

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import relay
-from relay.testing.services import TansuBroker, ThrowawayPostgres
+from tests.support.services import TansuBroker, ThrowawayPostgres
 
 COMMAND = str(Path(sys.executable).with_name("outbox-relay"))
 TOPIC, PARTITIONS, KEYS = "orders", 3, 50

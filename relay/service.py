@@ -21,15 +21,15 @@ from relay.connector import Connector, load_connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, connection_failure
 from relay.decorators import instrument
 from relay.health import HealthState
-from relay.housekeeping import RetentionTask
-from relay.leases import LeaseKeeper
 from relay.limits import limit_message_size
-from relay.listener import WakeListener
 from relay.metrics import RelayMetrics
 from relay.migrations import require_schema
 from relay.operability import Operability
-from relay.poller import Poller, PollerStats, claim_session
-from relay.wakeups import WakeupSwitch
+from relay.poll.leases import LeaseKeeper
+from relay.poll.listener import WakeListener
+from relay.poll.poller import Poller, PollerStats, claim_session
+from relay.poll.retention import RetentionTask
+from relay.poll.wakeups import WakeupSwitch
 
 log = logging.getLogger("outbox_relay")
 

@@ -12,7 +12,7 @@ import typer.main
 import yaml
 
 from relay import config as defaults
-from relay.cli import app
+from relay.cli.app import app
 from relay.durations import parse_duration
 
 ROOT = Path(__file__).resolve().parents[2]

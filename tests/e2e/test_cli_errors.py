@@ -7,7 +7,7 @@ import socket
 import psycopg
 import pytest
 
-from tests.support.cli import clean_env, outbox_relay
+from tests.support.cli import clean_env, outbox_relay, user_env
 
 pytestmark = pytest.mark.e2e
 CANARY = "Canary-pw-7391"
@@ -65,6 +65,15 @@ def test_unknown_connector_lists_the_installed_ones(db_dsn):
     result = outbox_relay("run", "--dsn", db_dsn, "--connector", "carrier-pigeon")
     assert_clean_failure(result, 2)
     assert "installed connectors: kafka, memory, rabbitmq" in result.stderr
+
+
+def test_an_installed_relay_has_no_connector_that_sends_nowhere(db_dsn):
+    """The in-memory test double deletes rows and publishes them nowhere: a user cannot
+    name it; only the test run registers it."""
+    assert outbox_relay("migrate", "--dsn", db_dsn).returncode == 0
+    result = outbox_relay("run", "--dsn", db_dsn, "--connector", "memory", env=user_env())
+    assert_clean_failure(result, 2)
+    assert "unknown connector 'memory'; installed connectors: kafka, rabbitmq" in result.stderr
 
 
 def test_unreachable_kafka_names_the_bootstrap(db_dsn):

@@ -10,8 +10,8 @@ import uuid
 import psycopg
 import pytest
 
-from relay.testing.services import free_port
 from tests.support.cli import RelayProcess, clean_env, outbox_relay
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.e2e
 

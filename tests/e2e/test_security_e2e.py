@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from relay.testing.services import free_port
 from tests.support.cli import RelayProcess, clean_env, outbox_relay
 from tests.support.http import http_get
 from tests.support.kafka_harness import KafkaHarness
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.e2e
 DB_CANARY = "Canary-db-pw-5150"

@@ -11,12 +11,12 @@ import psycopg
 import pytest
 import typer.main
 
-from relay.cli import app
-from relay.testing.services import free_port
+from relay.cli.app import app
 from tests.support.cli import RelayProcess, clean_env, outbox_relay
 from tests.support.http import http_get
 from tests.support.kafka_harness import INVALID_TOPIC, KafkaHarness
 from tests.support.roles import grant_printed, login_role, revoke_public_defaults, role_attributes
+from tests.support.services import free_port
 
 pytestmark = pytest.mark.e2e
 FAST = [

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from relay.migrations import migrate
-from relay.testing.services import PrivateRabbitMQ, TansuBroker
 from tests.faults.support import RELAY_TIMINGS, Figures
 from tests.support.cli import RelayProcess
 from tests.support.kafka_harness import KafkaHarness
 from tests.support.rabbitmq_harness import RabbitMQHarness, unique_exchange
+from tests.support.services import PrivateRabbitMQ, TansuBroker
 from tests.support.written_log import record_writes
 
 _summary_lock = threading.Lock()

@@ -9,7 +9,6 @@ import urllib.request
 
 import pytest
 
-from relay.testing.services import free_port
 from tests.faults.conftest import kafka_args, rabbit_args
 from tests.faults.support import (
     Figures,
@@ -20,6 +19,7 @@ from tests.faults.support import (
     read_everything,
     wait_for,
 )
+from tests.support.services import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 

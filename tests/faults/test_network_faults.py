@@ -8,7 +8,6 @@ import time
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from relay.testing.services import TansuBroker, free_port
 from tests.faults.conftest import kafka_args, rabbit_args
 from tests.faults.support import (
     Figures,
@@ -20,6 +19,7 @@ from tests.faults.support import (
     wait_for,
 )
 from tests.support.kafka_harness import KafkaHarness
+from tests.support.services import TansuBroker, free_port
 from tests.support.tcp_proxy import tcp_proxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]

@@ -10,10 +10,10 @@ import pytest
 
 from relay.cdc import session
 from relay.migrations import migrate
-from relay.testing.services import ThrowawayPostgres
 from tests.integration.test_cdc_stream import write
 from tests.support.cdc_relays import RunningCdcRelay, cdc_config, eventually, slot_position
 from tests.support.relays import install_outbox
+from tests.support.services import ThrowawayPostgres
 
 pytestmark = pytest.mark.integration
 MB = 1 << 20

@@ -16,7 +16,6 @@ import pytest
 from relay import enqueue
 from relay.cdc import retention, session
 from relay.model import permanent
-from relay.testing.fakes import InMemoryConnector
 from tests.support.cdc_relays import (
     FAST_CDC,
     RunningCdcRelay,
@@ -25,6 +24,7 @@ from tests.support.cdc_relays import (
     slot_position,
     wal_position,
 )
+from tests.support.fakes import InMemoryConnector
 from tests.support.relays import install_outbox
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import pytest
 from relay import enqueue
 from relay.deadletters import Selection, retry_dead_letters, selected_seqs
 from relay.model import permanent, retryable
-from relay.testing._process import free_port
-from relay.testing.fakes import InMemoryConnector
+from tests.support.fakes import InMemoryConnector
+from tests.support.processes import free_port
 from tests.support.relays import RunningRelay, eventually, install_outbox, relay_config
 
 pytestmark = pytest.mark.integration

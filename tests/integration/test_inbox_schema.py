@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from relay.cli import clear_errors, connect_either
+from relay.cli.app import clear_errors, connect_either
+from relay.cli.inbox import build_inbox_app
 from relay.errors import SchemaMissingError
-from relay.inbox.cli import build_inbox_app
 from relay.migrations import (
     latest_version,
     load_migrations,
@@ -93,7 +93,7 @@ def test_a_missing_inbox_schema_names_the_inbox_only_migration(db_dsn):
 
 @pytest.fixture
 def cli() -> typer.Typer:
-    """A root app that mounts the sub-app the way relay/cli.py does."""
+    """A root app that mounts the sub-app the way relay/cli/app.py does."""
     root = typer.Typer()
     root.add_typer(build_inbox_app(clear_errors, connect_either), name="inbox")
     return root

@@ -26,8 +26,8 @@ from connectors.kafka import REPORT_GRACE, KafkaConnector
 from relay.config import RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError
 from relay.model import OutboxMessage, Outcome, OutcomeKind
-from relay.testing.services import TansuBroker, free_port
 from tests.support.kafka_harness import KafkaHarness
+from tests.support.services import TansuBroker, free_port
 
 pytestmark = pytest.mark.integration
 

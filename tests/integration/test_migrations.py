@@ -13,7 +13,7 @@ import pytest
 from relay import enqueue_async
 from relay.migrations import load_migrations, migrate, render_script
 from relay.producer import enqueue
-from relay.testing.services import create_database, drop_database, find_pg_bindir
+from tests.support.services import create_database, drop_database, find_pg_bindir
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ from connectors.rabbitmq import RabbitMQConnector
 from relay.config import RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError, PermanentError
 from relay.model import OutboxMessage, Outcome, OutcomeKind
-from relay.testing.services import PrivateRabbitMQ
 from tests.support.rabbitmq_harness import RabbitMQHarness, unique_exchange
+from tests.support.services import PrivateRabbitMQ
 
 pytestmark = pytest.mark.integration
 

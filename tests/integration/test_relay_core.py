@@ -16,8 +16,8 @@ from psycopg import sql
 from relay import enqueue
 from relay.errors import SchemaMissingError
 from relay.model import permanent, retryable
-from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
-from relay.poller import (
+from relay.poll.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
+from relay.poll.poller import (
     begin_and_lock_buckets,
     begin_and_lock_statement,
     lock_space,
@@ -25,7 +25,7 @@ from relay.poller import (
 )
 from relay.service import RelayService, preflight
 from relay.sqlfiles import query
-from relay.testing.fakes import InMemoryConnector
+from tests.support.fakes import InMemoryConnector
 from tests.support.relays import RunningRelay, eventually, install_outbox, relay_config
 
 pytestmark = pytest.mark.integration
@@ -478,7 +478,7 @@ def test_retention_purges_old_sent_rows_in_batches(db_dsn):
             "UPDATE outbox.messages SET sent_at = now() - interval '2 hours' WHERE seq <= 2400"
         )
     from relay.db import DbSession
-    from relay.housekeeping import purge_sent
+    from relay.poll.retention import purge_sent
 
     async def scenario():
         session = DbSession(db_dsn, "housekeeping", connect_timeout=5)

@@ -12,9 +12,9 @@ import pytest
 
 from connectors.rabbitmq import RabbitMQConnector
 from relay.model import OutboxMessage
-from relay.testing.services import PrivateRabbitMQ, ServiceError, free_port
 from tests.support.cli import outbox_relay
 from tests.support.rabbitmq_harness import RabbitMQHarness, unique_exchange
+from tests.support.services import PrivateRabbitMQ, ServiceError, free_port
 from tests.support.tls import TlsFiles, make_tls_files
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from relay.testing.services import (
+from tests.support.services import (
     LOOPBACK,
     PrivateRabbitMQ,
     TansuBroker,

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from relay.db import DbSession
-from relay.listener import WakeListener, channel_name
+from relay.poll.listener import WakeListener, channel_name
 
 pytestmark = pytest.mark.integration
 

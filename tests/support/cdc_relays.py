@@ -13,7 +13,7 @@ from relay.cdc.relay import CdcRelay
 from relay.cdc.settings import CdcSettings
 from relay.config import RelayConfig
 from relay.connector import Connector
-from relay.testing.fakes import InMemoryConnector
+from tests.support.fakes import InMemoryConnector
 from tests.support.relays import eventually, relay_config
 
 FAST_CDC = CdcSettings(takeover_ttl=2.0, heartbeat_interval=1.0, linger=0.005)

@@ -11,10 +11,23 @@ import time
 from pathlib import Path
 
 COMMAND = str(Path(sys.executable).with_name("outbox-relay"))
+# The entry point that names the in-memory connector ``memory``, for test runs only.
+TEST_DOUBLES = Path(__file__).with_name("doubles")
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would give the command: no OUTBOX_RELAY_* variables
+    and no test doubles."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
+    env.pop("PYTHONPATH", None)
+    env.update(extra)
+    return env
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
+    """``user_env`` plus the test doubles (``--connector memory``)."""
+    env = user_env()
+    env["PYTHONPATH"] = str(TEST_DOUBLES)
     env.update(extra)
     return env
 

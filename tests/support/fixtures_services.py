@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from relay.testing.services import (
+from tests.support import containers
+from tests.support.services import (
     LocalService,
     PrivateRabbitMQ,
     ServiceError,
@@ -34,7 +35,6 @@ from relay.testing.services import (
     drop_database,
     shared_rabbitmq_url,
 )
-from tests.support import containers
 
 ENV_DSN = "OUTBOX_RELAY_TEST_DSN"
 ENV_KAFKA = "OUTBOX_RELAY_TEST_KAFKA"

@@ -30,7 +30,7 @@ _ADMIN_TIMEOUT = 15.0
 
 
 class BrokerNode(Protocol):
-    """The part of ``relay.testing.services.TansuBroker`` the harness drives."""
+    """The part of ``tests.support.services.TansuBroker`` the harness drives."""
 
     def kill(self) -> None: ...
     def start(self) -> None: ...

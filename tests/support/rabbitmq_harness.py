@@ -31,7 +31,7 @@ QUEUE_EXPIRES_MS = 10 * 60 * 1000
 
 
 class BrokerNode(Protocol):
-    """The part of ``relay.testing.services.PrivateRabbitMQ`` the harness drives."""
+    """The part of ``tests.support.services.PrivateRabbitMQ`` the harness drives."""
 
     def stop(self) -> None: ...
     def start(self) -> None: ...

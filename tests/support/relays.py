@@ -12,7 +12,7 @@ import psycopg
 from relay.config import RelayConfig
 from relay.migrations import migrate
 from relay.service import RelayService
-from relay.testing.fakes import InMemoryConnector
+from tests.support.fakes import InMemoryConnector
 
 FAST = {
     "lease_ttl": 2.0,

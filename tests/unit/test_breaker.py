@@ -10,7 +10,7 @@ from relay.breaker import BreakerSettings, CircuitBreaker, CircuitState, broker_
 from relay.decorators import instrument
 from relay.metrics import RelayMetrics
 from relay.model import DELIVERED, OutboxMessage, permanent, retryable
-from relay.testing.fakes import InMemoryConnector
+from tests.support.fakes import InMemoryConnector
 
 
 class Clock:

@@ -7,7 +7,7 @@ from relay.cdc.outgoing import Unmappable
 from relay.cdc.publisher import BatchPublisher, park_params
 from relay.errors import LeaseLostError
 from relay.model import OutboxMessage, permanent, retryable
-from relay.testing.fakes import InMemoryConnector
+from tests.support.fakes import InMemoryConnector
 
 
 class RecordingParker:

@@ -3,7 +3,7 @@ from uuid import uuid4
 
 from relay.connector import Connector
 from relay.model import OutboxMessage, OutcomeKind
-from relay.testing.fakes import InMemoryConnector
+from tests.support.fakes import InMemoryConnector
 
 
 def message(topic="t"):

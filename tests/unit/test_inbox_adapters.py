@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 import pytest
 
 from connectors.kafka import message_headers
+from relay.cli.inbox import describe_migration, migration_tracks
 from relay.errors import ConfigError, PermanentError
 from relay.inbox import (
     AsyncInbox,
@@ -19,7 +20,6 @@ from relay.inbox import (
     confluent_kafka_message_id,
     pika_message_id,
 )
-from relay.inbox.cli import describe_migration, migration_tracks
 from relay.inbox.core import MAX_MESSAGE_ID_LENGTH, message_key
 from relay.migrations import Migration
 from relay.model import OutboxMessage

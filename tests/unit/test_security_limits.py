@@ -8,7 +8,7 @@ import pytest
 from relay.connector import Connector
 from relay.limits import SizeLimitedConnector, limit_message_size, message_size
 from relay.model import OutboxMessage, OutcomeKind
-from relay.testing.fakes import InMemoryConnector
+from tests.support.fakes import InMemoryConnector
 
 D, R, P = OutcomeKind.DELIVERED, OutcomeKind.RETRYABLE, OutcomeKind.PERMANENT
 

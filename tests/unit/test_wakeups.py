@@ -1,4 +1,4 @@
-"""The listening flag's state machine (relay.wakeups), against a recording connection."""
+"""The listening flag's state machine (relay.poll.wakeups), against a recording connection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from relay.wakeups import IDLE_ROUNDS, RATE_WINDOW, WakeupSwitch
+from relay.poll.wakeups import IDLE_ROUNDS, RATE_WINDOW, WakeupSwitch
 
 
 class RecordingConnection:

@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from relay.cli_common import Connect, DsnFileOption, DsnOption, SchemaOption
+from relay.cli.common import Connect, DsnFileOption, DsnOption, SchemaOption
 from relay.config import DEFAULT_SCHEMA, is_plain_identifier
 from relay.deadletters import (
     LIST_LIMIT,

@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import TupleRow
 
-from relay.testing._process import (
+from tests.support.processes import (
     LOOPBACK,
     POLL_INTERVAL,
     LocalService,

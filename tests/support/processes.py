@@ -1,4 +1,4 @@
-"""Process plumbing behind ``relay.testing.services``: probes, and one service process
+"""Process plumbing behind ``tests.support.services``: probes, and one service process
 started in its own process group with its output in a log file, stopped, killed or paused by
 PID with a deadline on every wait.
 """

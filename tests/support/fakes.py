@@ -1,4 +1,4 @@
-"""An in-memory connector for unit tests, demos and users' own tests.
+"""An in-memory connector for the relay's own tests and benchmarks (test code only).
 
 It records what was published and can be told to fail: per message (by predicate), or
 as a whole broker outage. It honours the connector protocol exactly, so the relay's

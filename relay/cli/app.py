@@ -14,7 +14,10 @@ import psycopg
 import typer
 
 from relay import config as defaults
-from relay.cdc.cli_options import (
+from relay.cdc.preflight import run_checks
+from relay.cdc.settings import CdcSettings
+from relay.cdc.status import cdc_status, format_cdc_status
+from relay.cli.cdc_options import (
     HEARTBEAT_DEFAULT,
     LINGER_DEFAULT,
     TAKEOVER_DEFAULT,
@@ -27,14 +30,9 @@ from relay.cdc.cli_options import (
     CdcTakeoverOption,
     cdc_settings,
 )
-from relay.cdc.preflight import run_checks
-from relay.cdc.settings import CdcSettings
-from relay.cdc.status import cdc_status, format_cdc_status
-from relay.cli_common import DsnFileOption, DsnOption, SchemaOption
-from relay.config import RelayConfig
-from relay.db import connection_failure
-from relay.deadletters_cli import build_dead_letters_app
-from relay.drain_options import (
+from relay.cli.common import DsnFileOption, DsnOption, SchemaOption
+from relay.cli.dead_letters import build_dead_letters_app
+from relay.cli.drain_options import (
     DEFAULT_LEASE_TTL,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_POLL_LINGER,
@@ -51,13 +49,8 @@ from relay.drain_options import (
     ShutdownTimeoutOption,
     drain_settings,
 )
-from relay.dsn import redact, secrets_in
-from relay.errors import ConfigError, RelayError, translate_db_error
-from relay.grants import GRANT_MODES, render_grants
-from relay.inbox.cli import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
-from relay.logs import configure_logging
-from relay.migrations import migrate, render_script
-from relay.run_options import (
+from relay.cli.inbox import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
+from relay.cli.run_options import (
     DEFAULT_RETRY_BASE,
     DEFAULT_RETRY_CAP,
     LogFormatOption,
@@ -69,6 +62,13 @@ from relay.run_options import (
     RetryCapOption,
     operability_settings,
 )
+from relay.config import RelayConfig
+from relay.db import connection_failure
+from relay.dsn import redact, secrets_in
+from relay.errors import ConfigError, RelayError, translate_db_error
+from relay.grants import GRANT_MODES, render_grants
+from relay.logs import configure_logging
+from relay.migrations import migrate, render_script
 from relay.secrets import read_option_files, secret_option_values, value_or_file
 from relay.status import collect_status, format_status
 

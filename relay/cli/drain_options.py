@@ -1,7 +1,7 @@
 """Options of ``outbox-relay run`` for the drain itself: batch size, claim lanes, and
 the timings of leases, polling, lingering, retention and shutdown.
 
-Kept apart from relay/cli.py, like relay/run_options.py; each option has its
+Kept apart from relay/cli.py, like relay/cli/run_options.py; each option has its
 ``OUTBOX_RELAY_*`` environment variable, shown in ``--help``.
 """
 

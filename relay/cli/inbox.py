@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from relay.cli_common import Connect, DsnFileOption
+from relay.cli.common import Connect, DsnFileOption
 from relay.config import DEFAULT_SCHEMA
 from relay.durations import parse_duration
 from relay.errors import ConfigError

@@ -33,10 +33,10 @@ from relay.errors import (
     translate_db_error,
 )
 from relay.health import HealthState
-from relay.leases import LeaseKeeper
 from relay.metrics import RelayMetrics
 from relay.model import OutboxMessage, Outcome
-from relay.outbox_rows import (
+from relay.poll.leases import LeaseKeeper
+from relay.poll.outbox_rows import (
     Acknowledgement,
     FailurePolicy,
     bigint_array,
@@ -44,8 +44,8 @@ from relay.outbox_rows import (
     plan_acknowledgement,
     register_claim_loaders,
 )
+from relay.poll.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
 from relay.sqlfiles import query
-from relay.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
 
 log = logging.getLogger("outbox_relay.poller")
 
@@ -246,7 +246,7 @@ class Poller:
             return DrainResult(error=f"{type(exc).__name__}: {exc}")
 
     async def _writers_were_quiet(self, round_epoch: int) -> bool:
-        """Ask writers to NOTIFY again if they had stopped (relay.wakeups)."""
+        """Ask writers to NOTIFY again if they had stopped (relay.poll.wakeups)."""
         if self._switch is None:
             return False
         try:

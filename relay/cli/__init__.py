@@ -1,0 +1,1 @@
+"""The ``outbox-relay`` command: its sub-commands and their options."""
