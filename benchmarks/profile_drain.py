@@ -123,12 +123,26 @@ def tune_like_the_relay_process() -> None:
         tune()
 
 
+def relay_source(service: Any) -> Any:
+    """The service's source; trees from before ``relay.source`` held its parts themselves
+    (``pollers``, ``poll_stats``, ``cdc``)."""
+    source = getattr(service, "source", None)
+    if source is not None:
+        return source
+    return service.cdc if service.cdc is not None else service
+
+
+def source_stats(service: Any) -> Any:
+    source = relay_source(service)
+    return getattr(source, "stats", None) or service.poll_stats
+
+
 async def drain(config: Any, messages: int, clock: StageClock, services: dict[str, int]) -> float:
     from relay.service import RelayService
 
     service = RelayService(config)
     tune_like_the_relay_process()
-    for poller in service.pollers:
+    for poller in getattr(relay_source(service), "pollers", []):
         poller._claim = clock.wrap("claim query", poller._claim)
         # Trees before 2026-12-04 acknowledge, then COMMIT apart; later ones in one query.
         name = (
@@ -139,7 +153,7 @@ async def drain(config: Any, messages: int, clock: StageClock, services: dict[st
         setattr(poller, name, clock.wrap("acknowledge", getattr(poller, name)))
     service.connector.publish = clock.wrap("connector.publish", service.connector.publish)
     task = asyncio.create_task(service.run())
-    stats = service.cdc.stats if service.cdc is not None else service.poll_stats
+    stats = source_stats(service)
     while not stats.batches:
         await asyncio.sleep(0.001)
     started, threads_before = time.perf_counter(), thread_cpu()
@@ -169,8 +183,7 @@ async def create_the_slot(config: Any) -> None:
 
     service = RelayService(config)
     task = asyncio.create_task(service.run())
-    assert service.cdc is not None
-    await asyncio.wait_for(service.cdc.streaming.wait(), 60)
+    await asyncio.wait_for(relay_source(service).streaming.wait(), 60)
     service.request_stop()
     await task
 

@@ -57,7 +57,7 @@ async def measure(config: Any, pool: Any, seconds: float) -> int:
     task = asyncio.create_task(service.run())
     pool.start()
     await asyncio.sleep(5)  # leases taken, writers at their rate
-    stats = service.poll_stats
+    stats = service.source.stats if hasattr(service, "source") else service.poll_stats
     published, batches = stats.published, stats.batches
     histograms = latency_histograms(service)
     threads, cpu = thread_cpu(), cpu_seconds()

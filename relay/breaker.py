@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from relay.model import Outcome, OutcomeKind
 
-log = logging.getLogger("outbox_relay.breaker")
+log = logging.getLogger(__name__)
 
 
 class CircuitState(enum.Enum):

@@ -14,7 +14,7 @@ from relay.dsn import describe_dsn, redact
 from relay.eager_reads import EagerReadConnection
 from relay.errors import DatabaseUnavailableError, RelayError, translate_db_error
 
-log = logging.getLogger("outbox_relay.db")
+log = logging.getLogger(__name__)
 
 # For the sessions that claim, acknowledge and purge outbox rows: every statement there
 # touches a batch of rows through an index, and the table's statistics are often stale

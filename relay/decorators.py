@@ -15,13 +15,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from relay.breaker import CircuitBreaker, CircuitState, broker_outage
 from relay.connector import Connector
 from relay.errors import RetryableError
 from relay.metrics import RelayMetrics
 from relay.model import OutboxMessage, Outcome, OutcomeKind, retryable
+
+
+class PublishStack(Connector, Protocol):
+    """A connector behind the relay's decorators: what the sources publish through."""
+
+    def ready_in(self) -> float:
+        """Seconds until the circuit lets a batch through (0 when it does now): a source
+        claims nothing it could not publish."""
+        ...
+
 
 # How far past its own publish timeout a connector may run before it is abandoned.
 PUBLISH_GRACE = 2.0
@@ -53,6 +63,9 @@ class BreakerConnector(_Wrapper):
         self.breaker = breaker
         self._grace = grace
 
+    def ready_in(self) -> float:
+        return self.breaker.retry_in()
+
     async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
         if not batch:
             return []
@@ -83,9 +96,10 @@ class BreakerConnector(_Wrapper):
 class MeteredConnector(_Wrapper):
     """Counts what the connector below reports: outcomes, batch sizes, latencies."""
 
-    def __init__(self, inner: Connector, metrics: RelayMetrics) -> None:
+    def __init__(self, inner: BreakerConnector, metrics: RelayMetrics) -> None:
         super().__init__(inner)
         self.metrics = metrics
+        self.ready_in = inner.ready_in
 
     async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
         started = time.monotonic()
@@ -95,7 +109,7 @@ class MeteredConnector(_Wrapper):
         return outcomes
 
 
-def instrument(raw: Connector, breaker: CircuitBreaker, metrics: RelayMetrics) -> Connector:
+def instrument(raw: Connector, breaker: CircuitBreaker, metrics: RelayMetrics) -> PublishStack:
     """``raw`` behind the circuit breaker and the metrics, with transitions exported."""
 
     def exported(_before: CircuitState, to: CircuitState, _why: str) -> None:

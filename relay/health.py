@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-log = logging.getLogger("outbox_relay.health")
+log = logging.getLogger(__name__)
 
 LOOP_SLACK = 10.0  # seconds a beat may come late before /healthz fails
 STARTUP = "start-up"

@@ -23,10 +23,14 @@ from relay.config import RelayConfig
 from relay.health import HealthServer, HealthState
 from relay.metrics import RelayMetrics
 from relay.status import sample_backlog
+from relay.tasks import BackgroundTask, result_within
 
-log = logging.getLogger("outbox_relay.operability")
+log = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 5.0
+# The figures a source adds to the backlog's (CDC: the slot's lag), read on the sampler's
+# connection.
+SourceFigures = Callable[[psycopg.Connection[Any]], dict[str, Any]]
 SAMPLE_STATEMENT_TIMEOUT_MS = 5000
 
 
@@ -38,28 +42,24 @@ class BacklogSampler:
         config: RelayConfig,
         metrics: RelayMetrics,
         health: HealthState,
-        buckets_owned: Callable[[], int],
+        source_figures: SourceFigures,
         every: float = SAMPLE_EVERY,
     ) -> None:
         self._config = config
         self._metrics = metrics
         self._health = health
-        self._buckets_owned = buckets_owned
+        self._source_figures = source_figures
         self._every = every
         self._conn: psycopg.Connection[Any] | None = None
         self._in_flight: asyncio.Future[dict[str, Any]] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("backlog-sampler", self._run)
         self._failures = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="backlog-sampler")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._task.stop()
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):  # closing is best effort
@@ -71,12 +71,12 @@ class BacklogSampler:
             await asyncio.sleep(self._every)
 
     async def sample_once(self) -> None:
-        self._metrics.buckets_owned.set(self._buckets_owned())
         if self._in_flight is not None and not self._in_flight.done():
             return  # the previous sample is still stuck on the database
         self._in_flight = _in_daemon_thread(self._read)
         try:
-            figures = await asyncio.wait_for(asyncio.shield(self._in_flight), self._every)
+            # Left running on a timeout: the next round sees it still in flight.
+            figures = await result_within(self._in_flight, self._every)
         except (TimeoutError, psycopg.Error) as exc:
             self._sample_failed(exc)
             return
@@ -104,10 +104,7 @@ class BacklogSampler:
         """Runs in the sampler's own thread, on its own connection."""
         try:
             conn = self._connection()
-            figures = sample_backlog(conn, self._config.schema)
-            if self._config.mode == "cdc":
-                figures["cdc"] = _cdc_figures(conn, self._config.schema)
-            return figures
+            return {**sample_backlog(conn, self._config.schema), **self._source_figures(conn)}
         except psycopg.Error:
             stale, self._conn = self._conn, None
             if stale is not None:
@@ -156,13 +153,6 @@ def _in_daemon_thread(work: Callable[[], dict[str, Any]]) -> asyncio.Future[dict
     return future
 
 
-def _cdc_figures(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
-    from relay.cdc.status import cdc_status  # CDC mode only
-
-    status = cdc_status(conn, schema)
-    return {"slot": status["slot"], "lag_bytes": status["lag_bytes"]}
-
-
 class Operability:
     """Starts and stops the sampler and the health/metrics server of one relay."""
 
@@ -172,12 +162,11 @@ class Operability:
         metrics: RelayMetrics,
         health: HealthState,
         breaker: CircuitBreaker,
-        buckets_owned: Callable[[], int],
+        source_figures: SourceFigures,
     ) -> None:
         health.circuit = lambda: breaker.state.value
         self._health = health
-        self._watchdog: asyncio.Task[None] | None = None
-        self.sampler = BacklogSampler(config, metrics, health, buckets_owned)
+        self.sampler = BacklogSampler(config, metrics, health, source_figures)
         self.server: HealthServer | None = None
         if config.metrics_port:
             self.server = HealthServer(
@@ -189,22 +178,7 @@ class Operability:
             self.server.start()
         self.sampler.start()
 
-    def watch(self, task: asyncio.Task[None], every: float = 1.0) -> None:
-        """Beat for a drain loop that does not beat itself (CDC mode): while ``task``
-        runs and the event loop answers, /healthz stays green."""
-
-        async def beat() -> None:
-            while not task.done():
-                self._health.beat(every * 2)
-                await asyncio.sleep(every)
-
-        self._watchdog = asyncio.create_task(beat(), name="health-watchdog")
-
     async def stop(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
-            self._watchdog = None
         await self.sampler.stop()
         if self.server is not None:
             await asyncio.to_thread(self.server.stop)

@@ -1,5 +1,5 @@
-"""The relay process: preflight, then the poller, lease keeper, wake-up listener and
-retention running side by side until SIGTERM/SIGINT, then a bounded drain."""
+"""The relay process: preflight, then one source (polling or CDC) behind the connector
+stack, beside the metrics and health server, until SIGTERM/SIGINT, then a bounded drain."""
 
 from __future__ import annotations
 
@@ -8,32 +8,29 @@ import gc
 import logging
 import signal
 import uuid
-from collections.abc import Coroutine, Mapping
-from typing import Any
 
 import psycopg
 
 from relay.breaker import BreakerSettings, CircuitBreaker
-from relay.cdc.preflight import require_ready
-from relay.cdc.relay import CdcRelay
+from relay.cdc.relay import CDC
 from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
-from relay.db import INDEX_PLAN_SETTINGS, DbSession, connection_failure
+from relay.db import DbSession, connection_failure
 from relay.decorators import instrument
 from relay.health import HealthState
 from relay.limits import limit_message_size
 from relay.metrics import RelayMetrics
 from relay.migrations import require_schema
 from relay.operability import Operability
-from relay.poll.leases import LeaseKeeper
-from relay.poll.listener import WakeListener
-from relay.poll.poller import Poller, PollerStats, claim_session
-from relay.poll.retention import RetentionTask
-from relay.poll.wakeups import WakeupSwitch
+from relay.poll.source import POLL
+from relay.source import Source, SourceKind, SourceParts
+from relay.tasks import bounded
 
-log = logging.getLogger("outbox_relay")
+log = logging.getLogger(__name__)
 
-RETENTION_EVERY = 10.0
+# The modes a relay runs in, by the name --mode takes.
+SOURCES: dict[str, SourceKind] = {"poll": POLL, "cdc": CDC}
+
 # Tracked objects the heap may gain before the youngest generation is collected (Python's
 # default is 700). A drain holds a few batches of messages at once, tens of thousands of
 # objects that refcounting frees when their batch is confirmed; at 700 the collector
@@ -51,20 +48,7 @@ def preflight(config: RelayConfig) -> None:
             require_schema(conn, config.schema)
     except psycopg.Error as exc:
         raise connection_failure(config.dsn, exc) from None
-    if config.mode == "cdc":
-        require_ready(config)
-
-
-def duty_session(
-    config: RelayConfig, duty: str, settings: Mapping[str, str] | None = None
-) -> DbSession:
-    """A connection for one background duty; statements end within a lease TTL."""
-    return DbSession(
-        config.dsn,
-        duty,
-        connect_timeout=config.connect_timeout,
-        settings={"statement_timeout": str(int(config.lease_ttl * 1000)), **(settings or {})},
-    )
+    SOURCES[config.mode].preflight(config)
 
 
 class RelayService:
@@ -85,72 +69,26 @@ class RelayService:
             self.metrics,
         )
         self.stopping = asyncio.Event()
-        # One wake-up event per lane, so a lane clearing its own cannot swallow another's.
-        self.wakeups = [asyncio.Event() for _ in range(config.claim_lanes)]
-        self.poll_stats = PollerStats()
         self.sessions: list[DbSession] = []
-
-        def session(duty: str, settings: Mapping[str, str] | None = None) -> DbSession:
-            return self._kept(duty_session(config, duty, settings))
-
-        self.leases = LeaseKeeper(
-            session("leases"),
-            schema=config.schema,
-            relay_id=self.relay_id,
-            relay_name=config.relay_name,
-            mode=config.mode,
-            ttl=config.lease_ttl,
-            on_change=self.wake,
-            published=lambda: self.poll_stats.published,
+        self.source: Source = SOURCES[config.mode].build(
+            SourceParts(
+                config=config,
+                connector=self.connector,
+                relay_id=self.relay_id,
+                metrics=self.metrics,
+                health=self.health,
+                keep_session=self._kept,
+            )
         )
-        self.wakeup_switch = WakeupSwitch(
-            config.schema, self.relay_id, config.claim_lanes, on_quiet=self.wake
-        )
-        self.pollers = [self._poller(lane) for lane in range(config.claim_lanes)]
         self.operability = Operability(
-            config, self.metrics, self.health, self.breaker, lambda: len(self.leases.owned)
+            config, self.metrics, self.health, self.breaker, self.source.sample
         )
         self.metrics.describe(relay=config.relay_name, mode=config.mode, connector=config.connector)
         self.metrics.watch_sessions(lambda: self.sessions)
-        self.listener = WakeListener(
-            session("listen"), config.schema, self.wake, coalesce=config.poll_linger
-        )
-        self.retention = RetentionTask(
-            session("housekeeping", INDEX_PLAN_SETTINGS),
-            config.schema,
-            config.retention,
-            RETENTION_EVERY,
-        )
-        self.cdc = (
-            CdcRelay(config, self.connector, relay_id=self.relay_id)
-            if config.mode == "cdc"
-            else None
-        )
 
     def _kept(self, session: DbSession) -> DbSession:
         self.sessions.append(session)
         return session
-
-    def _poller(self, lane: int) -> Poller:
-        return Poller(
-            self.config,
-            self._kept(claim_session(self.config, lane)),
-            self.connector,
-            self.leases,
-            self.relay_id,
-            self.wakeups[lane],
-            breaker=self.breaker,
-            metrics=self.metrics,
-            health=self.health,
-            lane=lane,
-            stats=self.poll_stats,
-            switch=self.wakeup_switch,
-        )
-
-    def wake(self) -> None:
-        """A NOTIFY or a lease change: every lane looks for work."""
-        for wakeup in self.wakeups:
-            wakeup.set()
 
     def request_stop(self) -> None:
         if not self.stopping.is_set():
@@ -167,14 +105,7 @@ class RelayService:
             self.connector.name,
         )
         self.operability.start()
-        self.retention.start()
-        if self.cdc is not None:
-            drain = asyncio.create_task(self.cdc.run(self.stopping), name="cdc")
-            self.operability.watch(drain)  # /healthz: the loop answers and the stream runs
-        else:
-            self.leases.start()
-            self.listener.start()
-            drain = asyncio.create_task(self._run_lanes(), name="poller")
+        drain = asyncio.create_task(self.source.run(self.stopping), name=self.config.mode)
         try:
             await self.stopping.wait()
         finally:
@@ -193,37 +124,14 @@ class RelayService:
         # Each step is bounded: a database or broker that stopped answering cannot keep
         # the process from exiting (leases it fails to release expire after the TTL).
         step = max(1.0, self.config.shutdown_timeout / 3)
-        for what, stop in (
-            ("listener", self.listener.stop),
-            ("retention", self.retention.stop),
-            ("lease keeper", self.leases.stop),
-            ("poller", self._close_lanes),
-            ("metrics", self.operability.stop),
-        ):
-            await _bounded(stop(), step, what)
-        if self.cdc is not None:
-            await _bounded(self.cdc.close(), step, "cdc")
-        await _bounded(
+        await self.source.close(timeout=step)
+        await bounded(self.operability.stop(), step, "metrics")
+        await bounded(
             self.connector.close(timeout=self.config.shutdown_timeout),
             self.config.shutdown_timeout + 1,
             "connector",
         )
-        published = self.cdc.stats.published if self.cdc else self.poll_stats.published
-        log.info("relay stopped; %d messages published", published)
-
-    async def _run_lanes(self) -> None:
-        await asyncio.gather(*(poller.run(self.stopping) for poller in self.pollers))
-
-    async def _close_lanes(self) -> None:
-        await asyncio.gather(*(poller.close() for poller in self.pollers))
-
-
-async def _bounded(step: Coroutine[Any, Any, None], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            await step
-    except TimeoutError:
-        log.warning("stopping the %s took over %.0fs; going on without it", what, timeout)
+        log.info("relay stopped; %d messages published", self.source.published)
 
 
 def tune_garbage_collector() -> None:

@@ -43,7 +43,7 @@ from relay.cdc.values import (
     json_bytes_decoder,
 )
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 
 _Decoder = Callable[[bytes], object]

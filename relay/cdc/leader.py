@@ -32,13 +32,13 @@ from psycopg.rows import dict_row
 from relay.cdc.frames import str_to_lsn
 from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcNames
-from relay.cdc.waits import wait_any
 from relay.config import RelayConfig
 from relay.db import DbSession
 from relay.errors import LeaseLostError, RelayError, translate_db_error
 from relay.sqlfiles import query
+from relay.tasks import wait_any
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 SAFETY_MARGIN = 0.2  # fraction of the TTL the leader refuses to use
 

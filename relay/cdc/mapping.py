@@ -25,7 +25,7 @@ from relay.cdc.settings import TableName
 from relay.errors import PermanentError
 from relay.model import OutboxMessage
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 RowValues = Mapping[str, object]
 Column = tuple[str, int]  # name, type oid

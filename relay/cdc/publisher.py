@@ -19,12 +19,12 @@ import orjson
 
 from relay.backoff import full_jitter
 from relay.cdc.outgoing import Item, Unmappable
-from relay.cdc.waits import wait_any
 from relay.connector import Connector
 from relay.errors import LeaseLostError, RelayError, RetryableError
 from relay.model import OutboxMessage, Outcome, OutcomeKind, retryable
+from relay.tasks import wait_any
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 MAX_ERROR_LENGTH = 500
 UNMAPPABLE_TOPIC = "outbox-relay.unmappable"

@@ -1,17 +1,20 @@
 """CDC mode: publish outbox events from the WAL instead of polling the table.
 
-``CdcRelay(config, connector)`` is the CDC counterpart of the Poller and LeaseKeeper
-together: ``await run(stopping)`` waits as a standby until it leads the slot, then
-prepares the publication and the slot (with the pending-row snapshot when needed),
-streams until ``stopping`` is set, and reconnects with backoff after failures;
-``await close()`` gives the lead up. See docs/cdc.md.
+``CdcRelay(config, connector)`` is the CDC source (``relay.source``), the counterpart of
+``relay.poll.source.PollSource``: ``await run(stopping)`` waits as a standby until it
+leads the slot, then prepares the publication and the slot (with the pending-row
+snapshot when needed), streams until ``stopping`` is set, and reconnects with backoff
+after failures; ``await close(timeout=...)`` gives the lead up. See docs/cdc.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 from uuid import UUID, uuid4
+
+import psycopg
 
 from relay.backoff import full_jitter
 from relay.cdc.changes import ChangeDecoder
@@ -20,6 +23,7 @@ from relay.cdc.guardrails import Action, assess
 from relay.cdc.leader import CdcState, Leadership, leader_session
 from relay.cdc.mapping import mapping_for
 from relay.cdc.outgoing import Outgoing
+from relay.cdc.preflight import require_ready
 from relay.cdc.publisher import BatchPublisher, CdcStats, OutboxParker
 from relay.cdc.queries import cdc_query
 from relay.cdc.retention import run_retention
@@ -27,14 +31,17 @@ from relay.cdc.session import StreamSession
 from relay.cdc.settings import CdcSettings, settings_of
 from relay.cdc.slots import current_database, drop_slot, ensure_publication, read_slot
 from relay.cdc.snapshot import Snapshot, SnapshotRequest
+from relay.cdc.status import cdc_status
 from relay.cdc.stream import ReplicationStream, SlotInUseError
-from relay.cdc.waits import wait_any
 from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession
 from relay.errors import ConfigError, PermanentError, RelayError
+from relay.health import HealthState
+from relay.source import SourceKind, SourceParts
+from relay.tasks import BackgroundTask, bounded, wait_any
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 START_ATTEMPTS = 5
 
@@ -49,8 +56,10 @@ class CdcRelay:
         settings: CdcSettings | None = None,
         *,
         relay_id: UUID | None = None,
+        health: HealthState | None = None,
     ) -> None:
         self.config = config
+        self._health = health or HealthState()
         self.settings = settings or settings_of(config)
         found = self.settings.problems(config.schema, publish_timeout=config.publish_timeout)
         if found:
@@ -85,23 +94,34 @@ class CdcRelay:
     def relay_id(self) -> UUID:
         return self.leadership.relay_id
 
+    @property
+    def published(self) -> int:
+        return self.stats.published
+
+    def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
+        status = cdc_status(conn, self.names.schema, self.names.slot)
+        return {"cdc": {"slot": status["slot"], "lag_bytes": status["lag_bytes"]}}
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Lead (or wait to) and stream until ``stopping`` is set."""
-        retention = self._start_retention(stopping)
+        background = [BackgroundTask("cdc-health", self._beat)]
+        if not self.names.debezium:  # retention deletes from the relay's own table only
+            background.append(BackgroundTask("cdc-retention", lambda: run_retention(
+                self._retention_session, self.names, self.config.retention, stopping)))
+        for task in background:
+            task.start()
         try:
             await self._lead_and_stream(stopping)
         finally:
-            if retention is not None:
-                retention.cancel()
-                await asyncio.gather(retention, return_exceptions=True)
+            for task in background:
+                await task.stop()
 
-    def _start_retention(self, stopping: asyncio.Event) -> asyncio.Task[None] | None:
-        if self.names.debezium:  # retention deletes from the relay's own table only
-            return None
-        return asyncio.create_task(
-            run_retention(self._retention_session, self.names, self.config.retention, stopping),
-            name="cdc-retention",
-        )
+    async def _beat(self, every: float = 1.0) -> None:
+        """/healthz: green while this loop answers. The stream's waits are bounded by
+        its own timeouts, so a stuck publish shows in the lag, not here."""
+        while True:
+            self._health.beat(every * 2, "cdc")
+            await asyncio.sleep(every)
 
     async def _lead_and_stream(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
@@ -120,11 +140,12 @@ class CdcRelay:
             finally:
                 self.streaming.clear()
 
-    async def close(self) -> None:
-        """Give up the lead (a standby takes over at once) and close every connection."""
-        await self.leadership.release(forget=True)
-        await self._snapshot.close()
-        await self._retention_session.close()
+    async def close(self, *, timeout: float = 10.0) -> None:
+        """Give up the lead (a standby takes over at once) and close every connection,
+        each step within ``timeout`` seconds."""
+        await bounded(self.leadership.release(forget=True), timeout, "CDC leadership")
+        await bounded(self._snapshot.close(), timeout, "CDC snapshot session")
+        await bounded(self._retention_session.close(), timeout, "CDC retention session")
 
     async def _stream_once(self, stopping: asyncio.Event) -> None:
         stream = await ReplicationStream.connect(
@@ -215,3 +236,10 @@ class CdcRelay:
                 type(exc).__name__, exc, delay)
         await wait_any(stopping, timeout=delay)
 
+
+
+def _cdc_source(parts: SourceParts) -> CdcRelay:
+    return CdcRelay(parts.config, parts.connector, relay_id=parts.relay_id, health=parts.health)
+
+
+CDC = SourceKind(preflight=require_ready, build=_cdc_source)

@@ -11,11 +11,11 @@ import psycopg
 
 from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcNames
-from relay.cdc.waits import wait_any
 from relay.db import DbSession
 from relay.errors import RelayError
+from relay.tasks import wait_any
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 RETENTION_EVERY = 10.0
 PURGE_CHUNK = 1000

@@ -31,10 +31,10 @@ from relay.cdc.outgoing import Batch, Outgoing
 from relay.cdc.publisher import BatchPublisher
 from relay.cdc.queries import cdc_query
 from relay.cdc.stream import ReplicationStream
-from relay.cdc.waits import wait_any
 from relay.errors import LeaseLostError
+from relay.tasks import wait_any
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 10.0  # well inside the default wal_sender_timeout (60 s)
 SAVE_INTERVAL = 0.2  # at most this often a cdc_state write while events flow

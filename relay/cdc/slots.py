@@ -15,7 +15,7 @@ from relay.cdc.queries import cdc_query, cdc_query_with_names
 from relay.cdc.settings import CdcNames
 from relay.errors import PermanentError, translate_db_error
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 
 def slot_info_from_row(row: dict[str, Any]) -> SlotInfo:

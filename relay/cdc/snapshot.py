@@ -33,7 +33,7 @@ from relay.db import DbSession
 from relay.errors import translate_db_error
 from relay.model import OutboxMessage
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 MarkSent = Callable[[list[UUID]], Awaitable[None]]
 

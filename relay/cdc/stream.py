@@ -18,7 +18,6 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from relay.cdc.frames import encode_standby_status, lsn_to_str, str_to_lsn
-from relay.cdc.waits import wait_future
 from relay.dsn import describe_dsn
 from relay.errors import (
     DatabaseUnavailableError,
@@ -28,8 +27,9 @@ from relay.errors import (
     is_retryable_sqlstate,
     translate_db_error,
 )
+from relay.tasks import wait_future
 
-log = logging.getLogger("outbox_relay.cdc")
+log = logging.getLogger(__name__)
 
 SESSION_OPTIONS = "-c TimeZone=UTC -c DateStyle=ISO -c bytea_output=hex"
 OBJECT_IN_USE = "55006"  # the slot is active for another walsender

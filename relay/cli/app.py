@@ -72,7 +72,7 @@ from relay.migrations import migrate, render_script
 from relay.secrets import read_option_files, secret_option_values, value_or_file
 from relay.status import collect_status, format_status
 
-log = logging.getLogger("outbox_relay.cli")
+log = logging.getLogger(__name__)
 app = typer.Typer(
     name="outbox-relay",
     help="Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ.",

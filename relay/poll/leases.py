@@ -13,7 +13,6 @@ frozen past its lease never publishes work another relay may have taken.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -27,8 +26,9 @@ from psycopg import AsyncConnection
 from relay.db import DbSession
 from relay.errors import RelayError
 from relay.sqlfiles import query
+from relay.tasks import BackgroundTask, wait_any
 
-log = logging.getLogger("outbox_relay.leases")
+log = logging.getLogger(__name__)
 
 BUCKETS = 256
 SAFETY_MARGIN = 0.2  # fraction of the TTL we refuse to use, for clock rate differences
@@ -60,7 +60,7 @@ class LeaseKeeper:
         self._published = published
         self.owned: frozenset[int] = frozenset()
         self._valid_until = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("lease-keeper", self._run)
         self._stopping = asyncio.Event()
 
     @property
@@ -71,15 +71,12 @@ class LeaseKeeper:
         return bool(self.owned) and time.monotonic() < self._valid_until
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="lease-keeper")
+        self._task.start()
 
     async def stop(self) -> None:
         """Stop renewing and hand every bucket back at once (not after the TTL)."""
         self._stopping.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._task.stop(cancel=False)  # a renewal in progress finishes first
         self._valid_until = 0.0
         try:
             async with asyncio.timeout(RELEASE_TIMEOUT):
@@ -103,8 +100,7 @@ class LeaseKeeper:
                 # through holds_valid_leases(). Reconnect on the next tick.
                 log.warning("lease renewal failed: %s", exc or type(exc).__name__)
                 await self._session.discard()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
+            await wait_any(self._stopping, timeout=self.interval)
 
     async def tick(self) -> None:
         """One heartbeat: renew, then acquire or release to reach the fair share."""

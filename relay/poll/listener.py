@@ -16,8 +16,9 @@ from psycopg import sql
 from relay.backoff import full_jitter
 from relay.db import DbSession
 from relay.errors import RelayError
+from relay.tasks import BackgroundTask
 
-log = logging.getLogger("outbox_relay.listener")
+log = logging.getLogger(__name__)
 
 
 def channel_name(schema: str) -> str:
@@ -40,18 +41,14 @@ class WakeListener:
         self._channel = channel_name(schema)
         self._wake = wake
         self._coalesce = coalesce
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("wake-listener", self._run)
         self._failures = 0
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="wake-listener")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._task.stop()
         await self._session.close()
 
     async def _run(self) -> None:

@@ -9,7 +9,6 @@ loses its transaction (and with it its locks) about when it loses its leases.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import zlib
@@ -22,10 +21,9 @@ import psycopg
 from psycopg import AsyncClientCursor, AsyncConnection, sql
 
 from relay.backoff import full_jitter
-from relay.breaker import CircuitBreaker
 from relay.config import RelayConfig
-from relay.connector import Connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession
+from relay.decorators import PublishStack
 from relay.errors import (
     DatabaseUnavailableError,
     LeaseLostError,
@@ -46,8 +44,9 @@ from relay.poll.outbox_rows import (
 )
 from relay.poll.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
 from relay.sqlfiles import query
+from relay.tasks import wait_any
 
-log = logging.getLogger("outbox_relay.poller")
+log = logging.getLogger(__name__)
 
 
 def lock_space(schema: str) -> int:
@@ -140,12 +139,11 @@ class Poller:
         self,
         config: RelayConfig,
         session: DbSession,
-        connector: Connector,
+        connector: PublishStack,
         leases: LeaseKeeper,
         relay_id: UUID,
         wake: asyncio.Event,
         *,
-        breaker: CircuitBreaker | None = None,
         metrics: RelayMetrics | None = None,
         health: HealthState | None = None,
         lane: int = 0,
@@ -157,7 +155,6 @@ class Poller:
         self._connector = connector
         self._leases = leases
         self._wake = wake
-        self._breaker = breaker
         self._metrics = metrics or RelayMetrics()
         self._health = health or HealthState()
         self._claim_params = {
@@ -210,7 +207,7 @@ class Poller:
         commits right behind the first share its batch."""
         if self._switch is not None and self._switch.keeps_polling(self._lane):
             self._health.beat(QUIET_POLL, self._loop_name)
-            await _wait_any(stopping, self._wake, QUIET_POLL)  # rows keep coming: no NOTIFY
+            await wait_any(stopping, self._wake, timeout=QUIET_POLL)  # rows keep coming: no NOTIFY
             return
         if await self._writers_were_quiet(round_epoch):
             self._recheck_soon = True
@@ -219,19 +216,18 @@ class Poller:
         interval = RECHECK_AFTER if self._recheck_soon else self._config.poll_interval
         self._recheck_soon = False
         self._health.beat(interval + linger, self._loop_name)
-        await _wait_any(stopping, self._wake, interval)
+        await wait_any(stopping, self._wake, timeout=interval)
         if linger > 0 and self._wake.is_set() and not stopping.is_set():
             await asyncio.sleep(linger)
 
     async def _circuit_open(self, stopping: asyncio.Event) -> bool:
         """While the circuit is open, claim nothing: wait (quietly) for the next probe."""
-        wait = self._breaker.retry_in() if self._breaker is not None else 0.0
+        wait = self._connector.ready_in()
         if wait <= 0:
             return False
         pause = min(wait, max(self._config.poll_interval, 0.05))
         self._health.beat(pause, self._loop_name)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), pause)
+        await wait_any(stopping, timeout=pause)
         return True
 
     async def _drain_guarded(self) -> DrainResult:
@@ -276,8 +272,7 @@ class Poller:
         else:
             log.log(level, "drain failed (%s); retrying in %.1fs", result.error, delay)
         self._health.beat(delay, self._loop_name)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
+        await wait_any(stopping, timeout=delay)
 
     async def close(self) -> None:
         await self._session.close()
@@ -413,13 +408,3 @@ class Poller:
             ack.dead_seqs, ack.dead_errors, ack.dead_reasons, strict=True
         ):
             log.error("message seq %d moved to the dead letters (%s): %s", seq, reason, error)
-
-
-async def _wait_any(stopping: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
-    """Return when woken, stopping, or after ``timeout`` seconds."""
-    waiters = [asyncio.ensure_future(stopping.wait()), asyncio.ensure_future(wake.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -10,8 +10,9 @@ import psycopg
 from relay.db import DbSession
 from relay.errors import RelayError
 from relay.sqlfiles import query
+from relay.tasks import BackgroundTask
 
-log = logging.getLogger("outbox_relay.housekeeping")
+log = logging.getLogger(__name__)
 
 PURGE_CHUNK = 1000
 PURGE_CHUNKS_PER_ROUND = 100
@@ -37,17 +38,14 @@ class RetentionTask:
         self._schema = schema
         self._retention = retention
         self._every = every
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("retention", self._run)
 
     def start(self) -> None:
-        if self._task is None and self._retention > 0:
-            self._task = asyncio.create_task(self._run(), name="retention")
+        if self._retention > 0:  # 0: rows are deleted when acknowledged
+            self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._task.stop()
         await self._session.close()
 
     async def _run(self) -> None:

@@ -24,7 +24,7 @@ from psycopg import AsyncConnection
 
 from relay.sqlfiles import query
 
-log = logging.getLogger("outbox_relay.wakeups")
+log = logging.getLogger(__name__)
 
 QUIET_RATE = 1000.0  # rows/s per lane: polling every QUIET_POLL then finds ~5 rows a round
 RATE_WINDOW = 0.5  # seconds over which a lane's rate is judged

@@ -59,7 +59,7 @@ def test_a_dropped_slot_is_reported_and_recreated_without_losing_outbox_rows(db_
         missed = await asyncio.to_thread(write, db_dsn, 40, start=30)  # while no relay runs
         with psycopg.connect(db_dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot('outbox_relay_outbox')")
-        with caplog.at_level(logging.ERROR, logger="outbox_relay.cdc"):
+        with caplog.at_level(logging.ERROR, logger="relay.cdc"):
             async with RunningCdcRelay(cdc_config(db_dsn)) as second:
                 await second.streaming()
                 later = await asyncio.to_thread(write, db_dsn, 10, start=70)
@@ -98,7 +98,7 @@ async def _invalidate_and_recover(dsn, caplog):
         conn.execute("CHECKPOINT")
         status = conn.execute("SELECT wal_status FROM pg_replication_slots").fetchone()[0]
     assert status == "lost"
-    with caplog.at_level(logging.ERROR, logger="outbox_relay.cdc"):
+    with caplog.at_level(logging.ERROR, logger="relay.cdc"):
         async with RunningCdcRelay(cdc_config(dsn)) as second:
             await second.streaming()
             later = await asyncio.to_thread(write, dsn, 5, start=35)

@@ -123,7 +123,7 @@ def test_a_debezium_outbox_table_is_routed_by_aggregate(db_dsn, caplog):
         return ids
 
     async def scenario():
-        with caplog.at_level(logging.WARNING, logger="outbox_relay.cdc"):
+        with caplog.at_level(logging.WARNING, logger="relay.cdc"):
             async with RunningCdcRelay(cdc_config(db_dsn), settings=settings) as running:
                 await running.streaming()
                 ids = await asyncio.to_thread(emit_events)

@@ -117,7 +117,7 @@ def test_the_poll_linger_lets_the_commits_right_behind_share_a_batch(db_dsn, lin
     async def scenario():
         config = relay_config(db_dsn, poll_linger=linger, poll_interval=30.0)
         async with RunningRelay(config, connector) as relay:
-            await eventually(lambda: relay.service.leases.owned, 10, "leases")
+            await eventually(lambda: relay.service.source.leases.owned, 10, "leases")
             await asyncio.sleep(0.3)  # every lane idle, waiting for a NOTIFY
             before = connector.batches
             for _ in range(4):  # one key: one lane; 4 commits within ~0.2 s
@@ -169,7 +169,7 @@ def test_a_busy_relay_quiets_the_writers_and_a_dry_lane_wakes_them(db_dsn):
     async def scenario():
         config = relay_config(db_dsn, batch_size=50, claim_lanes=2, poll_interval=30.0)
         async with RunningRelay(config, connector) as relay:
-            switch = relay.service.wakeup_switch
+            switch = relay.service.source.wakeup_switch
             await eventually(lambda: not switch.listening, 20, "writers told to be quiet")
             assert await asyncio.to_thread(listening, db_dsn) == [False]
             await eventually(lambda: len(connector.published) >= 6000, 30, "the backlog")
@@ -227,7 +227,7 @@ def test_notify_wakes_the_relay_well_before_the_poll_interval(db_dsn):
     async def scenario():
         config = relay_config(db_dsn, poll_interval=30.0)
         async with RunningRelay(config) as relay:
-            await eventually(lambda: relay.service.leases.owned, 10, "leases")
+            await eventually(lambda: relay.service.source.leases.owned, 10, "leases")
             await asyncio.sleep(0.3)  # let the first idle poll begin its 30 s wait
             await asyncio.to_thread(write, db_dsn, 1)
             return await eventually(lambda: relay.connector.published, 5, "the message")
@@ -300,13 +300,13 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
         async with RunningRelay(config) as first, RunningRelay(config) as second:
             await eventually(
                 lambda: (
-                    len(first.service.leases.owned) == 128
-                    and len(second.service.leases.owned) == 128
+                    len(first.service.source.leases.owned) == 128
+                    and len(second.service.source.leases.owned) == 128
                 ),
                 15,
                 "an even split",
             )
-            assert not first.service.leases.owned & second.service.leases.owned
+            assert not first.service.source.leases.owned & second.service.source.leases.owned
             await asyncio.to_thread(write, db_dsn, 400, 40)
             await eventually(
                 lambda: len(first.connector.published) + len(second.connector.published) >= 400,
@@ -316,7 +316,7 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
             assert first.connector.published and second.connector.published
             await first.stop()
             took = await eventually(
-                lambda: len(second.service.leases.owned) == 256, 10, "the takeover"
+                lambda: len(second.service.source.leases.owned) == 256, 10, "the takeover"
             )
             await asyncio.to_thread(write, db_dsn, 100, 40)
             await eventually(lambda: len(second.connector.published) >= 200, 10, "the survivor")

@@ -64,7 +64,7 @@ def test_odd_content_arrives_byte_for_byte(db_dsn, harness):
 
     async def relay() -> None:
         async with RunningRelay(config, connector=load_connector(config)) as running:
-            await eventually(lambda: running.service.poll_stats.published >= 3, 30, "3 sent")
+            await eventually(lambda: running.service.source.stats.published >= 3, 30, "3 sent")
 
     asyncio.run(relay())
     received = harness.read(topic, 3, timeout=30)

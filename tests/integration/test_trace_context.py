@@ -34,7 +34,7 @@ def relay_through(harness, db_dsn: str, topic: str):
 
     async def scenario():
         async with RunningRelay(config, load_connector(config)) as relay:
-            await eventually(lambda: relay.service.poll_stats.published >= 1, 20, "the send")
+            await eventually(lambda: relay.service.source.stats.published >= 1, 20, "the send")
 
     asyncio.run(scenario())
     return harness.read(topic, 1, timeout=20)

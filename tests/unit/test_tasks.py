@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from relay.cdc.waits import wait_any, wait_future
+from relay.tasks import wait_any, wait_future
 
 
 def test_wait_future_returns_when_the_future_is_resolved() -> None:

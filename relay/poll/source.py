@@ -1,0 +1,127 @@
+"""Polling mode assembled: bucket leases, claim lanes, the wake-up listener and retention.
+
+The lease keeper decides which buckets this relay drains; each claim lane drains its
+share of them; NOTIFYs (and lease changes) wake the lanes; retention deletes sent rows
+when ``--retention`` keeps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import psycopg
+
+from relay.config import RelayConfig
+from relay.db import INDEX_PLAN_SETTINGS, DbSession
+from relay.poll.leases import LeaseKeeper
+from relay.poll.listener import WakeListener
+from relay.poll.poller import Poller, PollerStats, claim_session
+from relay.poll.retention import RetentionTask
+from relay.poll.wakeups import WakeupSwitch
+from relay.source import SourceKind, SourceParts
+from relay.tasks import bounded
+
+RETENTION_EVERY = 10.0
+
+
+def duty_session(
+    config: RelayConfig, duty: str, settings: Mapping[str, str] | None = None
+) -> DbSession:
+    """A connection for one background duty; statements end within a lease TTL."""
+    return DbSession(
+        config.dsn,
+        duty,
+        connect_timeout=config.connect_timeout,
+        settings={"statement_timeout": str(int(config.lease_ttl * 1000)), **(settings or {})},
+    )
+
+
+class PollSource:
+    """Drains one outbox table by polling, side by side with any other relays."""
+
+    def __init__(self, parts: SourceParts) -> None:
+        config, keep = parts.config, parts.keep_session
+        self.config = config
+        # One wake-up event per lane, so a lane clearing its own cannot swallow another's.
+        self.wakeups = [asyncio.Event() for _ in range(config.claim_lanes)]
+        self.stats = PollerStats()
+        self.leases = LeaseKeeper(
+            keep(duty_session(config, "leases")),
+            schema=config.schema,
+            relay_id=parts.relay_id,
+            relay_name=config.relay_name,
+            mode=config.mode,
+            ttl=config.lease_ttl,
+            on_change=self._leases_changed(parts),
+            published=lambda: self.stats.published,
+        )
+        self.wakeup_switch = WakeupSwitch(
+            config.schema, parts.relay_id, config.claim_lanes, on_quiet=self.wake
+        )
+        self.pollers = [
+            Poller(
+                config,
+                keep(claim_session(config, lane)),
+                parts.connector,
+                self.leases,
+                parts.relay_id,
+                self.wakeups[lane],
+                metrics=parts.metrics,
+                health=parts.health,
+                lane=lane,
+                stats=self.stats,
+                switch=self.wakeup_switch,
+            )
+            for lane in range(config.claim_lanes)
+        ]
+        self.listener = WakeListener(
+            keep(duty_session(config, "listen")), config.schema, self.wake,
+            coalesce=config.poll_linger,
+        )
+        self.retention = RetentionTask(
+            keep(duty_session(config, "housekeeping", INDEX_PLAN_SETTINGS)),
+            config.schema,
+            config.retention,
+            RETENTION_EVERY,
+        )
+
+    def _leases_changed(self, parts: SourceParts) -> Callable[[], None]:
+        def changed() -> None:
+            parts.metrics.buckets_owned.set(len(self.leases.owned))
+            self.wake()
+
+        return changed
+
+    @property
+    def published(self) -> int:
+        return self.stats.published
+
+    def wake(self) -> None:
+        """A NOTIFY or a lease change: every lane looks for work."""
+        for wakeup in self.wakeups:
+            wakeup.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self.leases.start()
+        self.listener.start()
+        self.retention.start()
+        await asyncio.gather(*(poller.run(stopping) for poller in self.pollers))
+
+    async def close(self, *, timeout: float) -> None:
+        """Stop listening and purging, hand the leases back (others take the buckets at
+        once, not after the TTL), close the lanes: each step within ``timeout``."""
+        await bounded(self.listener.stop(), timeout, "listener")
+        await bounded(self.retention.stop(), timeout, "retention")
+        await bounded(self.leases.stop(), timeout, "lease keeper")
+        await bounded(self._close_lanes(), timeout, "poller")
+
+    async def _close_lanes(self) -> None:
+        await asyncio.gather(*(poller.close() for poller in self.pollers))
+
+    def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
+        return {}
+
+
+POLL = SourceKind(preflight=lambda config: None, build=PollSource)

@@ -1,0 +1,86 @@
+"""Background tasks and waits, written once for every long-running piece.
+
+Waits never use ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that
+arrives just as the awaited thing completes, and a loop around it then never stops.
+``asyncio.wait`` does not do that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+
+async def wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Return once any of ``events`` is set, or after ``timeout`` seconds."""
+    if any(event.is_set() for event in events):
+        return
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def wait_future(future: asyncio.Future[Any], timeout: float) -> None:
+    """Return once ``future`` is done or after ``timeout`` seconds; cancel it if not."""
+    try:
+        await asyncio.wait({future}, timeout=timeout)
+    finally:
+        future.cancel()
+
+
+async def result_within(future: asyncio.Future[T], timeout: float) -> T:
+    """``future``'s result, or TimeoutError after ``timeout`` seconds. The future is left
+    running (not cancelled) on a timeout: the caller decides what becomes of it."""
+    done, _ = await asyncio.wait({future}, timeout=timeout)
+    if not done:
+        raise TimeoutError
+    return future.result()
+
+
+async def bounded(step: Awaitable[None], timeout: float, what: str) -> None:
+    """Await one step of a shutdown for at most ``timeout`` seconds: a database or broker
+    that stopped answering cannot keep the process from exiting."""
+    try:
+        async with asyncio.timeout(timeout):
+            await step
+    except TimeoutError:
+        log.warning("stopping the %s took over %.0fs; going on without it", what, timeout)
+
+
+class BackgroundTask:
+    """One named task running ``work`` beside the drain: ``start`` twice, or ``stop``
+    before ``start`` or twice, is harmless.
+
+    ``stop`` cancels the task by default. A piece that must finish a step cleanly (the
+    lease keeper mid-renewal) asks its own loop to end and passes ``cancel=False``.
+    """
+
+    def __init__(self, name: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.name = name
+        self._work = work
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._work(), name=self.name)
+
+    async def stop(self, *, cancel: bool = True) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if cancel:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
