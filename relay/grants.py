@@ -9,13 +9,10 @@ should not have).
 
 from __future__ import annotations
 
-import functools
-from importlib import resources
-
 from psycopg import sql
 
 from relay.errors import ConfigError
-from relay.sqlfiles import parse_named_blocks
+from relay.sqlfiles import bind
 
 GRANTS_SQL = "grants.sql"
 # What each mode of role does, for the header of the script.
@@ -40,14 +37,10 @@ def check_role_name(role: str) -> None:
         )
 
 
-@functools.cache
-def _templates() -> dict[str, str]:
-    text = resources.files("relay.sql").joinpath(GRANTS_SQL).read_text(encoding="utf-8")
-    return parse_named_blocks(text)
-
-
 def _block(name: str, *, schema: str, role: str, publication: str) -> sql.Composed:
-    return sql.SQL(_templates()[name]).format(
+    return bind(
+        GRANTS_SQL,
+        name,
         schema=sql.Identifier(schema),
         role=sql.Identifier(role),
         role_name=sql.Literal(role),

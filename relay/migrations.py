@@ -17,13 +17,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from relay.errors import SchemaMissingError
+from relay.sqlfiles import sql_directory
 
 _FILE_NAME = re.compile(r"^(\d{4})_(\w+)\.sql$")
 _BOOTSTRAP = """
@@ -92,20 +92,14 @@ class Migration:
         )
 
 
-def migrations_dir() -> Path:
-    """schema/ next to the package in a checkout, relay/schema inside an installed wheel."""
-    package_dir = Path(__file__).resolve().parent
-    for candidate in (package_dir / "schema", package_dir.parent / "schema"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("the outbox-relay migrations directory is missing from this install")
-
-
 def load_migrations(track: str = "outbox") -> list[Migration]:
     """The migrations of one track, in version order."""
-    directory = migrations_dir() / get_track(track).subdir
+    directory = sql_directory("schema")
+    subdir = get_track(track).subdir
+    if subdir:
+        directory = directory.joinpath(subdir)
     found = []
-    for path in sorted(directory.iterdir()):
+    for path in sorted(directory.iterdir(), key=lambda entry: entry.name):
         match = _FILE_NAME.match(path.name)
         if match and path.is_file():
             template = path.read_text(encoding="utf-8")
