@@ -298,8 +298,8 @@ class KafkaConnector:
             "acks": "all",
             "enable.idempotence": True,
             "compression.type": "lz4",
-            # A batch arrives whole, so lingering only delays it: 5 ms halved the rate of
-            # back-to-back 500-message batches.
+            # A batch arrives whole, so lingering only delays it (benchmarks/README.md:
+            # a longer linger slowed back-to-back batches).
             "linger.ms": 1,
             "message.timeout.ms": max(1, round(publish_timeout * 1000)),
             **self._options,

@@ -17,9 +17,9 @@ DEFAULT_CONNECTOR = "kafka"
 DEFAULT_KAFKA_BOOTSTRAP = "localhost:9092"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_AMQP_EXCHANGE = "outbox"
-# Debezium's max.batch.size. Each batch pays a fixed ~2-5 ms (its round trips to
-# PostgreSQL and the broker's confirm); at 500 that was a third of a drain's time
-# (benchmarks/README.md has the figures). Peak RSS grows ~8 MB per 1,000 messages in flight.
+# Debezium's max.batch.size. Each batch pays a fixed cost (its round trips to PostgreSQL
+# and the broker's confirm), which smaller batches pay more often; memory grows with the
+# messages in flight (benchmarks/README.md has the figures).
 DEFAULT_BATCH_SIZE = 2048
 # Two claim transactions in flight: one lane's next claim runs in PostgreSQL while the
 # other lane's batch is with the broker (benchmarks/README.md has the figures).
@@ -29,8 +29,8 @@ DEFAULT_PUBLISH_TIMEOUT = 5.0
 DEFAULT_LEASE_TTL = 10.0
 DEFAULT_POLL_INTERVAL = 1.0
 # After a wake-up with the outbox drained, wait this long so the commits right behind
-# share the next batch. At 1,000 msg/s to RabbitMQ: no linger 655 us of relay CPU per
-# message and a p99 of 8 ms; 2 ms 448 us and 11 ms; 5 ms 305 us and 19 ms.
+# share the next batch: a longer linger costs latency and saves CPU per message
+# (benchmarks/README.md has the trade measured).
 DEFAULT_POLL_LINGER = 0.002
 DEFAULT_RETENTION = 0.0
 DEFAULT_SHUTDOWN_TIMEOUT = 15.0

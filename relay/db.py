@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 #   sorts reads every candidate row before it can lock the first (LockRows sits between
 #   the LIMIT and the sort, so the sort is never bounded). Statistics taken while the
 #   table was nearly empty but bloated made a sequential scan plus sort look cheapest: in
-#   the 8,000 msg/s soak that plan took 300 ms per claim, spilling to disk, and the relay
-#   fell to 2,000 msg/s until the next autovacuum.
+#   a soak that plan spilled to disk on every claim and the relay fell to a fraction of
+#   its rate until the next autovacuum (benchmarks/README.md).
 # - No sequential scans. The acknowledgement's prepared DELETE kept a generic plan made
 #   while the table was empty, a sequential scan, while the heap grew between vacuums:
-#   1-3 ms of server time per batch at 1,000 msg/s instead of ~0.05 ms.
+#   its server time per batch grew with the heap instead of with the batch.
 # - No JIT: it never pays off for statements that run in milliseconds.
 INDEX_PLAN_SETTINGS = {"enable_sort": "off", "enable_seqscan": "off", "jit": "off"}
 

@@ -22,9 +22,9 @@ from psycopg.waiting import Ready, Wait
 RV = TypeVar("RV")
 
 # How long reads may go on here, without a turn of the event loop, while a result streams
-# in. A claim's 2 MB arrives in ~1-3 ms; other coroutines (the other lane, delivery
-# reports) wait this much longer at most than psycopg's own wait lets them (it skips the
-# loop for writes for up to 5 ms, MAX_BUSY_TIME).
+# in. A claim's result arrives within a few milliseconds; other coroutines (the other lane,
+# delivery reports) wait this much longer at most than psycopg's own wait lets them (it
+# skips the loop for writes for up to its own MAX_BUSY_TIME).
 EAGER_READ_BUDGET = 0.002
 
 

@@ -13,8 +13,8 @@ from uuid import UUID
 class OutboxMessage:
     """One event taken from the outbox, ready to publish. Treat it as read-only.
 
-    (Not ``frozen``: a frozen dataclass's ``__init__`` cost 2 µs per message, a tenth of
-    the relay's whole CPU budget per message.)
+    (Not ``frozen``: a frozen dataclass's ``__init__`` goes through ``object.__setattr__``
+    per field, a noticeable share of the relay's CPU per message; benchmarks/README.md.)
 
     ``payload`` is the exact bytes to put on the wire (the UTF-8 text of a JSON payload
     as stored, the stored bytes for binary ones, ``None`` for a tombstone).

@@ -69,7 +69,7 @@ def _decoder_of(name: str, oid: int, raw_json: frozenset[str]) -> _Decoder:
 class _CapturedRelation:
     mapping: BoundMapping
     # (index in the tuple, name, type oid, the type's binary decoder): resolved once per
-    # relation, because the generic per-value dispatch was a fifth of the decoding time.
+    # relation, because the generic per-value dispatch was a large share of the decoding time.
     columns: tuple[tuple[int, str, int, _Decoder], ...]
     # For read_insert: per column of the table, its name and decoder; an empty name skips
     # the column (a pair either way, so the loop unpacks it without indexing).
@@ -108,7 +108,7 @@ class _CapturedRelation:
         bytes; None for anything but a well-formed row of binary values and NULLs that
         all decode, which the general path (``parse_pgoutput``, ``decode``) then handles
         and, where something is wrong, reports. The same work as the general path without
-        its intermediate objects: a third less time per change."""
+        its intermediate objects, in less time per change."""
         plan = self.plan
         if data[5] != _TAG_NEW or _UINT16(data, 6)[0] != len(plan):
             return None

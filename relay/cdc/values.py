@@ -110,8 +110,8 @@ def _jsonb_binary(data: bytes) -> str:
 
 def _psycopg_binary_loader(type_oid: int) -> Callable[[bytes], object]:
     """psycopg's own loader (in C with psycopg[binary]): the values polling mode gets,
-    at a fraction of the cost of building them here (a UUID 0.9 → 0.1 µs, a timestamp
-    0.8 → 0.2). A Transformer without a connection reads timestamptz in UTC."""
+    at a fraction of the cost of building them in Python (benchmarks/README.md). A
+    Transformer without a connection reads timestamptz in UTC."""
     return Transformer().get_loader(type_oid, pq.Format.BINARY).load
 
 

@@ -28,8 +28,8 @@ def channel_name(schema: str) -> str:
 class WakeListener:
     """Calls ``wake`` when writers NOTIFY, at most once per ``coalesce`` seconds.
 
-    Every notifying transaction sends one notification, so at 1,000 commits/s handling
-    each on its own was a fifth of the relay's CPU. After a wake-up the listener pauses
+    Every notifying transaction sends one notification, so at a high commit rate handling
+    each on its own was a large share of the relay's CPU. After a wake-up the listener pauses
     for ``coalesce`` (the poll linger, which the woken poller waits anyway), then reads
     whatever arrived meanwhile in one go and wakes the pollers once for all of it.
     """

@@ -50,7 +50,7 @@ def register_claim_loaders(adapters: AdaptersMap) -> None:
     without a Python call per row; re-encoding a 1 KB payload through a JSON parser
     would cost more CPU than everything else the relay does per message. Binary rows
     also spare the server printing (and the relay parsing) the timestamp, the UUID and
-    the integers: ~1.5 µs less relay CPU per message (benchmarks/README.md)."""
+    the integers (benchmarks/README.md has the measurement)."""
     adapters.register_loader("json", ByteaBinaryLoader)
     adapters.register_loader("jsonb", JsonbObjectLoader)
 
@@ -77,8 +77,8 @@ def message_from_claim(values: Sequence[Any]) -> OutboxMessage:
 
 
 def bigint_array(values: Iterable[int]) -> str:
-    """A PostgreSQL array literal of integers, for ``%s::bigint[]``: a tenth of the CPU
-    of psycopg adapting a long list element by element."""
+    """A PostgreSQL array literal of integers, for ``%s::bigint[]``: far cheaper than
+    psycopg adapting a long list element by element."""
     return "{" + ",".join(map(str, values)) + "}"
 
 
