@@ -15,7 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from relay.cdc.queries import cdc_query
-from relay.cdc.settings import CdcNames, settings_of
+from relay.cdc.settings import CdcNames
 from relay.cdc.stream import replication_conninfo
 from relay.config import RelayConfig
 from relay.db import connection_failure
@@ -66,7 +66,7 @@ def _schema_check(conn: psycopg.Connection[Any], schema: str) -> Check:
 
 
 def _cdc_checks(conn: psycopg.Connection[Any], dsn: str, config: RelayConfig) -> list[Check]:
-    settings = settings_of(config)
+    settings = config.cdc
     problems = settings.problems(config.schema)
     if problems:
         return [Check("cdc settings", False, " ".join(problems))]

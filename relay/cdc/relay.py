@@ -28,7 +28,7 @@ from relay.cdc.publisher import BatchPublisher, CdcStats, OutboxParker
 from relay.cdc.queries import cdc_query
 from relay.cdc.retention import run_retention
 from relay.cdc.session import StreamSession
-from relay.cdc.settings import CdcSettings, settings_of
+from relay.cdc.settings import CdcSettings
 from relay.cdc.slots import current_database, drop_slot, ensure_publication, read_slot
 from relay.cdc.snapshot import Snapshot, SnapshotRequest
 from relay.cdc.status import cdc_status
@@ -60,7 +60,7 @@ class CdcRelay:
     ) -> None:
         self.config = config
         self._health = health or HealthState()
-        self.settings = settings or settings_of(config)
+        self.settings = settings or config.cdc
         found = self.settings.problems(config.schema, publish_timeout=config.publish_timeout)
         if found:
             raise ConfigError(" ".join(found))

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # relay.config may import this module for RelayConfig.cdc
-    from relay.config import RelayConfig
 
 DEFAULT_SCHEMA = "outbox"
 
@@ -143,7 +139,3 @@ class CdcSettings:
             )
         return found
 
-
-def settings_of(config: RelayConfig) -> CdcSettings:
-    """The CDC settings of a relay configuration."""
-    return config.cdc

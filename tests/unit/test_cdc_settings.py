@@ -2,8 +2,7 @@
 
 import pytest
 
-from relay.cdc.settings import CdcSettings, TableName, parse_table_name, settings_of
-from relay.config import RelayConfig
+from relay.cdc.settings import CdcSettings, TableName, parse_table_name
 
 
 def test_names_are_derived_from_the_schema():
@@ -52,10 +51,6 @@ def test_table_names_must_be_plain():
     assert parse_table_name("public.outbox") == TableName("public", "outbox")
     assert parse_table_name('public."Outbox"') is None
     assert parse_table_name("a.b.c") is None
-
-
-def test_settings_of_a_config_without_cdc_are_the_defaults():
-    assert settings_of(RelayConfig(dsn="x")) == CdcSettings()
 
 
 def test_names_follow_the_same_rules_as_relay_config():
