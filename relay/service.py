@@ -167,11 +167,11 @@ class RelayService:
             self.connector.name,
         )
         self.operability.start()
-        self.retention.start()
-        if self.cdc is not None:
+        if self.cdc is not None:  # CDC's own retention purges sent rows too
             drain = asyncio.create_task(self.cdc.run(self.stopping), name="cdc")
             self.operability.watch(drain)  # /healthz: the loop answers and the stream runs
         else:
+            self.retention.start()
             self.leases.start()
             self.listener.start()
             drain = asyncio.create_task(self._run_lanes(), name="poller")

@@ -91,13 +91,10 @@ class CdcRelay:
         try:
             await self._lead_and_stream(stopping)
         finally:
-            if retention is not None:
-                retention.cancel()
-                await asyncio.gather(retention, return_exceptions=True)
+            retention.cancel()
+            await asyncio.gather(retention, return_exceptions=True)
 
-    def _start_retention(self, stopping: asyncio.Event) -> asyncio.Task[None] | None:
-        if self.names.debezium:  # retention deletes from the relay's own table only
-            return None
+    def _start_retention(self, stopping: asyncio.Event) -> asyncio.Task[None]:
         return asyncio.create_task(
             run_retention(self._retention_session, self.names, self.config.retention, stopping),
             name="cdc-retention",
