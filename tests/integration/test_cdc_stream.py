@@ -234,6 +234,12 @@ def test_a_broker_outage_holds_the_position_then_everything_arrives_in_order(db_
     before, held, ids, published = asyncio.run(scenario())
     assert held["confirmed"] <= before  # never past an unconfirmed message
     assert first_occurrences(published) == ids
+    with psycopg.connect(db_dsn) as conn:  # an outage costs no attempt, holds no key
+        counted = conn.execute(
+            "SELECT (SELECT count(*) FROM outbox.messages WHERE set_aside_at IS NOT NULL),"
+            " (SELECT count(*) FROM outbox.key_holds), (SELECT count(*) FROM outbox.dead_letters)"
+        ).fetchone()
+    assert counted == (0, 0, 0)
 
 
 def test_a_restart_after_an_abrupt_stop_loses_nothing(db_dsn):
