@@ -68,6 +68,7 @@ class AsideRound:
     """What one drain round did, and when the next set-aside row comes due."""
 
     claimed: int = 0
+    delivered: int = 0
     outage: bool = False
     next_due: float | None = None
 
@@ -137,21 +138,22 @@ class AsideStore:
         conn = await self._session.connection()
         try:
             async with asyncio.timeout(self._deadline):
-                claimed, outage = await self._drain(conn, publish, may_publish)
+                done = await self._drain(conn, publish, may_publish)
                 await self._refresh(conn)
                 cursor = await conn.execute(self._q("next_due"))
                 row = await cursor.fetchone()
         except BaseException as exc:
             await self._session.discard()
             raise _translated(exc, "publishing set-aside messages") from None
-        return AsideRound(claimed, outage, None if row is None or row[0] is None else row[0])
+        due = None if row is None or row[0] is None else float(row[0])
+        return AsideRound(done.claimed, done.delivered, done.outage, due)
 
     async def close(self) -> None:
         await self._session.close()
 
     async def _drain(
         self, conn: AsyncConnection[Any], publish: Publish, may_publish: Callable[[], bool]
-    ) -> tuple[int, bool]:
+    ) -> AsideRound:
         # READ COMMITTED, and the claim a statement of its own after the lock: it then
         # sees everything a previous holder of the lock committed (see claim_batch).
         await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
@@ -165,7 +167,7 @@ class AsideStore:
                 rows = await claim.fetchall()
         if not rows:
             await conn.execute("COMMIT")
-            return 0, False
+            return AsideRound()
         if not may_publish():
             raise LeaseLostError("this relay's CDC lease may have run out; not publishing")
         ack = plan_acknowledgement(rows, await publish(rows), self.policy)
@@ -173,7 +175,7 @@ class AsideStore:
         if ack.dead_seqs:
             log.error("%d set-aside message(s) moved to the dead letters (%s)",
                       len(ack.dead_seqs), ack.dead_errors[0])  # fmt: skip
-        return len(rows), ack.outage
+        return AsideRound(len(rows), len(ack.sent), ack.outage)
 
     async def _refresh(self, conn: AsyncConnection[Any]) -> None:
         cursor = await conn.execute(self._q("held_keys"))
@@ -188,11 +190,16 @@ class AsideDrain:
     companion: it runs while this relay leads and streams)."""
 
     def __init__(
-        self, store: AsideStore, publish: Publish, may_publish: Callable[[], bool]
+        self,
+        store: AsideStore,
+        publish: Publish,
+        may_publish: Callable[[], bool],
+        on_delivered: Callable[[int], None],
     ) -> None:
         self._store = store
         self._publish = publish
         self._may_publish = may_publish
+        self._on_delivered = on_delivered
         self._failures = 0
 
     async def run(self, halt: asyncio.Event) -> None:
@@ -205,6 +212,7 @@ class AsideDrain:
             except RelayError as exc:
                 await self._back_off(halt, f"{type(exc).__name__}: {exc}")
                 continue
+            self._on_delivered(done.delivered)
             if done.outage:
                 await self._back_off(halt, "the broker confirmed none of them")
                 continue

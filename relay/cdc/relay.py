@@ -178,7 +178,8 @@ class CdcRelay:
     ) -> None:
         """Stream, and publish set-aside messages as they come due, while streaming."""
         halt = asyncio.Event()
-        drain = AsideDrain(self.aside, self.publisher.publish, self.leadership.valid)
+        drain = AsideDrain(self.aside, self.publisher.publish, self.leadership.valid,
+                           self._count_published)
         aside = asyncio.create_task(drain.run(halt), name="cdc-set-aside")
         try:
             await session.run(stopping)
@@ -237,6 +238,9 @@ class CdcRelay:
                                 "leader); ending that session", self.names.slot, slot.active_pid)
                     await self.leadership.end_session(slot.active_pid)
                 await asyncio.sleep(0.1 * (attempt + 1))
+
+    def _count_published(self, delivered: int) -> None:
+        self.stats.published += delivered
 
     async def _mark_sent(self, ids: list[UUID]) -> None:
         if ids:
