@@ -17,6 +17,10 @@ A key stays *held* for the stream while it has set-aside rows to publish or a ho
 its new messages queue behind them in the table. One publish runs at a time
 (:attr:`AsideStore.turn`): a stream batch or a drain round; the held keys are re-read
 after each drain round, so a key goes back to the stream only once nothing of it waits.
+
+Every transaction here takes the slot's set-aside advisory lock first and checks that
+this relay still leads: a leader deposed while frozen writes nothing once a new leader
+has read the held keys (the session it writes on is not one the new leader ends).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import orjson
 import psycopg
@@ -82,13 +87,15 @@ class AsideStore:
         names: CdcNames,
         policy: FailurePolicy,
         *,
+        leader_id: UUID,
         retention: float,
         batch_size: int,
         deadline: float,
     ) -> None:
         self._session = session
         self._schema = names.schema
-        self._lock_key = aside_lock_key(names.slot)
+        self._fence = {"lock_key": aside_lock_key(names.slot), "slot": names.slot,
+                       "leader_id": leader_id}  # fmt: skip
         self.policy = policy
         self._retention = retention
         self.batch_size = batch_size
@@ -108,10 +115,13 @@ class AsideStore:
         """Read the held keys (a new leader, or a new stream session)."""
         conn = await self._session.connection()
         try:
-            await self._refresh(conn)
-        except psycopg.Error as exc:
+            async with asyncio.timeout(self._deadline):
+                await self._begin_fenced(conn, wait=True)
+                await self._refresh(conn)
+                await conn.execute("COMMIT")
+        except BaseException as exc:
             await self._session.discard()
-            raise translate_db_error(exc, "reading the set-aside messages") from None
+            raise _translated(exc, "reading the set-aside messages") from None
 
     async def settle(self, messages: Sequence[OutboxMessage], ack: Acknowledgement) -> None:
         """Set ``messages`` aside in this order and write ``ack`` for them (its positions
@@ -119,7 +129,8 @@ class AsideStore:
         conn = await self._session.connection()
         try:
             async with asyncio.timeout(self._deadline):
-                await conn.execute("BEGIN")
+                if not await self._begin_fenced(conn, wait=True):
+                    raise LeaseLostError("another relay leads CDC now; not setting aside")
                 cursor = await conn.execute(self._q("set_aside"), set_aside_params(messages))
                 seqs = {row[0]: int(row[1]) for row in await cursor.fetchall()}
                 positions = [seqs.get(message.id) for message in messages]
@@ -154,13 +165,8 @@ class AsideStore:
     async def _drain(
         self, conn: AsyncConnection[Any], publish: Publish, may_publish: Callable[[], bool]
     ) -> AsideRound:
-        # READ COMMITTED, and the claim a statement of its own after the lock: it then
-        # sees everything a previous holder of the lock committed (see claim_batch).
-        await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-        cursor = await conn.execute(self._q("lock_set_aside"), {"lock_key": self._lock_key})
-        locked = await cursor.fetchone()
         rows: list[OutboxMessage] = []
-        if locked and locked[0]:
+        if await self._begin_fenced(conn, wait=False):
             async with conn.cursor(row_factory=message_row, binary=True) as claim:
                 register_claim_loaders(claim.adapters)
                 await claim.execute(self._q("claim_set_aside"), {"limit": self.batch_size})
@@ -176,6 +182,20 @@ class AsideStore:
             log.error("%d set-aside message(s) moved to the dead letters (%s)",
                       len(ack.dead_seqs), ack.dead_errors[0])  # fmt: skip
         return AsideRound(len(rows), len(ack.sent), ack.outage)
+
+    async def _begin_fenced(self, conn: AsyncConnection[Any], *, wait: bool) -> bool:
+        """BEGIN, take the set-aside lock (or try to), and say whether this relay holds
+        it and still leads. READ COMMITTED, and each check a statement of its own after
+        the lock: it sees everything a previous holder committed (see claim_batch)."""
+        await conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        lock = "lock_set_aside" if wait else "try_lock_set_aside"
+        cursor = await conn.execute(self._q(lock), self._fence)
+        locked = await cursor.fetchone()
+        if not wait and not (locked and locked[0]):
+            return False
+        cursor = await conn.execute(self._q("is_leader"), self._fence)
+        leads = await cursor.fetchone()
+        return bool(leads and leads[0])
 
     async def _refresh(self, conn: AsyncConnection[Any]) -> None:
         cursor = await conn.execute(self._q("held_keys"))

@@ -88,7 +88,8 @@ class CdcRelay:
         parker = OutboxParker(self.leadership.execute, cdc_query("park", names.schema))
         self.aside = AsideStore(
             aside_session(config, ttl), names, failure_policy(config),
-            retention=config.retention, batch_size=config.batch_size, deadline=ttl,
+            leader_id=self.leadership.relay_id, retention=config.retention,
+            batch_size=config.batch_size, deadline=ttl,
         )
         self.publisher = BatchPublisher(
             connector, parker, self.aside, timeout=config.publish_timeout,

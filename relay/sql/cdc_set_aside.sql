@@ -25,10 +25,22 @@ SET seq = DEFAULT, set_aside_at = now()
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.set_aside_at IS NULL
 RETURNING m.id, m.seq;
 
--- name: lock_set_aside
+-- name: try_lock_set_aside
 -- One relay at a time drains the set-aside rows (a deposed leader's batch in flight
 -- keeps its lock until its transaction ends), so rows of a key never split between two.
 SELECT pg_try_advisory_xact_lock(%(lock_key)s);
+
+-- name: lock_set_aside
+-- Setting messages aside, and reading the held keys when a stream starts, wait for the
+-- lock: a new leader reads the held keys only after a deposed leader's write ended, and
+-- the deposed leader's write, made after that, finds it no longer leads (is_leader).
+SELECT pg_advisory_xact_lock(%(lock_key)s);
+
+-- name: is_leader
+-- A statement of its own after the lock, so that its snapshot is taken after it.
+SELECT EXISTS (
+  SELECT FROM {schema}.cdc_state WHERE slot_name = %(slot)s AND leader_id = %(leader_id)s
+);
 
 -- name: claim_set_aside
 -- As claim_batch, over the set-aside rows. Column order is relay.outbox_rows.CLAIM_COLUMNS.

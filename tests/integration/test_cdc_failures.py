@@ -5,19 +5,24 @@ attempts up to --max-attempts, dead letters, --on-poison, `dead-letters retry` a
 from __future__ import annotations
 
 import asyncio
+from uuid import uuid4
 
 import psycopg
 import pytest
 
 from relay import enqueue
 from relay.cdc import aside, retention, session
+from relay.cdc.aside import AsideStore, aside_lock_key
+from relay.db import DbSession
 from relay.deadletters import (
     Selection,
     drop_dead_letters,
     retry_dead_letters,
     selected_seqs,
 )
-from relay.model import permanent, retryable
+from relay.errors import LeaseLostError
+from relay.model import OutboxMessage, permanent, retryable
+from relay.outbox_rows import Acknowledgement
 from relay.testing.fakes import InMemoryConnector
 from tests.support.cdc_relays import RunningCdcRelay, cdc_config, eventually
 from tests.support.relays import install_outbox
@@ -193,3 +198,42 @@ def test_a_held_key_stays_held_across_a_restart_and_in_the_snapshot(db_dsn):
 
     asyncio.run(scenario())
     assert keyed(connector.published, "K") == k_ids
+
+
+def waiting_for_advisory_locks(dsn):
+    return scalar(dsn, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+
+
+def test_a_deposed_leader_sets_nothing_aside_and_a_new_one_waits_for_its_write(db_dsn):
+    """A leader frozen mid-write writes on a session its successor does not end: the
+    successor reads the held keys only after that write, which then finds it no longer
+    leads; so nothing of a key can pass a failure the deposed leader recorded."""
+    install_outbox(db_dsn)
+    message = OutboxMessage(id=uuid4(), topic="t", key="K", payload=b"{}")
+
+    async def scenario():
+        async with RunningCdcRelay(cdc_config(db_dsn)) as running:
+            await running.streaming()
+            relay = running.relay
+            deposed = AsideStore(
+                DbSession(db_dsn, "deposed", connect_timeout=5), relay.names,
+                relay.aside.policy, leader_id=uuid4(), retention=0, batch_size=10, deadline=5,
+            )  # fmt: skip
+            try:
+                with pytest.raises(LeaseLostError):
+                    await deposed.settle([message], Acknowledgement())
+            finally:
+                await deposed.close()
+            with psycopg.connect(db_dsn, autocommit=True) as writer:  # a write in flight
+                writer.execute("BEGIN")
+                writer.execute(
+                    "SELECT pg_advisory_xact_lock(%s)", (aside_lock_key("outbox_relay_outbox"),)
+                )
+                load = asyncio.create_task(relay.aside.load())
+                await eventually(lambda: waiting_for_advisory_locks(db_dsn) == 1, 5, "the wait")
+                assert not load.done()
+                writer.execute("COMMIT")
+            await asyncio.wait_for(load, 5)
+
+    asyncio.run(scenario())
+    assert scalar(db_dsn, "SELECT count(*) FROM outbox.messages") == 0
