@@ -116,14 +116,15 @@ def _require(table: TableName, columns: Sequence[Column], names: Sequence[str]) 
 # --- the relay's own outbox table --------------------------------------------------------
 
 _OUTBOX_REQUIRED = ("id", "topic", "key", "payload", "payload_bytes", "headers")
-_OUTBOX_OPTIONAL = ("content_type", "created_at", "sent_at", "parked_at")
+_OUTBOX_OPTIONAL = ("content_type", "created_at", "sent_at", "parked_at", "set_aside_at")
 
 
 @dataclass(frozen=True)
 class OutboxTableMapping:
     """``<schema>.messages``: the same message polling mode would build from the row.
 
-    Rows inserted already sent or parked (the relay's own parking) are not events.
+    Rows inserted already sent or parked (the relay's own parking) are not events, nor
+    rows inserted set aside (relay.cdc.aside publishes those from the table).
     """
 
     table: TableName
@@ -142,7 +143,11 @@ class _BoundOutbox:
     json_as_bytes: frozenset[str] = frozenset({"payload"})
 
     def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
-        if row.get("sent_at") is not None or row.get("parked_at") is not None:
+        if (
+            row.get("sent_at") is not None
+            or row.get("parked_at") is not None
+            or row.get("set_aside_at") is not None
+        ):
             return None
         raw, payload = row["payload_bytes"], row["payload"]
         if isinstance(raw, bytes):

@@ -17,6 +17,7 @@ from uuid import UUID, uuid4
 import psycopg
 
 from relay.backoff import full_jitter
+from relay.cdc.aside import AsideDrain, AsideStore
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.guardrails import Action, assess
@@ -38,12 +39,32 @@ from relay.connector import Connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession
 from relay.errors import ConfigError, PermanentError, RelayError
 from relay.health import HealthState
+from relay.poll.outbox_rows import FailurePolicy
 from relay.source import SourceKind, SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
 
 log = logging.getLogger(__name__)
 
 START_ATTEMPTS = 5
+
+
+def failure_policy(config: RelayConfig) -> FailurePolicy:
+    return FailurePolicy(
+        retry_base=config.retry_base, retry_cap=config.retry_cap,
+        max_attempts=config.max_attempts, on_poison=config.on_poison,
+    )
+
+
+def aside_session(config: RelayConfig, ttl: float) -> DbSession:
+    """The set-aside rows' connection: like a claim lane's, a transaction (claim,
+    publish, acknowledge) ends within the takeover TTL, or PostgreSQL ends it."""
+    ttl_ms = str(int(ttl * 1000))
+    return DbSession(
+        config.dsn, "cdc-set-aside", connect_timeout=config.connect_timeout,
+        settings={"idle_in_transaction_session_timeout": ttl_ms, "statement_timeout": ttl_ms,
+                  "lock_timeout": str(int(config.publish_timeout * 1000)),
+                  **INDEX_PLAN_SETTINGS},
+    )
 
 
 class CdcRelay:
@@ -74,9 +95,14 @@ class CdcRelay:
             published=lambda: self.stats.published,
         )
         parker = OutboxParker(self.leadership.execute, cdc_query("park", names.schema))
+        self.aside = AsideStore(
+            aside_session(config, ttl), names, failure_policy(config),
+            leader_id=self.leadership.relay_id, retention=config.retention,
+            batch_size=config.batch_size, deadline=ttl,
+        )
         self.publisher = BatchPublisher(
-            connector, parker, timeout=config.publish_timeout, retry_base=config.retry_base,
-            retry_cap=config.retry_cap, may_publish=self.leadership.valid, stats=self.stats,
+            connector, parker, self.aside, timeout=config.publish_timeout,
+            may_publish=self.leadership.valid, stats=self.stats,
         )
         self._mapping = mapping_for(names.table, debezium=names.debezium)
         self._snapshot = Snapshot(
@@ -104,10 +130,12 @@ class CdcRelay:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Lead (or wait to) and stream until ``stopping`` is set."""
-        background = [BackgroundTask("cdc-health", self._beat)]
-        if not self.names.debezium:  # retention deletes from the relay's own table only
-            background.append(BackgroundTask("cdc-retention", lambda: run_retention(
-                self._retention_session, self.names, self.config.retention, stopping)))
+        background = [
+            BackgroundTask("cdc-health", self._beat),
+            # Set-aside rows live in the relay's own table even in Debezium mode.
+            BackgroundTask("cdc-retention", lambda: run_retention(
+                self._retention_session, self.names, self.config.retention, stopping)),
+        ]
         for task in background:
             task.start()
         try:
@@ -146,12 +174,14 @@ class CdcRelay:
         await bounded(self.leadership.release(forget=True), timeout, "CDC leadership")
         await bounded(self._snapshot.close(), timeout, "CDC snapshot session")
         await bounded(self._retention_session.close(), timeout, "CDC retention session")
+        await bounded(self.aside.close(), timeout, "CDC set-aside session")
 
     async def _stream_once(self, stopping: asyncio.Event) -> None:
         stream = await ReplicationStream.connect(
             self.config.dsn, connect_timeout=self.config.connect_timeout
         )
         try:
+            await self.aside.load()  # before the snapshot: it sets aside held keys' rows too
             start_lsn = await self._prepare(stream, stopping)
             if start_lsn is None:
                 return
@@ -166,9 +196,23 @@ class CdcRelay:
             log.info("streaming slot %s from %s", self.names.slot, lsn_to_str(start_lsn))
             self.streaming.set()
             self._failures = 0  # the backoff starts small again after a good start
-            await session.run(stopping)
+            await self._stream_and_drain_aside(session, stopping)
         finally:
             await stream.close()
+
+    async def _stream_and_drain_aside(
+        self, session: StreamSession, stopping: asyncio.Event
+    ) -> None:
+        """Stream, and publish set-aside messages as they come due, while streaming."""
+        halt = asyncio.Event()
+        drain = AsideDrain(self.aside, self.publisher.publish, self.leadership.valid,
+                           self._count_published)
+        aside = asyncio.create_task(drain.run(halt), name="cdc-set-aside")
+        try:
+            await session.run(stopping)
+        finally:
+            halt.set()  # the round in flight ends within the publish timeout
+            await asyncio.gather(aside, return_exceptions=True)
 
     async def _prepare(self, stream: ReplicationStream, stopping: asyncio.Event) -> int | None:
         """Check the slot against cdc_state, recreate and snapshot as needed; return the
@@ -221,6 +265,9 @@ class CdcRelay:
                                 "leader); ending that session", self.names.slot, slot.active_pid)
                     await self.leadership.end_session(slot.active_pid)
                 await asyncio.sleep(0.1 * (attempt + 1))
+
+    def _count_published(self, delivered: int) -> None:
+        self.stats.published += delivered
 
     async def _mark_sent(self, ids: list[UUID]) -> None:
         if ids:

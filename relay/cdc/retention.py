@@ -1,6 +1,11 @@
-"""Retention in CDC mode: captured rows are never marked sent, so they are deleted once
-the watermark in ``cdc_state`` shows their transaction was published and they are older
-than the retention. Any relay may run it (rows are locked with SKIP LOCKED)."""
+"""Retention in CDC mode: deletes what the relay published, once it is older than the
+retention. Any relay may run it (rows are locked with SKIP LOCKED).
+
+Two kinds of rows count as published. Rows captured from the stream are never marked
+sent: they are published once the watermark in ``cdc_state`` covers their transaction.
+Rows published from the table (the snapshot on a first start or after a lost slot) are
+marked sent, like in polling mode, and go by their ``sent_at``. A Debezium table is the
+application's: only the relay's own table is purged by the watermark."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcNames
 from relay.db import DbSession
 from relay.errors import RelayError
+from relay.poll.retention import purge_sent
 from relay.tasks import wait_any
 
 log = logging.getLogger(__name__)
@@ -24,9 +30,11 @@ PURGE_CHUNKS_PER_ROUND = 100
 
 async def purge_published(session: DbSession, names: CdcNames, retention: float) -> int:
     """Delete published rows older than ``retention`` seconds, a chunk at a time."""
+    total = await purge_sent(session, names.schema, retention)
+    if names.debezium:
+        return total
     conn = await session.connection()
     params = {"retention": retention, "limit": PURGE_CHUNK, "slot": names.slot}
-    total = 0
     for _ in range(PURGE_CHUNKS_PER_ROUND):
         cursor = await conn.execute(cdc_query("purge_published", names.schema), params)
         total += cursor.rowcount

@@ -49,6 +49,7 @@ class LeaseKeeper:
         ttl: float,
         on_change: Callable[[], None],
         published: Callable[[], int],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._session = session
         self._schema = schema
@@ -58,6 +59,7 @@ class LeaseKeeper:
         self._ttl = ttl
         self._on_change = on_change
         self._published = published
+        self._clock = clock  # injectable, so a test can run the leases out
         self.owned: frozenset[int] = frozenset()
         self._valid_until = 0.0
         self._task = BackgroundTask("lease-keeper", self._run)
@@ -68,7 +70,7 @@ class LeaseKeeper:
         return self._ttl / 4
 
     def holds_valid_leases(self) -> bool:
-        return bool(self.owned) and time.monotonic() < self._valid_until
+        return bool(self.owned) and self._clock() < self._valid_until
 
     def start(self) -> None:
         self._task.start()
@@ -104,7 +106,7 @@ class LeaseKeeper:
 
     async def tick(self) -> None:
         """One heartbeat: renew, then acquire or release to reach the fair share."""
-        started = time.monotonic()
+        started = self._clock()
         lapsed_for = started - self._valid_until if self.owned else 0.0
         conn = await self._session.connection()
         params = {"relay_id": self._relay_id, "ttl": self._ttl}

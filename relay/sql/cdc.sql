@@ -91,10 +91,11 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text;
 
 -- name: snapshot_rows
 -- Pending rows that may not have been published: all of them on a first start, those
--- written by transactions the watermark does not cover after a slot was lost.
+-- written by transactions the watermark does not cover after a slot was lost. Rows set
+-- aside are published from the table (relay/cdc/aside.py), not here.
 SELECT id, topic, key, payload, payload_bytes, content_type, headers, created_at
 FROM {schema}.messages
-WHERE sent_at IS NULL AND parked_at IS NULL
+WHERE sent_at IS NULL AND parked_at IS NULL AND set_aside_at IS NULL
   AND (%(covered)s::xid8 IS NULL OR NOT {schema}.cdc_xid_precedes(xmin, %(covered)s::xid8))
 ORDER BY seq;
 
@@ -103,9 +104,10 @@ SELECT * FROM {table}
 WHERE NOT {schema}.cdc_xid_precedes(xmin, %(covered)s::xid8);
 
 -- name: mark_sent
+-- After the snapshot published rows; those it set aside are not sent yet.
 UPDATE {schema}.messages
 SET sent_at = now(), attempts = attempts + 1, last_error = NULL
-WHERE id = ANY(%(ids)s) AND sent_at IS NULL AND parked_at IS NULL;
+WHERE id = ANY(%(ids)s) AND sent_at IS NULL AND parked_at IS NULL AND set_aside_at IS NULL;
 
 -- name: park
 -- A message the broker refused for good becomes a parked row, so `status` and the
@@ -129,11 +131,11 @@ SELECT pg_logical_emit_message(false, 'outbox-relay-heartbeat', '');
 
 -- name: purge_published
 -- Retention in CDC mode: rows are never marked sent; a row is known published once the
--- watermark covers its transaction.
+-- watermark covers its transaction. A set-aside row is not: it waits to be published.
 DELETE FROM {schema}.messages
 WHERE seq IN (
   SELECT m.seq FROM {schema}.messages m
-  WHERE m.sent_at IS NULL AND m.parked_at IS NULL
+  WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.set_aside_at IS NULL
     AND m.created_at < now() - make_interval(secs => %(retention)s)
     AND {schema}.cdc_xid_precedes(
           m.xmin,

@@ -33,15 +33,18 @@ WHERE d.id = %(id)s;
 
 -- name: retry
 -- Back into the outbox with the original seq, so the message goes out before the
--- messages of its key that waited behind it. Attempts start again from zero.
+-- messages of its key that waited behind it. Attempts start again from zero. Set aside:
+-- a CDC relay publishes it from the table, in that order, not from the stream (a
+-- polling relay sees no difference).
 WITH moved AS (
   DELETE FROM {schema}.dead_letters WHERE seq = ANY(%(seqs)s) RETURNING *
 )
 INSERT INTO {schema}.messages
-  (seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at, last_error)
+  (seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at, last_error,
+   set_aside_at)
 OVERRIDING SYSTEM VALUE
 SELECT seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at,
-       last_error
+       last_error, now()
 FROM moved
 RETURNING key;
 

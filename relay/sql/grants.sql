@@ -34,15 +34,16 @@ GRANT SELECT ON {schema}.cdc_state TO {role};
 -- superuser may give REPLICATION (Amazon RDS/Aurora: GRANT rds_replication TO the role).
 ALTER ROLE {role} WITH REPLICATION;
 GRANT SELECT ON {schema}.schema_migrations TO {role};
--- snapshot reads, mark sent, park refused messages (INSERT), retention.
+-- snapshot reads, mark sent, set aside what the broker did not take (INSERT, UPDATE),
+-- publish set-aside rows (claim, mark sent), retention.
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.messages TO {role};
--- a parked message moves to the dead letters (a trigger, run with the relay's rights).
+-- move messages to the dead letters (also a trigger, run with the relay's rights).
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.dead_letters TO {role};
 -- leadership lease and the published position of the slot.
 GRANT SELECT, INSERT, UPDATE ON {schema}.cdc_state TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.relays TO {role};
--- `outbox-relay status` reads these; `dead-letters retry` and `drop` release held keys.
-GRANT SELECT, DELETE ON {schema}.key_holds TO {role};
+-- hold keys behind a failed or dead-lettered message and release them, as in polling.
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.key_holds TO {role};
 -- a CDC relay owns no buckets, but lets go of any on shutdown like a polling one.
 GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.cdc_xid_precedes(xid, xid8) TO {role};

@@ -8,9 +8,9 @@ import logging
 import psycopg
 import pytest
 
-from relay.cdc import session
+from relay.cdc import retention, session
 from relay.migrations import migrate
-from tests.integration.test_cdc_stream import write
+from tests.integration.test_cdc_stream import rows_left, write
 from tests.support.cdc_relays import RunningCdcRelay, cdc_config, eventually, slot_position
 from tests.support.relays import install_outbox
 from tests.support.services import ThrowawayPostgres
@@ -48,7 +48,11 @@ def test_an_idle_relay_lets_the_slot_follow_other_tables_writes(db_dsn, monkeypa
     assert slot["retained"] < 16 * MB
 
 
-def test_a_dropped_slot_is_reported_and_recreated_without_losing_outbox_rows(db_dsn, caplog):
+def test_a_dropped_slot_is_reported_and_recreated_without_losing_outbox_rows(
+    db_dsn, caplog, monkeypatch
+):
+    monkeypatch.setattr(session, "IDLE_SAVE_INTERVAL", 0.3)
+    monkeypatch.setattr(retention, "RETENTION_EVERY", 0.2)
     install_outbox(db_dsn)
 
     async def scenario():
@@ -65,6 +69,8 @@ def test_a_dropped_slot_is_reported_and_recreated_without_losing_outbox_rows(db_
                 later = await asyncio.to_thread(write, db_dsn, 10, start=70)
                 await eventually(lambda: set(missed + later) <= set(second.published_ids()),
                                  10, "the missed rows and the new ones")
+                # re-published from the table, they are then deleted like the rest
+                await eventually(lambda: rows_left(db_dsn) == 0, 15, "retention (0)")
                 return early, missed, later, second.published_ids()
 
     early, missed, later, republished = asyncio.run(scenario())

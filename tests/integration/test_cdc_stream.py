@@ -234,6 +234,12 @@ def test_a_broker_outage_holds_the_position_then_everything_arrives_in_order(db_
     before, held, ids, published = asyncio.run(scenario())
     assert held["confirmed"] <= before  # never past an unconfirmed message
     assert first_occurrences(published) == ids
+    with psycopg.connect(db_dsn) as conn:  # an outage costs no attempt, holds no key
+        counted = conn.execute(
+            "SELECT (SELECT count(*) FROM outbox.messages WHERE set_aside_at IS NOT NULL),"
+            " (SELECT count(*) FROM outbox.key_holds), (SELECT count(*) FROM outbox.dead_letters)"
+        ).fetchone()
+    assert counted == (0, 0, 0)
 
 
 def test_a_restart_after_an_abrupt_stop_loses_nothing(db_dsn):
@@ -295,25 +301,64 @@ def parked_messages(dsn):
         return conn.execute(statement).fetchall()
 
 
+def rows_left(dsn):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM outbox.messages").fetchone()[0]
+
+
+def count_retention_rounds(monkeypatch):
+    """Count the rounds of CDC retention, so a test can tell it ran (and spared rows)."""
+    rounds = {"n": 0}
+    purge = retention.purge_published
+
+    async def counted(*args, **kwargs):
+        deleted = await purge(*args, **kwargs)
+        rounds["n"] += 1
+        return deleted
+
+    monkeypatch.setattr(retention, "purge_published", counted)
+    return rounds
+
+
 def test_retention_deletes_captured_rows_once_the_watermark_covers_them(db_dsn, monkeypatch):
     monkeypatch.setattr(session, "IDLE_SAVE_INTERVAL", 0.3)
     monkeypatch.setattr(retention, "RETENTION_EVERY", 0.2)
+    rounds = count_retention_rounds(monkeypatch)
     install_outbox(db_dsn)
+    connector = InMemoryConnector(down=True)
 
-    def remaining():
-        with psycopg.connect(db_dsn) as conn:
-            return conn.execute("SELECT count(*) FROM outbox.messages").fetchone()[0]
+    async def scenario():
+        async with RunningCdcRelay(cdc_config(db_dsn, retention=0), connector) as running:
+            await running.streaming()
+            ids = await asyncio.to_thread(write, db_dsn, 30, per_transaction=5)
+            seen = rounds["n"]
+            await eventually(lambda: rounds["n"] >= seen + 3, 10, "retention rounds")
+            unpublished_left = await asyncio.to_thread(rows_left, db_dsn)
+            connector.down = False
+            await eventually(lambda: len(running.connector.published) >= 30, 10, "events")
+            await eventually(lambda: rows_left(db_dsn) == 0, 15, "retention to delete them")
+            return ids, unpublished_left, running.published_ids()
+
+    ids, unpublished_left, published = asyncio.run(scenario())
+    assert unpublished_left == 30  # the watermark did not cover them: nothing deleted
+    assert first_occurrences_of(published) == ids  # deleted only after being published
+
+
+def test_retention_deletes_the_rows_the_snapshot_published(db_dsn, monkeypatch):
+    """Rows pending when CDC first starts are published from the table and marked sent;
+    with --retention 0 they must go too, not stay forever."""
+    monkeypatch.setattr(retention, "RETENTION_EVERY", 0.2)
+    install_outbox(db_dsn)
+    ids = write(db_dsn, 30)
 
     async def scenario():
         async with RunningCdcRelay(cdc_config(db_dsn, retention=0)) as running:
             await running.streaming()
-            ids = await asyncio.to_thread(write, db_dsn, 30, per_transaction=5)
-            await eventually(lambda: len(running.connector.published) >= 30, 10, "events")
-            await eventually(lambda: remaining() == 0, 15, "retention to delete them")
-            return ids, running.published_ids()
+            await eventually(lambda: len(running.connector.published) >= 30, 10, "the rows")
+            await eventually(lambda: rows_left(db_dsn) == 0, 15, "retention to delete them")
+            return running.published_ids()
 
-    ids, published = asyncio.run(scenario())
-    assert published == ids  # deleted only after being published
+    assert asyncio.run(scenario()) == ids
 
 
 def test_the_relay_comes_back_after_postgresql_restarts(db_dsn, postgres):

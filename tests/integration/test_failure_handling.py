@@ -47,9 +47,23 @@ def test_an_outage_opens_the_circuit_stops_claiming_and_burns_no_attempts(db_dsn
         db_dsn, max_attempts=2, metrics_port=port, retry_cap=1.0, retention=3600
     )  # keep sent rows: their attempts are the point
 
+    claims = {"while_open": 0, "after": 0}
+
+    def count_claims(poller, breaker):
+        drain_once = poller.drain_once
+
+        async def counted():
+            # a claim while the cooldown runs is a hot loop against a broker that is down
+            claims["while_open" if breaker.retry_in() > 0 else "after"] += 1
+            return await drain_once()
+
+        poller.drain_once = counted
+
     async def scenario():
         async with RunningRelay(config, connector) as relay:
             breaker = relay.service.breaker
+            for poller in relay.service.source.pollers:
+                count_claims(poller, breaker)
             await eventually(lambda: breaker.state.value == "open", 10, "the circuit to open")
             status, body = await asyncio.to_thread(get, port, "/readyz")
             assert status == 503 and '"broker_circuit":"open"' in body
@@ -64,6 +78,7 @@ def test_an_outage_opens_the_circuit_stops_claiming_and_burns_no_attempts(db_dsn
 
     calls_while_open, metrics = asyncio.run(scenario())
     assert calls_while_open <= 3  # a probe every cooldown, not a hot loop
+    assert claims["while_open"] == 0 and claims["after"] > 0
     assert scalar(db_dsn, "SELECT max(attempts) FROM outbox.messages") == 1  # the final send
     assert scalar(db_dsn, "SELECT count(*) FROM outbox.dead_letters") == 0
     assert 'outbox_relay_circuit_transitions_total{connector="memory",state="open"}' in metrics

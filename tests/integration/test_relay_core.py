@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import uuid
 from collections import defaultdict
 from datetime import UTC
 
@@ -14,15 +15,19 @@ import pytest
 from psycopg import sql
 
 from relay import enqueue
-from relay.errors import SchemaMissingError
+from relay.errors import LeaseLostError, SchemaMissingError
 from relay.model import permanent, retryable
+from relay.poll.leases import LeaseKeeper
 from relay.poll.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
 from relay.poll.poller import (
+    Poller,
     begin_and_lock_buckets,
     begin_and_lock_statement,
+    claim_session,
     lock_space,
     sent_and_commit_statement,
 )
+from relay.poll.source import duty_session
 from relay.service import RelayService, preflight
 from relay.sqlfiles import query
 from tests.support.fakes import InMemoryConnector
@@ -75,6 +80,35 @@ def test_relay_publishes_everything_in_key_order(db_dsn):
     assert published[0].payload == b'{"n":0}'  # as relay.enqueue wrote it
     assert published[0].created_at.tzinfo is UTC  # the cheap latency arithmetic (poller.py)
     assert pending(db_dsn) == 0
+
+
+def store_out_of_seq_order(dsn):
+    """Rewrite the outbox in a scrambled order (a fixed one: by a hash of seq), as updates
+    and vacuums leave a busy table. Once rows are not stored in seq order, the planner
+    may read them with a bitmap scan, in storage order: only the claim's ORDER BY keeps
+    them in seq order (a fresh table hides its absence)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE INDEX scrambled ON outbox.messages (md5(seq::text))")
+        conn.execute("CLUSTER outbox.messages USING scrambled")
+        conn.execute("DROP INDEX outbox.scrambled")
+        conn.execute("ANALYZE outbox.messages")
+        stored = [r[0] for r in conn.execute("SELECT seq FROM outbox.messages ORDER BY ctid")]
+    assert stored != sorted(stored)
+
+
+@pytest.mark.parametrize(("rows", "batch_size"), [(300, 100), (3000, 2048)])
+def test_rows_stored_out_of_seq_order_are_published_in_seq_order(db_dsn, rows, batch_size):
+    install_outbox(db_dsn)
+    ids = write(db_dsn, rows, keys=4)
+    store_out_of_seq_order(db_dsn)
+
+    async def scenario():
+        config = relay_config(db_dsn, batch_size=batch_size, claim_lanes=1)
+        async with RunningRelay(config) as relay:
+            await eventually(lambda: len(relay.connector.published) >= rows, 20, "the rows")
+            return relay.connector.published
+
+    assert [m.id for m in asyncio.run(scenario())] == ids
 
 
 def test_claim_lanes_publish_at_once_and_keep_each_keys_order(db_dsn):
@@ -424,6 +458,39 @@ def test_a_hand_over_mid_commit_cannot_skip_the_old_owners_key_hold(db_dsn):
         racer.join(30)
         b.rollback()
     assert second not in [row[0] for row in claimed_by_b]
+
+
+def test_a_poller_whose_leases_ran_out_by_its_own_clock_publishes_nothing(db_dsn):
+    """PostgreSQL still lists the leases as this relay's, but its own clock says they ran
+    out (it was frozen, say): it may claim, but must not publish."""
+    install_outbox(db_dsn)
+    write(db_dsn, 5, keys=1)
+    config = relay_config(db_dsn, claim_lanes=1)
+    clock = {"now": 1000.0}
+    connector = InMemoryConnector()
+
+    async def scenario():
+        relay_id = uuid.uuid4()
+        leases = LeaseKeeper(
+            duty_session(config, "leases"), schema="outbox", relay_id=relay_id,
+            relay_name="frozen", mode="poll", ttl=config.lease_ttl, on_change=lambda: None,
+            published=lambda: 0, clock=lambda: clock["now"],
+        )  # fmt: skip
+        poller = Poller(config, claim_session(config), connector, leases, relay_id,
+                        asyncio.Event())  # fmt: skip
+        try:
+            await leases.tick()
+            assert len(leases.owned) == 256 and leases.holds_valid_leases()
+            clock["now"] += config.lease_ttl  # by its own clock the leases ran out
+            with pytest.raises(LeaseLostError):
+                await poller.drain_once()
+        finally:
+            await poller.close()
+            await leases.stop()
+
+    asyncio.run(scenario())
+    assert connector.batches == 0
+    assert pending(db_dsn) == 5
 
 
 def test_retention_zero_deletes_on_acknowledgement(db_dsn):

@@ -4,6 +4,7 @@ faults that the fault tests will inflict on them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -12,9 +13,11 @@ import pytest
 from tests.support.services import (
     LOOPBACK,
     PrivateRabbitMQ,
+    ServiceError,
     TansuBroker,
     ThrowawayPostgres,
     amqp_answers,
+    free_port,
     tcp_accepts,
 )
 
@@ -107,3 +110,31 @@ def test_private_rabbitmq_pauses_and_comes_back(private_rabbitmq: PrivateRabbitM
 def test_unique_names_differ(unique_name: Callable[[str], str]) -> None:
     first, second = unique_name("topic"), unique_name("topic")
     assert first.startswith("topic_") and first != second
+
+
+def _processes_started_for(marker: str) -> list[int]:
+    """PIDs of live processes whose environment mentions ``marker`` (a node's own
+    directory): whatever that node started, however detached (``epmd -daemon`` leaves
+    the node's process group and session)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def test_a_private_rabbitmq_leaves_no_process_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As on a machine where no epmd runs yet: the node must not start one that outlives it.
+    monkeypatch.setenv("ERL_EPMD_PORT", str(free_port()))
+    try:
+        node = PrivateRabbitMQ()
+    except ServiceError as exc:
+        pytest.skip(f"cannot run a private RabbitMQ node: {exc}")
+    with node:
+        assert amqp_answers(LOOPBACK, node.port)
+        marker = str(node.base_dir)
+        assert _processes_started_for(marker)  # the check sees the node's processes
+    assert _processes_started_for(marker) == []

@@ -10,7 +10,7 @@ Each service comes from the first source that applies:
 
 ``OUTBOX_RELAY_TEST_SERVICES=local`` (or ``docker``) skips the Docker probe (or insists on
 Docker). Services start on first use only, so a unit-test run starts nothing; session
-finalizers stop them, and relay.testing's atexit hook kills any the finalizers missed.
+finalizers stop them, and tests.support's atexit hook kills any the finalizers missed.
 """
 
 from __future__ import annotations

@@ -379,6 +379,8 @@ class TansuBroker(LocalService):
 _RABBITMQ_LIB_BIN = Path("/usr/lib/rabbitmq/bin")
 # keep Erlang distribution on loopback, like the AMQP listener
 _ERL_LOOPBACK = "-kernel inet_dist_use_interface {127,0,0,1}"
+# and never start an epmd daemon: the node and rabbitmqctl use the node's own PrivateEpmd
+_ERL_PRIVATE = f"{_ERL_LOOPBACK} -start_epmd false"
 
 
 def find_rabbitmq_server() -> Path:
@@ -396,6 +398,39 @@ def find_rabbitmq_server() -> Path:
     raise ServiceError(
         "rabbitmq-server not found; install RabbitMQ or set OUTBOX_RELAY_RABBITMQ_SERVER"
     )
+
+
+def find_epmd() -> Path:
+    """Erlang's port mapper daemon, from PATH or next to the Erlang runtime."""
+    found = shutil.which("epmd") or next(
+        (str(p) for p in sorted(Path("/usr/lib/erlang").glob("erts-*/bin/epmd"))), None
+    )
+    if found is None:
+        raise ServiceError("epmd (Erlang's port mapper) not found; install Erlang")
+    return Path(found)
+
+
+class PrivateEpmd(LocalService):
+    """An epmd of a private node's own, in the foreground on a free loopback port.
+
+    Left to itself the Erlang VM starts ``epmd -daemon``, which detaches from the node's
+    process group and session and so outlives every stop by PID."""
+
+    _name = "epmd"
+
+    def __init__(self, *, start_timeout: float = 10.0, stop_timeout: float = 5.0) -> None:
+        self.binary = find_epmd()
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.port = free_port()
+
+    def _command(self) -> list[str]:
+        return [str(self.binary), "-port", str(self.port), "-address", LOOPBACK]
+
+    def _ports(self) -> list[int]:
+        return [self.port]
+
+    def _is_ready(self) -> bool:
+        return tcp_accepts(LOOPBACK, self.port)
 
 
 class PrivateRabbitMQ(LocalService):
@@ -424,6 +459,18 @@ class PrivateRabbitMQ(LocalService):
         self.port = port or free_port()
         self.dist_port = dist_port or free_port()
         self.nodename = nodename or f"outbox-test-{secrets.token_hex(4)}@localhost"
+        self.epmd = PrivateEpmd()
+
+    def start(self) -> None:
+        """Start the node (and its own epmd first, which then outlives node restarts)."""
+        self.epmd.start()
+        super().start()
+
+    def cleanup(self) -> None:
+        try:
+            super().cleanup()
+        finally:
+            self.epmd.cleanup()
 
     @property
     def url(self) -> str:
@@ -433,7 +480,7 @@ class PrivateRabbitMQ(LocalService):
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run ``rabbitmqctl -n NODE ARGS`` against this node and return its output."""
         argv = [str(self.server.parent / "rabbitmqctl"), "-n", self.nodename, *args]
-        env = {**self._environment(), "RABBITMQ_CTL_ERL_ARGS": _ERL_LOOPBACK}
+        env = {**self._environment(), "RABBITMQ_CTL_ERL_ARGS": _ERL_PRIVATE}
         try:
             result = subprocess.run(
                 argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
@@ -457,6 +504,7 @@ class PrivateRabbitMQ(LocalService):
         env.update(
             HOME=str(base / "home"),
             ERL_EPMD_ADDRESS=LOOPBACK,
+            ERL_EPMD_PORT=str(self.epmd.port),
             RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_IP_ADDRESS=LOOPBACK,
             RABBITMQ_NODE_PORT=str(self.port),
@@ -468,7 +516,7 @@ class PrivateRabbitMQ(LocalService):
             RABBITMQ_MNESIA_BASE=str(base / "mnesia"),
             RABBITMQ_LOG_BASE=str(base / "log"),
             RABBITMQ_PID_FILE=str(base / "rabbitmq.pid"),
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=_ERL_LOOPBACK,
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=_ERL_PRIVATE,
         )
         return env
 
@@ -486,6 +534,7 @@ __all__ = [
     "LOOPBACK",
     "SHARED_RABBITMQ_URL",
     "LocalService",
+    "PrivateEpmd",
     "PrivateRabbitMQ",
     "ServiceError",
     "TansuBroker",
@@ -495,6 +544,7 @@ __all__ = [
     "database_dsn",
     "docker_engine_available",
     "drop_database",
+    "find_epmd",
     "find_pg_bindir",
     "find_rabbitmq_server",
     "find_tansu_binary",

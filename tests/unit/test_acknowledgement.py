@@ -1,3 +1,5 @@
+import random
+import statistics
 from datetime import UTC, datetime
 from uuid import uuid4
 
@@ -122,3 +124,13 @@ def test_full_jitter_stays_under_the_cap():
     delays = [full_jitter(attempt, base=0.5, cap=4.0) for attempt in range(100)]
     assert all(0 <= d <= 4.0 for d in delays)
     assert full_jitter(0, base=0.5, cap=4.0) <= 0.5
+
+
+@pytest.mark.parametrize("rng", [random.Random(7), None], ids=["seeded", "default"])
+def test_full_jitter_spreads_retries_over_the_whole_range(rng):
+    # Relays that retry in step hit a recovering broker together: the delay must be drawn
+    # from all of [0, ceiling], not sit at the ceiling (or any one value).
+    delays = [full_jitter(8, base=0.5, cap=4.0, rng=rng) for _ in range(400)]
+    assert min(delays) < 0.4 and max(delays) > 3.6
+    assert 1.6 < statistics.mean(delays) < 2.4
+    assert len(set(delays)) > 390

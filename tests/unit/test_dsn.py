@@ -1,5 +1,7 @@
+import psycopg
 import pytest
 
+from relay.db import connection_failure
 from relay.dsn import describe_dsn, describe_url, redact, secrets_in
 from relay.errors import ConfigError
 
@@ -31,3 +33,18 @@ def test_unparseable_dsn_is_a_config_error_without_the_text():
     with pytest.raises(ConfigError) as info:
         describe_dsn("host=db password='s3cr3t-pw")
     assert "s3cr3t-pw" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://app:s3cr3t-pw@db.example:5432/app",
+        "host=db.example user=app password=s3cr3t-pw",
+    ],
+)
+def test_a_failed_connection_names_the_target_but_never_the_password(dsn):
+    # The driver's message may quote what it was given; the error must not pass it on.
+    driver_error = psycopg.OperationalError(f"connection is bad: cannot use {dsn!r}")
+    error = connection_failure(dsn, driver_error)
+    assert "s3cr3t-pw" not in str(error)
+    assert "app@db.example:5432" in str(error) and "cannot use" in str(error)

@@ -77,6 +77,14 @@ CDC_FROM_QUERIES = (
     "status_backlog",
     "status_relays",
     "held_keys",
+    # set-aside messages: polling mode's writes after a batch (relay/cdc/aside.py)
+    "mark_sent",
+    "delete_sent",
+    "purge_sent",
+    "dead_letter",
+    "release_holds",
+    "record_failures",
+    "hold_keys",
 )
 
 
@@ -89,6 +97,7 @@ def test_polling_grants_cover_the_relay_status_and_dead_letter_queries():
 
 def test_cdc_grants_cover_the_streaming_relay_and_status_queries():
     statements = [text for name, text in blocks("cdc.sql").items() if name not in CDC_BY_OWNER]
+    statements += list(blocks("cdc_set_aside.sql").values())
     statements += [QUERIES[name] for name in CDC_FROM_QUERIES]
     statements += list(blocks("dead_letters.sql").values())
     assert missing(needed(statements), granted(render_grants("r", SCHEMA, "cdc"))) == {}
