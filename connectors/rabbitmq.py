@@ -323,7 +323,9 @@ class _Link:
     def _on_lost(self, _source: Any, reason: BaseException) -> None:
         if self._lost is None:
             self._lost = reason
-            log.info("RabbitMQ link closed: %s", _describe(reason))
+            # A link that never opened is reported by the caller, in one sentence.
+            level = logging.INFO if self._encoder is not None else logging.DEBUG
+            log.log(level, "RabbitMQ link closed: %s", _describe(reason))
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(reason)
