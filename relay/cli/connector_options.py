@@ -26,6 +26,7 @@ from relay.secrets import option_pairs, read_option_files, read_private_file, va
 
 OPTION_ENV = "OUTBOX_RELAY_CONNECTOR_OPTION"
 OPTION_FILE_ENV = "OUTBOX_RELAY_CONNECTOR_OPTION_FILE"
+PANEL = "Connector settings"
 
 ConnectorOption = Annotated[
     list[str] | None,
@@ -34,6 +35,7 @@ ConnectorOption = Annotated[
         envvar=OPTION_ENV,
         metavar="NAME=VALUE",
         show_default=False,
+        rich_help_panel=PANEL,
         help="A setting of the connector; repeatable. In the variable: one NAME=VALUE per "
         "line. `outbox-relay connectors NAME` lists a connector's settings.",
     ),
@@ -45,6 +47,7 @@ ConnectorOptionFile = Annotated[
         envvar=OPTION_FILE_ENV,
         metavar="PATH",
         show_default=False,
+        rich_help_panel=PANEL,
         help="A file of NAME=VALUE lines (secrets) that only its owner can read (chmod 600); "
         "repeatable. In the variable: one path per line.",
     ),
@@ -53,8 +56,10 @@ KafkaBootstrapOption = Annotated[
     str | None,
     typer.Option(
         "--kafka-bootstrap",
+        metavar="HOST:PORT,...",
         envvar="OUTBOX_RELAY_KAFKA_BOOTSTRAP",
         show_default=False,
+        rich_help_panel=PANEL,
         help="Kafka bootstrap servers (kafka's bootstrap.servers; default localhost:9092).",
     ),
 ]
@@ -62,8 +67,10 @@ KafkaOptionOption = Annotated[
     list[str] | None,
     typer.Option(
         "--kafka-option",
+        metavar="NAME=VALUE",
         envvar="OUTBOX_RELAY_KAFKA_OPTION",
         show_default=False,
+        rich_help_panel=PANEL,
         help="librdkafka property name=value; repeatable (TLS, SASL, ...).",
     ),
 ]
@@ -71,8 +78,10 @@ KafkaOptionFileOption = Annotated[
     list[str] | None,
     typer.Option(
         "--kafka-option-file",
+        metavar="PATH",
         envvar="OUTBOX_RELAY_KAFKA_OPTION_FILE",
         show_default=False,
+        rich_help_panel=PANEL,
         help="File of librdkafka name=value lines (sasl.password, ...); --kafka-option wins.",
     ),
 ]
@@ -80,8 +89,10 @@ AmqpUrlOption = Annotated[
     str | None,
     typer.Option(
         "--amqp-url",
+        metavar="URL",
         envvar="OUTBOX_RELAY_AMQP_URL",
         show_default=False,
+        rich_help_panel=PANEL,
         help="RabbitMQ URL (rabbitmq's url; default amqp://guest:***@localhost:5672/%2F).",
     ),
 ]
@@ -89,8 +100,10 @@ AmqpUrlFileOption = Annotated[
     str | None,
     typer.Option(
         "--amqp-url-file",
+        metavar="PATH",
         envvar="OUTBOX_RELAY_AMQP_URL_FILE",
         show_default=False,
+        rich_help_panel=PANEL,
         help="Read the RabbitMQ URL from this file (a mounted secret) instead of --amqp-url.",
     ),
 ]
@@ -98,8 +111,10 @@ AmqpExchangeOption = Annotated[
     str | None,
     typer.Option(
         "--amqp-exchange",
+        metavar="NAME",
         envvar="OUTBOX_RELAY_AMQP_EXCHANGE",
         show_default=False,
+        rich_help_panel=PANEL,
         help="Exchange to publish to, a durable topic exchange (rabbitmq's exchange; "
         "default outbox).",
     ),

@@ -7,6 +7,7 @@ default and meaning, which values are secret and which shorthand flags set them.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -18,6 +19,12 @@ from relay.connector_settings import ConnectorSettings, SettingInfo
 from relay.errors import ConfigError
 from relay.secrets import redact
 
+WIDTH = 88
+HOW_TO_GIVE = (
+    f"Give settings with --connector-option NAME=VALUE (repeatable), in {OPTION_ENV} (one "
+    "NAME=VALUE per line), or as NAME=VALUE lines of a file only you can read "
+    "(--connector-option-file PATH, for secrets). See docs/connector-settings.md."
+)
 NameArgument = Annotated[
     str | None,
     typer.Argument(
@@ -56,13 +63,10 @@ def describe_connector(name: str) -> str:
     """Every setting of connector ``name``, how to give them, and which are secret."""
     factory = connector_factory(name)
     settings: type[ConnectorSettings] = factory.settings
-    lines = [f"{name}: {_summary(factory)}", ""]
     declared = settings.declared()
+    lines = [f"{name}: {_summary(factory)}", ""]
     if declared:
-        lines.append(
-            "Settings: --connector-option NAME=VALUE (repeatable), one NAME=VALUE per line "
-            f"in {OPTION_ENV}, or lines of a private file with --connector-option-file."
-        )
+        lines.append("Settings:")
         shorthands = shorthands_of(name)
         for info in declared.values():
             lines.extend(_setting_lines(info, shorthands.get(info.name, [])))
@@ -70,14 +74,19 @@ def describe_connector(name: str) -> str:
         lines.append(f"The {name} connector has no settings of its own.")
     if settings.passthrough is not None:
         passthrough = settings.passthrough
-        lines.append("")
-        lines.append(
-            f"Any other NAME is a {passthrough.what}, passed through verbatim: "
-            f"{passthrough.reference}"
-        )
         secret = ", ".join(sorted(passthrough.secret_names))
         words = " or ".join(passthrough.secret_words)
-        lines.append(f"Secret (never printed): {secret}, and any name with {words} in it.")
+        lines.append("")
+        lines.extend(
+            _wrapped(
+                f"Any other NAME is a {passthrough.what}, passed through verbatim "
+                f"({passthrough.reference}). Secret, so never printed: {secret}, and any "
+                f"name with {words} in it."
+            )
+        )
+    if declared or settings.passthrough is not None:
+        lines.append("")
+        lines.extend(_wrapped(HOW_TO_GIVE))
     return "\n".join(lines)
 
 
@@ -92,7 +101,13 @@ def _setting_lines(info: SettingInfo, shorthands: list[str]) -> list[str]:
         traits.append(f"default {_shown(default, secret=info.secret)}")
     if shorthands:
         traits.append("shorthand " + ", ".join(shorthands))
-    return [f"  {info.name}  ({'; '.join(traits)})", f"      {info.help}"]
+    return [f"  {info.name}  ({'; '.join(traits)})", *_wrapped(info.help, indent="      ")]
+
+
+def _wrapped(text: str, indent: str = "") -> list[str]:
+    return textwrap.wrap(
+        text, WIDTH, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+    )
 
 
 def _shown(default: str, *, secret: bool) -> str:
