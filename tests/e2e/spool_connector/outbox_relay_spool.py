@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import BinaryIO, ClassVar
 from relay.config import RelayConfig
 from relay.connector_settings import ConnectorSettings, setting
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,10 @@ class SpoolConnector:
     async def open(self) -> None:
         if self._file is None:
             self._file = open(self._settings.path, "ab")  # noqa: SIM115 - closed in close()
+            # Careless on purpose: the relay scrubs a declared secret from every log line,
+            # a connector's own lines included.
+            settings = self._settings
+            log.debug("spool %s open, signing with %s", settings.path, settings.signing_key)
 
     async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
         if self._file is None:
