@@ -1,13 +1,15 @@
 """Secrets from files: exact content, clear errors that never quote the secret."""
 
+import logging
 import os
+import sys
 
 import pytest
 
 from connectors.kafka_settings import KafkaSettings
 from connectors.rabbitmq_settings import RabbitMQSettings
 from relay.errors import ConfigError
-from relay.logs import ScrubSecrets
+from relay.logs import JsonFormatter, ScrubSecrets
 from relay.secrets import (
     parse_option_lines,
     read_option_files,
@@ -138,8 +140,21 @@ def test_redact_scrubs_url_passwords_and_the_given_secrets():
 
 
 def test_the_log_filter_scrubs_collected_secrets():
-    import logging
-
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "auth with %s", (SECRET,), None)
     ScrubSecrets([SECRET]).filter(record)
     assert SECRET not in record.getMessage()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_log_filter_scrubs_tracebacks_too(log_format):
+    """Tracebacks (debug level, internal errors) quote what the code handled."""
+
+    try:
+        raise ValueError(f"connect failed with {SECRET} at amqp://relay:Url-pw-4242@rabbit/")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    ScrubSecrets([SECRET]).filter(record)
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter()
+    text = formatter.format(record)
+    assert "ValueError: connect failed with ***" in text.replace("\\n", "\n")
+    assert SECRET not in text and "Url-pw-4242" not in text
