@@ -61,8 +61,8 @@ class KafkaSettings(ConnectorSettings):
         name="compression.type",
         help="Compression of each batch: none, gzip, snappy, lz4 or zstd.",
     )
-    # A batch arrives whole, so lingering only delays it: 5 ms halved the rate of
-    # back-to-back 500-message batches.
+    # A batch arrives whole, so lingering only delays it (benchmarks/README.md: a longer
+    # linger slowed back-to-back batches).
     linger_ms: str = setting(
         "1", name="linger.ms", help="How long librdkafka waits to fill a batch, in ms."
     )
