@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from connectors.kafka import KafkaConnector
+from connectors.kafka_settings import KafkaSettings
 from relay.model import OutboxMessage
 from tests.support.kafka_harness import KafkaHarness
 from tests.support.services import TansuBroker
@@ -73,7 +74,8 @@ async def one_round(
 async def measure(bootstrap: str, args: argparse.Namespace) -> list[float]:
     topic = KafkaHarness(bootstrap).new_topic(partitions=args.partitions)
     options = dict(option.split("=", 1) for option in args.option)
-    connector = KafkaConnector(bootstrap, publish_timeout=30.0, options=options)
+    settings = KafkaSettings.parse({"bootstrap.servers": bootstrap, **options})
+    connector = KafkaConnector(settings, publish_timeout=30.0)
     await connector.open()
     try:
         work = batches(topic, args)

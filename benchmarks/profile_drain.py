@@ -213,15 +213,13 @@ def main() -> None:
             options["claim_lanes"] = args.claim_lanes
         if args.batch_size:
             options["batch_size"] = args.batch_size
-        if args.kafka_option:
-            options["kafka_options"] = dict(o.split("=", 1) for o in args.kafka_option)
-        config = RelayConfig(
-            dsn=dsn,
-            mode=args.mode,
-            connector="kafka",
-            kafka_bootstrap=target.bootstrap,
-            **options,
-        )
+        kafka_options = dict(o.split("=", 1) for o in args.kafka_option or [])
+        if "connector_options" in fields:  # connectors parse their own settings
+            options["connector_options"] = {"bootstrap.servers": target.bootstrap,
+                                            **kafka_options}
+        else:  # a relay from before that (profiling an older commit)
+            options.update(kafka_bootstrap=target.bootstrap, kafka_options=kafka_options)
+        config = RelayConfig(dsn=dsn, mode=args.mode, connector="kafka", **options)
         if args.mode == "cdc":
             asyncio.run(create_the_slot(config))
         preload(dsn, target.topic, args.messages)

@@ -126,7 +126,10 @@ def main() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pg_stat_statements")
         config = RelayConfig(
-            dsn=dsn, connector="kafka", kafka_bootstrap=target.bootstrap, metrics_port=0
+            dsn=dsn,
+            connector="kafka",
+            connector_options={"bootstrap.servers": target.bootstrap},
+            metrics_port=0,
         )
         pool = Writers(dsn, target.topic, rate=args.rate, count=args.writers, rows_per_tx=1)
         messages = asyncio.run(measure(config, pool, args.seconds))

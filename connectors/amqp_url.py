@@ -24,10 +24,40 @@ from relay.errors import ConfigError
 
 TLS_PARAMETERS = ("cacertfile", "certfile", "keyfile", "verify", "server_name_indication")
 VERIFY_CHOICES = ("verify_peer", "verify_none")
+SCHEMES = ("amqp", "amqps")
+# [s] also keeps redact() from taking this example for a URL with a password in it
+URL_FORM = "amqp[s]://user:password@host:port/vhost"
+
+
+def url_problems(url: str) -> list[str]:
+    """What keeps ``url`` from naming a broker, in sentences that never quote it.
+
+    pika itself takes an empty URL or ``amqp://`` for localhost, and fails on others
+    with an IndexError or a ValueError that may quote the password.
+    """
+    if not url.strip():
+        return [f"The RabbitMQ URL is empty; give {URL_FORM}."]
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # the only one urlsplit raises: a [ or ] of an IPv6 address alone
+        return ["The RabbitMQ URL is not valid: the [ ] around an IPv6 address do not pair."]
+    if parts.scheme.lower() not in SCHEMES:
+        return [f"The RabbitMQ URL must start with amqp:// or amqps://, as in {URL_FORM}."]
+    try:
+        _ = parts.port  # the property parses the port: that is the check
+    except ValueError:
+        return ["The RabbitMQ URL's port is not a number from 0 to 65535."]
+    if not parts.hostname:
+        return [f"The RabbitMQ URL names no host; give {URL_FORM}."]
+    return []
 
 
 def url_parameters(url: str) -> pika.URLParameters:
-    """``pika.URLParameters`` for ``url``, with the RabbitMQ TLS query parameters applied."""
+    """``pika.URLParameters`` for ``url``, with the RabbitMQ TLS query parameters applied;
+    ConfigError for a URL that names no broker (see ``url_problems``)."""
+    problems = url_problems(url)
+    if problems:
+        raise ConfigError(" ".join(problems))
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     tls = {name: value for name, value in query if name in TLS_PARAMETERS}
@@ -53,13 +83,13 @@ def url_parameters(url: str) -> pika.URLParameters:
 def _pika_parameters(url: str) -> pika.URLParameters:
     try:
         return pika.URLParameters(url)
-    except (ValueError, TypeError, SyntaxError):
-        # Neither chained nor echoed: pika's text could contain the password.
-        raise ConfigError("The AMQP URL is not valid.") from None
-    except (OSError, ssl.SSLError) as exc:  # files named in pika's ssl_options={...}
+    except OSError as exc:  # files named in pika's ssl_options={...} (SSLError included)
         raise ConfigError(
             f"The TLS files in the AMQP URL's ssl_options cannot be loaded: {_reason(exc)}."
         ) from None
+    except Exception:  # pika's parser raises whatever its input trips: no type is promised
+        # Neither chained nor echoed: pika's text could contain the password.
+        raise ConfigError("The AMQP URL is not valid.") from None
 
 
 def tls_context(options: Mapping[str, str]) -> ssl.SSLContext:

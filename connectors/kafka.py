@@ -15,16 +15,18 @@ import logging
 import threading
 import time
 from binascii import hexlify
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 from uuid import UUID
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.kafka_settings import KafkaSettings
 from relay.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
+from relay.secrets import redact, secret_values
 
 logger = logging.getLogger(__name__)
 _librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
@@ -54,7 +56,6 @@ _MESSAGE_FAULTS = frozenset(
         KafkaError._INVALID_ARG,
     }
 )
-_SECRET_WORDS = ("password", "secret", "jaas", "token", "key")
 # Errors about the idempotent producer's identity (id, epoch, sequence): the broker no
 # longer accepts this producer, so it must be replaced, just as for a fatal error.
 _PRODUCER_STATE_FAULTS = frozenset(
@@ -123,14 +124,6 @@ def message_headers(message: OutboxMessage) -> list[tuple[str, str | bytes | Non
             if name not in _OWN_HEADERS
         )
     return headers
-
-
-def redact(text: str, options: Mapping[str, str]) -> str:
-    """``text`` with the values of secret-looking options blanked out."""
-    for name, value in options.items():
-        if value and any(word in name.lower() for word in _SECRET_WORDS):
-            text = text.replace(value, "<redacted>")
-    return text
 
 
 class _BatchDelivery:
@@ -278,41 +271,36 @@ class KafkaConnector:
     """Publishes each message to ``message.topic`` with its key, payload and headers.
 
     Defaults are safe (``acks=all``, idempotence, lz4); every librdkafka property in
-    ``options`` passes through verbatim and wins over the defaults.
+    the settings passes through verbatim and wins over the defaults.
     """
 
     name = "kafka"
+    settings = KafkaSettings
 
     def __init__(
         self,
-        bootstrap: str,
+        settings: KafkaSettings | None = None,
         *,
-        options: Mapping[str, str] | None = None,
         publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
-        self._options = dict(options or {})
+        self._settings = (settings or KafkaSettings()).validate()
         self._connect_timeout = connect_timeout
-        self.settings: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
-            "acks": "all",
-            "enable.idempotence": True,
-            "compression.type": "lz4",
-            # A batch arrives whole, so lingering only delays it (benchmarks/README.md:
-            # a longer linger slowed back-to-back batches).
-            "linger.ms": 1,
-            "message.timeout.ms": max(1, round(publish_timeout * 1000)),
-            **self._options,
-        }
+        # What librdkafka gets (``settings`` is the class of what users write).
+        self.client_config: dict[str, Any] = self._settings.client_config(
+            publish_timeout=publish_timeout
+        )
         self._session: _ProducerSession | None = None
         self._renewing = asyncio.Lock()
         self._barren_batches = 0
 
     @classmethod
-    def from_config(cls, config: RelayConfig) -> KafkaConnector:
+    def from_config(
+        cls, config: RelayConfig, settings: KafkaSettings | None = None
+    ) -> KafkaConnector:
+        """The connector for ``config``; its options are parsed unless ``settings`` is given."""
         return cls(
-            config.kafka_bootstrap,
-            options=config.kafka_options,
+            settings or KafkaSettings.parse(config.connector_options),
             publish_timeout=config.publish_timeout,
             connect_timeout=config.connect_timeout,
         )
@@ -326,7 +314,7 @@ class KafkaConnector:
             await asyncio.to_thread(session.producer.list_topics, timeout=self._connect_timeout)
         except KafkaException as exc:
             await asyncio.to_thread(session.shutdown, 0.0)
-            where = self.settings["bootstrap.servers"]
+            where = self.client_config["bootstrap.servers"]
             raise BrokerUnavailableError(
                 f"Kafka at {where} is not reachable within {self._connect_timeout:g}s "
                 f"({exc.args[0].str()}); check the bootstrap address and that the broker runs."
@@ -396,12 +384,13 @@ class KafkaConnector:
 
     def _new_session(self) -> _ProducerSession:
         try:
-            return _ProducerSession(self.settings)
+            return _ProducerSession(self.client_config)
         except (KafkaException, TypeError, ValueError) as exc:
             detail = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
             # Not chained: the driver's own text may quote a secret that redact() removed.
+            secrets = secret_values(self._settings.passed_through, KafkaSettings.is_secret)
             raise ConfigError(
-                f"The Kafka client settings are invalid: {redact(detail, self._options)}."
+                f"The Kafka client settings are invalid: {redact(detail, secrets)}."
             ) from None
 
 

@@ -33,7 +33,8 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from connectors.amqp_frames import FieldTooLong, PublishEncoder
 from connectors.amqp_url import url_parameters
-from relay.config import DEFAULT_AMQP_EXCHANGE, DEFAULT_CONNECT_TIMEOUT, RelayConfig
+from connectors.rabbitmq_settings import DEFAULT_EXCHANGE, RabbitMQSettings
+from relay.config import DEFAULT_CONNECT_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError, PermanentError, RelayError
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 
@@ -48,6 +49,16 @@ CLOSE_GRACE = 1.0  # a link given up on: time for the close handshake before the
 ABORT_WAIT = 0.5  # a cut socket is reported closed on the next turns of the loop
 # Everything pika or the socket layer raises while connecting or declaring.
 _CONNECT_ERRORS = (amqp.AMQPError, AMQPConnectorException, OSError, TimeoutError)
+
+
+def quiet_pika() -> None:
+    """Keep pika's own log lines out unless the relay logs at debug level.
+
+    pika logs every failed connection attempt at ERROR, six to eight lines of them; the
+    connector turns the same failure into one sentence (an error or a retryable outcome).
+    """
+    debugging = log.isEnabledFor(logging.DEBUG)
+    logging.getLogger("pika").setLevel(logging.DEBUG if debugging else logging.CRITICAL)
 
 
 class _ExchangeAccessRefused(Exception):
@@ -312,7 +323,9 @@ class _Link:
     def _on_lost(self, _source: Any, reason: BaseException) -> None:
         if self._lost is None:
             self._lost = reason
-            log.info("RabbitMQ link closed: %s", _describe(reason))
+            # A link that never opened is reported by the caller, in one sentence.
+            level = logging.INFO if self._encoder is not None else logging.DEBUG
+            log.log(level, "RabbitMQ link closed: %s", _describe(reason))
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(reason)
@@ -364,16 +377,19 @@ class RabbitMQConnector:
     """Publishes outbox batches to a RabbitMQ topic exchange with publisher confirms."""
 
     name = "rabbitmq"
+    settings = RabbitMQSettings
 
     def __init__(
         self,
         url: str,
         *,
-        exchange: str = DEFAULT_AMQP_EXCHANGE,
+        exchange: str = DEFAULT_EXCHANGE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         connection_name: str = "outbox-relay",
     ) -> None:
-        self._params = url_parameters(url)  # ConfigError that never quotes the URL
+        RabbitMQSettings(url=url, exchange=exchange).validate()  # never quotes the URL
+        quiet_pika()
+        self._params = url_parameters(url)
         # The whole TCP + AMQP handshake is bounded, not only the socket connect.
         self._params.socket_timeout = connect_timeout
         self._params.stack_timeout = connect_timeout
@@ -389,12 +405,16 @@ class RabbitMQConnector:
         self._connecting = asyncio.Lock()
 
     @classmethod
-    def from_config(cls, config: RelayConfig) -> RabbitMQConnector:
+    def from_config(
+        cls, config: RelayConfig, settings: RabbitMQSettings | None = None
+    ) -> RabbitMQConnector:
+        """The connector for ``config``; its options are parsed unless ``settings`` is given."""
+        settings = settings or RabbitMQSettings.parse(config.connector_options)
         return cls(
-            config.amqp_url,
-            exchange=config.amqp_exchange,
+            settings.url,
+            exchange=settings.exchange,
             connect_timeout=config.connect_timeout,
-            connection_name=f"outbox-relay {config.relay_name} -> {config.amqp_exchange}",
+            connection_name=f"outbox-relay {config.relay_name} -> {settings.exchange}",
         )
 
     async def open(self) -> None:

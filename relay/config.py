@@ -14,9 +14,6 @@ from relay.errors import ConfigError
 DEFAULT_SCHEMA = "outbox"
 DEFAULT_MODE = "poll"
 DEFAULT_CONNECTOR = "kafka"
-DEFAULT_KAFKA_BOOTSTRAP = "localhost:9092"
-DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
-DEFAULT_AMQP_EXCHANGE = "outbox"
 # Debezium's max.batch.size. Each batch pays a fixed cost (its round trips to PostgreSQL
 # and the broker's confirm), which smaller batches pay more often; memory grows with the
 # messages in flight (benchmarks/README.md has the figures).
@@ -51,8 +48,6 @@ MODES = ("poll", "cdc")
 # A plain, unquoted PostgreSQL identifier: we refuse anything else for names the user
 # configures, so no name ever needs quoting tricks (they still go through sql.Identifier).
 _PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-# AMQP short strings: exchange names are letters, digits, hyphen, underscore, period, colon.
-_AMQP_NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,255}$")
 
 
 def is_plain_identifier(name: str) -> bool:
@@ -65,16 +60,16 @@ def default_relay_name() -> str:
 
 @dataclass(frozen=True)
 class RelayConfig:
-    """Everything ``outbox-relay run`` needs. Build it, then call ``validate()``."""
+    """Everything ``outbox-relay run`` needs. Build it, then call ``validate()``; the
+    connector's options are validated by the connector (``relay.connector``)."""
 
     dsn: str
     schema: str = DEFAULT_SCHEMA
     mode: str = DEFAULT_MODE
     connector: str = DEFAULT_CONNECTOR
-    kafka_bootstrap: str = DEFAULT_KAFKA_BOOTSTRAP
-    kafka_options: Mapping[str, str] = field(default_factory=dict)
-    amqp_url: str = DEFAULT_AMQP_URL
-    amqp_exchange: str = DEFAULT_AMQP_EXCHANGE
+    # NAME=VALUE as the user gave them: the connector's own settings class parses and
+    # checks them (relay/connector_settings.py), so the relay knows no broker's settings.
+    connector_options: Mapping[str, str] = field(default_factory=dict)
     batch_size: int = DEFAULT_BATCH_SIZE
     claim_lanes: int = DEFAULT_CLAIM_LANES
     publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT
@@ -111,8 +106,6 @@ class RelayConfig:
             found.append(f"The batch size must be between 1 and {MAX_BATCH_SIZE}.")
         if not 1 <= self.claim_lanes <= MAX_CLAIM_LANES:
             found.append(f"The number of claim lanes must be between 1 and {MAX_CLAIM_LANES}.")
-        if not _AMQP_NAME.match(self.amqp_exchange):
-            found.append(f"The exchange name {self.amqp_exchange!r} has characters AMQP forbids.")
         found.extend(self._timing_problems())
         found.extend(self._operability_problems())
         if self.mode == "cdc":

@@ -10,9 +10,10 @@ from typing import Any
 
 import psycopg
 
-from relay.dsn import describe_dsn, redact
+from relay.dsn import describe_dsn
 from relay.eager_reads import EagerReadConnection
 from relay.errors import DatabaseUnavailableError, RelayError, translate_db_error
+from relay.secrets import redact
 
 log = logging.getLogger(__name__)
 

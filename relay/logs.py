@@ -10,21 +10,25 @@ from typing import Any
 
 import orjson
 
-from relay.dsn import redact
+from relay.secrets import redact
+
+_TRACEBACKS = logging.Formatter()
 
 
 class ScrubSecrets(logging.Filter):
-    """Replaces known secrets and URL/DSN passwords in the rendered message."""
+    """Replaces known secrets and URL/DSN passwords in the message and its traceback."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
         self._secrets = [s for s in secrets if s]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = redact(record.getMessage())
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
-        record.msg, record.args = message, None
+        record.msg, record.args = redact(record.getMessage(), self._secrets), None
+        if record.exc_info and not record.exc_text:
+            # Formatters print exc_text when it is set: the scrubbed one, then.
+            record.exc_text = _TRACEBACKS.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text, self._secrets)
         return True
 
 
@@ -48,8 +52,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)  # as Formatter does
+        if record.exc_text:
+            entry["exception"] = redact(record.exc_text)
         for name, value in record.__dict__.items():
             if name not in _STANDARD_ATTRIBUTES and not name.startswith("_"):
                 entry[name] = value
@@ -66,5 +72,3 @@ def configure_logging(level: str, secrets: Iterable[str] = (), log_format: str =
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # librdkafka and pika are chatty at INFO; their problems reach us as outcomes.
-    logging.getLogger("pika").setLevel(logging.WARNING)

@@ -31,6 +31,18 @@ from relay.cli.cdc_options import (
     cdc_settings,
 )
 from relay.cli.common import DsnFileOption, DsnOption, SchemaOption
+from relay.cli.connector_options import (
+    AmqpExchangeOption,
+    AmqpUrlFileOption,
+    AmqpUrlOption,
+    ConnectorOption,
+    ConnectorOptionFile,
+    KafkaBootstrapOption,
+    KafkaOptionFileOption,
+    KafkaOptionOption,
+    gather_connector_options,
+)
+from relay.cli.connectors import build_connectors_command
 from relay.cli.dead_letters import build_dead_letters_app
 from relay.cli.drain_options import (
     DEFAULT_LEASE_TTL,
@@ -63,13 +75,14 @@ from relay.cli.run_options import (
     operability_settings,
 )
 from relay.config import RelayConfig
+from relay.connector import connector_factory
 from relay.db import connection_failure
-from relay.dsn import redact, secrets_in
+from relay.dsn import secrets_in
 from relay.errors import ConfigError, RelayError, translate_db_error
 from relay.grants import GRANT_MODES, render_grants
 from relay.logs import configure_logging
 from relay.migrations import migrate, render_script
-from relay.secrets import read_option_files, secret_option_values, value_or_file
+from relay.secrets import redact, secret_values, value_or_file
 from relay.status import collect_status, format_status
 
 log = logging.getLogger(__name__)
@@ -100,9 +113,7 @@ def dsn_from(dsn: str, dsn_file: str | None) -> str:
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
-    text = redact(message)
-    for secret in _secrets:
-        text = text.replace(secret, "***")
+    text = redact(message, _secrets)
     typer.echo(f"outbox-relay: error: {text}", err=True)
     raise typer.Exit(code)
 
@@ -276,16 +287,6 @@ def doctor_command(
         raise typer.Exit(EXIT_FAILURE)
 
 
-def parse_options(pairs: list[str], flag: str) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"{flag} takes name=value, got {redact(pair)!r}")
-        options[name.strip()] = value
-    return options
-
-
 @app.command("run")
 @clear_errors
 def run_command(
@@ -302,44 +303,19 @@ def run_command(
     connector: Annotated[
         str,
         typer.Option(
-            "--connector", envvar=_env("CONNECTOR"), help="Broker connector: kafka or rabbitmq."
+            "--connector",
+            envvar=_env("CONNECTOR"),
+            help="Connector name: kafka, rabbitmq or an installed one "
+            "(`outbox-relay connectors` lists them).",
         ),
     ] = defaults.DEFAULT_CONNECTOR,
-    kafka_bootstrap: Annotated[
-        str,
-        typer.Option(
-            "--kafka-bootstrap", envvar=_env("KAFKA_BOOTSTRAP"), help="Kafka bootstrap servers."
-        ),
-    ] = defaults.DEFAULT_KAFKA_BOOTSTRAP,
-    kafka_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--kafka-option",
-            envvar=_env("KAFKA_OPTION"),
-            help="librdkafka property name=value; repeatable (TLS, SASL, ...).",
-        ),
-    ] = None,
-    kafka_option_file: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--kafka-option-file",
-            envvar=_env("KAFKA_OPTION_FILE"),
-            show_default=False,
-            help="File of librdkafka name=value lines (sasl.password, ...); --kafka-option wins.",
-        ),
-    ] = None,
-    amqp_url: Annotated[
-        str, typer.Option("--amqp-url", envvar=_env("AMQP_URL"), help="RabbitMQ URL.")
-    ] = defaults.DEFAULT_AMQP_URL,
-    amqp_url_file: Annotated[
-        str | None,
-        typer.Option(
-            "--amqp-url-file",
-            envvar=_env("AMQP_URL_FILE"),
-            show_default=False,
-            help="Read the RabbitMQ URL from this file (a mounted secret) instead of --amqp-url.",
-        ),
-    ] = None,
+    connector_option: ConnectorOption = None,
+    connector_option_file: ConnectorOptionFile = None,
+    kafka_bootstrap: KafkaBootstrapOption = None,
+    kafka_option: KafkaOptionOption = None,
+    kafka_option_file: KafkaOptionFileOption = None,
+    amqp_url: AmqpUrlOption = None,
+    amqp_url_file: AmqpUrlFileOption = None,
     max_message_bytes: Annotated[
         int,
         typer.Option(
@@ -348,14 +324,7 @@ def run_command(
             help="Park messages larger than this (payload, key, topic and headers) unsent.",
         ),
     ] = defaults.DEFAULT_MAX_MESSAGE_BYTES,
-    amqp_exchange: Annotated[
-        str,
-        typer.Option(
-            "--amqp-exchange",
-            envvar=_env("AMQP_EXCHANGE"),
-            help="Exchange to publish to (a durable topic exchange).",
-        ),
-    ] = defaults.DEFAULT_AMQP_EXCHANGE,
+    amqp_exchange: AmqpExchangeOption = None,
     batch_size: BatchSizeOption = defaults.DEFAULT_BATCH_SIZE,
     claim_lanes: ClaimLanesOption = defaults.DEFAULT_CLAIM_LANES,
     publish_timeout: PublishTimeoutOption = DEFAULT_PUBLISH_TIMEOUT,
@@ -391,21 +360,12 @@ def run_command(
             f"the log level {log_level!r} is unknown; use debug, info, warning or error"
         )
     dsn = dsn_from(dsn, dsn_file)
-    amqp_url = _amqp_url_from(ctx, amqp_url, amqp_url_file)
-    kafka_options = {
-        **read_option_files(kafka_option_file or [], "--kafka-option-file"),
-        **parse_options(kafka_option or [], "--kafka-option"),
-    }
-    _secrets.extend(secret_option_values(kafka_options))
     config = RelayConfig(
         dsn=dsn,
         schema=schema,
         mode=mode,
         connector=connector,
-        kafka_bootstrap=kafka_bootstrap,
-        kafka_options=kafka_options,
-        amqp_url=amqp_url,
-        amqp_exchange=amqp_exchange,
+        connector_options=gather_connector_options(ctx),
         max_message_bytes=max_message_bytes,
         cdc=cdc_settings(
             slot=cdc_slot,
@@ -436,6 +396,9 @@ def run_command(
             log_format=log_format,
         ),
     ).validate()
+    factory = connector_factory(config.connector)
+    _secrets.extend(secret_values(config.connector_options, factory.settings.is_secret))
+    factory.settings.parse(config.connector_options)  # every problem before connecting
     configure_logging(log_level, _secrets, log_format=config.log_format)
     from relay.service import preflight, run_service
 
@@ -443,17 +406,7 @@ def run_command(
     asyncio.run(run_service(config))
 
 
-def _amqp_url_from(ctx: typer.Context, amqp_url: str, amqp_url_file: str | None) -> str:
-    """--amqp-url or the content of --amqp-url-file (not both); its password is scrubbed."""
-    source = ctx.get_parameter_source("amqp_url")
-    given = amqp_url if source is not None and source.name != "DEFAULT" else None
-    chosen = value_or_file(
-        given, amqp_url_file, what="AMQP URL", flag="--amqp-url", file_flag="--amqp-url-file"
-    )
-    _secrets.extend(secrets_in(chosen or ""))
-    return chosen or amqp_url
-
-
+build_connectors_command(app, clear_errors)
 app.add_typer(build_inbox_app(clear_errors, connect_either), name="inbox")
 app.add_typer(build_dead_letters_app(clear_errors, connect_either), name="dead-letters")
 

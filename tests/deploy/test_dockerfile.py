@@ -77,6 +77,15 @@ def test_dependencies_come_from_the_lock_file_without_dev_tools():
     assert re.search(r"uv==\d+\.\d+\.\d+", " ".join(runs)), "pin uv's version"
 
 
+def test_the_image_holds_the_client_of_every_connector_it_ships():
+    """The brokers' clients are extras of the wheel: an image without them could run
+    neither connector."""
+    syncs = [args for name, args in stages()[0] if name == "RUN" and "uv sync" in args]
+    assert all("--extra all" in s or "--all-extras" in s for s in syncs)
+    extras = project()["optional-dependencies"]
+    assert extras["all"] == ["outbox-relay[kafka,rabbitmq]"]
+
+
 def test_everything_the_wheel_is_built_from_is_copied_and_not_ignored():
     hatch = __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]
     wheel = hatch["build"]["targets"]["wheel"]

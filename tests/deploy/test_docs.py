@@ -10,7 +10,9 @@ import pytest
 
 from tests.deploy.contract import ROOT, parse_args
 
-DOCS = [ROOT / "docs" / "security.md", ROOT / "docs" / "deploying.md", ROOT / "README.md"]
+DOCS = [
+    ROOT / "docs" / name for name in ("security.md", "deploying.md", "connector-settings.md")
+] + [ROOT / "README.md"]
 
 
 def commands_in(text: str) -> list[str]:

@@ -141,9 +141,9 @@ def test_end_to_end_to_rabbitmq(db_dsn, rabbit, relays):
         "--connector",
         "rabbitmq",
         "--amqp-url",
-        config.amqp_url,
+        config.connector_options["url"],
         "--amqp-exchange",
-        config.amqp_exchange,
+        config.connector_options["exchange"],
         *FAST,
     )
     received = rabbit.read(topic, len(rows), timeout=60)
@@ -167,9 +167,9 @@ def test_unroutable_rabbitmq_message_becomes_a_dead_letter_and_others_flow(db_ds
         "--connector",
         "rabbitmq",
         "--amqp-url",
-        config.amqp_url,
+        config.connector_options["url"],
         "--amqp-exchange",
-        config.amqp_exchange,
+        config.connector_options["exchange"],
         *FAST,
     )
     assert len(rabbit.read(topic, 20, timeout=30)) == 20

@@ -53,9 +53,14 @@ def private_harness(private_tansu: TansuBroker) -> KafkaHarness:
     return KafkaHarness(private_tansu.bootstrap, private_tansu)
 
 
-def config_for(harness: KafkaHarness, **changes: Any) -> RelayConfig:
-    base = RelayConfig(dsn="postgresql://unused", connect_timeout=5.0)
-    return dataclasses.replace(harness.configure(base), **changes).validate()
+def config_for(
+    harness: KafkaHarness, kafka_options: dict[str, str] | None = None, **changes: Any
+) -> RelayConfig:
+    """The harness's config; ``kafka_options`` are librdkafka properties passed through."""
+    config = dataclasses.replace(harness.configure(RelayConfig(dsn="postgresql://unused",
+                                                               connect_timeout=5.0)), **changes)
+    options = {**config.connector_options, **(kafka_options or {})}
+    return dataclasses.replace(config, connector_options=options).validate()
 
 
 @contextlib.asynccontextmanager
@@ -181,7 +186,11 @@ def test_invalid_option_is_a_config_error_without_secrets(harness: KafkaHarness)
 
 def test_open_against_a_closed_port_fails_fast() -> None:
     bootstrap = f"127.0.0.1:{free_port()}"
-    config = RelayConfig(dsn="postgresql://unused", kafka_bootstrap=bootstrap, connect_timeout=1)
+    config = RelayConfig(
+        dsn="postgresql://unused",
+        connector_options={"bootstrap.servers": bootstrap},
+        connect_timeout=1,
+    )
     connector = KafkaConnector.from_config(config)
 
     started = time.monotonic()

@@ -43,8 +43,10 @@ def connector_for(harness: RabbitMQHarness, *, url_query: str = "") -> RabbitMQC
     base = RelayConfig(dsn="postgresql://unused", relay_name=f"test-{uuid.uuid4().hex[:6]}")
     config = dataclasses.replace(harness.configure(base), connect_timeout=3.0)
     if url_query:
-        separator = "&" if "?" in config.amqp_url else "?"
-        config = dataclasses.replace(config, amqp_url=config.amqp_url + separator + url_query)
+        url = config.connector_options["url"]
+        url += ("&" if "?" in url else "?") + url_query
+        config = dataclasses.replace(config, connector_options={**config.connector_options,
+                                                                "url": url})
     return RabbitMQConnector.from_config(config.validate())
 
 

@@ -10,11 +10,19 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from relay.config import RelayConfig
+from relay.connector_settings import ConnectorSettings
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 
 Rule = Callable[[OutboxMessage], Outcome | None]
+
+
+class MemorySettings(ConnectorSettings):
+    """The in-memory connector takes no options."""
+
+    connector_name: ClassVar[str] = "memory"
 
 
 @dataclass
@@ -33,8 +41,12 @@ class InMemoryConnector:
     opened: bool = False
     batches: int = 0
 
+    settings = MemorySettings
+
     @classmethod
-    def from_config(cls, config: RelayConfig) -> InMemoryConnector:
+    def from_config(
+        cls, config: RelayConfig, settings: MemorySettings | None = None
+    ) -> InMemoryConnector:
         return cls()
 
     async def open(self) -> None:

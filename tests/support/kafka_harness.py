@@ -50,7 +50,8 @@ class KafkaHarness:
         self._positions: dict[str, dict[int, int]] = {}  # next offset to read per partition
 
     def configure(self, base: RelayConfig) -> RelayConfig:
-        return dataclasses.replace(base, connector="kafka", kafka_bootstrap=self.bootstrap)
+        options = {**base.connector_options, "bootstrap.servers": self.bootstrap}
+        return dataclasses.replace(base, connector="kafka", connector_options=options)
 
     def new_topic(self, partitions: int = 1) -> str:
         topic = f"test-{uuid.uuid4().hex[:12]}"

@@ -58,9 +58,8 @@ class RabbitMQHarness:
         self._queues: dict[str, str] = {}
 
     def configure(self, base: RelayConfig) -> RelayConfig:
-        return dataclasses.replace(
-            base, connector="rabbitmq", amqp_url=self.url, amqp_exchange=self.exchange
-        )
+        options = {**base.connector_options, "url": self.url, "exchange": self.exchange}
+        return dataclasses.replace(base, connector="rabbitmq", connector_options=options)
 
     def new_topic(self) -> str:
         topic = f"{self.exchange}.{uuid.uuid4().hex[:8]}"

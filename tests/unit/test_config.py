@@ -15,7 +15,7 @@ def test_every_problem_is_reported_in_plain_sentences():
         schema="Bad-Name",
         mode="stream",
         batch_size=0,
-        amqp_exchange="a b",
+        claim_lanes=0,
         publish_timeout=0,
         retention=-1,
     )

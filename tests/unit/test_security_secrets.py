@@ -1,16 +1,21 @@
 """Secrets from files: exact content, clear errors that never quote the secret."""
 
+import logging
 import os
+import sys
 
 import pytest
 
+from connectors.kafka_settings import KafkaSettings
+from connectors.rabbitmq_settings import RabbitMQSettings
 from relay.errors import ConfigError
-from relay.logs import ScrubSecrets
+from relay.logs import JsonFormatter, ScrubSecrets
 from relay.secrets import (
     parse_option_lines,
     read_option_files,
     read_secret_file,
-    secret_option_values,
+    redact,
+    secret_values,
     value_or_file,
 )
 
@@ -98,33 +103,58 @@ def test_a_bad_option_line_is_located_but_not_quoted():
     assert SECRET not in str(caught.value)
 
 
-def test_secret_looking_options_are_collected_for_scrubbing():
+def test_the_kafka_connectors_secret_options_are_collected_for_scrubbing():
     options = {
         "sasl.password": SECRET,
         "ssl.key.password": "keypass",
         "sasl.oauthbearer.client.secret": "oauth-secret",
         "sasl.jaas.config": "jaas-config",
         "ssl.key.pem": "-----BEGIN PRIVATE KEY-----",
+        "some.future.password": "future-pw",  # not in the list yet: its name says it
         "security.protocol": "SASL_SSL",
         "sasl.username": "relay",
         "bootstrap.servers": "kafka:9092",
         "sasl.kerberos.kinit.cmd": "kinit -t http://u:url-pass@kdc",
-        "x.token": "ab",  # too short to scrub without mangling the log
+        "x.password": "ab",  # too short to scrub without mangling the log
     }
-    found = set(secret_option_values(options))
+    found = set(secret_values(options, KafkaSettings.is_secret))
     assert found == {
         SECRET,
         "keypass",
         "oauth-secret",
         "jaas-config",
         "-----BEGIN PRIVATE KEY-----",
+        "future-pw",
         "url-pass",
     }
 
 
-def test_the_log_filter_scrubs_collected_secrets():
-    import logging
+def test_a_declared_secret_setting_is_secret_whatever_its_form():
+    options = {"url": "not-even-a-url", "exchange": "orders"}
+    assert secret_values(options, RabbitMQSettings.is_secret) == ["not-even-a-url"]
 
+
+def test_redact_scrubs_url_passwords_and_the_given_secrets():
+    text = "amqp://relay:Url-pw-4242@rabbit/ said keypass; password=pw123 host=db"
+    assert redact(text, ["keypass"]) == "amqp://relay:***@rabbit/ said ***; password=*** host=db"
+
+
+def test_the_log_filter_scrubs_collected_secrets():
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "auth with %s", (SECRET,), None)
     ScrubSecrets([SECRET]).filter(record)
     assert SECRET not in record.getMessage()
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_log_filter_scrubs_tracebacks_too(log_format):
+    """Tracebacks (debug level, internal errors) quote what the code handled."""
+
+    try:
+        raise ValueError(f"connect failed with {SECRET} at amqp://relay:Url-pw-4242@rabbit/")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    ScrubSecrets([SECRET]).filter(record)
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter()
+    text = formatter.format(record)
+    assert "ValueError: connect failed with ***" in text.replace("\\n", "\n")
+    assert SECRET not in text and "Url-pw-4242" not in text
