@@ -16,6 +16,7 @@ the later messages of its key are no longer yielded; they get the RETRYABLE
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 
 from relay.model import OutboxMessage, Outcome, retryable
 
@@ -63,9 +64,9 @@ class BatchRefusals:
 
     def merge(self, sent: Iterable[Outcome]) -> list[Outcome]:
         """Every outcome in batch order: the ones settled here, and ``sent`` (one per
-        unsettled message, in order) for the others."""
+        unsettled message, in order; only as many are taken) for the others."""
         if not self.outcomes:
-            return list(sent)
+            return list(islice(sent, len(self._batch)))  # ``sent`` may be endless
         rest = iter(sent)
         settled = self.outcomes
         return [settled[i] if i in settled else next(rest) for i in range(len(self._batch))]

@@ -1,6 +1,7 @@
 """BatchRefusals: a message a connector refuses before sending holds back its key's later
 messages in the batch, and only those."""
 
+import itertools
 from uuid import uuid4
 
 from relay.model import DELIVERED, OutboxMessage, permanent, retryable
@@ -63,3 +64,12 @@ def test_a_refusal_of_the_first_message_holds_back_the_whole_key():
     assert sent == []
     assert refusals.unsettled() == []
     assert list(refusals.outcomes.values())[1:] == [HELD_BACK] * 4
+
+
+def test_merge_takes_only_one_outcome_per_unsettled_message():
+    # A connector cut short mid-batch gives every message it did not send the same outcome.
+    lost = retryable("connection lost")
+    for refused in (set(), {1}):
+        refusals, _ = walk([message("a"), message("b"), message("c")], refused)
+        merged = refusals.merge(itertools.repeat(lost))
+        assert len(merged) == 3 and merged.count(lost) == 3 - len(refused)
