@@ -69,8 +69,9 @@ class ConformanceHarness(Protocol):
         ...
 
     def new_topic(self) -> str:
-        """A fresh topic, already readable with ``read()`` (Kafka: created; RabbitMQ: a
-        queue bound to the exchange with this routing key)."""
+        """A fresh topic, already readable with ``read()`` in the order the broker took
+        the messages in (Kafka: created with one partition; RabbitMQ: one queue bound
+        to the exchange with this routing key)."""
         ...
 
     def read(self, topic: str, count: int, timeout: float) -> list[Received]:
