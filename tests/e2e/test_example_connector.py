@@ -71,11 +71,12 @@ def receiver(tmp_path):
     log.touch()
     process = subprocess.Popen(
         [sys.executable, str(EXAMPLE / "tests" / "receiver.py"), "0", str(log)],
-        stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     yield process, log
     process.kill()
     process.wait(10)
+    process.stdin.close()
     process.stdout.close()
 
 

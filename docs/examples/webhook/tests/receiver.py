@@ -1,5 +1,5 @@
 """A webhook endpoint for the tests: appends each POST to a JSON-lines file, then
-answers 204 (404 for topics starting with "unroutable").
+answers 204 (404 for topics starting with "unroutable"). It exits when its stdin closes.
 
     python receiver.py PORT FILE     # prints "ready PORT" once it listens on 127.0.0.1
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,7 +53,14 @@ class Recorder(BaseHTTPRequestHandler):
         pass  # quiet: the test reads the file
 
 
+def exit_with_the_parent() -> None:
+    """The test holds our stdin open; EOF means it is gone, even if killed outright."""
+    sys.stdin.read()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Recorder)
+    threading.Thread(target=exit_with_the_parent, daemon=True).start()
     print("ready", server.server_port, flush=True)  # PORT 0: the one the system chose
     server.serve_forever()

@@ -70,6 +70,7 @@ class WebhookHarness:
     def start_broker(self) -> None:
         self._process = subprocess.Popen(
             [sys.executable, str(RECEIVER), str(self.port), str(self.log)],
+            stdin=subprocess.PIPE,  # closed when this process ends: the receiver follows
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -81,8 +82,9 @@ class WebhookHarness:
         if process is not None:
             process.kill()
             process.wait(10)
-            if process.stdout is not None:
-                process.stdout.close()
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    pipe.close()
 
     def pause_broker(self) -> None:
         assert self._process is not None
