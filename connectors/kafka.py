@@ -26,6 +26,7 @@ from connectors.kafka_settings import KafkaSettings
 from relay.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
+from relay.refusals import BatchRefusals
 from relay.secrets import redact, secret_values
 
 logger = logging.getLogger(__name__)
@@ -403,16 +404,13 @@ def _produce_batch(
     """Hand every message to librdkafka, in order (runs in a worker thread).
 
     Once librdkafka refuses a message outright, the later messages of its key in this
-    batch are not produced: they would overtake it on the partition.
+    batch are not produced (``relay.refusals``): they would overtake it on the partition.
     """
-    refused_keys: set[str] = set()
+    refusals = BatchRefusals(batch)
     # Looked up once, and the usual message queued inline, without a call of its own:
     # this loop runs for every message.
     report, produce = delivery.on_delivery, session.producer.produce
-    for index, message in enumerate(batch):
-        if refused_keys and message.key in refused_keys:
-            delivery.settle(index, retryable("behind a refused message of the same key"))
-            continue
+    for index, message in refusals.sendable():
         on_delivery = partial(report, index)
         try:
             key = None if message.key is None else message.key.encode()
@@ -431,9 +429,9 @@ def _produce_batch(
                 failure = _produce_one(session, message.topic, message.payload, key, headers,
                                        on_delivery, deadline)
         if failure is not None:
-            delivery.settle(index, failure)
-            if message.key is not None:
-                refused_keys.add(message.key)
+            refusals.refuse(index, failure)
+    for index, outcome in refusals.outcomes.items():
+        delivery.settle(index, outcome)
 
 
 def _produce_one(

@@ -37,6 +37,7 @@ from connectors.rabbitmq_settings import DEFAULT_EXCHANGE, RabbitMQSettings
 from relay.config import DEFAULT_CONNECT_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError, PermanentError, RelayError
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
+from relay.refusals import BatchRefusals
 
 log = logging.getLogger(__name__)
 
@@ -242,14 +243,15 @@ class _Link:
             reason = _describe(self._lost) if self._lost is not None else "channel closed"
             state.settle_rest(retryable(f"connection lost: {reason}"))
             return state
+        refusals = BatchRefusals(batch)
         frames: list[bytes] = []
         try:
-            for index, message in enumerate(batch):
+            for index, message in refusals.sendable():
                 message_id = str(message.id)
                 try:
                     frames += _encode(encoder, message, message_id)
-                except FieldTooLong as exc:  # this message can never be sent as it is
-                    state.settle(index, permanent(f"cannot publish to RabbitMQ: {exc}"))
+                except FieldTooLong as exc:  # can never be sent as it is; its key waits
+                    refusals.refuse(index, permanent(f"cannot publish to RabbitMQ: {exc}"))
                     continue
                 tag, self._next_tag = self._next_tag, self._next_tag + 1
                 self._pending[tag] = (state, index, message_id)
@@ -261,6 +263,8 @@ class _Link:
             # No I/O ran since the check above, so the connection is still open.
             if frames:
                 self._connection.write_frames(frames)
+        for index, outcome in refusals.outcomes.items():
+            state.settle(index, outcome)
         return state
 
     async def wait(self, state: _Batch, timeout: float) -> list[Outcome]:

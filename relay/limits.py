@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.connector import Connector
-from relay.model import OutboxMessage, Outcome, permanent, retryable
+from relay.model import OutboxMessage, Outcome, permanent
+from relay.refusals import BatchRefusals
 
 
 def message_size(message: OutboxMessage) -> int:
@@ -53,8 +54,7 @@ class SizeLimitedConnector:
     """A connector that refuses messages over ``max_bytes`` and passes the rest on.
 
     Outcomes keep batch order. A later message of an oversized message's key is not
-    published either (RETRYABLE): it would overtake the parked one, exactly as an
-    ordered broker client never sends a key's messages past one it refused.
+    published either (``relay.refusals``): it would overtake the parked one.
     """
 
     def __init__(self, inner: Connector, max_bytes: int) -> None:
@@ -74,27 +74,21 @@ class SizeLimitedConnector:
         """Publish the messages within the limit; one outcome per message, in order."""
         if _all_surely_within(batch, self.max_bytes):
             return await self.inner.publish(batch, timeout=timeout)
-        refused: dict[int, Outcome] = {}
-        refused_keys: set[str] = set()
-        for index, message in enumerate(batch):
-            if message.key is not None and message.key in refused_keys:
-                refused[index] = retryable("behind an oversized message of the same key")
-                continue
+        refusals = BatchRefusals(batch)
+        for index, message in refusals.sendable():
             if _surely_within(message, self.max_bytes):
                 continue
             size = message_size(message)
             if size > self.max_bytes:
-                refused[index] = permanent(
-                    f"message is {size} bytes, over the limit of {self.max_bytes} "
-                    "(--max-message-bytes)"
+                refusals.refuse(
+                    index,
+                    permanent(
+                        f"message is {size} bytes, over the limit of {self.max_bytes} "
+                        "(--max-message-bytes)"
+                    ),
                 )
-                if message.key is not None:
-                    refused_keys.add(message.key)
-        if not refused:
-            return await self.inner.publish(batch, timeout=timeout)
-        passed = [m for i, m in enumerate(batch) if i not in refused]
-        delivered = iter(await self.inner.publish(passed, timeout=timeout) if passed else [])
-        return [refused[i] if i in refused else next(delivered) for i in range(len(batch))]
+        passed = refusals.unsettled()
+        return refusals.merge(await self.inner.publish(passed, timeout=timeout) if passed else [])
 
     def __getattr__(self, name: str) -> Any:
         # Everything else (an in-memory connector's ``published``, ...) is the inner one's.

@@ -22,6 +22,7 @@ from connectors.rabbitmq import RabbitMQConnector
 from relay.config import RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError, PermanentError
 from relay.model import OutboxMessage, Outcome, OutcomeKind
+from relay.refusals import HELD_BACK
 from tests.support.rabbitmq_harness import RabbitMQHarness, unique_exchange
 from tests.support.services import PrivateRabbitMQ
 
@@ -126,17 +127,21 @@ def test_bodies_are_split_at_the_negotiated_frame_size(harness: RabbitMQHarness)
     assert [r.value for r in harness.read(topic, len(sizes), TIMEOUT)] == [m.payload for m in batch]
 
 
-def test_headers_larger_than_a_frame_are_permanent_alone(harness: RabbitMQHarness) -> None:
-    # RabbitMQ would close the connection on such a header frame, batch after batch.
+def test_headers_larger_than_a_frame_are_permanent_and_hold_back_their_key(
+    harness: RabbitMQHarness,
+) -> None:
+    # RabbitMQ would close the connection on such a header frame, batch after batch. The
+    # key's later message waits (it would overtake the refused one); other keys flow.
     topic = harness.new_topic()
-    batch = [message(topic, "k", b"%d" % i) for i in range(3)]
-    batch[1] = message(topic, "k", b"big", headers={"trace": "t" * 140_000})
+    big = message(topic, "k", b"big", headers={"trace": "t" * 140_000})
+    batch = [message(topic, "k", b"0"), big, message(topic, "k", b"2"), message(topic, "o", b"3")]
     outcomes = publish_once(connector_for(harness), batch)
     assert kinds(outcomes) == [OutcomeKind.DELIVERED, OutcomeKind.PERMANENT,
-                               OutcomeKind.DELIVERED]
+                               OutcomeKind.RETRYABLE, OutcomeKind.DELIVERED]  # fmt: skip
     assert outcomes[1].error is not None and "frame" in outcomes[1].error
-    ids = [r.message_id for r in harness.read(topic, 2, TIMEOUT)]
-    assert ids == [str(batch[0].id), str(batch[2].id)]
+    assert outcomes[2] == HELD_BACK
+    ids = [r.message_id for r in harness.read(topic, 3, 1.0)]
+    assert ids == [str(batch[0].id), str(batch[3].id)]
 
 
 def test_a_created_at_before_1970_is_sent_without_a_timestamp(harness: RabbitMQHarness) -> None:
@@ -172,18 +177,20 @@ def test_delivery_tags_stay_in_step_after_an_unexpected_error(harness: RabbitMQH
     assert ids == [str(first.id), str(after.id)]
 
 
-def test_topic_longer_than_amqp_allows_is_permanent_alone(harness: RabbitMQHarness) -> None:
-    # AMQP routing keys are short strings (255 bytes); such a message can never be sent,
-    # and must not hold up the rest of its batch.
+def test_topic_longer_than_amqp_allows_is_permanent_and_holds_back_its_key(
+    harness: RabbitMQHarness,
+) -> None:
+    # AMQP routing keys are short strings (255 bytes); such a message can never be sent.
+    # Its key's later messages wait; it must not hold up the other keys of its batch.
     topic = harness.new_topic()
-    batch = [message(topic, "k", b"%d" % i) for i in range(4)]
+    batch = [message(topic, "k" if i < 3 else "other", b"%d" % i) for i in range(5)]
     batch[1] = message("é" * 128, "k", b"too long")
     outcomes = publish_once(connector_for(harness), batch)
-    delivered = OutcomeKind.DELIVERED
-    assert kinds(outcomes) == [delivered, OutcomeKind.PERMANENT, delivered, delivered]
+    delivered, held = OutcomeKind.DELIVERED, OutcomeKind.RETRYABLE
+    assert kinds(outcomes) == [delivered, OutcomeKind.PERMANENT, held, delivered, delivered]
     assert outcomes[1].error is not None and "255" in outcomes[1].error
-    ids = [r.message_id for r in harness.read(topic, 3, TIMEOUT)]
-    assert ids == [str(m.id) for i, m in enumerate(batch) if i != 1]
+    ids = [r.message_id for r in harness.read(topic, 4, 1.0)]
+    assert ids == [str(m.id) for i, m in enumerate(batch) if i in (0, 3, 4)]
 
 
 def test_same_key_order_holds_over_1000_messages(harness: RabbitMQHarness) -> None:

@@ -21,12 +21,15 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from relay.config import RelayConfig
-from tests.support.harness import Received
+from relay.connector import Connector, load_connector
+from relay.model import OutboxMessage
+from relay.testing.conformance import Received
 
 # Kafka refuses this name (characters outside [a-zA-Z0-9._-]) with INVALID_TOPIC_EXCEPTION,
 # whether or not it creates topics on first use; Tansu does the same.
 INVALID_TOPIC = "not a valid topic!"
 _ADMIN_TIMEOUT = 15.0
+LIBRDKAFKA_MAX_MESSAGE = 1_000_000  # message.max.bytes, librdkafka's default
 
 
 class BrokerNode(Protocol):
@@ -70,6 +73,15 @@ class KafkaHarness:
         self._topics[topic] = partitions
         self._positions[topic] = {}
         self._wait_for_metadata(admin, topic, partitions)
+
+    def connector(self, *, publish_timeout: float) -> Connector:
+        """The connector as the relay builds it: by name, through its entry point."""
+        base = RelayConfig(dsn="unused", publish_timeout=publish_timeout)
+        return load_connector(self.configure(base))
+
+    def refused_before_sending(self, topic: str, key: str) -> OutboxMessage | None:
+        """A record over librdkafka's message.max.bytes: produce() refuses it."""
+        return OutboxMessage(uuid.uuid4(), topic, key, b"x" * (LIBRDKAFKA_MAX_MESSAGE + 1))
 
     def unroutable_topic(self) -> str | None:
         return INVALID_TOPIC

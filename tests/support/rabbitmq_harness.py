@@ -23,7 +23,9 @@ from pika import exceptions as amqp
 
 from connectors.rabbitmq import KEY_HEADER
 from relay.config import RelayConfig
-from tests.support.harness import Received
+from relay.connector import Connector, load_connector
+from relay.model import OutboxMessage
+from relay.testing.conformance import Received
 
 T = TypeVar("T")
 # Queues delete themselves this long after their last use if cleanup never ran.
@@ -67,6 +69,15 @@ class RabbitMQHarness:
         self._run(lambda channel: self._declare_queue(channel, topic, queue))
         self._queues[topic] = queue
         return topic
+
+    def connector(self, *, publish_timeout: float) -> Connector:
+        """The connector as the relay builds it: by name, through its entry point."""
+        base = RelayConfig(dsn="unused", publish_timeout=publish_timeout)
+        return load_connector(self.configure(base))
+
+    def refused_before_sending(self, topic: str, key: str) -> OutboxMessage | None:
+        """A header name longer than an AMQP short string (255 bytes) can hold."""
+        return OutboxMessage(uuid.uuid4(), topic, key, b"{}", headers={"h" * 300: "v"})
 
     def unroutable_topic(self) -> str | None:
         return f"{self.exchange}.unbound.{uuid.uuid4().hex[:8]}"

@@ -25,3 +25,16 @@ def test_only_connectors_import_broker_clients():
         if imported_modules(path) & BROKER_CLIENTS
     ]
     assert offenders == []
+
+
+def test_only_the_conformance_suite_imports_pytest():
+    """Importing the relay never needs pytest: it is the connector author's test dependency."""
+    allowed = {"relay/testing/conformance.py"}
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("relay", "connectors")
+        for path in (ROOT / package).rglob("*.py")
+        if imported_modules(path) & {"pytest", "_pytest"}
+        and str(path.relative_to(ROOT)) not in allowed
+    ]
+    assert offenders == []
