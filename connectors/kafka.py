@@ -24,6 +24,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from relay.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError
+from relay.formats.headers import CONTENT_TYPE, MESSAGE_ID
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ def outcome_for(err: KafkaError) -> Outcome:
     return retryable(text, answered=err.code() >= 0)
 
 
-_OWN_HEADERS = frozenset({"message_id", "content_type"})
+_OWN_HEADERS = frozenset({MESSAGE_ID, CONTENT_TYPE})
 
 
 def uuid_text(value: UUID) -> bytes:
@@ -104,7 +105,7 @@ _MAX_CACHED_CONTENT_TYPES = 64
 def content_type_header(content_type: str) -> tuple[str, bytes]:
     header = _CONTENT_TYPE_HEADERS.get(content_type)
     if header is None:
-        header = ("content_type", content_type.encode())
+        header = (CONTENT_TYPE, content_type.encode())
         if len(_CONTENT_TYPE_HEADERS) < _MAX_CACHED_CONTENT_TYPES:
             _CONTENT_TYPE_HEADERS[content_type] = header
     return header
@@ -113,7 +114,7 @@ def content_type_header(content_type: str) -> tuple[str, bytes]:
 def message_headers(message: OutboxMessage) -> list[tuple[str, str | bytes | None]]:
     """The message's own headers plus ``message_id`` and ``content_type``, which win."""
     headers: list[tuple[str, str | bytes | None]] = [
-        ("message_id", uuid_text(message.id)),
+        (MESSAGE_ID, uuid_text(message.id)),
         content_type_header(message.content_type),
     ]
     if message.headers:  # usually empty: skip the filtering

@@ -35,11 +35,12 @@ from connectors.amqp_frames import FieldTooLong, PublishEncoder
 from connectors.amqp_url import url_parameters
 from relay.config import DEFAULT_AMQP_EXCHANGE, DEFAULT_CONNECT_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError, PermanentError, RelayError
+from relay.formats.headers import AMQP_KEY
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 
 log = logging.getLogger(__name__)
 
-KEY_HEADER = "key"
+KEY_HEADER = AMQP_KEY
 # AMQP 0-9-1 reply codes; decisions are taken on these, never on the reply text.
 ACCESS_REFUSED = 403
 PRECONDITION_FAILED = 406

@@ -20,6 +20,7 @@ from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, connection_failure
 from relay.decorators import instrument
+from relay.formats.connector import format_connector
 from relay.health import HealthState
 from relay.limits import limit_message_size
 from relay.metrics import RelayMetrics
@@ -79,10 +80,11 @@ class RelayService:
             f"{config.connector}",
             BreakerSettings.for_retries(config.retry_base, config.retry_cap),
         )
+        # The size limit innermost: it sees the message as it goes on the wire, after
+        # the topic template and the envelope (relay.formats).
+        limited = limit_message_size(connector or load_connector(config), config.max_message_bytes)
         self.connector = instrument(
-            limit_message_size(connector or load_connector(config), config.max_message_bytes),
-            self.breaker,
-            self.metrics,
+            format_connector(limited, config), self.breaker, self.metrics
         )
         self.stopping = asyncio.Event()
         # One wake-up event per lane, so a lane clearing its own cannot swallow another's.

@@ -53,6 +53,9 @@ from relay.cli.inbox import InboxOnlyOption, build_inbox_app, describe_migration
 from relay.cli.run_options import (
     DEFAULT_RETRY_BASE,
     DEFAULT_RETRY_CAP,
+    CloudEventsModeOption,
+    CloudEventsSourceOption,
+    EnvelopeOption,
     LogFormatOption,
     MaxAttemptsOption,
     MetricsHostOption,
@@ -60,12 +63,15 @@ from relay.cli.run_options import (
     OnPoisonOption,
     RetryBaseOption,
     RetryCapOption,
+    TopicTemplateOption,
+    format_settings,
     operability_settings,
 )
 from relay.config import RelayConfig
 from relay.db import connection_failure
 from relay.dsn import redact, secrets_in
 from relay.errors import ConfigError, RelayError, translate_db_error
+from relay.formats.settings import ENVELOPE_NONE
 from relay.grants import GRANT_MODES, render_grants
 from relay.logs import configure_logging
 from relay.migrations import migrate, render_script
@@ -384,6 +390,10 @@ def run_command(
     cdc_heartbeat: CdcHeartbeatOption = HEARTBEAT_DEFAULT,
     cdc_takeover_ttl: CdcTakeoverOption = TAKEOVER_DEFAULT,
     cdc_linger: CdcLingerOption = LINGER_DEFAULT,
+    topic_template: TopicTemplateOption = None,
+    envelope: EnvelopeOption = ENVELOPE_NONE,
+    cloudevents_source: CloudEventsSourceOption = None,
+    cloudevents_mode: CloudEventsModeOption = None,
 ) -> None:
     """Run the relay until SIGTERM or SIGINT."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -415,6 +425,12 @@ def run_command(
             heartbeat=cdc_heartbeat,
             takeover_ttl=cdc_takeover_ttl,
             linger=cdc_linger,
+        ),
+        formats=format_settings(
+            topic_template=topic_template,
+            envelope=envelope,
+            cloudevents_source=cloudevents_source,
+            cloudevents_mode=cloudevents_mode,
         ),
         **drain_settings(
             batch_size=batch_size,
