@@ -16,6 +16,7 @@ import threading
 import time
 from binascii import hexlify
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -124,6 +125,12 @@ def message_headers(message: OutboxMessage) -> list[tuple[str, str | bytes | Non
             if name not in _OWN_HEADERS
         )
     return headers
+
+
+def timestamp_ms(moment: datetime) -> int:
+    """A record's CreateTime: the message's own time in ms since the epoch. 0 (what the
+    produce loop passes for a message without one) librdkafka reads as "now"."""
+    return max(0, int(moment.timestamp() * 1000))
 
 
 def redact(text: str, options: Mapping[str, str]) -> str:
@@ -434,14 +441,15 @@ def _produce_batch(
                 f"the key or a header is not valid UTF-8: {exc.reason}"
             )
         else:
+            stamp = 0 if message.timestamp is None else timestamp_ms(message.timestamp)
             try:
                 produce(message.topic, message.payload, key, on_delivery=on_delivery,
-                        headers=headers)
+                        headers=headers, timestamp=stamp)
                 continue
             except (BufferError, KafkaException):
                 # Nothing was queued: the careful path waits, retries or refuses.
                 failure = _produce_one(session, message.topic, message.payload, key, headers,
-                                       on_delivery, deadline)
+                                       on_delivery, deadline, stamp)
         if failure is not None:
             delivery.settle(index, failure)
             if message.key is not None:
@@ -456,13 +464,15 @@ def _produce_one(
     headers: list[tuple[str, str | bytes | None]],
     on_delivery: Callable[[KafkaError | None, Message], None],
     deadline: float,
+    timestamp: int = 0,
 ) -> Outcome | None:
     """Queue one message whose first produce() raised, waiting for room in a full queue
     until ``deadline``; return its outcome only when librdkafka refused it outright."""
     while True:
         try:
             session.producer.produce(
-                topic, payload, key, on_delivery=on_delivery, headers=headers
+                topic, payload, key, on_delivery=on_delivery, headers=headers,
+                timestamp=timestamp,
             )
             return None
         except BufferError:

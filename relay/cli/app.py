@@ -20,12 +20,15 @@ from relay.cdc.status import cdc_status, format_cdc_status
 from relay.cli.cdc_options import (
     HEARTBEAT_DEFAULT,
     LINGER_DEFAULT,
+    SNAPSHOT_DEFAULT,
     TAKEOVER_DEFAULT,
     CdcDebeziumOption,
+    CdcDebeziumOptionOption,
     CdcHeartbeatOption,
     CdcLingerOption,
     CdcPublicationOption,
     CdcSlotOption,
+    CdcSnapshotOption,
     CdcTableOption,
     CdcTakeoverOption,
     cdc_settings,
@@ -258,6 +261,7 @@ def doctor_command(
     cdc_publication: CdcPublicationOption = None,
     cdc_table: CdcTableOption = None,
     cdc_debezium: CdcDebeziumOption = False,
+    cdc_debezium_option: CdcDebeziumOptionOption = None,
 ) -> None:
     """Check, in plain words, that the database is ready for the relay in this mode."""
     _check_schema_name(schema)
@@ -269,6 +273,7 @@ def doctor_command(
         heartbeat=HEARTBEAT_DEFAULT,
         takeover_ttl=TAKEOVER_DEFAULT,
         linger=LINGER_DEFAULT,
+        debezium_options=cdc_debezium_option,
     )
     if mode not in defaults.MODES:
         raise ConfigError(f"the mode {mode!r} is unknown; choose poll or cdc")
@@ -390,6 +395,8 @@ def run_command(
     cdc_heartbeat: CdcHeartbeatOption = HEARTBEAT_DEFAULT,
     cdc_takeover_ttl: CdcTakeoverOption = TAKEOVER_DEFAULT,
     cdc_linger: CdcLingerOption = LINGER_DEFAULT,
+    cdc_snapshot: CdcSnapshotOption = SNAPSHOT_DEFAULT,
+    cdc_debezium_option: CdcDebeziumOptionOption = None,
     topic_template: TopicTemplateOption = None,
     envelope: EnvelopeOption = ENVELOPE_NONE,
     cloudevents_source: CloudEventsSourceOption = None,
@@ -425,6 +432,8 @@ def run_command(
             heartbeat=cdc_heartbeat,
             takeover_ttl=cdc_takeover_ttl,
             linger=cdc_linger,
+            snapshot=cdc_snapshot,
+            debezium_options=cdc_debezium_option,
         ),
         formats=format_settings(
             topic_template=topic_template,
