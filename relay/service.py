@@ -31,6 +31,7 @@ from relay.poll.listener import WakeListener
 from relay.poll.poller import Poller, PollerStats, claim_session
 from relay.poll.retention import RetentionTask
 from relay.poll.wakeups import WakeupSwitch
+from relay.tracing import traced
 
 log = logging.getLogger("outbox_relay")
 
@@ -80,11 +81,11 @@ class RelayService:
             f"{config.connector}",
             BreakerSettings.for_retries(config.retry_base, config.retry_cap),
         )
-        # The size limit innermost: it sees the message as it goes on the wire, after
-        # the topic template and the envelope (relay.formats).
+        # Size limit, then tracing, innermost: both see the message as it goes on the
+        # wire, after the topic template and the envelope (relay.formats).
         limited = limit_message_size(connector or load_connector(config), config.max_message_bytes)
         self.connector = instrument(
-            format_connector(limited, config), self.breaker, self.metrics
+            format_connector(traced(limited, config), config), self.breaker, self.metrics
         )
         self.stopping = asyncio.Event()
         # One wake-up event per lane, so a lane clearing its own cannot swallow another's.

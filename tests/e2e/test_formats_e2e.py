@@ -1,20 +1,25 @@
 """The ecosystem's formats as a user gets them: the installed ``outbox-relay`` command,
 read back with ``kcat`` (when installed) and a plain confluent_kafka consumer; a bad
-format flag is one sentence and exit 2."""
+format flag is one sentence and exit 2; OpenTelemetry configured only through its
+standard environment variables, received by a small OTLP/HTTP endpoint."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import confluent_kafka
 import psycopg
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.integration.test_formats_brokers import DEBEZIUM_TABLE, headers_of, kafka_read
 from tests.support.cli import RelayProcess, outbox_relay, user_env
@@ -24,6 +29,7 @@ pytestmark = pytest.mark.e2e
 FAST = ["--publish-timeout", "1s", "--shutdown-timeout", "10s", "--metrics-port", "0",
         "--poll-interval", "200ms"]
 CDC_FAST = ["--mode", "cdc", "--cdc-takeover-ttl", "2s", "--cdc-heartbeat", "1s", *FAST]
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 @pytest.fixture
@@ -144,3 +150,62 @@ def test_a_bad_format_flag_is_one_sentence_and_exit_2(db_dsn, flags, sentence):
     assert done.returncode == 2, done.stderr
     assert sentence in done.stderr and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """OTLP/HTTP's trace endpoint, keeping every request it gets."""
+
+    requests: list[ExportTraceServiceRequest] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/v1/traces":
+            self.requests.append(ExportTraceServiceRequest.FromString(body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_otel_environment_variables_send_the_relays_spans_to_a_collector(
+    db_dsn, kafka, tmp_path
+):
+    assert outbox_relay("migrate", "--dsn", db_dsn).returncode == 0
+    topic = kafka.new_topic()
+    _Collector.requests = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    env = user_env(OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{server.server_port}",
+                   OTEL_BSP_SCHEDULE_DELAY="100", OTEL_SERVICE_NAME="billing-relay")
+    try:
+        relay = running(["--dsn", db_dsn, "--kafka-bootstrap", kafka.bootstrap, *FAST],
+                        tmp_path / "relay.log", "started", env=env)
+        try:
+            with psycopg.connect(db_dsn, autocommit=True) as conn:
+                conn.execute("SELECT outbox.enqueue(%s, 'k', '{}', %s::jsonb)",
+                             (topic, f'{{"traceparent": "{TRACEPARENT}"}}'))
+            wait_for(lambda: len(spans_of(_Collector.requests)) >= 2, 20, "two spans")
+            assert relay.terminate() == 0
+            output = relay.output()
+        finally:
+            relay.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "tracing: OpenTelemetry spans go to OTLPSpanExporter" in output
+    spans = spans_of(_Collector.requests)
+    [child] = [s for s in spans if s.parent_span_id]
+    assert child.trace_id.hex() == TRACEPARENT.split("-")[1]
+    assert child.parent_span_id.hex() == TRACEPARENT.split("-")[2]
+    assert child.name == f"send {topic}"
+    services = {a.value.string_value for r in _Collector.requests for rs in r.resource_spans
+                for a in rs.resource.attributes if a.key == "service.name"}
+    assert services == {"billing-relay"}
+
+
+def spans_of(requests: list[ExportTraceServiceRequest]) -> list[Any]:
+    return [span for request in requests for resource in request.resource_spans
+            for scope in resource.scope_spans for span in scope.spans]
