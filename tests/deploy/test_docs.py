@@ -10,7 +10,8 @@ import pytest
 
 from tests.deploy.contract import ROOT, parse_args
 
-DOCS = [ROOT / "docs" / "security.md", ROOT / "docs" / "deploying.md", ROOT / "README.md"]
+DOCS = [ROOT / "docs" / "security.md", ROOT / "docs" / "deploying.md", ROOT / "README.md",
+        ROOT / "docs" / "cdc.md", ROOT / "docs" / "formats.md"]
 
 
 def commands_in(text: str) -> list[str]:
