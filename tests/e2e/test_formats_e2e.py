@@ -41,8 +41,9 @@ def kafka(kafka_bootstrap) -> Iterator[KafkaHarness]:
 
 @pytest.fixture
 def kcat(tmp_path):
-    """``kcat(bootstrap, topic, count)``: the records as kcat prints them,
-    key|headers|timestamp|value.
+    """``kcat(bootstrap, topic, count)``: the first ``count`` records as kcat prints them,
+    key|headers|timestamp|value, waiting for them up to 30 s (no ``-e``: the relay may not
+    have published them yet when kcat reaches the end of the partition).
 
     Debian's kcat 1.7.1 comes with librdkafka 2.0.2, which misreads the ApiVersions v3
     answer of the Kafka-protocol broker in the tests ("Read underflow") and never
@@ -60,7 +61,7 @@ def kcat(tmp_path):
     def read(bootstrap: str, topic: str, count: int) -> list[str]:
         done = subprocess.run(
             ["kcat", "-C", "-b", bootstrap, "-t", topic, "-p", "0", "-o", "beginning",
-             "-c", str(count), "-e", "-q", "-f", "%k|%h|%T|%s\\n"],
+             "-c", str(count), "-q", "-f", "%k|%h|%T|%s\\n"],
             capture_output=True, text=True, timeout=30, check=False, env=env)
         assert done.returncode == 0, done.stderr
         return done.stdout.splitlines()
