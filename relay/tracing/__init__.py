@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from relay.connector import Connector
@@ -40,7 +40,7 @@ def tracing_requested(environ: Mapping[str, str]) -> bool:
     return any(environ.get(name, "").strip() for name in TRACING_VARIABLES)
 
 
-def destination_of(config: RelayConfig) -> Any:
+def destination_of(config: RelayConfig) -> Callable[[str], str]:
     """``topic -> messaging.destination.name``: RabbitMQ's is ``{exchange}:{routing key}``
     in the semantic conventions, every other system's the topic."""
     if config.connector == "rabbitmq":
