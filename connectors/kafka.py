@@ -16,6 +16,7 @@ import threading
 import time
 from binascii import hexlify
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -25,6 +26,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from connectors.kafka_settings import KafkaSettings
 from relay.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError
+from relay.formats.headers import CONTENT_TYPE, MESSAGE_ID
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 from relay.refusals import BatchRefusals
 from relay.secrets import redact, secret_values
@@ -85,7 +87,7 @@ def outcome_for(err: KafkaError) -> Outcome:
     return retryable(text, answered=err.code() >= 0)
 
 
-_OWN_HEADERS = frozenset({"message_id", "content_type"})
+_OWN_HEADERS = frozenset({MESSAGE_ID, CONTENT_TYPE})
 
 
 def uuid_text(value: UUID) -> bytes:
@@ -106,7 +108,7 @@ _MAX_CACHED_CONTENT_TYPES = 64
 def content_type_header(content_type: str) -> tuple[str, bytes]:
     header = _CONTENT_TYPE_HEADERS.get(content_type)
     if header is None:
-        header = ("content_type", content_type.encode())
+        header = (CONTENT_TYPE, content_type.encode())
         if len(_CONTENT_TYPE_HEADERS) < _MAX_CACHED_CONTENT_TYPES:
             _CONTENT_TYPE_HEADERS[content_type] = header
     return header
@@ -115,7 +117,7 @@ def content_type_header(content_type: str) -> tuple[str, bytes]:
 def message_headers(message: OutboxMessage) -> list[tuple[str, str | bytes | None]]:
     """The message's own headers plus ``message_id`` and ``content_type``, which win."""
     headers: list[tuple[str, str | bytes | None]] = [
-        ("message_id", uuid_text(message.id)),
+        (MESSAGE_ID, uuid_text(message.id)),
         content_type_header(message.content_type),
     ]
     if message.headers:  # usually empty: skip the filtering
@@ -125,6 +127,12 @@ def message_headers(message: OutboxMessage) -> list[tuple[str, str | bytes | Non
             if name not in _OWN_HEADERS
         )
     return headers
+
+
+def timestamp_ms(moment: datetime) -> int:
+    """A record's CreateTime: the message's own time in ms since the epoch. 0 (what the
+    produce loop passes for a message without one) librdkafka reads as "now"."""
+    return max(0, int(moment.timestamp() * 1000))
 
 
 class _BatchDelivery:
@@ -420,14 +428,15 @@ def _produce_batch(
                 f"the key or a header is not valid UTF-8: {exc.reason}"
             )
         else:
+            stamp = 0 if message.timestamp is None else timestamp_ms(message.timestamp)
             try:
                 produce(message.topic, message.payload, key, on_delivery=on_delivery,
-                        headers=headers)
+                        headers=headers, timestamp=stamp)
                 continue
             except (BufferError, KafkaException):
                 # Nothing was queued: the careful path waits, retries or refuses.
                 failure = _produce_one(session, message.topic, message.payload, key, headers,
-                                       on_delivery, deadline)
+                                       on_delivery, deadline, stamp)
         if failure is not None:
             refusals.refuse(index, failure)
     for index, outcome in refusals.outcomes.items():
@@ -442,13 +451,15 @@ def _produce_one(
     headers: list[tuple[str, str | bytes | None]],
     on_delivery: Callable[[KafkaError | None, Message], None],
     deadline: float,
+    timestamp: int = 0,
 ) -> Outcome | None:
     """Queue one message whose first produce() raised, waiting for room in a full queue
     until ``deadline``; return its outcome only when librdkafka refused it outright."""
     while True:
         try:
             session.producer.produce(
-                topic, payload, key, on_delivery=on_delivery, headers=headers
+                topic, payload, key, on_delivery=on_delivery, headers=headers,
+                timestamp=timestamp,
             )
             return None
         except BufferError:

@@ -11,10 +11,11 @@ publishes are in flight at once. The batch's frames are encoded by ``amqp_frames
 connection in a few large writes; pika keeps the connection, the channel and the confirms.
 
 What consumers see: routing key = the message topic, ``message_id`` = the outbox UUID,
-``delivery_mode=2``, ``content_type``, ``timestamp`` (whole seconds of ``created_at``,
-left out before 1970) and the message headers plus a ``key`` header holding the message
-key (left out when the key is null; it replaces a user header of the same name). AMQP
-has no key field, and a header is what a consumer or a consistent-hash exchange can read.
+``delivery_mode=2``, ``content_type``, ``timestamp`` (whole seconds of the message's own
+``timestamp`` where it has one, else of ``created_at``; left out before 1970) and the
+message headers plus a ``key`` header holding the message key (left out when the key is
+null; it replaces a user header of the same name). AMQP has no key field, and a header is
+what a consumer or a consistent-hash exchange can read.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from connectors.amqp_url import url_parameters
 from connectors.rabbitmq_settings import DEFAULT_EXCHANGE, RabbitMQSettings
 from relay.config import DEFAULT_CONNECT_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError, PermanentError, RelayError
+from relay.formats.headers import AMQP_KEY
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 from relay.refusals import BatchRefusals
 
 log = logging.getLogger(__name__)
 
-KEY_HEADER = "key"
+KEY_HEADER = AMQP_KEY
 # AMQP 0-9-1 reply codes; decisions are taken on these, never on the reply text.
 ACCESS_REFUSED = 403
 PRECONDITION_FAILED = 406
@@ -366,7 +368,7 @@ def _encode(encoder: PublishEncoder, message: OutboxMessage, message_id: str) ->
     headers = message.headers
     if message.key is not None:
         headers = {**headers, KEY_HEADER: message.key}
-    created = message.created_at
+    created = message.timestamp or message.created_at
     return encoder.frames(
         message.topic,
         message.payload or b"",

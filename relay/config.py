@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from relay.cdc.settings import CdcSettings
 from relay.errors import ConfigError
+from relay.formats.settings import FormatSettings
 
 DEFAULT_SCHEMA = "outbox"
 DEFAULT_MODE = "poll"
@@ -89,6 +90,7 @@ class RelayConfig:
     log_format: str = DEFAULT_LOG_FORMAT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     cdc: CdcSettings = field(default_factory=CdcSettings)
+    formats: FormatSettings = field(default_factory=FormatSettings)
 
     def problems(self) -> list[str]:
         """Every problem with this configuration, each as one plain sentence."""
@@ -108,6 +110,7 @@ class RelayConfig:
             found.append(f"The number of claim lanes must be between 1 and {MAX_CLAIM_LANES}.")
         found.extend(self._timing_problems())
         found.extend(self._operability_problems())
+        found.extend(self.formats.problems(connector=self.connector))
         if self.mode == "cdc":
             found.extend(self.cdc.problems(self.schema, publish_timeout=self.publish_timeout))
         return found

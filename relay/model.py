@@ -22,6 +22,9 @@ class OutboxMessage:
     polling mode, the commit LSN in CDC mode). ``committed_at`` is when the writing
     transaction committed, where the source says so (CDC: the commit timestamp that
     pgoutput sends with BEGIN); polling knows only ``created_at``, the transaction's start.
+    ``timestamp`` is the event's own time, for the record's timestamp, where the source
+    names one (a Debezium table: the row's time column, else the commit time); None
+    leaves it to the connector (Kafka: the producer's clock; RabbitMQ: ``created_at``).
     """
 
     id: UUID
@@ -34,6 +37,7 @@ class OutboxMessage:
     created_at: datetime | None = None
     attempts: int = 0
     committed_at: datetime | None = None
+    timestamp: datetime | None = None
 
 
 class OutcomeKind(enum.Enum):

@@ -17,6 +17,7 @@ from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
 from relay.db import DbSession, connection_failure
 from relay.decorators import instrument
+from relay.formats.connector import format_connector
 from relay.health import HealthState
 from relay.limits import limit_message_size
 from relay.metrics import RelayMetrics
@@ -25,6 +26,7 @@ from relay.operability import Operability
 from relay.poll.source import POLL
 from relay.source import Source, SourceKind, SourceParts
 from relay.tasks import bounded
+from relay.tracing import traced
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +65,11 @@ class RelayService:
             f"{config.connector}",
             BreakerSettings.for_retries(config.retry_base, config.retry_cap),
         )
+        # Size limit, then tracing, innermost: both see the message as it goes on the
+        # wire, after the topic template and the envelope (relay.formats).
+        limited = limit_message_size(connector or load_connector(config), config.max_message_bytes)
         self.connector = instrument(
-            limit_message_size(connector or load_connector(config), config.max_message_bytes),
-            self.breaker,
-            self.metrics,
+            format_connector(traced(limited, config), config), self.breaker, self.metrics
         )
         self.stopping = asyncio.Event()
         self.sessions: list[DbSession] = []

@@ -216,6 +216,10 @@ class ChangeDecoder:
             return
         if message is not None:
             message.committed_at = self._committed_at
+            if self._names.debezium and message.timestamp is None:
+                # Debezium stamps a record with the time it read the change; the commit
+                # time is that moment's deterministic twin, the same on every redelivery.
+                message.timestamp = self._committed_at
             self.events += 1
             self._sink.add(message)
 

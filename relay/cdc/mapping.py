@@ -1,4 +1,5 @@
-"""From a captured row to an outbox message: the relay's own table, or a Debezium one.
+"""From a captured row to an outbox message: the relay's own table (here), or a Debezium
+one (``relay.cdc.debezium``).
 
 A mapping is bound once to the table's columns (name and type oid, from a pgoutput
 Relation message or a cursor description) and then turns rows, given as
@@ -103,7 +104,9 @@ class RowMapping(Protocol):
         ...
 
 
-def _require(table: TableName, columns: Sequence[Column], names: Sequence[str]) -> None:
+def require_columns(
+    table: TableName, columns: Sequence[Column], names: Sequence[str]
+) -> None:
     present = {name for name, _ in columns}
     missing = [name for name in names if name not in present]
     if missing:
@@ -130,7 +133,7 @@ class OutboxTableMapping:
     table: TableName
 
     def bind(self, columns: Sequence[Column]) -> BoundMapping:
-        _require(self.table, columns, _OUTBOX_REQUIRED)
+        require_columns(self.table, columns, _OUTBOX_REQUIRED)
         names = {name for name, _ in columns}
         wanted = frozenset(_OUTBOX_REQUIRED) | (names & set(_OUTBOX_OPTIONAL))
         return _BoundOutbox(wanted, self.table)
@@ -178,77 +181,3 @@ def _json_object_headers(value: object) -> dict[str, str]:
     if not isinstance(parsed, dict):
         raise MappingError("the headers column does not hold a JSON object")
     return {str(name): header_text(item) for name, item in parsed.items()}
-
-
-# --- Debezium's outbox table -------------------------------------------------------------
-
-_DEBEZIUM_REQUIRED = ("id", "aggregatetype", "aggregateid", "payload")
-
-
-@dataclass(frozen=True)
-class DebeziumMapping:
-    """Debezium's outbox event router, the small version: topic = aggregatetype,
-    key = aggregateid, message id = id, every other column (``type`` and extras) a header.
-    """
-
-    table: TableName
-
-    def bind(self, columns: Sequence[Column]) -> BoundMapping:
-        _require(self.table, columns, _DEBEZIUM_REQUIRED)
-        types = dict(columns)
-        payload_type = types["payload"]
-        if payload_type not in JSON_TYPES | TEXT_TYPES | {pgtypes.BYTEA_OID}:
-            raise MappingError(
-                f"the payload column of {self.table} must be jsonb, json, text or bytea"
-            )
-        extras = [name for name, oid in columns
-                  if name not in _DEBEZIUM_REQUIRED and oid in DECODABLE_TYPES]
-        skipped = [name for name, oid in columns
-                   if name not in _DEBEZIUM_REQUIRED and oid not in DECODABLE_TYPES]
-        if skipped:
-            log.warning("columns %s of %s have types the relay cannot decode; they are not "
-                        "sent as headers", ", ".join(skipped), self.table)
-        return _BoundDebezium(
-            frozenset(_DEBEZIUM_REQUIRED) | frozenset(extras), self.table, payload_type,
-            tuple(extras),
-        )
-
-
-@dataclass(frozen=True)
-class _BoundDebezium:
-    columns: frozenset[str]
-    table: TableName
-    payload_type: int
-    extras: tuple[str, ...]
-    json_as_bytes: frozenset[str] = frozenset({"payload"})
-
-    def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
-        topic = row["aggregatetype"]
-        if not isinstance(topic, str) or not topic:
-            raise MappingError(f"a row of {self.table} has no aggregatetype (the topic)")
-        key = row["aggregateid"]
-        body, content_type = self._payload(row["payload"])
-        headers = {name: header_text(row[name]) for name in self.extras
-                   if row.get(name) is not None}
-        return OutboxMessage(
-            id=message_id(row["id"], self.table),
-            topic=topic,
-            key=None if key is None else header_text(key),
-            payload=body,
-            headers=headers,
-            content_type=content_type,
-            position=position,
-        )
-
-    def _payload(self, value: object) -> tuple[bytes | None, str]:
-        if value is None:
-            return None, "application/json"
-        if self.payload_type in JSON_TYPES and isinstance(value, str | bytes):
-            return json_text(value), "application/json"
-        if isinstance(value, bytes):
-            return value, "application/octet-stream"
-        return str(value).encode(), "text/plain; charset=utf-8"
-
-
-def mapping_for(table: TableName, *, debezium: bool) -> RowMapping:
-    return DebeziumMapping(table) if debezium else OutboxTableMapping(table)

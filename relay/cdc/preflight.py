@@ -24,7 +24,6 @@ from relay.errors import PermanentError, RelayError
 from relay.migrations import require_schema
 
 MIN_SERVER_VERSION = 140000  # pgoutput's binary and messages options
-_DEBEZIUM_COLUMNS = ("id", "aggregatetype", "aggregateid", "payload")
 _OUTBOX_COLUMNS = ("id", "topic", "key", "payload", "payload_bytes", "headers")
 
 
@@ -159,7 +158,7 @@ def _table_check(conn: psycopg.Connection[Any], names: CdcNames) -> Check:
     if not rows:
         return Check("captured table", False, f"table {names.table} does not exist")
     columns = {row[0] for row in rows}
-    needed = _DEBEZIUM_COLUMNS if names.debezium else _OUTBOX_COLUMNS
+    needed = names.routing.required_columns if names.routing is not None else _OUTBOX_COLUMNS
     missing = [name for name in needed if name not in columns]
     if missing:
         return Check("captured table", False,

@@ -19,10 +19,11 @@ import psycopg
 from relay.backoff import full_jitter
 from relay.cdc.aside import AsideDrain, AsideStore
 from relay.cdc.changes import ChangeDecoder
+from relay.cdc.debezium import DebeziumMapping
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.guardrails import Action, assess
 from relay.cdc.leader import CdcState, Leadership, leader_session
-from relay.cdc.mapping import mapping_for
+from relay.cdc.mapping import OutboxTableMapping, RowMapping
 from relay.cdc.outgoing import Outgoing
 from relay.cdc.preflight import require_ready
 from relay.cdc.publisher import BatchPublisher, CdcStats, OutboxParker
@@ -104,7 +105,10 @@ class CdcRelay:
             connector, parker, self.aside, timeout=config.publish_timeout,
             may_publish=self.leadership.valid, stats=self.stats,
         )
-        self._mapping = mapping_for(names.table, debezium=names.debezium)
+        self._mapping: RowMapping = (
+            DebeziumMapping(names.table, names.routing) if names.routing is not None
+            else OutboxTableMapping(names.table)
+        )
         self._snapshot = Snapshot(
             DbSession(config.dsn, "cdc-snapshot", connect_timeout=config.connect_timeout),
             names, self._mapping, self.publisher, batch_size=config.batch_size,

@@ -8,7 +8,10 @@ derived from the outbox schema (slot and publication ``outbox_relay_<schema>``, 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from relay.cdc.debezium_options import DebeziumRouting, parse_routing, routing_problems
 
 DEFAULT_SCHEMA = "outbox"
 
@@ -23,6 +26,11 @@ MIN_TAKEOVER_TTL = 1.0
 NAME_PREFIX = "outbox_relay_"
 MESSAGE_PREFIX = "outbox-relay:"
 HEARTBEAT_PREFIX = "outbox-relay-heartbeat"
+# --cdc-snapshot: which rows of a Debezium table the first start publishes. The relay's
+# own outbox always publishes its pending rows first, whatever this says.
+SNAPSHOT_NONE = "none"
+SNAPSHOT_EXISTING = "existing"
+SNAPSHOT_CHOICES = (SNAPSHOT_NONE, SNAPSHOT_EXISTING)
 # Slot names: lowercase letters, digits and underscores, at most 63 bytes (NAMEDATALEN - 1).
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 # The same plain identifiers relay.config accepts (not imported: config may import us).
@@ -59,6 +67,8 @@ class CdcNames:
     publication: str
     table: TableName
     debezium: bool
+    routing: DebeziumRouting | None = None  # set when debezium
+    snapshot_existing: bool = False  # a Debezium table's rows are published on first start
 
     @property
     def message_prefix(self) -> str:
@@ -72,7 +82,10 @@ class CdcSettings:
 
     ``table`` is ``schema.table``; ``None`` captures the relay's own outbox table.
     ``debezium`` reads ``table`` as a Debezium outbox table (id, aggregatetype,
-    aggregateid, type, payload, extra columns as headers). ``heartbeat_interval`` 0
+    aggregateid, type, payload, extra columns as headers), with ``debezium_options``
+    (Debezium's own router option names, relay.cdc.debezium_options) choosing the columns;
+    ``snapshot`` ``existing`` also publishes the rows already in such a table when the slot
+    is first created. ``heartbeat_interval`` 0
     turns the heartbeat off. A standby takes over within about ``takeover_ttl * 1.25``
     of the active relay freezing, and within ``takeover_ttl / 4`` of it dying.
     """
@@ -84,6 +97,8 @@ class CdcSettings:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     takeover_ttl: float = DEFAULT_TAKEOVER_TTL
     linger: float = DEFAULT_LINGER
+    snapshot: str = SNAPSHOT_NONE
+    debezium_options: Mapping[str, str] = field(default_factory=dict)
 
     def resolve(self, schema: str) -> CdcNames:
         """The names for outbox ``schema``; call ``problems()`` first."""
@@ -97,6 +112,8 @@ class CdcSettings:
             publication=self.publication or derived,
             table=table,
             debezium=self.debezium,
+            routing=parse_routing(self.debezium_options) if self.debezium else None,
+            snapshot_existing=self.debezium and self.snapshot == SNAPSHOT_EXISTING,
         )
 
     def problems(
@@ -126,6 +143,7 @@ class CdcSettings:
             )
         if self.debezium and self.table is None:
             found.append("Debezium mapping needs the outbox table to capture (--cdc-table).")
+        found.extend(self._debezium_problems())
         if self.heartbeat_interval < 0:
             found.append("The CDC heartbeat interval must be zero (off) or more.")
         if self.takeover_ttl < MIN_TAKEOVER_TTL:
@@ -137,5 +155,18 @@ class CdcSettings:
                 "The CDC takeover TTL must be at least twice the publish timeout, so a "
                 "standby cannot take over while the leader still waits for the broker."
             )
+        return found
+
+    def _debezium_problems(self) -> list[str]:
+        found: list[str] = []
+        if self.snapshot not in SNAPSHOT_CHOICES:
+            found.append(f"The CDC snapshot {self.snapshot!r} is unknown; choose one of: "
+                         f"{', '.join(SNAPSHOT_CHOICES)}.")
+        elif self.snapshot == SNAPSHOT_EXISTING and not self.debezium:
+            found.append("--cdc-snapshot existing is for Debezium tables (--cdc-debezium); "
+                         "the relay's own outbox always publishes its pending rows first.")
+        if self.debezium_options and not self.debezium:
+            found.append("Debezium options (--cdc-debezium-option) need --cdc-debezium.")
+        found.extend(routing_problems(self.debezium_options))
         return found
 

@@ -1,7 +1,8 @@
 """Publish the outbox rows that are already there before streaming starts.
 
 On a first start (say, switching from polling mode) the pending rows are published
-first; after a lost slot, the rows its watermark does not cover. The rows are read in
+first (a Debezium table's rows only with ``--cdc-snapshot existing``: it has no "sent"
+marker); after a lost slot, the rows its watermark does not cover. The rows are read in
 the snapshot the new slot exported, so the stream continues exactly where the snapshot
 ends: no gap, no overlap. (When a snapshot is resumed after a crash there is no exported
 snapshot any more; a fresh one overlaps the stream, which only causes duplicates.)
@@ -91,7 +92,7 @@ class Snapshot:
     def _statement(self, covered: str | None) -> sql.Composed | None:
         if not self._names.debezium:
             return cdc_query("snapshot_rows", self._names.schema)
-        if covered is None:
+        if covered is None and not self._names.snapshot_existing:
             return None  # a Debezium table has no "pending": rows there were handled
         return cdc_query_with_names("snapshot_rows_of_table", self._names.schema,
                                     table=self._names.table)

@@ -20,12 +20,15 @@ from relay.cdc.status import cdc_status, format_cdc_status
 from relay.cli.cdc_options import (
     HEARTBEAT_DEFAULT,
     LINGER_DEFAULT,
+    SNAPSHOT_DEFAULT,
     TAKEOVER_DEFAULT,
     CdcDebeziumOption,
+    CdcDebeziumOptionOption,
     CdcHeartbeatOption,
     CdcLingerOption,
     CdcPublicationOption,
     CdcSlotOption,
+    CdcSnapshotOption,
     CdcTableOption,
     CdcTakeoverOption,
     cdc_settings,
@@ -65,6 +68,9 @@ from relay.cli.inbox import InboxOnlyOption, build_inbox_app, describe_migration
 from relay.cli.run_options import (
     DEFAULT_RETRY_BASE,
     DEFAULT_RETRY_CAP,
+    CloudEventsModeOption,
+    CloudEventsSourceOption,
+    EnvelopeOption,
     LogFormatOption,
     MaxAttemptsOption,
     MetricsHostOption,
@@ -72,6 +78,8 @@ from relay.cli.run_options import (
     OnPoisonOption,
     RetryBaseOption,
     RetryCapOption,
+    TopicTemplateOption,
+    format_settings,
     operability_settings,
 )
 from relay.config import RelayConfig
@@ -79,6 +87,7 @@ from relay.connector import connector_factory
 from relay.db import connection_failure
 from relay.dsn import secrets_in
 from relay.errors import ConfigError, RelayError, translate_db_error
+from relay.formats.settings import ENVELOPE_NONE
 from relay.grants import GRANT_MODES, render_grants
 from relay.logs import configure_logging
 from relay.migrations import migrate, render_script
@@ -263,6 +272,7 @@ def doctor_command(
     cdc_publication: CdcPublicationOption = None,
     cdc_table: CdcTableOption = None,
     cdc_debezium: CdcDebeziumOption = False,
+    cdc_debezium_option: CdcDebeziumOptionOption = None,
 ) -> None:
     """Check, in plain words, that the database is ready for the relay in this mode."""
     _check_schema_name(schema)
@@ -274,6 +284,7 @@ def doctor_command(
         heartbeat=HEARTBEAT_DEFAULT,
         takeover_ttl=TAKEOVER_DEFAULT,
         linger=LINGER_DEFAULT,
+        debezium_options=cdc_debezium_option,
     )
     if mode not in defaults.MODES:
         raise ConfigError(f"the mode {mode!r} is unknown; choose poll or cdc")
@@ -353,6 +364,12 @@ def run_command(
     cdc_heartbeat: CdcHeartbeatOption = HEARTBEAT_DEFAULT,
     cdc_takeover_ttl: CdcTakeoverOption = TAKEOVER_DEFAULT,
     cdc_linger: CdcLingerOption = LINGER_DEFAULT,
+    cdc_snapshot: CdcSnapshotOption = SNAPSHOT_DEFAULT,
+    cdc_debezium_option: CdcDebeziumOptionOption = None,
+    topic_template: TopicTemplateOption = None,
+    envelope: EnvelopeOption = ENVELOPE_NONE,
+    cloudevents_source: CloudEventsSourceOption = None,
+    cloudevents_mode: CloudEventsModeOption = None,
 ) -> None:
     """Run the relay until SIGTERM or SIGINT."""
     if log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -375,6 +392,14 @@ def run_command(
             heartbeat=cdc_heartbeat,
             takeover_ttl=cdc_takeover_ttl,
             linger=cdc_linger,
+            snapshot=cdc_snapshot,
+            debezium_options=cdc_debezium_option,
+        ),
+        formats=format_settings(
+            topic_template=topic_template,
+            envelope=envelope,
+            cloudevents_source=cloudevents_source,
+            cloudevents_mode=cloudevents_mode,
         ),
         **drain_settings(
             batch_size=batch_size,

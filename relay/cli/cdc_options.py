@@ -10,9 +10,11 @@ from relay.cdc.settings import (
     DEFAULT_HEARTBEAT_INTERVAL,
     DEFAULT_LINGER,
     DEFAULT_TAKEOVER_TTL,
+    SNAPSHOT_NONE,
     CdcSettings,
 )
 from relay.durations import parse_duration
+from relay.errors import ConfigError
 
 
 def _env(name: str) -> str:
@@ -83,6 +85,27 @@ CdcLingerOption = Annotated[
         "transactions right behind the next one share its batch.",
     ),
 ]
+CdcSnapshotOption = Annotated[
+    str,
+    typer.Option(
+        "--cdc-snapshot",
+        envvar=_env("CDC_SNAPSHOT"),
+        help="CDC with --cdc-debezium: existing also publishes the rows already in the "
+        "table when the slot is first created; none publishes only later inserts.",
+    ),
+]
+CdcDebeziumOptionOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cdc-debezium-option",
+        envvar=_env("CDC_DEBEZIUM_OPTION"),
+        show_default=False,
+        help="CDC with --cdc-debezium: a Debezium outbox router option name=value, "
+        "repeatable (route.by.field, table.field.event.id/key/payload/timestamp, "
+        "table.fields.additional.placement).",
+    ),
+]
+SNAPSHOT_DEFAULT = SNAPSHOT_NONE
 HEARTBEAT_DEFAULT = _seconds(DEFAULT_HEARTBEAT_INTERVAL)
 TAKEOVER_DEFAULT = _seconds(DEFAULT_TAKEOVER_TTL)
 LINGER_DEFAULT = f"{DEFAULT_LINGER * 1000:g}ms"
@@ -97,6 +120,8 @@ def cdc_settings(
     heartbeat: str,
     takeover_ttl: str,
     linger: str,
+    snapshot: str = SNAPSHOT_NONE,
+    debezium_options: list[str] | None = None,
 ) -> CdcSettings:
     """Build CdcSettings from the flags (validated later with the rest of RelayConfig)."""
     return CdcSettings(
@@ -107,4 +132,16 @@ def cdc_settings(
         heartbeat_interval=parse_duration(heartbeat, "CDC heartbeat interval"),
         takeover_ttl=parse_duration(takeover_ttl, "CDC takeover TTL"),
         linger=parse_duration(linger, "CDC linger"),
+        snapshot=snapshot,
+        debezium_options=_name_values(debezium_options or [], "--cdc-debezium-option"),
     )
+
+
+def _name_values(pairs: list[str], flag: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{flag} takes name=value, got {pair!r}")
+        options[name.strip()] = value.strip()
+    return options

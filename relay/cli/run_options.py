@@ -1,5 +1,6 @@
 """Options of ``outbox-relay run`` for failure handling and operability: retries,
-attempts, the poison-message policy, metrics/health and the log format.
+attempts, the poison-message policy, metrics/health and the log format; and for the wire
+format: the topic template and the CloudEvents envelope.
 
 Kept apart from relay/cli.py so that command stays readable; each option has its
 ``OUTBOX_RELAY_*`` environment variable, shown in ``--help``.
@@ -13,6 +14,7 @@ import typer
 
 from relay import config as defaults
 from relay.durations import parse_duration
+from relay.formats.settings import FormatSettings
 
 RetryBaseOption = Annotated[
     str,
@@ -98,3 +100,62 @@ def operability_settings(
 
 DEFAULT_RETRY_BASE = f"{defaults.DEFAULT_RETRY_BASE * 1000:g}ms"
 DEFAULT_RETRY_CAP = f"{defaults.DEFAULT_RETRY_CAP:g}s"
+
+
+# --- the wire format (relay.formats, docs/formats.md) ---------------------------------------
+
+TopicTemplateOption = Annotated[
+    str | None,
+    typer.Option(
+        "--topic-template",
+        envvar="OUTBOX_RELAY_TOPIC_TEMPLATE",
+        show_default=False,
+        help="Publish to this topic, {topic} standing for the message's topic, e.g. "
+        "'prod.{topic}' (default: the topic itself; with --cdc-debezium "
+        "'outbox.event.{topic}', as Debezium's router).",
+    ),
+]
+EnvelopeOption = Annotated[
+    str,
+    typer.Option(
+        "--envelope",
+        envvar="OUTBOX_RELAY_ENVELOPE",
+        help="none, or cloudevents: each message as a CloudEvent in the broker's protocol "
+        "binding (needs --cloudevents-source).",
+    ),
+]
+CloudEventsSourceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cloudevents-source",
+        envvar="OUTBOX_RELAY_CLOUDEVENTS_SOURCE",
+        show_default=False,
+        help="With --envelope cloudevents: the events' source, a URI such as /billing.",
+    ),
+]
+CloudEventsModeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cloudevents-mode",
+        envvar="OUTBOX_RELAY_CLOUDEVENTS_MODE",
+        show_default=False,
+        help="With --envelope cloudevents: binary (default; attributes in headers, the "
+        "payload unchanged) or structured (the JSON event as the value).",
+    ),
+]
+
+
+def format_settings(
+    *,
+    topic_template: str | None,
+    envelope: str,
+    cloudevents_source: str | None,
+    cloudevents_mode: str | None,
+) -> FormatSettings:
+    """The wire-format settings (validated with the rest by RelayConfig)."""
+    return FormatSettings(
+        topic_template=topic_template,
+        envelope=envelope,
+        cloudevents_source=cloudevents_source,
+        cloudevents_mode=cloudevents_mode,
+    )

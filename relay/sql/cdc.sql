@@ -100,8 +100,13 @@ WHERE sent_at IS NULL AND parked_at IS NULL AND set_aside_at IS NULL
 ORDER BY seq;
 
 -- name: snapshot_rows_of_table
+-- A Debezium table's rows: all of them on a first start with --cdc-snapshot existing,
+-- those the watermark does not cover after a slot was lost. Such a table has no sequence
+-- column: the oldest writing transactions first (age of xmin), then the rows in the
+-- order they lie in the table, which for an append-only table is the order of insertion.
 SELECT * FROM {table}
-WHERE NOT {schema}.cdc_xid_precedes(xmin, %(covered)s::xid8);
+WHERE %(covered)s::xid8 IS NULL OR NOT {schema}.cdc_xid_precedes(xmin, %(covered)s::xid8)
+ORDER BY age(xmin) DESC, ctid;
 
 -- name: mark_sent
 -- After the snapshot published rows; those it set aside are not sent yet.

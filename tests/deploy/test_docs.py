@@ -11,7 +11,8 @@ import pytest
 from tests.deploy.contract import ROOT, parse_args
 
 DOCS = [
-    ROOT / "docs" / name for name in ("security.md", "deploying.md", "connector-settings.md")
+    ROOT / "docs" / name
+    for name in ("security.md", "deploying.md", "connector-settings.md", "cdc.md", "formats.md")
 ] + [ROOT / "README.md"]
 
 

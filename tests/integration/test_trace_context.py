@@ -7,9 +7,13 @@ import asyncio
 
 import psycopg
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from relay import enqueue
 from relay.connector import load_connector
+from relay.tracing import setup as tracing_setup
 from tests.support.kafka_harness import KafkaHarness
 from tests.support.rabbitmq_harness import RabbitMQHarness, unique_exchange
 from tests.support.relays import RunningRelay, eventually, install_outbox, relay_config
@@ -58,3 +62,32 @@ def test_traceparent_travels_as_an_amqp_header(db_dsn, amqp_url):
         harness.cleanup()
     assert received[0].headers["traceparent"] == TRACEPARENT
     assert received[0].headers["tracestate"] == TRACESTATE
+
+
+def test_with_opentelemetry_the_relays_send_span_is_a_child_of_the_traceparent(
+    db_dsn, kafka_bootstrap, monkeypatch
+):
+    """The [otel] extra through a real relay and Tansu: the SDK's in-memory exporter gets
+    a send span whose parent is the enqueue-time traceparent, and the header still
+    reaches the consumer unchanged."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")  # what asks the relay to trace
+    monkeypatch.setattr(tracing_setup, "provider_from_environment", lambda environ: provider)
+    harness = KafkaHarness(kafka_bootstrap)
+    try:
+        topic = harness.new_topic()
+        received = relay_through(harness, db_dsn, topic)
+    finally:
+        harness.cleanup()
+    assert received[0].headers["traceparent"] == TRACEPARENT
+    [message_span] = [s for s in exporter.get_finished_spans() if s.parent is not None]
+    assert message_span.parent.trace_id == int(TRACEPARENT.split("-")[1], 16)
+    assert message_span.parent.span_id == int(TRACEPARENT.split("-")[2], 16)
+    assert message_span.name == f"send {topic}"
+    assert message_span.attributes["messaging.system"] == "kafka"
+    assert message_span.attributes["messaging.destination.name"] == topic
+    assert message_span.attributes["messaging.message.id"] == received[0].message_id
+    [batch_span] = [s for s in exporter.get_finished_spans() if s.parent is None]
+    assert [link.context.span_id for link in batch_span.links] == [message_span.parent.span_id]

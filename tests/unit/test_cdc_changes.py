@@ -8,9 +8,10 @@ import pytest
 
 from relay.cdc import changes
 from relay.cdc.changes import ChangeDecoder
+from relay.cdc.debezium import DebeziumMapping
 from relay.cdc.envelope import decode_envelope, encode_envelope
 from relay.cdc.frames import PrimaryKeepalive, parse_copy_data
-from relay.cdc.mapping import DebeziumMapping, MappingError, OutboxTableMapping
+from relay.cdc.mapping import MappingError, OutboxTableMapping
 from relay.cdc.outgoing import Mark, Outgoing, Unmappable
 from relay.cdc.pgoutput import (
     Begin,
@@ -165,7 +166,7 @@ def test_debezium_rows_route_by_aggregate_and_carry_type_as_a_header():
                                 "tenant": "acme"}, 77)
     assert (message.id, message.topic, message.key) == (ident, "Order", "42")
     assert message.payload == b'{"x": 1}' and message.position == 77
-    assert message.headers == {"type": "OrderCreated", "tenant": "acme"}
+    assert message.headers == {"type": "OrderCreated", "tenant": "acme", "id": str(ident)}
 
 
 def test_debezium_text_ids_become_stable_uuids_and_missing_topics_are_errors():

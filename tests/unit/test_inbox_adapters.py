@@ -62,6 +62,7 @@ class FakeAmqpProperties:
 
     message_id: str | None = None
     correlation_id: str | None = None
+    headers: dict[str, object] | None = None
 
 
 # --- Kafka --------------------------------------------------------------------------------
@@ -243,3 +244,26 @@ def test_only_an_inbox_that_keeps_results_can_keep_one():
     claim = InboxClaim("m-1", duplicate=False, keeps_results=False)
     with pytest.raises(RuntimeError, match="keep_results=True"):
         claim.keep_result({"invoice": 1})
+
+
+# --- CloudEvents ids, for messages without the relay's own ------------------------------------
+
+
+def test_kafka_adapters_fall_back_to_the_cloudevents_id():
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"evt-1")]
+    assert confluent_kafka_message_id(FakeConfluentMessage(headers)) == "evt-1"
+    assert aiokafka_message_id(FakeAiokafkaRecord(headers)) == "evt-1"
+    both = [("ce_id", b"evt-1"), ("message_id", MESSAGE_ID.encode())]
+    assert confluent_kafka_message_id(FakeConfluentMessage(both)) == MESSAGE_ID  # ours first
+    with pytest.raises(MissingMessageIdError, match="'ce_id'"):
+        confluent_kafka_message_id(FakeConfluentMessage([("ce_id", b"")]))
+
+
+@pytest.mark.parametrize("adapter", [pika_message_id, aio_pika_message_id])
+@pytest.mark.parametrize("name", ["cloudEvents_id", "cloudEvents:id"])
+def test_amqp_adapters_fall_back_to_the_cloudevents_id_header(adapter, name):
+    assert adapter(FakeAmqpProperties(headers={name: b"evt-2"})) == "evt-2"
+    assert adapter(FakeAmqpProperties(headers={name: "evt-3"})) == "evt-3"
+    assert adapter(FakeAmqpProperties(message_id=MESSAGE_ID, headers={name: "x"})) == MESSAGE_ID
+    with pytest.raises(MissingMessageIdError, match="cloudEvents_id"):
+        adapter(FakeAmqpProperties(headers={"other": "x"}))
