@@ -29,6 +29,7 @@ from relay.metrics import RelayMetrics
 from relay.migrations import require_schema
 from relay.operability import Operability
 from relay.poller import Poller, PollerStats, claim_session
+from relay.scheduler import QUIET_RECHECK, Scheduler
 from relay.wakeups import WakeupSwitch
 
 log = logging.getLogger("outbox_relay")
@@ -112,8 +113,14 @@ class RelayService:
         )
         self.metrics.describe(relay=config.relay_name, mode=config.mode, connector=config.connector)
         self.metrics.watch_sessions(lambda: self.sessions)
+        self.scheduler = Scheduler(
+            session("scheduler", INDEX_PLAN_SETTINGS),
+            config.schema,
+            recheck=self._scheduler_recheck,
+            on_promoted=self.wake,
+        )
         self.listener = WakeListener(
-            session("listen"), config.schema, self.wake, coalesce=config.poll_linger
+            session("listen"), config.schema, self._notified, coalesce=config.poll_linger
         )
         self.retention = RetentionTask(
             session("housekeeping", INDEX_PLAN_SETTINGS),
@@ -152,6 +159,18 @@ class RelayService:
         for wakeup in self.wakeups:
             wakeup.set()
 
+    def _notified(self) -> None:
+        """Writers inserted rows: the lanes look for work, and the scheduler for delayed
+        messages among them (a delayed insert notifies like any other)."""
+        self.wake()
+        self.scheduler.poke()
+
+    def _scheduler_recheck(self) -> float:
+        """While writers skip the NOTIFY (relay.wakeups), nothing pokes the scheduler."""
+        if self.wakeup_switch.listening:
+            return self.config.poll_interval
+        return min(self.config.poll_interval, QUIET_RECHECK)
+
     def request_stop(self) -> None:
         if not self.stopping.is_set():
             log.info("stop requested: finishing the batch in flight, then releasing leases")
@@ -174,6 +193,7 @@ class RelayService:
         else:
             self.leases.start()
             self.listener.start()
+            self.scheduler.start(self.stopping)
             drain = asyncio.create_task(self._run_lanes(), name="poller")
         try:
             await self.stopping.wait()
@@ -195,6 +215,7 @@ class RelayService:
         step = max(1.0, self.config.shutdown_timeout / 3)
         for what, stop in (
             ("listener", self.listener.stop),
+            ("scheduler", self.scheduler.stop),
             ("retention", self.retention.stop),
             ("lease keeper", self.leases.stop),
             ("poller", self._close_lanes),

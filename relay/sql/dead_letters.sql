@@ -34,14 +34,17 @@ WHERE d.id = %(id)s;
 -- name: retry
 -- Back into the outbox with the original seq, so the message goes out before the
 -- messages of its key that waited behind it. Attempts start again from zero.
+-- available_at is its created_at: a row available later than created is a delayed
+-- message, which migration 8 moves to the scheduled table and gives a new seq.
 WITH moved AS (
   DELETE FROM {schema}.dead_letters WHERE seq = ANY(%(seqs)s) RETURNING *
 )
 INSERT INTO {schema}.messages
-  (seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at, last_error)
+  (seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at,
+   available_at, last_error)
 OVERRIDING SYSTEM VALUE
 SELECT seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at,
-       last_error
+       created_at, last_error
 FROM moved
 RETURNING key;
 
