@@ -33,6 +33,7 @@ from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession
 from relay.errors import ConfigError, PermanentError, RelayError
+from relay.scheduler import Scheduler
 
 log = logging.getLogger("outbox_relay.cdc")
 
@@ -78,6 +79,14 @@ class CdcRelay:
         self._retention_session = DbSession(config.dsn, "cdc-housekeeping",
                                             connect_timeout=config.connect_timeout,
                                             settings=INDEX_PLAN_SETTINGS)
+        # Delayed messages wait in the scheduled table, not in the slot: the leader moves
+        # each into the outbox when due and streams that insert (docs/cdc.md).
+        self.scheduler = Scheduler(
+            DbSession(config.dsn, "cdc-scheduler", connect_timeout=config.connect_timeout,
+                      settings={**INDEX_PLAN_SETTINGS,
+                                "statement_timeout": str(int(config.lease_ttl * 1000))}),
+            names.schema, recheck=lambda: config.poll_interval,
+        )
         self.streaming = asyncio.Event()  # set while this relay streams
         self._failures = 0
 
@@ -125,6 +134,7 @@ class CdcRelay:
         await self.leadership.release(forget=True)
         await self._snapshot.close()
         await self._retention_session.close()
+        await self.scheduler.stop()
 
     async def _stream_once(self, stopping: asyncio.Event) -> None:
         stream = await ReplicationStream.connect(
@@ -136,8 +146,10 @@ class CdcRelay:
                 return
             await self._start(stream, start_lsn)
             outgoing = Outgoing()
+            decoder = ChangeDecoder(self.names, self._mapping, outgoing,
+                                    on_delayed=self.scheduler.poke)
             session = StreamSession(
-                stream, ChangeDecoder(self.names, self._mapping, outgoing), outgoing,
+                stream, decoder, outgoing,
                 self.publisher, self.leadership, schema=self.names.schema,
                 start_lsn=start_lsn, batch_size=self.config.batch_size,
                 linger=self.settings.linger,
@@ -145,9 +157,23 @@ class CdcRelay:
             log.info("streaming slot %s from %s", self.names.slot, lsn_to_str(start_lsn))
             self.streaming.set()
             self._failures = 0  # the backoff starts small again after a good start
-            await session.run(stopping)
+            await self._stream_with_scheduler(session, stopping)
         finally:
             await stream.close()
+
+    async def _stream_with_scheduler(
+        self, session: StreamSession, stopping: asyncio.Event
+    ) -> None:
+        """Stream; meanwhile move delayed messages into the outbox as they fall due.
+        Only the leader does, while it streams: a standby learns of none."""
+        done = asyncio.Event()
+        scheduler = asyncio.create_task(self.scheduler.run(done), name="cdc-scheduler")
+        try:
+            await session.run(stopping)
+        finally:
+            done.set()
+            scheduler.cancel()
+            await asyncio.gather(scheduler, return_exceptions=True)
 
     async def _prepare(self, stream: ReplicationStream, stopping: asyncio.Event) -> int | None:
         """Check the slot against cdc_state, recreate and snapshot as needed; return the
