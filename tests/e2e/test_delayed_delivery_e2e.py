@@ -158,6 +158,8 @@ def test_a_delayed_message_holds_nothing_back_and_takes_its_place_when_due(
     # The default poll interval: releasing a key (dead-letters drop) sends no NOTIFY.
     relays("--dsn", db_dsn, "--kafka-bootstrap", kafka.bootstrap,
            "--max-message-bytes", "2000", *POLL)
+    write(db_dsn, topic, "warm-up", {"n": 0})
+    assert len(consumer.read(1, 30)) == 1  # running
     due = write(db_dsn, topic, "k", {"d": 1}, delay=2)
     write(db_dsn, topic, "k", {"a": 1})
     [first] = consumer.read(1, 10)
