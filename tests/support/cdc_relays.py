@@ -68,6 +68,7 @@ class RunningCdcRelay:
             await leadership._session.discard()  # no unlock, no lease release
             await self.relay._snapshot.close()
             await self.relay._retention_session.close()
+            await self.relay.scheduler.stop()
 
 
 class ThreadedCdcRelay:
