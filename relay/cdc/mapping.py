@@ -94,8 +94,9 @@ class BoundMapping(Protocol):
         ...
 
     def is_delayed(self, row: RowValues) -> bool:
-        """Whether ``row`` is a delayed message, which waits in the scheduled table and
-        is published when a relay moves it into the outbox (``relay.scheduler``)."""
+        """For a row ``to_message`` turned down: whether it is a delayed message, which
+        waits in the scheduled table until a relay moves it into the outbox
+        (``relay.scheduler``)."""
         ...
 
 
@@ -121,17 +122,17 @@ def _require(table: TableName, columns: Sequence[Column], names: Sequence[str]) 
 # --- the relay's own outbox table --------------------------------------------------------
 
 _OUTBOX_REQUIRED = ("id", "topic", "key", "payload", "payload_bytes", "headers")
-_OUTBOX_OPTIONAL = ("content_type", "created_at", "available_at", "sent_at", "parked_at")
+_OUTBOX_OPTIONAL = ("content_type", "created_at", "sent_at", "parked_at")
 
 
 @dataclass(frozen=True)
 class OutboxTableMapping:
     """``<schema>.messages``: the same message polling mode would build from the row.
 
-    Rows inserted already sent or parked (the relay's own parking) are not events, nor
-    are delayed messages: migration 8's trigger moved each to the scheduled table in the
-    transaction that inserted it, by the same test on the same row (available_at later
-    than created_at), and it is published from its second insert, when it is due.
+    Rows inserted already sent or parked (the relay's own parking) are not events. A
+    delayed message is one of the first kind: migration 8's trigger marks it sent as it
+    moves it to the scheduled table (so the stream needs no test of its own, and decodes
+    no column more); it is published from its second insert, when it is due.
     """
 
     table: TableName
@@ -152,9 +153,6 @@ class _BoundOutbox:
     def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
         if row.get("sent_at") is not None or row.get("parked_at") is not None:
             return None
-        created = row.get("created_at")
-        if self._delayed(row.get("available_at"), created):
-            return None
         raw, payload = row["payload_bytes"], row["payload"]
         if isinstance(raw, bytes):
             body: bytes | None = raw
@@ -164,6 +162,7 @@ class _BoundOutbox:
             body = json_text(payload)
         else:
             body = None
+        created = row.get("created_at")
         return OutboxMessage(
             id=message_id(row["id"], self.table),
             topic=str(row["topic"]),
@@ -177,13 +176,9 @@ class _BoundOutbox:
 
 
     def is_delayed(self, row: RowValues) -> bool:
-        return (row.get("sent_at") is None and row.get("parked_at") is None
-                and self._delayed(row.get("available_at"), row.get("created_at")))
-
-    @staticmethod
-    def _delayed(available: object, created: object) -> bool:
-        return (isinstance(available, datetime) and isinstance(created, datetime)
-                and available > created)
+        # Only migration 8's trigger writes a row already sent; the relay parks, and a
+        # parked row has parked_at.
+        return row.get("sent_at") is not None and row.get("parked_at") is None
 
 
 def _json_object_headers(value: object) -> dict[str, str]:

@@ -129,16 +129,12 @@ SELECT pg_logical_emit_message(false, 'outbox-relay-heartbeat', '');
 
 -- name: purge_published
 -- Retention in CDC mode: rows are never marked sent; a row is known published once the
--- watermark covers its transaction. Except a delayed message: the stream skipped it, as
--- migration 8's trigger moves it to the scheduled table. One still here (inserted with
--- triggers off, say under session_replication_role = replica) was never published, so
--- it stays, counted as pending, rather than being deleted unpublished.
+-- watermark covers its transaction.
 DELETE FROM {schema}.messages
 WHERE seq IN (
   SELECT m.seq FROM {schema}.messages m
   WHERE m.sent_at IS NULL AND m.parked_at IS NULL
     AND m.created_at < now() - make_interval(secs => %(retention)s)
-    AND NOT (m.available_at > m.created_at AND m.attempts = 0)
     AND {schema}.cdc_xid_precedes(
           m.xmin,
           (SELECT covered_xmin FROM {schema}.cdc_state WHERE slot_name = %(slot)s))

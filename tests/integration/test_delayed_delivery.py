@@ -171,3 +171,13 @@ def test_an_idle_relay_sends_itself_no_wake_ups(db_dsn):
             return seen
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_message_due_at_infinity_is_refused_in_one_sentence(db_dsn):
+    install_outbox(db_dsn)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation, match="scheduled_due_is_finite"):
+            conn.execute("INSERT INTO outbox.messages (topic, key, payload, available_at) "
+                         "VALUES ('t', 'k', '{}', 'infinity')")
+        count = conn.execute("SELECT count(*) FROM outbox.messages").fetchone()[0]
+    assert count == 0
