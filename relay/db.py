@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -118,6 +119,9 @@ async def open_connection(
     except psycopg.Error as exc:
         await conn.close()
         raise translate_db_error(exc, f"configuring the {duty} connection") from None
+    except BaseException:  # cancelled while configuring: nobody else holds it to close
+        await conn.close()
+        raise
     return conn
 
 
@@ -133,3 +137,8 @@ def connection_failure(dsn: str, exc: psycopg.Error) -> RelayError:
     return DatabaseUnavailableError(
         f"cannot connect to PostgreSQL at {describe_dsn(dsn)}: {first_line}"
     )
+
+
+def lock_space(schema: str) -> int:
+    """The advisory-lock namespace of a schema's buckets (a signed 32-bit integer)."""
+    return zlib.crc32(f"outbox-relay:{schema}".encode()) - 2**31

@@ -36,12 +36,28 @@ def sample_backlog(
     }
 
 
+def sample_scheduled(
+    conn: psycopg.Connection[Any], schema: str, cap: int = COUNT_CAP
+) -> dict[str, Any]:
+    """Delayed messages not yet in the outbox (counted up to ``cap``) and when the next
+    one is due: an ISO time, and seconds from now by the database's clock (negative
+    while a due one waits for a relay to move it)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(query("status_scheduled", schema), {"cap": cap}).fetchone() or {}
+    return {
+        "scheduled": row.get("scheduled", 0),
+        "next_due_at": _iso(row.get("next_due")),
+        "next_due_in_seconds": row.get("next_due_in"),
+    }
+
+
 def collect_status(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
     require_schema(conn, schema)
     backlog = sample_backlog(conn, schema)
+    scheduled = sample_scheduled(conn, schema)
     with conn.cursor(row_factory=dict_row) as cur:
         relays = cur.execute(query("status_relays", schema)).fetchall()
-    return {"schema": schema, **backlog, "relays": [_relay(row) for row in relays]}
+    return {"schema": schema, **backlog, **scheduled, "relays": [_relay(row) for row in relays]}
 
 
 def _relay(row: dict[str, Any]) -> dict[str, Any]:
@@ -65,12 +81,22 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _next_due(status: dict[str, Any]) -> str:
+    due_in = status.get("next_due_in_seconds")
+    if due_in is None:
+        return ""
+    when = f"in {due_in:.1f}s" if due_in >= 0 else f"{-due_in:.1f}s ago, not yet moved"
+    return f" (next due {status['next_due_at']}, {when})"
+
+
 def format_status(status: dict[str, Any]) -> str:
     age = status["oldest_pending_age_seconds"]
+    scheduled = _count(status.get("scheduled", 0), status["counts_stop_at"])
     lines = [
         f"outbox schema:       {status['schema']}",
         f"pending messages:    {_count(status['pending'], status['counts_stop_at'])}",
         f"oldest pending age:  {'-' if age is None else f'{age:.1f}s'}",
+        f"scheduled messages:  {scheduled}{_next_due(status)}",
         f"parked messages:     {status['parked']} in the dead letters"
         + (" (outbox-relay dead-letters list)" if status["parked"] else ""),
         f"held keys:           {status['held_keys']}",

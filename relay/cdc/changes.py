@@ -137,10 +137,18 @@ class _CapturedRelation:
 class ChangeDecoder:
     """Feeds ``sink`` from the messages of one replication session."""
 
-    def __init__(self, names: CdcNames, mapping: RowMapping, sink: Outgoing) -> None:
+    def __init__(
+        self,
+        names: CdcNames,
+        mapping: RowMapping,
+        sink: Outgoing,
+        *,
+        on_delayed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._names = names
         self._mapping = mapping
         self._sink = sink
+        self._on_delayed = on_delayed  # a delayed message was written: see relay.scheduler
         self._captured: dict[int, _CapturedRelation] = {}
         self._position = 0
         self._ordinal = 0
@@ -222,6 +230,8 @@ class ChangeDecoder:
                 message.timestamp = self._committed_at
             self.events += 1
             self._sink.add(message)
+        elif captured.mapping.is_delayed(row):
+            self._on_delayed()
 
     def _park_row(self, captured: _CapturedRelation, row: TupleData, exc: Exception) -> None:
         raw = orjson.dumps(_row_for_parking(captured, row), default=str)

@@ -95,6 +95,9 @@ class _BoundDebezium:
     def json_as_bytes(self) -> frozenset[str]:
         return frozenset({self.routing.payload})
 
+    def is_delayed(self, row: RowValues) -> bool:
+        return False  # a Debezium table has no delay: every row is published at commit
+
     def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
         routing = self.routing
         topic = row[routing.route_by]

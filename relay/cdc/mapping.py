@@ -94,6 +94,12 @@ class BoundMapping(Protocol):
         """The message of ``row``, or None for a row that is not an event to publish."""
         ...
 
+    def is_delayed(self, row: RowValues) -> bool:
+        """For a row ``to_message`` turned down: whether it is a delayed message, which
+        waits in the scheduled table until a relay moves it into the outbox
+        (``relay.scheduler``)."""
+        ...
+
 
 class RowMapping(Protocol):
     @property
@@ -127,7 +133,10 @@ class OutboxTableMapping:
     """``<schema>.messages``: the same message polling mode would build from the row.
 
     Rows inserted already sent or parked (the relay's own parking) are not events, nor
-    rows inserted set aside (relay.cdc.aside publishes those from the table).
+    rows inserted set aside (relay.cdc.aside publishes those from the table). A delayed
+    message is one of the first kind: migration 8's trigger marks it sent as it moves it
+    to the scheduled table (so the stream needs no test of its own, and decodes no column
+    more); it is published from its second insert, when it is due.
     """
 
     table: TableName
@@ -172,6 +181,12 @@ class _BoundOutbox:
             position=position,
             created_at=created if isinstance(created, datetime) else None,
         )
+
+
+    def is_delayed(self, row: RowValues) -> bool:
+        # Only migration 8's trigger writes a row already sent; the relay parks, and a
+        # parked row has parked_at.
+        return row.get("sent_at") is not None and row.get("parked_at") is None
 
 
 def _json_object_headers(value: object) -> dict[str, str]:

@@ -41,6 +41,7 @@ from relay.db import INDEX_PLAN_SETTINGS, DbSession
 from relay.errors import ConfigError, PermanentError, RelayError
 from relay.health import HealthState
 from relay.poll.outbox_rows import FailurePolicy
+from relay.scheduler import Scheduler
 from relay.source import SourceKind, SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
 
@@ -117,6 +118,14 @@ class CdcRelay:
         self._retention_session = DbSession(config.dsn, "cdc-housekeeping",
                                             connect_timeout=config.connect_timeout,
                                             settings=INDEX_PLAN_SETTINGS)
+        # Delayed messages wait in the scheduled table, not in the slot: the leader moves
+        # each into the outbox when due and streams that insert (docs/cdc.md).
+        self.scheduler = Scheduler(
+            DbSession(config.dsn, "cdc-scheduler", connect_timeout=config.connect_timeout,
+                      settings={**INDEX_PLAN_SETTINGS,
+                                "statement_timeout": str(int(config.lease_ttl * 1000))}),
+            names.schema, recheck=lambda: config.poll_interval,
+        )
         self.streaming = asyncio.Event()  # set while this relay streams
         self._failures = 0
 
@@ -179,6 +188,7 @@ class CdcRelay:
         await bounded(self._snapshot.close(), timeout, "CDC snapshot session")
         await bounded(self._retention_session.close(), timeout, "CDC retention session")
         await bounded(self.aside.close(), timeout, "CDC set-aside session")
+        await bounded(self.scheduler.stop(), timeout, "CDC scheduler")
 
     async def _stream_once(self, stopping: asyncio.Event) -> None:
         stream = await ReplicationStream.connect(
@@ -191,8 +201,10 @@ class CdcRelay:
                 return
             await self._start(stream, start_lsn)
             outgoing = Outgoing()
+            decoder = ChangeDecoder(self.names, self._mapping, outgoing,
+                                    on_delayed=self.scheduler.poke)
             session = StreamSession(
-                stream, ChangeDecoder(self.names, self._mapping, outgoing), outgoing,
+                stream, decoder, outgoing,
                 self.publisher, self.leadership, schema=self.names.schema,
                 start_lsn=start_lsn, batch_size=self.config.batch_size,
                 linger=self.settings.linger,
@@ -200,23 +212,31 @@ class CdcRelay:
             log.info("streaming slot %s from %s", self.names.slot, lsn_to_str(start_lsn))
             self.streaming.set()
             self._failures = 0  # the backoff starts small again after a good start
-            await self._stream_and_drain_aside(session, stopping)
+            await self._stream_with_companions(session, stopping)
         finally:
             await stream.close()
 
-    async def _stream_and_drain_aside(
+    async def _stream_with_companions(
         self, session: StreamSession, stopping: asyncio.Event
     ) -> None:
-        """Stream, and publish set-aside messages as they come due, while streaming."""
+        """Stream; meanwhile publish set-aside messages as they come due and move delayed
+        messages into the outbox as they fall due. Only the leader does either, while it
+        streams: a standby learns of none."""
         halt = asyncio.Event()
         drain = AsideDrain(self.aside, self.publisher.publish, self.leadership.valid,
                            self._count_published)
-        aside = asyncio.create_task(drain.run(halt), name="cdc-set-aside")
+        companions = [
+            BackgroundTask("cdc-set-aside", lambda: drain.run(halt)),
+            BackgroundTask("cdc-scheduler", lambda: self.scheduler.run(halt)),
+        ]
+        for task in companions:
+            task.start()
         try:
             await session.run(stopping)
         finally:
-            halt.set()  # the round in flight ends within the publish timeout
-            await asyncio.gather(aside, return_exceptions=True)
+            halt.set()  # the set-aside round in flight ends within the publish timeout
+            await companions[0].stop(cancel=False)
+            await companions[1].stop()
 
     async def _prepare(self, stream: ReplicationStream, stopping: asyncio.Event) -> int | None:
         """Check the slot against cdc_state, recreate and snapshot as needed; return the

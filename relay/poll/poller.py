@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from psycopg import AsyncClientCursor, AsyncConnection, sql
 
 from relay.backoff import full_jitter
 from relay.config import RelayConfig
-from relay.db import INDEX_PLAN_SETTINGS, DbSession
+from relay.db import INDEX_PLAN_SETTINGS, DbSession, lock_space
 from relay.decorators import PublishStack
 from relay.errors import (
     DatabaseUnavailableError,
@@ -47,11 +46,6 @@ from relay.sqlfiles import query
 from relay.tasks import wait_any
 
 log = logging.getLogger(__name__)
-
-
-def lock_space(schema: str) -> int:
-    """The advisory-lock namespace of a schema's buckets (a signed 32-bit integer)."""
-    return zlib.crc32(f"outbox-relay:{schema}".encode()) - 2**31
 
 
 def begin_and_lock_statement(

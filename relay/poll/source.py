@@ -20,6 +20,7 @@ from relay.poll.listener import WakeListener
 from relay.poll.poller import Poller, PollerStats, claim_session
 from relay.poll.retention import RetentionTask
 from relay.poll.wakeups import WakeupSwitch
+from relay.scheduler import QUIET_RECHECK, Scheduler
 from relay.source import SourceKind, SourceParts
 from relay.tasks import bounded
 
@@ -76,8 +77,14 @@ class PollSource:
             )
             for lane in range(config.claim_lanes)
         ]
+        self.scheduler = Scheduler(
+            keep(duty_session(config, "scheduler", INDEX_PLAN_SETTINGS)),
+            config.schema,
+            recheck=self._scheduler_recheck,
+            on_promoted=self.wake,
+        )
         self.listener = WakeListener(
-            keep(duty_session(config, "listen")), config.schema, self.wake,
+            keep(duty_session(config, "listen")), config.schema, self._notified,
             coalesce=config.poll_linger,
         )
         self.retention = RetentionTask(
@@ -103,10 +110,23 @@ class PollSource:
         for wakeup in self.wakeups:
             wakeup.set()
 
+    def _notified(self) -> None:
+        """Writers inserted rows: the lanes look for work, and the scheduler for delayed
+        messages among them (a delayed insert notifies like any other)."""
+        self.wake()
+        self.scheduler.poke()
+
+    def _scheduler_recheck(self) -> float:
+        """While writers skip the NOTIFY (relay.poll.wakeups), nothing pokes the scheduler."""
+        if self.wakeup_switch.listening:
+            return self.config.poll_interval
+        return min(self.config.poll_interval, QUIET_RECHECK)
+
     async def run(self, stopping: asyncio.Event) -> None:
         self.leases.start()
         self.listener.start()
         self.retention.start()
+        self.scheduler.start(stopping)
         await asyncio.gather(*(poller.run(stopping) for poller in self.pollers))
 
     async def close(self, *, timeout: float) -> None:
@@ -114,6 +134,7 @@ class PollSource:
         once, not after the TTL), close the lanes: each step within ``timeout``."""
         await bounded(self.listener.stop(), timeout, "listener")
         await bounded(self.retention.stop(), timeout, "retention")
+        await bounded(self.scheduler.stop(), timeout, "scheduler")
         await bounded(self.leases.stop(), timeout, "lease keeper")
         await bounded(self._close_lanes(), timeout, "poller")
 

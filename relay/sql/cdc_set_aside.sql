@@ -9,10 +9,13 @@
 -- row had. A captured row still there is moved in place (its columns as the writer
 -- stored them); an emitted event, a Debezium row or a row already deleted is inserted.
 -- Rows already set aside, sent, or dead letters are left alone and not returned.
+-- available_at is the created_at: a row available later than created is a delayed
+-- message, which migration 8's trigger would move to the scheduled table.
 INSERT INTO {schema}.messages AS m
-  (id, topic, key, payload, payload_bytes, content_type, headers, created_at, set_aside_at)
+  (id, topic, key, payload, payload_bytes, content_type, headers, created_at, available_at,
+   set_aside_at)
 SELECT f.id, f.topic, f.key, f.payload, f.payload_bytes, f.content_type, f.headers,
-       COALESCE(f.created_at, now()), now()
+       COALESCE(f.created_at, now()), COALESCE(f.created_at, now()), now()
 FROM unnest(%(ids)s::uuid[], %(topics)s::text[], %(keys)s::text[], %(payloads)s::json[],
             %(payload_bytes)s::bytea[], %(content_types)s::text[], %(headers)s::jsonb[],
             %(created)s::timestamptz[])

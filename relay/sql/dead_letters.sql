@@ -35,16 +35,18 @@ WHERE d.id = %(id)s;
 -- Back into the outbox with the original seq, so the message goes out before the
 -- messages of its key that waited behind it. Attempts start again from zero. Set aside:
 -- a CDC relay publishes it from the table, in that order, not from the stream (a
--- polling relay sees no difference).
+-- polling relay sees no difference). available_at is its created_at: a row available
+-- later than created is a delayed message, which migration 8 moves to the scheduled
+-- table and gives a new seq.
 WITH moved AS (
   DELETE FROM {schema}.dead_letters WHERE seq = ANY(%(seqs)s) RETURNING *
 )
 INSERT INTO {schema}.messages
-  (seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at, last_error,
-   set_aside_at)
+  (seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at,
+   available_at, last_error, set_aside_at)
 OVERRIDING SYSTEM VALUE
 SELECT seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at,
-       last_error, now()
+       created_at, last_error, now()
 FROM moved
 RETURNING key;
 

@@ -26,6 +26,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.relays TO {role};
 GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
 -- `outbox-relay status` shows the CDC slot's state, if there is one.
 GRANT SELECT ON {schema}.cdc_state TO {role};
+-- move delayed messages into the outbox when due (SELECT ... FOR UPDATE, DELETE), status.
+GRANT SELECT, UPDATE, DELETE ON {schema}.scheduled TO {role};
 
 -- name: cdc
 -- Logical decoding: CREATE_REPLICATION_SLOT, START_REPLICATION and dropping a lost slot
@@ -46,6 +48,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.relays TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.key_holds TO {role};
 -- a CDC relay owns no buckets, but lets go of any on shutdown like a polling one.
 GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
+-- the leader moves delayed messages into the outbox when due; status counts them.
+GRANT SELECT, UPDATE, DELETE ON {schema}.scheduled TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.cdc_xid_precedes(xid, xid8) TO {role};
 -- Creating a publication needs ownership of the table, which the relay role should not
 -- have: create it here, as the owner. The relay finds it and never changes it.

@@ -174,6 +174,15 @@ SELECT
      SELECT FROM {schema}.messages
      WHERE sent_at > now() - interval '1 minute' LIMIT %(cap)s) s) AS sent_last_minute;
 
+-- name: status_scheduled
+-- Delayed messages not yet due (relay.scheduler), counted up to %(cap)s, and the next
+-- due time; both read the scheduled table's (available_at, seq) index.
+SELECT
+  (SELECT count(*) FROM (SELECT FROM {schema}.scheduled LIMIT %(cap)s) s) AS scheduled,
+  (SELECT min(available_at) FROM {schema}.scheduled) AS next_due,
+  (SELECT EXTRACT(epoch FROM min(available_at) - now())::float8
+   FROM {schema}.scheduled) AS next_due_in;
+
 -- name: status_relays
 SELECT r.relay_id, r.name, r.mode, r.started_at, r.heartbeat_at, r.published,
        r.expires_at > now() AS alive,
@@ -190,3 +199,48 @@ SELECT count(*) FROM {schema}.key_holds WHERE held_until > now();
 -- name: set_listening
 -- Whether writers should NOTIFY this relay (relay.poll.wakeups.WakeupSwitch).
 UPDATE {schema}.relays SET listening = %(listening)s WHERE relay_id = %(relay_id)s;
+
+-- name: next_due
+-- Seconds until the earliest delayed message is due (zero or less: due now; NULL: none).
+-- A look of its own, before promote_due: an INSERT fires the outbox's statement trigger
+-- (and so a NOTIFY) even when it inserts nothing.
+SELECT EXTRACT(epoch FROM min(available_at) - now())::float8 FROM {schema}.scheduled;
+
+-- name: promote_due
+-- Move the delayed messages that are due from the scheduled table into the outbox, the
+-- earliest due first, in one transaction (migration 8 says why they wait apart). Each
+-- gets a new seq here, so it takes its place in its key's order now. One relay at a time
+-- (a transaction-level advisory lock), so messages that fell due one after another get
+-- their seqs in that order; a relay that does not get the lock moves nothing.
+-- created_at becomes the due time: the confirm latency and the backlog age count from
+-- when the message was due, not from when it was written. An id already in the outbox
+-- (a writer that chose its own ids) stands for this message: the inbox would drop one
+-- of the two anyway; `moved` minus `promoted` counts them.
+-- next_due_in: seconds until the earliest message that is not due yet (NULL: none).
+WITH lock AS MATERIALIZED (
+  SELECT pg_try_advisory_xact_lock(%(lock_space)s, %(lock_key)s) AS held
+), due AS MATERIALIZED (
+  SELECT s.seq FROM {schema}.scheduled s
+  WHERE (SELECT held FROM lock) AND s.available_at <= now()
+  ORDER BY s.available_at, s.seq
+  LIMIT %(limit)s
+  FOR UPDATE OF s SKIP LOCKED
+), moved AS (
+  DELETE FROM {schema}.scheduled s USING due WHERE s.seq = due.seq
+  RETURNING s.*
+), promoted AS (
+  INSERT INTO {schema}.messages
+    (id, topic, key, payload, payload_bytes, content_type, headers, created_at,
+     available_at)
+  SELECT id, topic, key, payload, payload_bytes, content_type, headers, available_at,
+         available_at
+  FROM moved
+  ORDER BY available_at, seq
+  ON CONFLICT (id) DO NOTHING
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM moved)::int AS moved,
+       (SELECT count(*) FROM promoted)::int AS promoted,
+       (SELECT held FROM lock) AS held,
+       (SELECT EXTRACT(epoch FROM min(s.available_at) - now())::float8
+        FROM {schema}.scheduled s WHERE s.available_at > now()) AS next_due_in;

@@ -71,6 +71,17 @@ def enqueue(dsn: str, topic: str, count: int, key_prefix: str = "k") -> None:
             )
 
 
+def enqueue_delayed(dsn: str, topic: str, seconds: float = 1.0) -> None:
+    """A delayed message: it waits in the scheduled table, which the relay role moves
+    into the outbox when due."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO outbox.messages (topic, key, payload, available_at) "
+            "VALUES (%s, 'later', '{}', now() + make_interval(secs => %s))",
+            (topic, seconds),
+        )
+
+
 def assert_no_privilege_errors(output: str) -> None:
     assert "permission denied" not in output.lower(), output
     assert "Traceback" not in output, output
@@ -85,6 +96,7 @@ def test_a_polling_relay_role_with_only_the_printed_grants_relays_to_kafka(
         topic = kafka.new_topic()
         enqueue(owned_outbox, INVALID_TOPIC, 1, key_prefix="refused")
         enqueue(owned_outbox, topic, 30)
+        enqueue_delayed(owned_outbox, topic)
         port = free_port()
         relay = RelayProcess(
             [
@@ -101,8 +113,8 @@ def test_a_polling_relay_role_with_only_the_printed_grants_relays_to_kafka(
             tmp_path / "relay.log",
         )
         try:
-            received = kafka.read(topic, 30, timeout=60)
-            assert len(received) == 30
+            received = kafka.read(topic, 31, timeout=60)
+            assert len(received) == 31
             # the metrics sampler reads the outbox as this role too
             wait_for(lambda: http_get(port, "/readyz")[0] == 200, 30, "/readyz")
             assert "outbox_relay" in http_get(port, "/metrics")[1]
@@ -171,11 +183,13 @@ def test_a_producer_role_enqueues_but_cannot_read_or_relay(owned_outbox):
             message_id = relay.enqueue(conn, topic="orders", key="k", payload={"a": 1})
             conn.execute("SELECT outbox.enqueue_binary('images', NULL, '\\x00ff'::bytea)")
             conn.execute("SELECT outbox.emit('orders', 'k', '{}')")
+        enqueue_delayed(role_dsn, "orders", 60)
         with psycopg.connect(role_dsn) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT payload FROM outbox.messages")
     with psycopg.connect(owned_outbox) as conn:
         ids = [r[0] for r in conn.execute("SELECT id FROM outbox.messages ORDER BY seq")]
-    assert ids[0] == message_id and len(ids) == 2
+        scheduled = conn.execute("SELECT count(*) FROM outbox.scheduled").fetchone()[0]
+    assert ids[0] == message_id and len(ids) == 2 and scheduled == 1
 
 
 CDC_FAST = [
@@ -200,11 +214,12 @@ def test_a_cdc_relay_role_with_only_the_printed_grants_streams_to_kafka(
         try:
             relay.wait_for_log("leads CDC on slot", 30)
             enqueue(owned_outbox, topic, 20)
+            enqueue_delayed(owned_outbox, topic)
             enqueue(owned_outbox, INVALID_TOPIC, 1, key_prefix="refused")
             with psycopg.connect(owned_outbox) as conn:
                 for i in range(5):
                     conn.execute("SELECT outbox.emit(%s, 'e', %s::jsonb)", (topic, f'{{"e": {i}}}'))
-            assert len(kafka.read(topic, 30, timeout=60)) == 30
+            assert len(kafka.read(topic, 31, timeout=60)) == 31
             wait_for(lambda: status_of(role_dsn)["parked"] == 1, 30, "the refused message parked")
             assert [r["mode"] for r in status_of(role_dsn)["relays"]] == ["cdc"]
             assert relay.terminate() == 0

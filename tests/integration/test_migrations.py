@@ -150,7 +150,7 @@ def test_upgrading_to_json_payloads_keeps_pending_rows_and_dead_letters(db_dsn):
             conn.execute("SELECT outbox.enqueue('t', 'k', %s::jsonb)", (f'{{"n":{n}}}',))
         conn.execute("UPDATE outbox.messages SET parked_at = now() WHERE payload->>'n' = '1'")
         applied = [m.version for m in migrate(conn, "outbox", tracks=("outbox",))]
-        assert applied[0] == 6  # and any later ones
+        assert applied[0] == 6 and all(v > 6 for v in applied[1:])
         pending = conn.execute("SELECT payload::text FROM outbox.messages").fetchall()
         parked = conn.execute("SELECT payload::text FROM outbox.dead_letters").fetchall()
     assert (pending, parked) == ([('{"n": 0}',)], [('{"n": 1}',)])

@@ -69,6 +69,7 @@ class RunningCdcRelay:
             await self.relay._snapshot.close()
             await self.relay._retention_session.close()
             await self.relay.aside.close()
+            await self.relay.scheduler.stop()
 
 
 class ThreadedCdcRelay:

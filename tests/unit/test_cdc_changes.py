@@ -340,3 +340,19 @@ def test_a_json_payload_is_published_as_its_utf8_text_in_either_format(payload_o
     queued = drain(out)
     assert [e.payload for e in queued if isinstance(e, OutboxMessage)] == [NON_ASCII_JSON] * 2
     assert len([e for e in queued if isinstance(e, Unmappable)]) == len(messages) - 4
+
+
+def test_a_delayed_insert_is_not_published_and_pokes_the_scheduler():
+    """Migration 8's trigger marks a delayed row sent: no event, but the leader's
+    scheduler learns that a message now waits (relay.scheduler)."""
+    names = CdcSettings(table="public.outbox").resolve("outbox")
+    out, pokes = Outgoing(), []
+    decoder = ChangeDecoder(names, OutboxTableMapping(TableName("public", "outbox")), out,
+                            on_delayed=lambda: pokes.append(1))
+    decoder.feed(relation_bytes())
+    decoder.feed(insert_bytes(sent_at=binary(struct.pack("!q", 0))))
+    assert (out.backlog, len(pokes)) == (0, 1)
+    decoder.feed(insert_bytes(sent_at=binary(struct.pack("!q", 0)),
+                              parked_at=binary(struct.pack("!q", 0))))  # parked: no poke
+    decoder.feed(insert_bytes())
+    assert (out.backlog, len(pokes)) == (1, 1)
