@@ -68,7 +68,7 @@ from relay.dsn import redact, secrets_in
 from relay.errors import ConfigError, RelayError, translate_db_error
 from relay.grants import GRANT_MODES, render_grants
 from relay.logs import configure_logging
-from relay.migrations import migrate, render_script
+from relay.migrations import applied_by_track, migrate, render_script
 from relay.secrets import read_option_files, secret_option_values, value_or_file
 from relay.status import collect_status, format_status
 
@@ -165,7 +165,8 @@ def migrate_command(
             "--dsn",
             envvar=_env("DSN"),
             show_default=False,
-            help="PostgreSQL connection string (not needed with --print).",
+            help="PostgreSQL connection string. With --print: print only the migrations "
+            "this database still needs.",
         ),
     ] = "",
     schema: SchemaOption = defaults.DEFAULT_SCHEMA,
@@ -175,7 +176,8 @@ def migrate_command(
             "--print",
             "--dry-run",
             envvar=_env("MIGRATE_PRINT"),
-            help="Write the SQL to stdout instead of applying it.",
+            help="Write the SQL to stdout instead of applying it, one block per migration "
+            "(for Alembic, Flyway, Django, ...).",
         ),
     ] = False,
     inbox_only: InboxOnlyOption = False,
@@ -205,11 +207,22 @@ def migrate_command(
         return
     tracks = migration_tracks(inbox_only)
     if print_sql:
-        sys.stdout.write(render_script(schema, tracks=tracks))
+        sys.stdout.write(_printed_migrations(schema, tracks, dsn, dsn_file))
         return
     with connect_either(dsn, dsn_file) as conn:
         applied = migrate(conn, schema, tracks=tracks)
     typer.echo(describe_migration(schema, applied, tracks))
+
+
+def _printed_migrations(
+    schema: str, tracks: tuple[str, ...], dsn: str, dsn_file: str | None
+) -> str:
+    """Every migration; with a DSN, only those that database still needs."""
+    if not (dsn or dsn_file):
+        return render_script(schema, tracks=tracks)
+    with connect_either(dsn, dsn_file) as conn:
+        done = applied_by_track(conn, schema, tracks)
+    return render_script(schema, tracks=tracks, applied=done)
 
 
 @app.command("status")
