@@ -64,11 +64,12 @@ from relay.cli.run_options import (
 )
 from relay.config import RelayConfig
 from relay.db import connection_failure
-from relay.dsn import redact, secrets_in
+from relay.dsn import check_dsn, redact, secrets_in
 from relay.errors import ConfigError, RelayError, translate_db_error
 from relay.grants import GRANT_MODES, render_grants
 from relay.logs import configure_logging
 from relay.migrations import applied_by_track, migrate, render_script
+from relay.names import check_schema_name
 from relay.secrets import read_option_files, secret_option_values, value_or_file
 from relay.status import collect_status, format_status
 
@@ -96,6 +97,8 @@ def dsn_from(dsn: str, dsn_file: str | None) -> str:
     """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
     chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
     _secrets.extend(secrets_in(chosen or ""))
+    if chosen and chosen.strip():
+        check_dsn(chosen)
     return chosen or ""
 
 
@@ -130,14 +133,6 @@ def clear_errors(command: F) -> F:
             fail(f"internal error ({type(exc).__name__}): {exc}", EXIT_INTERNAL)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _check_schema_name(schema: str) -> None:
-    if not defaults.is_plain_identifier(schema):
-        raise ConfigError(
-            f"the schema name {schema!r} is not a plain identifier "
-            "(lowercase letters, digits and underscores, not starting with a digit)"
-        )
 
 
 def connect_either(dsn: str, dsn_file: str | None) -> psycopg.Connection[Any]:
@@ -201,7 +196,7 @@ def migrate_command(
     ] = defaults.DEFAULT_MODE,
 ) -> None:
     """Create or upgrade the outbox schema (idempotent, versioned)."""
-    _check_schema_name(schema)
+    check_schema_name(schema)
     if print_grants is not None:
         sys.stdout.write(render_grants(print_grants, schema, grants_mode))
         return
@@ -237,7 +232,7 @@ def status_command(
     cdc_slot: CdcSlotOption = None,
 ) -> None:
     """Show the backlog, which relays are alive and what each owns, and the CDC slot."""
-    _check_schema_name(schema)
+    check_schema_name(schema)
     if cdc_slot is not None and (problems := CdcSettings(slot=cdc_slot).problems(schema)):
         raise ConfigError(" ".join(problems))
     with connect_either(dsn, dsn_file) as conn:
@@ -267,7 +262,7 @@ def doctor_command(
     cdc_debezium: CdcDebeziumOption = False,
 ) -> None:
     """Check, in plain words, that the database is ready for the relay in this mode."""
-    _check_schema_name(schema)
+    check_schema_name(schema)
     settings = cdc_settings(
         slot=cdc_slot,
         publication=cdc_publication,

@@ -12,9 +12,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from relay.cli.common import Connect, DsnFileOption, DsnOption, SchemaOption
-from relay.config import DEFAULT_SCHEMA, is_plain_identifier
+from relay.config import DEFAULT_SCHEMA
 from relay.deadletters import (
     LIST_LIMIT,
+    MAX_LIST_LIMIT,
     Guard,
     Selection,
     count_dead_letters,
@@ -26,9 +27,10 @@ from relay.deadletters import (
     selected_seqs,
     show_dead_letter,
 )
-from relay.durations import parse_duration
+from relay.durations import parse_age
 from relay.errors import ConfigError
 from relay.migrations import require_schema
+from relay.names import check_schema_name
 
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 Topic = Annotated[str | None, typer.Option("--topic", help="Only this topic.")]
@@ -53,8 +55,8 @@ def _selection(
     return Selection(
         topic=topic,
         key=key,
-        older_than=None if older_than is None else parse_duration(older_than, "age"),
-        newer_than=None if newer_than is None else parse_duration(newer_than, "age"),
+        older_than=None if older_than is None else parse_age(older_than, "--older-than age"),
+        newer_than=None if newer_than is None else parse_age(newer_than, "--newer-than age"),
         ids=[_uuid(i) for i in ids] if ids else None,
     )
 
@@ -66,11 +68,6 @@ def _uuid(text: str) -> UUID:
         raise ConfigError(f"{text!r} is not a message id (a UUID)") from None
 
 
-def _check_schema(schema: str) -> None:
-    if not is_plain_identifier(schema):
-        raise ConfigError(f"the schema name {schema!r} is not a plain identifier")
-
-
 def _bulk(
     connect: Connect,
     dsn: tuple[str, str | None],
@@ -80,7 +77,7 @@ def _bulk(
     verb: str,
     everything: bool,
 ) -> None:
-    _check_schema(schema)
+    check_schema_name(schema)
     if not selection.narrowed and not everything:
         raise ConfigError(
             f"name the dead letters to {verb}: message ids, a filter (--topic, --key, "
@@ -127,11 +124,13 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         as_json: AsJson = False,
     ) -> None:
         """List dead letters, oldest first."""
-        _check_schema(schema)
+        check_schema_name(schema)
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ConfigError(f"--limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
         selection = _selection(topic, key, older_than, newer_than)
         with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema)
-            rows = list_dead_letters(conn, schema, selection, max(0, limit))
+            rows = list_dead_letters(conn, schema, selection, limit)
             total = count_dead_letters(conn, schema, selection)
         if as_json:
             typer.echo(orjson.dumps({"total": total, "dead_letters": rows}).decode())
@@ -148,7 +147,7 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         as_json: AsJson = False,
     ) -> None:
         """Show one dead letter with its payload, headers and error."""
-        _check_schema(schema)
+        check_schema_name(schema)
         wanted = _uuid(message_id)
         with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema)

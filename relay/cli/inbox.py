@@ -15,10 +15,10 @@ import typer
 
 from relay.cli.common import Connect, DsnFileOption
 from relay.config import DEFAULT_SCHEMA
-from relay.durations import parse_duration
+from relay.durations import parse_age
 from relay.errors import ConfigError
 from relay.inbox.core import check_consumer, check_schema
-from relay.inbox.retention import DEFAULT_PURGE_BATCH, purge_inbox
+from relay.inbox.retention import DEFAULT_PURGE_BATCH, MAX_PURGE_BATCH, purge_inbox
 from relay.migrations import ALL_TRACKS, Migration, require_schema
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -105,9 +105,12 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
         check_schema(schema)
         if consumer is not None:
             check_consumer(consumer)
-        window = parse_duration(older_than, "dedupe window")
-        if batch_size < 1:
-            raise ConfigError("the purge batch size must be at least 1")
+        window = parse_age(older_than, "dedupe window")
+        if not 1 <= batch_size <= MAX_PURGE_BATCH:
+            raise ConfigError(
+                f"the purge batch size must be at least 1 and at most {MAX_PURGE_BATCH}, "
+                f"got {batch_size}"
+            )
         with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema, track="inbox")
             deleted = purge_inbox(conn, schema, window, consumer=consumer, batch_size=batch_size)
