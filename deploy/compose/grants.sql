@@ -7,9 +7,20 @@
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
 --   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
 BEGIN;
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+  IF pg_catalog.has_database_privilege('relay', current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      'relay', current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), 'relay');
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox" TO "relay";
 -- require_schema reads the version; status reads everything below.
@@ -32,9 +43,20 @@ COMMIT;
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
 --   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
 BEGIN;
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+  IF pg_catalog.has_database_privilege('writer', current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      'writer', current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), 'writer');
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox" TO "writer";
 -- enqueue() and enqueue_binary() insert and return the new id.
@@ -55,9 +77,20 @@ COMMIT;
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
 --   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
 BEGIN;
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+  IF pg_catalog.has_database_privilege('relay', current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      'relay', current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), 'relay');
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox_amqp" TO "relay";
 -- require_schema reads the version; status reads everything below.
@@ -80,9 +113,20 @@ COMMIT;
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
 --   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
 BEGIN;
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+  IF pg_catalog.has_database_privilege('writer', current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      'writer', current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), 'writer');
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox_amqp" TO "writer";
 -- enqueue() and enqueue_binary() insert and return the new id.
