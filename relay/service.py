@@ -20,6 +20,7 @@ from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, connection_failure
 from relay.decorators import instrument
+from relay.errors import translate_db_error
 from relay.health import HealthState
 from relay.limits import limit_message_size
 from relay.metrics import RelayMetrics
@@ -30,6 +31,7 @@ from relay.poll.listener import WakeListener
 from relay.poll.poller import Poller, PollerStats, claim_session
 from relay.poll.retention import RetentionTask
 from relay.poll.wakeups import WakeupSwitch
+from relay.privileges import require_privileges
 
 log = logging.getLogger("outbox_relay")
 
@@ -45,12 +47,17 @@ YOUNG_GENERATION_THRESHOLD = 50_000
 def preflight(config: RelayConfig) -> None:
     """Fail fast, with one clear sentence, when the database or schema is not usable."""
     try:
-        with psycopg.connect(
+        conn = psycopg.connect(
             config.dsn, connect_timeout=max(1, round(config.connect_timeout)), autocommit=True
-        ) as conn:
-            require_schema(conn, config.schema)
+        )
     except psycopg.Error as exc:
         raise connection_failure(config.dsn, exc) from None
+    with conn:
+        try:
+            require_privileges(conn, config.schema, config.mode)
+            require_schema(conn, config.schema)
+        except psycopg.Error as exc:
+            raise translate_db_error(exc, f"checking outbox schema {config.schema!r}") from None
     if config.mode == "cdc":
         require_ready(config)
 
