@@ -166,7 +166,12 @@ class RelayService:
 
     async def run(self) -> None:
         """Run until :meth:`request_stop`; drains within the shutdown timeout."""
-        await self.connector.open()
+        self.operability.start_server()  # a taken --metrics-port fails before anything else
+        try:
+            await self.connector.open()
+        except BaseException:
+            await self.operability.stop()
+            raise
         log.info(
             "relay %s started (%s, connector %s)",
             self.config.relay_name,
