@@ -30,7 +30,8 @@ from relay.cli.cdc_options import (
     CdcTakeoverOption,
     cdc_settings,
 )
-from relay.cli.common import DsnFileOption, DsnOption, SchemaOption
+from relay.cli.command import RelayTyper
+from relay.cli.common import DsnFileOption, DsnOption, SchemaOption, relay_version
 from relay.cli.dead_letters import build_dead_letters_app
 from relay.cli.drain_options import (
     DEFAULT_LEASE_TTL,
@@ -63,6 +64,7 @@ from relay.cli.run_options import (
     operability_settings,
 )
 from relay.config import RelayConfig
+from relay.connector import installed_connectors
 from relay.db import connection_failure
 from relay.dsn import check_dsn, redact, secrets_in
 from relay.errors import ConfigError, RelayError, translate_db_error
@@ -74,7 +76,7 @@ from relay.secrets import read_option_files, secret_option_values, value_or_file
 from relay.status import collect_status, format_status
 
 log = logging.getLogger("outbox_relay.cli")
-app = typer.Typer(
+app = RelayTyper(
     name="outbox-relay",
     help="Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ.",
     add_completion=False,
@@ -91,6 +93,28 @@ _secrets: list[str] = []
 
 def _env(name: str) -> str:
     return f"OUTBOX_RELAY_{name}"
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"outbox-relay {relay_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            expose_value=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ."""
 
 
 def dsn_from(dsn: str, dsn_file: str | None) -> str:
@@ -159,6 +183,7 @@ def migrate_command(
         typer.Option(
             "--dsn",
             envvar=_env("DSN"),
+            metavar="DSN",
             show_default=False,
             help="PostgreSQL connection string. With --print: print only the migrations "
             "this database still needs.",
@@ -181,6 +206,7 @@ def migrate_command(
         str | None,
         typer.Option(
             "--print-grants",
+            envvar=_env("MIGRATE_PRINT_GRANTS"),
             metavar="ROLE",
             show_default=False,
             help="Write the GRANTs ROLE needs (see --mode) to stdout; connects to nothing.",
@@ -191,6 +217,7 @@ def migrate_command(
         typer.Option(
             "--mode",
             envvar=_env("MODE"),
+            metavar="MODE",
             help=f"With --print-grants, what the role does: {', '.join(GRANT_MODES)}.",
         ),
     ] = defaults.DEFAULT_MODE,
@@ -241,6 +268,7 @@ def status_command(
     if cdc["exists"] or cdc_slot:
         status["cdc"] = cdc
     if as_json:
+        status = {"version": relay_version(), **status}
         typer.echo(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
     else:
         text = format_status(status)
@@ -253,7 +281,10 @@ def doctor_command(
     dsn: DsnOption = "",
     schema: SchemaOption = defaults.DEFAULT_SCHEMA,
     mode: Annotated[
-        str, typer.Option("--mode", envvar=_env("MODE"), help="Check for poll or cdc mode.")
+        str,
+        typer.Option(
+            "--mode", envvar=_env("MODE"), metavar="poll|cdc", help="Check for this mode."
+        ),
     ] = defaults.DEFAULT_MODE,
     dsn_file: DsnFileOption = None,
     cdc_slot: CdcSlotOption = None,
@@ -304,13 +335,19 @@ def run_command(
     mode: Annotated[
         str,
         typer.Option(
-            "--mode", envvar=_env("MODE"), help="poll (leases + SKIP LOCKED) or cdc (pgoutput)."
+            "--mode",
+            envvar=_env("MODE"),
+            metavar="poll|cdc",
+            help="poll (leases + SKIP LOCKED) or cdc (logical replication, pgoutput).",
         ),
     ] = defaults.DEFAULT_MODE,
     connector: Annotated[
         str,
         typer.Option(
-            "--connector", envvar=_env("CONNECTOR"), help="Broker connector: kafka or rabbitmq."
+            "--connector",
+            envvar=_env("CONNECTOR"),
+            metavar="NAME",
+            help=f"Broker connector; installed here: {', '.join(installed_connectors())}.",
         ),
     ] = defaults.DEFAULT_CONNECTOR,
     kafka_bootstrap: Annotated[
@@ -353,6 +390,7 @@ def run_command(
         typer.Option(
             "--max-message-bytes",
             envvar=_env("MAX_MESSAGE_BYTES"),
+            metavar="BYTES",
             help="Park messages larger than this (payload, key, topic and headers) unsent.",
         ),
     ] = defaults.DEFAULT_MAX_MESSAGE_BYTES,
@@ -375,7 +413,10 @@ def run_command(
     log_level: Annotated[
         str,
         typer.Option(
-            "--log-level", envvar=_env("LOG_LEVEL"), help="debug, info, warning or error."
+            "--log-level",
+            envvar=_env("LOG_LEVEL"),
+            metavar="LEVEL",
+            help="debug, info, warning or error.",
         ),
     ] = "info",
     retry_base: RetryBaseOption = DEFAULT_RETRY_BASE,

@@ -11,6 +11,7 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from relay.cli.command import RelayTyper
 from relay.cli.common import Connect, DsnFileOption, DsnOption, SchemaOption
 from relay.config import DEFAULT_SCHEMA
 from relay.deadletters import (
@@ -32,17 +33,58 @@ from relay.errors import ConfigError
 from relay.migrations import require_schema
 from relay.names import check_schema_name
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-Topic = Annotated[str | None, typer.Option("--topic", help="Only this topic.")]
-Key = Annotated[str | None, typer.Option("--key", help="Only this message key.")]
+ENV = "OUTBOX_RELAY_DEAD_LETTERS_"
+AsJson = Annotated[
+    bool, typer.Option("--json", envvar=f"{ENV}JSON", help="Print JSON instead of text.")
+]
+Topic = Annotated[
+    str | None,
+    typer.Option("--topic", envvar=f"{ENV}TOPIC", metavar="TOPIC", help="Only this topic."),
+]
+Key = Annotated[
+    str | None,
+    typer.Option("--key", envvar=f"{ENV}KEY", metavar="KEY", help="Only this message key."),
+]
 OlderThan = Annotated[
-    str | None, typer.Option("--older-than", help="Dead for longer than this (e.g. 1h).")
+    str | None,
+    typer.Option(
+        "--older-than",
+        envvar=f"{ENV}OLDER_THAN",
+        metavar="DURATION",
+        help="Dead for longer than this (e.g. 1h).",
+    ),
 ]
 NewerThan = Annotated[
-    str | None, typer.Option("--newer-than", help="Dead for less than this (e.g. 15m).")
+    str | None,
+    typer.Option(
+        "--newer-than",
+        envvar=f"{ENV}NEWER_THAN",
+        metavar="DURATION",
+        help="Dead for less than this (e.g. 15m).",
+    ),
 ]
-Ids = Annotated[list[str] | None, typer.Argument(help="Message ids (UUIDs).", show_default=False)]
-All = Annotated[bool, typer.Option("--all", help="Every dead letter (when no filter is given).")]
+Limit = Annotated[
+    int,
+    typer.Option("--limit", envvar=f"{ENV}LIMIT", metavar="N", help="Show at most this many."),
+]
+Ids = Annotated[
+    list[str] | None,
+    typer.Argument(help="Message ids (UUIDs).", metavar="ID", show_default=False),
+]
+# One variable per command: a variable that made `drop` take every dead letter when
+# meant for `retry` would be a trap.
+RetryAll = Annotated[
+    bool,
+    typer.Option(
+        "--all", envvar=f"{ENV}RETRY_ALL", help="Every dead letter (when no filter is given)."
+    ),
+]
+DropAll = Annotated[
+    bool,
+    typer.Option(
+        "--all", envvar=f"{ENV}DROP_ALL", help="Every dead letter (when no filter is given)."
+    ),
+]
 
 
 def _selection(
@@ -99,7 +141,7 @@ def _bulk(
 
 def build_dead_letters_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
     """The ``dead-letters`` command group; ``guard`` turns failures into one clear line."""
-    app = typer.Typer(
+    app = RelayTyper(
         name="dead-letters",
         no_args_is_help=True,
         help="Messages the broker refused or that used up their attempts.",
@@ -120,7 +162,7 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         key: Key = None,
         older_than: OlderThan = None,
         newer_than: NewerThan = None,
-        limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = LIST_LIMIT,
+        limit: Limit = LIST_LIMIT,
         as_json: AsJson = False,
     ) -> None:
         """List dead letters, oldest first."""
@@ -170,7 +212,7 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         key: Key = None,
         older_than: OlderThan = None,
         newer_than: NewerThan = None,
-        everything: All = False,
+        everything: RetryAll = False,
     ) -> None:
         """Put dead letters back into the outbox in their original order; keys flow again."""
         selection = _selection(topic, key, older_than, newer_than, ids)
@@ -187,7 +229,7 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         key: Key = None,
         older_than: OlderThan = None,
         newer_than: NewerThan = None,
-        everything: All = False,
+        everything: DropAll = False,
     ) -> None:
         """Delete dead letters for good and let their keys flow again."""
         selection = _selection(topic, key, older_than, newer_than, ids)
