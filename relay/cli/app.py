@@ -31,7 +31,13 @@ from relay.cli.cdc_options import (
     cdc_settings,
 )
 from relay.cli.command import RelayTyper
-from relay.cli.common import DsnFileOption, DsnOption, SchemaOption, relay_version
+from relay.cli.common import (
+    DsnFileOption,
+    DsnOption,
+    SchemaOption,
+    VersionOption,
+    relay_version,
+)
 from relay.cli.dead_letters import build_dead_letters_app
 from relay.cli.drain_options import (
     DEFAULT_LEASE_TTL,
@@ -95,25 +101,8 @@ def _env(name: str) -> str:
     return f"OUTBOX_RELAY_{name}"
 
 
-def _print_version(wanted: bool) -> None:
-    if wanted:
-        typer.echo(f"outbox-relay {relay_version()}")
-        raise typer.Exit()
-
-
 @app.callback()
-def main_options(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=_print_version,
-            is_eager=True,
-            expose_value=True,
-            help="Print the version and exit.",
-        ),
-    ] = False,
-) -> None:
+def main_options(version: VersionOption = False) -> None:
     """Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ."""
 
 

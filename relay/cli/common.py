@@ -50,3 +50,17 @@ def relay_version() -> str:
         return version("outbox-relay")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(f"outbox-relay {relay_version()}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool,
+    typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+]
