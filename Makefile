@@ -4,13 +4,24 @@
 
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+PYTHON3 ?= python3
 PYTEST_ARGS ?=
+# -ra: every run says why each test was skipped, as CI's does
+PYTEST := $(UV) run --frozen pytest -ra
 BENCH_ARGS ?= --quick
 
 .PHONY: setup demo test lint unit integration e2e faults bench clean
 
+# uv comes from PyPI into .tools, through a virtual environment: Debian and Ubuntu ship
+# venv's ensurepip in a package of its own, which a stock install lacks.
 .tools/bin/uv:
-	python3 -m venv .tools
+	@$(PYTHON3) -c 'import ensurepip' 2>/dev/null || { \
+	  venv=$$($(PYTHON3) -c 'import sys; print("python%d.%d-venv" % sys.version_info[:2])'); \
+	  echo "make: $(PYTHON3) cannot create a virtual environment (its ensurepip module is missing)." >&2; \
+	  echo "      On Debian/Ubuntu: sudo apt-get install python3-venv (or $$venv), then make again;" >&2; \
+	  echo "      or install uv yourself: https://docs.astral.sh/uv/getting-started/installation/" >&2; \
+	  exit 1; }
+	$(PYTHON3) -m venv .tools || { rm -rf .tools; exit 1; }
 	.tools/bin/pip install --quiet uv
 
 setup: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
@@ -24,19 +35,19 @@ lint: setup
 	$(UV) run --frozen mypy
 
 test: lint
-	$(UV) run --frozen pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 unit: setup
-	$(UV) run --frozen pytest tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
 
 integration: setup
-	$(UV) run --frozen pytest tests/integration $(PYTEST_ARGS)
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
 e2e: setup
-	$(UV) run --frozen pytest tests/e2e $(PYTEST_ARGS)
+	$(PYTEST) tests/e2e $(PYTEST_ARGS)
 
 faults: setup
-	$(UV) run --frozen pytest tests/faults $(PYTEST_ARGS)
+	$(PYTEST) tests/faults $(PYTEST_ARGS)
 
 # Benchmarks are never part of `make test`; results go to benchmarks/results/.
 bench: setup

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from relay.cdc.settings import CdcSettings
+from relay.dsn import dsn_problems
+from relay.durations import AGE, PG_TIMEOUT, TIMER, DurationRange
 from relay.errors import ConfigError
 from relay.formats.settings import FormatSettings
+from relay.names import as_sentence, schema_problem
 
 DEFAULT_SCHEMA = "outbox"
 DEFAULT_MODE = "poll"
@@ -43,16 +45,12 @@ ON_POISON_CHOICES = ("block", "skip")
 DEFAULT_LOG_FORMAT = "text"
 LOG_FORMATS = ("text", "json")
 DEFAULT_MAX_MESSAGE_BYTES = 1_000_000
+MAX_MESSAGE_BYTES = 1_000_000_000
+MAX_ATTEMPTS = 2_147_483_647
 MAX_BATCH_SIZE = 10_000
 MODES = ("poll", "cdc")
+RETENTION = DurationRange(AGE.low, AGE.high, zero="delete once confirmed", reason=AGE.reason)
 
-# A plain, unquoted PostgreSQL identifier: we refuse anything else for names the user
-# configures, so no name ever needs quoting tricks (they still go through sql.Identifier).
-_PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def is_plain_identifier(name: str) -> bool:
-    return bool(_PLAIN_IDENTIFIER.match(name))
 
 
 def default_relay_name() -> str:
@@ -97,11 +95,10 @@ class RelayConfig:
         found: list[str] = []
         if not self.dsn.strip():
             found.append("The database DSN is empty; pass --dsn or set OUTBOX_RELAY_DSN.")
-        if not is_plain_identifier(self.schema):
-            found.append(
-                f"The schema name {self.schema!r} is not a plain identifier "
-                "(lowercase letters, digits and underscores, not starting with a digit)."
-            )
+        else:
+            found.extend(dsn_problems(self.dsn))
+        if problem := schema_problem(self.schema):
+            found.append(as_sentence(problem))
         if self.mode not in MODES:
             found.append(f"The mode {self.mode!r} is unknown; choose one of: {', '.join(MODES)}.")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -119,8 +116,11 @@ class RelayConfig:
         found: list[str] = []
         if not 0 <= self.metrics_port <= 65535:
             found.append("The metrics port must be between 0 (off) and 65535.")
-        if self.max_attempts < 1:
-            found.append("The maximum number of attempts must be at least 1.")
+        if not 1 <= self.max_attempts <= MAX_ATTEMPTS:
+            found.append(
+                f"The maximum number of attempts must be at least 1 and at most {MAX_ATTEMPTS} "
+                "(PostgreSQL counts them in an integer)."
+            )
         if self.on_poison not in ON_POISON_CHOICES:
             found.append(
                 f"The poison-message policy {self.on_poison!r} is unknown; "
@@ -128,25 +128,27 @@ class RelayConfig:
             )
         if self.log_format not in LOG_FORMATS:
             found.append(f"The log format {self.log_format!r} is unknown; use text or json.")
-        if self.max_message_bytes < 1:
-            found.append("The largest message size must be at least one byte.")
+        if not 1 <= self.max_message_bytes <= MAX_MESSAGE_BYTES:
+            found.append(
+                f"The largest message size must be between 1 and {MAX_MESSAGE_BYTES} bytes "
+                "(Kafka's largest message.max.bytes; RabbitMQ's limit is lower)."
+            )
         return found
 
     def _timing_problems(self) -> list[str]:
-        found: list[str] = []
-        positive = {
-            "publish timeout": self.publish_timeout,
-            "lease TTL": self.lease_ttl,
-            "poll interval": self.poll_interval,
-            "shutdown timeout": self.shutdown_timeout,
-            "retry base delay": self.retry_base,
-            "connect timeout": self.connect_timeout,
-        }
-        found.extend(f"The {what} must be above zero." for what, v in positive.items() if v <= 0)
+        ranges = [
+            ("publish timeout", self.publish_timeout, PG_TIMEOUT),
+            ("lease TTL", self.lease_ttl, PG_TIMEOUT),
+            ("poll interval", self.poll_interval, TIMER),
+            ("shutdown timeout", self.shutdown_timeout, TIMER),
+            ("retry base delay", self.retry_base, TIMER),
+            ("retry cap", self.retry_cap, TIMER),
+            ("connect timeout", self.connect_timeout, TIMER),
+            ("retention", self.retention, RETENTION),
+        ]
+        found = [p for what, value, allowed in ranges if (p := allowed.problem(what, value))]
         if not 0 <= self.poll_linger <= 1:
             found.append("The poll linger must be between 0 and 1 second.")
-        if self.retention < 0:
-            found.append("The retention must be zero (delete on acknowledgement) or more.")
         if self.retry_cap < self.retry_base:
             found.append("The retry cap must not be smaller than the retry base delay.")
         if self.lease_ttl < 2 * self.publish_timeout and self.lease_ttl > 0:

@@ -33,6 +33,7 @@ Guard = Callable[[F], F]
 SQL_FILE = "dead_letters.sql"
 CHUNK = 500
 LIST_LIMIT = 100
+MAX_LIST_LIMIT = 100_000  # rows held in memory and printed at once
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ GRANT_MODES: dict[str, str] = {
     "inbox": "consumes messages and deduplicates them in the inbox (relay.inbox)",
     "producer": "writes events with enqueue()/emit() in the application's transactions",
 }
+# Statements of a mode that only a superuser may run, printed after the transaction.
+SUPERUSER_BLOCKS = {"cdc": "cdc_superuser"}
 MAX_ROLE_NAME_BYTES = 63  # NAMEDATALEN - 1: longer names are silently truncated
 
 
@@ -73,4 +75,19 @@ def render_grants(role: str, schema: str, mode: str, *, publication: str | None 
     if mode == "cdc":
         header.append(f"-- Publication: {publication} (pass the same --cdc-publication to run).")
     text = "\n".join(part.as_string(None).strip() + ";" for part in body)
-    return "\n".join([*header, "BEGIN;", text, "COMMIT;"]) + "\n"
+    script = [*header, "BEGIN;", text, "COMMIT;"]
+    if mode in SUPERUSER_BLOCKS:
+        script.extend(_superuser_part(SUPERUSER_BLOCKS[mode], names))
+    return "\n".join(script) + "\n"
+
+
+def _superuser_part(block: str, names: dict[str, str]) -> list[str]:
+    role = sql.Identifier(names["role"]).as_string(None)
+    return [
+        "",
+        "-- NEEDS A SUPERUSER: PostgreSQL lets only a superuser give the REPLICATION",
+        f"-- attribute. Run this part as one (Amazon RDS/Aurora: GRANT rds_replication TO {role};",
+        "-- Cloud SQL: as cloudsqlsuperuser). It comes after the COMMIT above, so when the",
+        "-- schema owner runs the whole script, only this statement fails and the grants stand.",
+        _block(block, **names).as_string(None).strip() + ";",
+    ]

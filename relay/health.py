@@ -27,10 +27,18 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from relay.errors import PermanentError
+
 log = logging.getLogger(__name__)
 
 LOOP_SLACK = 10.0  # seconds a beat may come late before /healthz fails
 STARTUP = "start-up"
+# A prober sends its request at once; a connection that sends nothing for this long is
+# closed, so idle or half-open connections cannot pile up.
+READ_TIMEOUT = 5.0
+# Connections served at once, a thread each; more are closed on arrival. Probes and
+# scrapes come a few at a time: the cap only stops a flood from costing a thread each.
+MAX_CONNECTIONS = 16
 
 
 @dataclass
@@ -96,13 +104,55 @@ class HealthState:
         return Verdict(ok, detail)
 
 
+class _CappedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``cap`` at once; the rest are closed at once."""
+
+    daemon_threads = True
+    # The kernel's queue of connections not yet accepted (the standard library's is 5):
+    # a burst of probes and scrapes waits there instead of having its SYNs dropped.
+    request_queue_size = 64
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], cap: int
+    ) -> None:
+        self._slots = threading.BoundedSemaphore(cap)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()  # no thread started to release it
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class HealthServer:
     """The HTTP server thread; ``start()`` binds (failing fast), ``stop()`` joins."""
 
-    def __init__(self, host: str, port: int, state: HealthState, registry: CollectorRegistry):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        state: HealthState,
+        registry: CollectorRegistry,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT,
+    ):
         self._address = (host, port)
         self._state = state
         self._registry = registry
+        self._max_connections = max_connections
+        self._read_timeout = read_timeout
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -113,21 +163,18 @@ class HealthServer:
     def start(self) -> None:
         if self._server is not None:
             return
-        handler = _handler(self._state, self._registry)
+        handler = _handler(self._state, self._registry, self._read_timeout)
         try:
-            self._server = ThreadingHTTPServer(self._address, handler)
+            self._server = _CappedHTTPServer(self._address, handler, self._max_connections)
         except OSError as exc:
-            # Relaying matters more than its metrics: say so loudly, and keep relaying.
+            # Probes sent to this port would reach the other process and call this relay
+            # healthy whatever its state: refuse to start.
             host, port = self._address
-            log.error(
-                "cannot serve metrics and health on %s:%d (%s); running without them. "
-                "Choose another --metrics-port, or 0 to turn the server off.",
-                host,
-                port,
-                exc.strerror,
-            )
-            return
-        self._server.daemon_threads = True
+            raise PermanentError(
+                f"cannot serve metrics and health on {host}:{port}: "
+                f"{(exc.strerror or type(exc).__name__).lower()} (another relay there?); "
+                "choose another --metrics-port, or 0 to turn the server off"
+            ) from None
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -148,9 +195,12 @@ class HealthServer:
             self._thread = None
 
 
-def _handler(state: HealthState, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    state: HealthState, registry: CollectorRegistry, read_timeout: float
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "outbox-relay"
+        timeout = read_timeout  # the socket's; a silent client is dropped after it
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

@@ -15,7 +15,7 @@ Concurrent ``migrate`` runs serialize on an advisory lock.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,17 +168,40 @@ def render_script(
     schema: str,
     conn: psycopg.Connection[Any] | None = None,
     tracks: Sequence[str] = ALL_TRACKS,
+    *,
+    applied: Mapping[str, Collection[int]] | None = None,
 ) -> str:
-    """The whole migration as one SQL script, for teams that apply SQL with their own tool."""
-    parts = ["BEGIN;"]
+    """The migrations as SQL, for teams that apply SQL with their own tool (Alembic,
+    Flyway, Django, ...): one block per migration, each its own transaction that also
+    creates the schema and version table if missing, so each can be pasted into a
+    migration of that tool. Versions in ``applied`` (by track) are left out; the script
+    is empty when nothing is left."""
+    blocks = []
     for track in _check_tracks(tracks):
-        parts.append(_bootstrap(schema, track).as_string(conn) + ";")
+        done = (applied or {}).get(track, ())
         for migration in load_migrations(track):
-            parts.append(f"-- migration {migration.label}")
-            parts.append(migration.render(schema).as_string(conn).strip())
-            parts.append(migration.record(schema).as_string(conn) + ";")
-    parts.append("COMMIT;")
+            if migration.version not in done:
+                blocks.append(_render_block(schema, migration, conn))
+    return "\n".join(blocks)
+
+
+def _render_block(schema: str, migration: Migration, conn: psycopg.Connection[Any] | None) -> str:
+    parts = [
+        f"-- migration {migration.label} of outbox-relay, schema {schema}: one transaction",
+        "BEGIN;",
+        _bootstrap(schema, migration.track).as_string(conn).strip() + ";",
+        migration.render(schema).as_string(conn).strip(),
+        migration.record(schema).as_string(conn) + ";",
+        "COMMIT;",
+    ]
     return "\n".join(parts) + "\n"
+
+
+def applied_by_track(
+    conn: psycopg.Connection[Any], schema: str, tracks: Sequence[str] = ALL_TRACKS
+) -> dict[str, set[int]]:
+    """The versions already applied in ``schema``, by track."""
+    return {track: applied_versions(conn, schema, track) for track in _check_tracks(tracks)}
 
 
 def require_schema(conn: psycopg.Connection[Any], schema: str, track: str = "outbox") -> int:

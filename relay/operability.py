@@ -173,9 +173,13 @@ class Operability:
                 config.metrics_host, config.metrics_port, health, metrics.registry
             )
 
-    def start(self) -> None:
+    def start_server(self) -> None:
+        """Bind and serve /metrics, /healthz, /readyz; raises when the port is taken."""
         if self.server is not None:
             self.server.start()
+
+    def start(self) -> None:
+        self.start_server()  # started already by the relay: harmless
         self.sampler.start()
 
     async def stop(self) -> None:

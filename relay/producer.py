@@ -13,8 +13,8 @@ from uuid import UUID
 import orjson
 import psycopg
 
-from relay.config import DEFAULT_SCHEMA, is_plain_identifier
-from relay.errors import ConfigError
+from relay.config import DEFAULT_SCHEMA
+from relay.names import check_schema_name
 from relay.sqlfiles import query
 
 JsonValue = Any
@@ -28,8 +28,7 @@ def _statement(
     headers: Mapping[str, str] | None,
     content_type: str | None,
 ) -> tuple[Any, dict[str, Any]]:
-    if not is_plain_identifier(schema):
-        raise ConfigError(f"the schema name {schema!r} is not a plain identifier")
+    check_schema_name(schema)
     params: dict[str, Any] = {
         "topic": topic,
         "key": key,

@@ -17,6 +17,7 @@ from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
 from relay.db import DbSession, connection_failure
 from relay.decorators import instrument
+from relay.errors import translate_db_error
 from relay.formats.connector import format_connector
 from relay.health import HealthState
 from relay.limits import limit_message_size
@@ -24,6 +25,7 @@ from relay.metrics import RelayMetrics
 from relay.migrations import require_schema
 from relay.operability import Operability
 from relay.poll.source import POLL
+from relay.privileges import require_privileges
 from relay.source import Source, SourceKind, SourceParts
 from relay.tasks import bounded
 from relay.tracing import traced
@@ -44,12 +46,17 @@ YOUNG_GENERATION_THRESHOLD = 50_000
 def preflight(config: RelayConfig) -> None:
     """Fail fast, with one clear sentence, when the database or schema is not usable."""
     try:
-        with psycopg.connect(
+        conn = psycopg.connect(
             config.dsn, connect_timeout=max(1, round(config.connect_timeout)), autocommit=True
-        ) as conn:
-            require_schema(conn, config.schema)
+        )
     except psycopg.Error as exc:
         raise connection_failure(config.dsn, exc) from None
+    with conn:
+        try:
+            require_privileges(conn, config.schema, config.mode)
+            require_schema(conn, config.schema)
+        except psycopg.Error as exc:
+            raise translate_db_error(exc, f"checking outbox schema {config.schema!r}") from None
     SOURCES[config.mode].preflight(config)
 
 
@@ -100,7 +107,12 @@ class RelayService:
 
     async def run(self) -> None:
         """Run until :meth:`request_stop`; drains within the shutdown timeout."""
-        await self.connector.open()
+        self.operability.start_server()  # a taken --metrics-port fails before anything else
+        try:
+            await self.connector.open()
+        except BaseException:
+            await self.operability.stop()
+            raise
         log.info(
             "relay %s started (%s, connector %s)",
             self.config.relay_name,

@@ -7,9 +7,20 @@
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
 --   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
 BEGIN;
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+  IF pg_catalog.has_database_privilege('relay', current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      'relay', current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), 'relay');
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox" TO "relay";
 -- require_schema reads the version; status reads everything below.
@@ -27,14 +38,27 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox".relays TO "relay";
 GRANT SELECT, UPDATE ON "outbox".bucket_leases TO "relay";
 -- `outbox-relay status` shows the CDC slot's state, if there is one.
 GRANT SELECT ON "outbox".cdc_state TO "relay";
+-- move delayed messages into the outbox when due (SELECT ... FOR UPDATE, DELETE), status.
+GRANT SELECT, UPDATE, DELETE ON "outbox".scheduled TO "relay";
 COMMIT;
 -- Privileges of a role that writes events with enqueue()/emit() in the application's transactions, on outbox schema 'outbox'.
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
 --   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
 BEGIN;
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+  IF pg_catalog.has_database_privilege('writer', current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      'writer', current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), 'writer');
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox" TO "writer";
 -- enqueue() and enqueue_binary() insert and return the new id.
@@ -55,9 +79,20 @@ COMMIT;
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
 --   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
 BEGIN;
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+  IF pg_catalog.has_database_privilege('relay', current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'relay');
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      'relay', current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), 'relay');
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox_amqp" TO "relay";
 -- require_schema reads the version; status reads everything below.
@@ -75,14 +110,27 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON "outbox_amqp".relays TO "relay";
 GRANT SELECT, UPDATE ON "outbox_amqp".bucket_leases TO "relay";
 -- `outbox-relay status` shows the CDC slot's state, if there is one.
 GRANT SELECT ON "outbox_amqp".cdc_state TO "relay";
+-- move delayed messages into the outbox when due (SELECT ... FOR UPDATE, DELETE), status.
+GRANT SELECT, UPDATE, DELETE ON "outbox_amqp".scheduled TO "relay";
 COMMIT;
 -- Privileges of a role that writes events with enqueue()/emit() in the application's transactions, on outbox schema 'outbox_amqp'.
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
 --   CREATE ROLE <role> LOGIN PASSWORD '...';  (no SUPERUSER, CREATEDB or CREATEROLE)
 BEGIN;
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+  IF pg_catalog.has_database_privilege('writer', current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), 'writer');
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      'writer', current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), 'writer');
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox_amqp" TO "writer";
 -- enqueue() and enqueue_binary() insert and return the new id.

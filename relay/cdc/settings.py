@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from relay.cdc.debezium_options import DebeziumRouting, parse_routing, routing_problems
+from relay.durations import MAX_TIMEOUT, MIN_TIMEOUT, PG_TIMEOUT, DurationRange
+from relay.names import is_plain_identifier
 
 DEFAULT_SCHEMA = "outbox"
 
@@ -23,6 +25,10 @@ DEFAULT_TAKEOVER_TTL = 10.0
 # at once, trading some CPU per message for a lower p99.
 DEFAULT_LINGER = 0.002
 MIN_TAKEOVER_TTL = 1.0
+HEARTBEAT_RANGE = DurationRange(MIN_TIMEOUT, MAX_TIMEOUT, zero="off")
+# The leader's connection takes the TTL as tcp_user_timeout and half of it as
+# statement_timeout, both int milliseconds.
+TAKEOVER_RANGE = DurationRange(MIN_TAKEOVER_TTL, MAX_TIMEOUT, reason=PG_TIMEOUT.reason)
 NAME_PREFIX = "outbox_relay_"
 MESSAGE_PREFIX = "outbox-relay:"
 HEARTBEAT_PREFIX = "outbox-relay-heartbeat"
@@ -32,13 +38,7 @@ SNAPSHOT_NONE = "none"
 SNAPSHOT_EXISTING = "existing"
 SNAPSHOT_CHOICES = (SNAPSHOT_NONE, SNAPSHOT_EXISTING)
 # Slot names: lowercase letters, digits and underscores, at most 63 bytes (NAMEDATALEN - 1).
-_SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
-# The same plain identifiers relay.config accepts (not imported: config may import us).
-_PLAIN_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def is_plain_identifier(name: str) -> bool:
-    return bool(_PLAIN_IDENTIFIER.match(name))
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +125,7 @@ class CdcSettings:
         """
         found: list[str] = []
         slot = self.slot or f"{NAME_PREFIX}{schema}"
-        if not _SLOT_NAME.match(slot):
+        if not _SLOT_NAME.fullmatch(slot):
             found.append(
                 f"The replication slot name {slot!r} is not valid: use at most 63 lowercase "
                 "letters, digits and underscores (pass --cdc-slot for a long schema name)."
@@ -144,10 +144,10 @@ class CdcSettings:
         if self.debezium and self.table is None:
             found.append("Debezium mapping needs the outbox table to capture (--cdc-table).")
         found.extend(self._debezium_problems())
-        if self.heartbeat_interval < 0:
-            found.append("The CDC heartbeat interval must be zero (off) or more.")
-        if self.takeover_ttl < MIN_TAKEOVER_TTL:
-            found.append(f"The CDC takeover TTL must be at least {MIN_TAKEOVER_TTL:g} second.")
+        if problem := HEARTBEAT_RANGE.problem("CDC heartbeat interval", self.heartbeat_interval):
+            found.append(problem)
+        if problem := TAKEOVER_RANGE.problem("CDC takeover TTL", self.takeover_ttl):
+            found.append(problem)
         if not 0 <= self.linger <= 1:
             found.append("The CDC linger must be between 0 and 1 second.")
         if publish_timeout is not None and self.takeover_ttl < 2 * publish_timeout:

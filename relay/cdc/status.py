@@ -22,7 +22,7 @@ def cdc_status(
     """
     slot_name = slot or f"{NAME_PREFIX}{schema}"
     with conn.cursor(row_factory=dict_row) as cursor:
-        found = cursor.execute(cdc_query("slot_info", schema), {"slot": slot_name}).fetchone()
+        found = cursor.execute(cdc_query("slot_status", schema), {"slot": slot_name}).fetchone()
         state = cursor.execute(cdc_query("state", schema), {"slot": slot_name}).fetchone()
     state = state or {}
     return {

@@ -33,7 +33,14 @@ from relay.cli.cdc_options import (
     CdcTakeoverOption,
     cdc_settings,
 )
-from relay.cli.common import DsnFileOption, DsnOption, SchemaOption
+from relay.cli.command import RelayTyper
+from relay.cli.common import (
+    DsnFileOption,
+    DsnOption,
+    SchemaOption,
+    VersionOption,
+    relay_version,
+)
 from relay.cli.connector_options import (
     AmqpExchangeOption,
     AmqpUrlFileOption,
@@ -85,17 +92,18 @@ from relay.cli.run_options import (
 from relay.config import RelayConfig
 from relay.connector import connector_factory
 from relay.db import connection_failure
-from relay.dsn import secrets_in
+from relay.dsn import check_dsn, secrets_in
 from relay.errors import ConfigError, RelayError, translate_db_error
 from relay.formats.settings import ENVELOPE_NONE
 from relay.grants import GRANT_MODES, render_grants
 from relay.logs import configure_logging
-from relay.migrations import migrate, render_script
+from relay.migrations import applied_by_track, migrate, render_script
+from relay.names import check_schema_name
 from relay.secrets import redact, secret_values, value_or_file
 from relay.status import collect_status, format_status
 
 log = logging.getLogger(__name__)
-app = typer.Typer(
+app = RelayTyper(
     name="outbox-relay",
     help="Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ.",
     add_completion=False,
@@ -114,10 +122,17 @@ def _env(name: str) -> str:
     return f"OUTBOX_RELAY_{name}"
 
 
+@app.callback()
+def main_options(version: VersionOption = False) -> None:
+    """Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ."""
+
+
 def dsn_from(dsn: str, dsn_file: str | None) -> str:
     """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
     chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
     _secrets.extend(secrets_in(chosen or ""))
+    if chosen and chosen.strip():
+        check_dsn(chosen)
     return chosen or ""
 
 
@@ -152,14 +167,6 @@ def clear_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _check_schema_name(schema: str) -> None:
-    if not defaults.is_plain_identifier(schema):
-        raise ConfigError(
-            f"the schema name {schema!r} is not a plain identifier "
-            "(lowercase letters, digits and underscores, not starting with a digit)"
-        )
-
-
 def connect_either(dsn: str, dsn_file: str | None) -> psycopg.Connection[Any]:
     """Connect with --dsn or --dsn-file (the sub-command groups' ``Connect``)."""
     return _connect(dsn_from(dsn, dsn_file))
@@ -184,8 +191,10 @@ def migrate_command(
         typer.Option(
             "--dsn",
             envvar=_env("DSN"),
+            metavar="DSN",
             show_default=False,
-            help="PostgreSQL connection string (not needed with --print).",
+            help="PostgreSQL connection string. With --print: print only the migrations "
+            "this database still needs.",
         ),
     ] = "",
     schema: SchemaOption = defaults.DEFAULT_SCHEMA,
@@ -195,7 +204,8 @@ def migrate_command(
             "--print",
             "--dry-run",
             envvar=_env("MIGRATE_PRINT"),
-            help="Write the SQL to stdout instead of applying it.",
+            help="Write the SQL to stdout instead of applying it, one block per migration "
+            "(for Alembic, Flyway, Django, ...).",
         ),
     ] = False,
     inbox_only: InboxOnlyOption = False,
@@ -204,6 +214,7 @@ def migrate_command(
         str | None,
         typer.Option(
             "--print-grants",
+            envvar=_env("MIGRATE_PRINT_GRANTS"),
             metavar="ROLE",
             show_default=False,
             help="Write the GRANTs ROLE needs (see --mode) to stdout; connects to nothing.",
@@ -214,22 +225,34 @@ def migrate_command(
         typer.Option(
             "--mode",
             envvar=_env("MODE"),
+            metavar="MODE",
             help=f"With --print-grants, what the role does: {', '.join(GRANT_MODES)}.",
         ),
     ] = defaults.DEFAULT_MODE,
 ) -> None:
     """Create or upgrade the outbox schema (idempotent, versioned)."""
-    _check_schema_name(schema)
+    check_schema_name(schema)
     if print_grants is not None:
         sys.stdout.write(render_grants(print_grants, schema, grants_mode))
         return
     tracks = migration_tracks(inbox_only)
     if print_sql:
-        sys.stdout.write(render_script(schema, tracks=tracks))
+        sys.stdout.write(_printed_migrations(schema, tracks, dsn, dsn_file))
         return
     with connect_either(dsn, dsn_file) as conn:
         applied = migrate(conn, schema, tracks=tracks)
     typer.echo(describe_migration(schema, applied, tracks))
+
+
+def _printed_migrations(
+    schema: str, tracks: tuple[str, ...], dsn: str, dsn_file: str | None
+) -> str:
+    """Every migration; with a DSN, only those that database still needs."""
+    if not (dsn or dsn_file):
+        return render_script(schema, tracks=tracks)
+    with connect_either(dsn, dsn_file) as conn:
+        done = applied_by_track(conn, schema, tracks)
+    return render_script(schema, tracks=tracks, applied=done)
 
 
 @app.command("status")
@@ -244,7 +267,7 @@ def status_command(
     cdc_slot: CdcSlotOption = None,
 ) -> None:
     """Show the backlog, which relays are alive and what each owns, and the CDC slot."""
-    _check_schema_name(schema)
+    check_schema_name(schema)
     if cdc_slot is not None and (problems := CdcSettings(slot=cdc_slot).problems(schema)):
         raise ConfigError(" ".join(problems))
     with connect_either(dsn, dsn_file) as conn:
@@ -253,6 +276,7 @@ def status_command(
     if cdc["exists"] or cdc_slot:
         status["cdc"] = cdc
     if as_json:
+        status = {"version": relay_version(), **status}
         typer.echo(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
     else:
         text = format_status(status)
@@ -265,7 +289,10 @@ def doctor_command(
     dsn: DsnOption = "",
     schema: SchemaOption = defaults.DEFAULT_SCHEMA,
     mode: Annotated[
-        str, typer.Option("--mode", envvar=_env("MODE"), help="Check for poll or cdc mode.")
+        str,
+        typer.Option(
+            "--mode", envvar=_env("MODE"), metavar="poll|cdc", help="Check for this mode."
+        ),
     ] = defaults.DEFAULT_MODE,
     dsn_file: DsnFileOption = None,
     cdc_slot: CdcSlotOption = None,
@@ -275,7 +302,7 @@ def doctor_command(
     cdc_debezium_option: CdcDebeziumOptionOption = None,
 ) -> None:
     """Check, in plain words, that the database is ready for the relay in this mode."""
-    _check_schema_name(schema)
+    check_schema_name(schema)
     settings = cdc_settings(
         slot=cdc_slot,
         publication=cdc_publication,
@@ -308,7 +335,10 @@ def run_command(
     mode: Annotated[
         str,
         typer.Option(
-            "--mode", envvar=_env("MODE"), help="poll (leases + SKIP LOCKED) or cdc (pgoutput)."
+            "--mode",
+            envvar=_env("MODE"),
+            metavar="poll|cdc",
+            help="poll (leases + SKIP LOCKED) or cdc (logical replication, pgoutput).",
         ),
     ] = defaults.DEFAULT_MODE,
     connector: Annotated[
@@ -316,6 +346,7 @@ def run_command(
         typer.Option(
             "--connector",
             envvar=_env("CONNECTOR"),
+            metavar="NAME",
             help="Connector name: kafka, rabbitmq or an installed one "
             "(`outbox-relay connectors` lists them).",
         ),
@@ -332,6 +363,7 @@ def run_command(
         typer.Option(
             "--max-message-bytes",
             envvar=_env("MAX_MESSAGE_BYTES"),
+            metavar="BYTES",
             help="Park messages larger than this (payload, key, topic and headers) unsent.",
         ),
     ] = defaults.DEFAULT_MAX_MESSAGE_BYTES,
@@ -347,7 +379,10 @@ def run_command(
     log_level: Annotated[
         str,
         typer.Option(
-            "--log-level", envvar=_env("LOG_LEVEL"), help="debug, info, warning or error."
+            "--log-level",
+            envvar=_env("LOG_LEVEL"),
+            metavar="LEVEL",
+            help="debug, info, warning or error.",
         ),
     ] = "info",
     retry_base: RetryBaseOption = DEFAULT_RETRY_BASE,

@@ -30,6 +30,7 @@ CdcSlotOption = Annotated[
     typer.Option(
         "--cdc-slot",
         envvar=_env("CDC_SLOT"),
+        metavar="NAME",
         show_default=False,
         help="CDC: logical replication slot (default outbox_relay_<schema>).",
     ),
@@ -39,6 +40,7 @@ CdcPublicationOption = Annotated[
     typer.Option(
         "--cdc-publication",
         envvar=_env("CDC_PUBLICATION"),
+        metavar="NAME",
         show_default=False,
         help="CDC: publication (default outbox_relay_<schema>).",
     ),
@@ -48,6 +50,7 @@ CdcTableOption = Annotated[
     typer.Option(
         "--cdc-table",
         envvar=_env("CDC_TABLE"),
+        metavar="SCHEMA.TABLE",
         show_default=False,
         help="CDC: schema.table to capture (default <schema>.messages).",
     ),
@@ -65,6 +68,7 @@ CdcHeartbeatOption = Annotated[
     typer.Option(
         "--cdc-heartbeat",
         envvar=_env("CDC_HEARTBEAT"),
+        metavar="DURATION",
         help="CDC: emit a heartbeat this often so an idle slot advances; 0 = off.",
     ),
 ]
@@ -73,6 +77,7 @@ CdcTakeoverOption = Annotated[
     typer.Option(
         "--cdc-takeover-ttl",
         envvar=_env("CDC_TAKEOVER_TTL"),
+        metavar="DURATION",
         help="CDC: a standby takes over this long after the active relay froze.",
     ),
 ]
@@ -81,6 +86,7 @@ CdcLingerOption = Annotated[
     typer.Option(
         "--cdc-linger",
         envvar=_env("CDC_LINGER"),
+        metavar="DURATION",
         help="CDC: when no event arrived during the last publish, wait this long so the "
         "transactions right behind the next one share its batch.",
     ),

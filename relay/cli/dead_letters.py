@@ -11,10 +11,12 @@ import orjson
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+from relay.cli.command import RelayTyper
 from relay.cli.common import Connect, DsnFileOption, DsnOption, SchemaOption
-from relay.config import DEFAULT_SCHEMA, is_plain_identifier
+from relay.config import DEFAULT_SCHEMA
 from relay.deadletters import (
     LIST_LIMIT,
+    MAX_LIST_LIMIT,
     Guard,
     Selection,
     count_dead_letters,
@@ -26,21 +28,63 @@ from relay.deadletters import (
     selected_seqs,
     show_dead_letter,
 )
-from relay.durations import parse_duration
+from relay.durations import parse_age
 from relay.errors import ConfigError
 from relay.migrations import require_schema
+from relay.names import check_schema_name
 
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-Topic = Annotated[str | None, typer.Option("--topic", help="Only this topic.")]
-Key = Annotated[str | None, typer.Option("--key", help="Only this message key.")]
+ENV = "OUTBOX_RELAY_DEAD_LETTERS_"
+AsJson = Annotated[
+    bool, typer.Option("--json", envvar=f"{ENV}JSON", help="Print JSON instead of text.")
+]
+Topic = Annotated[
+    str | None,
+    typer.Option("--topic", envvar=f"{ENV}TOPIC", metavar="TOPIC", help="Only this topic."),
+]
+Key = Annotated[
+    str | None,
+    typer.Option("--key", envvar=f"{ENV}KEY", metavar="KEY", help="Only this message key."),
+]
 OlderThan = Annotated[
-    str | None, typer.Option("--older-than", help="Dead for longer than this (e.g. 1h).")
+    str | None,
+    typer.Option(
+        "--older-than",
+        envvar=f"{ENV}OLDER_THAN",
+        metavar="DURATION",
+        help="Dead for longer than this (e.g. 1h).",
+    ),
 ]
 NewerThan = Annotated[
-    str | None, typer.Option("--newer-than", help="Dead for less than this (e.g. 15m).")
+    str | None,
+    typer.Option(
+        "--newer-than",
+        envvar=f"{ENV}NEWER_THAN",
+        metavar="DURATION",
+        help="Dead for less than this (e.g. 15m).",
+    ),
 ]
-Ids = Annotated[list[str] | None, typer.Argument(help="Message ids (UUIDs).", show_default=False)]
-All = Annotated[bool, typer.Option("--all", help="Every dead letter (when no filter is given).")]
+Limit = Annotated[
+    int,
+    typer.Option("--limit", envvar=f"{ENV}LIMIT", metavar="N", help="Show at most this many."),
+]
+Ids = Annotated[
+    list[str] | None,
+    typer.Argument(help="Message ids (UUIDs).", metavar="ID", show_default=False),
+]
+# One variable per command: a variable that made `drop` take every dead letter when
+# meant for `retry` would be a trap.
+RetryAll = Annotated[
+    bool,
+    typer.Option(
+        "--all", envvar=f"{ENV}RETRY_ALL", help="Every dead letter (when no filter is given)."
+    ),
+]
+DropAll = Annotated[
+    bool,
+    typer.Option(
+        "--all", envvar=f"{ENV}DROP_ALL", help="Every dead letter (when no filter is given)."
+    ),
+]
 
 
 def _selection(
@@ -53,8 +97,8 @@ def _selection(
     return Selection(
         topic=topic,
         key=key,
-        older_than=None if older_than is None else parse_duration(older_than, "age"),
-        newer_than=None if newer_than is None else parse_duration(newer_than, "age"),
+        older_than=None if older_than is None else parse_age(older_than, "--older-than age"),
+        newer_than=None if newer_than is None else parse_age(newer_than, "--newer-than age"),
         ids=[_uuid(i) for i in ids] if ids else None,
     )
 
@@ -66,11 +110,6 @@ def _uuid(text: str) -> UUID:
         raise ConfigError(f"{text!r} is not a message id (a UUID)") from None
 
 
-def _check_schema(schema: str) -> None:
-    if not is_plain_identifier(schema):
-        raise ConfigError(f"the schema name {schema!r} is not a plain identifier")
-
-
 def _bulk(
     connect: Connect,
     dsn: tuple[str, str | None],
@@ -80,7 +119,7 @@ def _bulk(
     verb: str,
     everything: bool,
 ) -> None:
-    _check_schema(schema)
+    check_schema_name(schema)
     if not selection.narrowed and not everything:
         raise ConfigError(
             f"name the dead letters to {verb}: message ids, a filter (--topic, --key, "
@@ -102,7 +141,7 @@ def _bulk(
 
 def build_dead_letters_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
     """The ``dead-letters`` command group; ``guard`` turns failures into one clear line."""
-    app = typer.Typer(
+    app = RelayTyper(
         name="dead-letters",
         no_args_is_help=True,
         help="Messages the broker refused or that used up their attempts.",
@@ -123,15 +162,17 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         key: Key = None,
         older_than: OlderThan = None,
         newer_than: NewerThan = None,
-        limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = LIST_LIMIT,
+        limit: Limit = LIST_LIMIT,
         as_json: AsJson = False,
     ) -> None:
         """List dead letters, oldest first."""
-        _check_schema(schema)
+        check_schema_name(schema)
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ConfigError(f"--limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
         selection = _selection(topic, key, older_than, newer_than)
         with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema)
-            rows = list_dead_letters(conn, schema, selection, max(0, limit))
+            rows = list_dead_letters(conn, schema, selection, limit)
             total = count_dead_letters(conn, schema, selection)
         if as_json:
             typer.echo(orjson.dumps({"total": total, "dead_letters": rows}).decode())
@@ -148,7 +189,7 @@ def _read_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         as_json: AsJson = False,
     ) -> None:
         """Show one dead letter with its payload, headers and error."""
-        _check_schema(schema)
+        check_schema_name(schema)
         wanted = _uuid(message_id)
         with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema)
@@ -171,7 +212,7 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         key: Key = None,
         older_than: OlderThan = None,
         newer_than: NewerThan = None,
-        everything: All = False,
+        everything: RetryAll = False,
     ) -> None:
         """Put dead letters back into the outbox in their original order; keys flow again."""
         selection = _selection(topic, key, older_than, newer_than, ids)
@@ -188,7 +229,7 @@ def _bulk_commands(app: typer.Typer, guard: Guard[Any], connect: Connect) -> Non
         key: Key = None,
         older_than: OlderThan = None,
         newer_than: NewerThan = None,
-        everything: All = False,
+        everything: DropAll = False,
     ) -> None:
         """Delete dead letters for good and let their keys flow again."""
         selection = _selection(topic, key, older_than, newer_than, ids)

@@ -19,6 +19,7 @@ BatchSizeOption = Annotated[
     typer.Option(
         "--batch-size",
         envvar="OUTBOX_RELAY_BATCH_SIZE",
+        metavar="N",
         help="Messages claimed and published per batch.",
     ),
 ]
@@ -28,6 +29,7 @@ ClaimLanesOption = Annotated[
     typer.Option(
         "--claim-lanes",
         envvar="OUTBOX_RELAY_CLAIM_LANES",
+        metavar="N",
         help="Batches in flight at once in polling mode, each lane with its own share of "
         "the buckets (per-key order holds) and its own database connection.",
     ),
@@ -38,6 +40,7 @@ PublishTimeoutOption = Annotated[
     typer.Option(
         "--publish-timeout",
         envvar="OUTBOX_RELAY_PUBLISH_TIMEOUT",
+        metavar="DURATION",
         help="Wait this long for broker confirms of a batch.",
     ),
 ]
@@ -47,6 +50,7 @@ LeaseTtlOption = Annotated[
     typer.Option(
         "--lease-ttl",
         envvar="OUTBOX_RELAY_LEASE_TTL",
+        metavar="DURATION",
         help="A dead relay's buckets move to others after this long.",
     ),
 ]
@@ -56,6 +60,7 @@ PollIntervalOption = Annotated[
     typer.Option(
         "--poll-interval",
         envvar="OUTBOX_RELAY_POLL_INTERVAL",
+        metavar="DURATION",
         help="Fallback poll when no NOTIFY arrives.",
     ),
 ]
@@ -65,6 +70,7 @@ PollLingerOption = Annotated[
     typer.Option(
         "--poll-linger",
         envvar="OUTBOX_RELAY_POLL_LINGER",
+        metavar="DURATION",
         help="After a NOTIFY, wait this long so the commits right behind share the batch.",
     ),
 ]
@@ -74,6 +80,7 @@ RetentionOption = Annotated[
     typer.Option(
         "--retention",
         envvar="OUTBOX_RELAY_RETENTION",
+        metavar="DURATION",
         help="0 deletes a message once the broker confirmed it; a duration keeps sent "
         "messages that long (an UPDATE per message instead, and a bigger table).",
     ),
@@ -84,6 +91,7 @@ ShutdownTimeoutOption = Annotated[
     typer.Option(
         "--shutdown-timeout",
         envvar="OUTBOX_RELAY_SHUTDOWN_TIMEOUT",
+        metavar="DURATION",
         help="Bound on the drain after SIGTERM.",
     ),
 ]

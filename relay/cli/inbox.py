@@ -13,12 +13,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from relay.cli.command import RelayTyper
 from relay.cli.common import Connect, DsnFileOption
 from relay.config import DEFAULT_SCHEMA
-from relay.durations import parse_duration
+from relay.durations import parse_age
 from relay.errors import ConfigError
 from relay.inbox.core import check_consumer, check_schema
-from relay.inbox.retention import DEFAULT_PURGE_BATCH, purge_inbox
+from relay.inbox.retention import DEFAULT_PURGE_BATCH, MAX_PURGE_BATCH, purge_inbox
 from relay.migrations import ALL_TRACKS, Migration, require_schema
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,7 +50,7 @@ def describe_migration(schema: str, applied: Sequence[Migration], tracks: Sequen
 
 def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
     """The ``inbox`` sub-command group; ``guard`` turns failures into one clear line."""
-    app = typer.Typer(
+    app = RelayTyper(
         name="inbox",
         no_args_is_help=True,
         help="The consumer inbox that makes message handling idempotent.",
@@ -63,6 +64,7 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
             typer.Option(
                 "--dsn",
                 envvar="OUTBOX_RELAY_DSN",
+                metavar="DSN",
                 show_default=False,
                 help="PostgreSQL connection string of the consumer's database.",
             ),
@@ -71,7 +73,10 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
         schema: Annotated[
             str,
             typer.Option(
-                "--schema", envvar="OUTBOX_RELAY_SCHEMA", help="Schema that holds the inbox table."
+                "--schema",
+                envvar="OUTBOX_RELAY_SCHEMA",
+                metavar="NAME",
+                help="Schema that holds the inbox table.",
             ),
         ] = DEFAULT_SCHEMA,
         older_than: Annotated[
@@ -79,6 +84,7 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
             typer.Option(
                 "--older-than",
                 envvar="OUTBOX_RELAY_INBOX_OLDER_THAN",
+                metavar="DURATION",
                 help="The dedupe window: forget ids processed longer ago (7d, 36h, ...). "
                 "Keep it longer than any redelivery can take.",
             ),
@@ -88,6 +94,7 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
             typer.Option(
                 "--consumer",
                 envvar="OUTBOX_RELAY_INBOX_CONSUMER",
+                metavar="NAME",
                 show_default=False,
                 help="Only this consumer's entries (default: every consumer's).",
             ),
@@ -97,6 +104,7 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
             typer.Option(
                 "--batch-size",
                 envvar="OUTBOX_RELAY_INBOX_PURGE_BATCH",
+                metavar="N",
                 help="Entries deleted per short transaction.",
             ),
         ] = DEFAULT_PURGE_BATCH,
@@ -105,9 +113,12 @@ def build_inbox_app(guard: Guard[Any], connect: Connect) -> typer.Typer:
         check_schema(schema)
         if consumer is not None:
             check_consumer(consumer)
-        window = parse_duration(older_than, "dedupe window")
-        if batch_size < 1:
-            raise ConfigError("the purge batch size must be at least 1")
+        window = parse_age(older_than, "dedupe window")
+        if not 1 <= batch_size <= MAX_PURGE_BATCH:
+            raise ConfigError(
+                f"the purge batch size must be at least 1 and at most {MAX_PURGE_BATCH}, "
+                f"got {batch_size}"
+            )
         with connect(dsn, dsn_file) as conn:
             require_schema(conn, schema, track="inbox")
             deleted = purge_inbox(conn, schema, window, consumer=consumer, batch_size=batch_size)

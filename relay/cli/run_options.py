@@ -21,6 +21,7 @@ RetryBaseOption = Annotated[
     typer.Option(
         "--retry-base",
         envvar="OUTBOX_RELAY_RETRY_BASE",
+        metavar="DURATION",
         help="First retry delay; each retry may wait up to twice the last (full jitter).",
     ),
 ]
@@ -29,6 +30,7 @@ RetryCapOption = Annotated[
     typer.Option(
         "--retry-cap",
         envvar="OUTBOX_RELAY_RETRY_CAP",
+        metavar="DURATION",
         help="Longest retry delay, also the longest circuit-breaker cooldown.",
     ),
 ]
@@ -37,6 +39,7 @@ MaxAttemptsOption = Annotated[
     typer.Option(
         "--max-attempts",
         envvar="OUTBOX_RELAY_MAX_ATTEMPTS",
+        metavar="N",
         help="Failed deliveries before a message moves to the dead letters "
         "(broker outages do not count).",
     ),
@@ -46,6 +49,7 @@ OnPoisonOption = Annotated[
     typer.Option(
         "--on-poison",
         envvar="OUTBOX_RELAY_ON_POISON",
+        metavar="block|skip",
         help="block: a dead letter's key waits until it is retried or dropped; "
         "skip: the key's later messages go on.",
     ),
@@ -55,6 +59,7 @@ MetricsHostOption = Annotated[
     typer.Option(
         "--metrics-host",
         envvar="OUTBOX_RELAY_METRICS_HOST",
+        metavar="HOST",
         help="Address of /metrics, /healthz and /readyz (0.0.0.0 for every interface).",
     ),
 ]
@@ -63,6 +68,7 @@ MetricsPortOption = Annotated[
     typer.Option(
         "--metrics-port",
         envvar="OUTBOX_RELAY_METRICS_PORT",
+        metavar="PORT",
         help="Port of /metrics, /healthz and /readyz; 0 turns them off.",
     ),
 ]
@@ -71,6 +77,7 @@ LogFormatOption = Annotated[
     typer.Option(
         "--log-format",
         envvar="OUTBOX_RELAY_LOG_FORMAT",
+        metavar="text|json",
         help="text, or json: one object per line with stable field names.",
     ),
 ]

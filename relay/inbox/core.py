@@ -14,9 +14,10 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
-from relay.config import DEFAULT_SCHEMA, is_plain_identifier
+from relay.config import DEFAULT_SCHEMA
 from relay.errors import ConfigError, PermanentError, SchemaMissingError
 from relay.migrations import get_track
+from relay.names import check_schema_name
 from relay.sqlfiles import query
 
 INBOX_SQL = "inbox.sql"
@@ -118,12 +119,7 @@ def schema_missing(schema: str, exc: psycopg.Error) -> SchemaMissingError:
 
 
 def check_schema(schema: str) -> str:
-    if not is_plain_identifier(schema):
-        raise ConfigError(
-            f"the schema name {schema!r} is not a plain identifier "
-            "(lowercase letters, digits and underscores, not starting with a digit)"
-        )
-    return schema
+    return check_schema_name(schema)
 
 
 def check_consumer(consumer: str) -> str:

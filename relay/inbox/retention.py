@@ -19,6 +19,7 @@ from relay.sqlfiles import query
 
 DEFAULT_DEDUPE_WINDOW = timedelta(days=7)
 DEFAULT_PURGE_BATCH = 1000
+MAX_PURGE_BATCH = 1_000_000  # one short transaction each
 
 
 def _purge_statement(

@@ -53,6 +53,16 @@ SELECT slot_name, plugin, slot_type, database, active_pid, wal_status,
 FROM pg_replication_slots
 WHERE slot_name = %(slot)s;
 
+-- name: slot_status
+-- slot_info for `outbox-relay status` and the metrics: only this database's slot. A slot
+-- of the same name that decodes another database of the cluster is not ours to show.
+SELECT slot_name, active_pid, wal_status,
+       confirmed_flush_lsn::text AS confirmed_flush, restart_lsn::text AS restart,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint AS lag_bytes,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint AS retained_bytes
+FROM pg_replication_slots
+WHERE slot_name = %(slot)s AND database = current_database();
+
 -- name: drop_slot
 SELECT pg_drop_replication_slot(%(slot)s);
 

@@ -4,9 +4,20 @@
 -- the owner of the outbox schema (the role that ran `outbox-relay migrate`), after it.
 
 -- name: connect
--- CONNECT is PUBLIC's by default; granted explicitly for databases that revoked it.
+-- CONNECT is PUBLIC's by default: then there is nothing to grant (and a schema owner who
+-- does not own the database would only get the warning "no privileges were granted").
+-- Where PUBLIC's was revoked, only the database owner (or a superuser) can grant it.
 DO $grant$ BEGIN
-  EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), {role_name});
+  IF pg_catalog.has_database_privilege({role_name}, current_database(), 'CONNECT') THEN
+    NULL;
+  ELSIF pg_catalog.has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION') THEN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), {role_name});
+  ELSE
+    RAISE WARNING 'role % may not connect to database %, and only its owner can allow it',
+      {role_name}, current_database()
+      USING HINT = format('As the owner of database %I run: GRANT CONNECT ON DATABASE %I TO %I',
+                          current_database(), current_database(), {role_name});
+  END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA {schema} TO {role};
 
@@ -30,11 +41,9 @@ GRANT SELECT ON {schema}.cdc_state TO {role};
 GRANT SELECT, UPDATE, DELETE ON {schema}.scheduled TO {role};
 
 -- name: cdc
--- Logical decoding: CREATE_REPLICATION_SLOT, START_REPLICATION and dropping a lost slot
--- need the REPLICATION attribute (not superuser). pg_hba.conf must admit the role to this
--- database; a logical replication connection matches ordinary database lines. Only a
--- superuser may give REPLICATION (Amazon RDS/Aurora: GRANT rds_replication TO the role).
-ALTER ROLE {role} WITH REPLICATION;
+-- Logical decoding also needs the REPLICATION attribute: see cdc_superuser, printed after
+-- the COMMIT because only a superuser may give it. pg_hba.conf must admit the role to
+-- this database; a logical replication connection matches ordinary database lines.
 GRANT SELECT ON {schema}.schema_migrations TO {role};
 -- snapshot reads, mark sent, set aside what the broker did not take (INSERT, UPDATE),
 -- publish set-aside rows (claim, mark sent), retention.
@@ -58,6 +67,14 @@ DO $publication$ BEGIN
     CREATE PUBLICATION {publication} FOR TABLE {schema}.messages WITH (publish = 'insert');
   END IF;
 END $publication$;
+
+-- name: cdc_superuser
+-- Slots and streaming (CREATE_REPLICATION_SLOT, START_REPLICATION, dropping a lost slot).
+DO $replication$ BEGIN
+  IF NOT (SELECT rolreplication FROM pg_catalog.pg_roles WHERE rolname = {role_name}) THEN
+    ALTER ROLE {role} WITH REPLICATION;
+  END IF;
+END $replication$;
 
 -- name: inbox
 GRANT SELECT ON {schema}.inbox_migrations TO {role};

@@ -46,3 +46,20 @@ def test_linked_files_exist(doc):
         if target.startswith(("http://", "https://", "mailto:")):
             continue
         assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+
+
+def test_the_quickstart_installs_from_a_checkout_until_a_release_exists():
+    """`pip install outbox-relay` fails: the package is on no index yet."""
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    install = re.findall(r"```bash\n(.*?)```", quickstart, re.S)[0]
+    lines = [line.split("#")[0].strip() for line in install.splitlines()]
+    assert "pip install outbox-relay" not in install
+    commands = {line.replace("'.[kafka]'", ".") for line in lines}  # the extra, or none
+    assert {"pip install .", "uv tool install .", "uv build"} <= commands
+
+
+def test_the_readme_states_which_of_flag_variable_and_default_wins():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "A flag wins over its variable, and the variable over the default" in readme
+    assert "docs/cli-errors.md" in readme

@@ -124,3 +124,30 @@ def test_a_cdc_relay_answers_its_health_probes_too(db_dsn, tmp_path):
         assert relay.terminate() == 0
     finally:
         relay.stop()
+
+
+def test_a_second_relay_on_the_same_metrics_port_refuses_to_start(db_dsn, tmp_path):
+    """Its probes would reach the first relay and call it healthy: one sentence, exit 1.
+    With --metrics-port 0 it runs beside the first."""
+    migrate(db_dsn)
+    port = free_port()
+    args = ["--dsn", db_dsn, "--connector", "memory", "--metrics-port", str(port)]
+    first = RelayProcess(args, tmp_path / "first.log")
+    try:
+        first.wait_for_log("metrics and health on", timeout=30)
+        second = outbox_relay("run", *args, timeout=60)
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.strip().splitlines() == [
+            f"outbox-relay: error: cannot serve metrics and health on 127.0.0.1:{port}: "
+            "address already in use (another relay there?); choose another --metrics-port, "
+            "or 0 to turn the server off"
+        ]
+        without = RelayProcess([*args[:-1], "0"], tmp_path / "without.log")
+        try:
+            without.wait_for_log("started", timeout=30)
+            assert without.terminate() == 0
+        finally:
+            without.stop()
+        assert first.terminate() == 0
+    finally:
+        first.stop()

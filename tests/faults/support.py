@@ -27,8 +27,9 @@ RELAY_TIMINGS = [
     "--shutdown-timeout", "10s",
     "--batch-size", "100",
     "--claim-lanes", "2",
-    "--metrics-port", "0",
 ]  # fmt: skip
+# No --metrics-port here: a test that wants the probes gives one, and a flag given twice
+# is refused; without it, the test environment's OUTBOX_RELAY_METRICS_PORT=0 applies.
 
 
 @dataclass

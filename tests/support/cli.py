@@ -25,9 +25,13 @@ def user_env(**extra: str) -> dict[str, str]:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """``user_env`` plus the test doubles (``--connector memory``)."""
+    """``user_env`` plus the test doubles (``--connector memory``), and no metrics server
+    unless a test asks for one with --metrics-port: relays of tests running side by side
+    (and of other test runs on the machine) would take each other's port, which a relay
+    refuses."""
     env = user_env()
     env["PYTHONPATH"] = str(TEST_DOUBLES)
+    env["OUTBOX_RELAY_METRICS_PORT"] = "0"
     env.update(extra)
     return env
 

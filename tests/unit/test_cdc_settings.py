@@ -55,7 +55,8 @@ def test_table_names_must_be_plain():
 
 def test_names_follow_the_same_rules_as_relay_config():
     from relay.cdc import settings
-    from relay.config import DEFAULT_SCHEMA, is_plain_identifier
+    from relay.config import DEFAULT_SCHEMA
+    from relay.names import is_plain_identifier
 
     assert settings.DEFAULT_SCHEMA == DEFAULT_SCHEMA
     for name in ("outbox", "_x1", "1x", "Outbox", "a" * 63, "a" * 64, "a-b"):

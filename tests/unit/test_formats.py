@@ -182,7 +182,7 @@ def test_nothing_is_wrapped_unless_a_format_is_configured():
     ],
 )
 def test_each_format_problem_is_one_sentence(settings, fragment):
-    [problem] = RelayConfig(dsn="x", formats=settings).problems()
+    [problem] = RelayConfig(dsn="postgresql://localhost/app", formats=settings).problems()
     assert fragment in problem and problem.endswith(".")
 
 
@@ -190,7 +190,7 @@ def test_good_format_settings_pass():
     settings = FormatSettings(topic_template="prod.{topic}", envelope="cloudevents",
                               cloudevents_source="https://example.com/a?b=c#d",
                               cloudevents_mode="structured")
-    assert RelayConfig(dsn="x", formats=settings).problems() == []
+    assert RelayConfig(dsn="postgresql://localhost/app", formats=settings).problems() == []
 
 
 def test_the_relays_own_header_names_are_reserved():

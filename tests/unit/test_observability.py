@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from relay.breaker import CircuitState
+from relay.errors import PermanentError
 from relay.health import HealthServer, HealthState
 from relay.logs import JsonFormatter, ScrubSecrets
 from relay.metrics import RelayMetrics
@@ -149,3 +155,48 @@ def test_json_logs_have_stable_fields_and_no_secrets():
     assert entry["relay"] == "host:1"
     assert "s3cret" not in line and "abc123" not in line
     assert entry["time"].endswith("+00:00")
+
+
+def server_threads() -> int:
+    return sum(1 for t in threading.enumerate() if "process_request_thread" in t.name)
+
+
+def test_idle_connections_are_capped_and_dropped_after_the_read_timeout():
+    """400 half-open connections once meant 400 threads, kept forever: now at most the
+    cap are served at once (the others closed on arrival), and a connection that sends
+    nothing is closed after the read timeout."""
+    metrics = RelayMetrics()
+    server = HealthServer(
+        "127.0.0.1", 0, HealthState(), metrics.registry, max_connections=4, read_timeout=0.5
+    )
+    server.start()
+    idle = []
+    try:
+        for _ in range(60):
+            idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            assert server_threads() <= 4
+        for sock in idle:  # every one is closed by the server: EOF, within the deadline
+            sock.settimeout(5)
+            assert sock.recv(1) == b""
+        deadline = time.monotonic() + 5
+        while server_threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server_threads() == 0
+        assert fetch(server.port, "/healthz")[0] == 200  # and it still answers
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_a_taken_port_is_an_error_not_a_relay_without_probes():
+    metrics = RelayMetrics()
+    first = HealthServer("127.0.0.1", 0, HealthState(), metrics.registry)
+    first.start()
+    try:
+        second = HealthServer("127.0.0.1", first.port, HealthState(), metrics.registry)
+        taken = rf"cannot serve metrics and health on 127\.0\.0\.1:{first.port}: "
+        with pytest.raises(PermanentError, match=taken + ".*--metrics-port, or 0"):
+            second.start()
+    finally:
+        first.stop()

@@ -15,7 +15,7 @@ CLI = typer.main.get_command(app)
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=1"
 IDENTIFIERS = ["x; DROP TABLE t", 'a"b', "Outbox", "1st", "x" * 64, "a b", "é", ""]
 HOSTILE = {
-    "schema": IDENTIFIERS,
+    "schema": [*IDENTIFIERS, "outbox\n", "information_schema", "pg_catalog", "pg_toast"],
     # slot names may start with a digit; an empty slot or publication means the default
     "cdc_slot": [v for v in IDENTIFIERS if v not in ("1st", "")],
     "cdc_publication": [v for v in IDENTIFIERS if v],
