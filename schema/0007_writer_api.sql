@@ -1,0 +1,52 @@
+-- outbox-relay migration 7: what writing into the outbox costs the application.
+-- {schema} is replaced by the quoted schema name; literal braces are doubled.
+--
+-- enqueue() was a LANGUAGE sql function: PostgreSQL keeps no plan for those, so every
+-- call parsed and planned its INSERT again (the id's default, uuid_v7(), inlined and
+-- planned with it), about 100 us of server time per row, four times the INSERT itself.
+-- A plpgsql function keeps the plan of its INSERT for the session
+-- (benchmarks/writer_cost.py; the figures are in benchmarks/README.md).
+
+CREATE OR REPLACE FUNCTION {schema}.enqueue(
+  topic text, key text, payload jsonb, headers jsonb DEFAULT '{{}}'
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  new_id uuid;
+BEGIN
+  INSERT INTO {schema}.messages (topic, key, payload, headers)
+  VALUES (enqueue.topic, enqueue.key, enqueue.payload::json, COALESCE(enqueue.headers, '{{}}'))
+  RETURNING id INTO new_id;
+  RETURN new_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION {schema}.enqueue(
+  topic text, key text, payload text, headers jsonb DEFAULT '{{}}'
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  new_id uuid;
+BEGIN
+  INSERT INTO {schema}.messages (topic, key, payload, headers)
+  VALUES (enqueue.topic, enqueue.key, enqueue.payload::json, COALESCE(enqueue.headers, '{{}}'))
+  RETURNING id INTO new_id;
+  RETURN new_id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION {schema}.enqueue_binary(
+  topic text, key text, payload bytea, headers jsonb DEFAULT '{{}}',
+  content_type text DEFAULT 'application/octet-stream'
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  new_id uuid;
+BEGIN
+  INSERT INTO {schema}.messages (topic, key, payload_bytes, headers, content_type)
+  VALUES (enqueue_binary.topic, enqueue_binary.key, enqueue_binary.payload,
+          COALESCE(enqueue_binary.headers, '{{}}'), enqueue_binary.content_type)
+  RETURNING id INTO new_id;
+  RETURN new_id;
+END
+$$;
