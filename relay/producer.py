@@ -1,11 +1,13 @@
 """Write events into the outbox from Python, inside the caller's own transaction.
 
 The SQL functions ``<schema>.enqueue`` / ``enqueue_binary`` are the contract for every
-language; these helpers are thin wrappers around them for psycopg users.
+language. From Python these helpers insert the row themselves, with the same columns and
+defaults: calling the function would cost the server a second executor for every row.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 from uuid import UUID
@@ -18,6 +20,16 @@ from relay.errors import ConfigError
 from relay.sqlfiles import query
 
 JsonValue = Any
+JSON = "application/json"
+
+
+@functools.cache
+def _sql(name: str, schema: str) -> bytes:
+    """A statement as bytes, rendered once per schema: psycopg would otherwise compose
+    the identifier into the text again on every call."""
+    if not is_plain_identifier(schema):
+        raise ConfigError(f"the schema name {schema!r} is not a plain identifier")
+    return query(name, schema).as_bytes(None)
 
 
 def _statement(
@@ -27,22 +39,24 @@ def _statement(
     payload: JsonValue | bytes,
     headers: Mapping[str, str] | None,
     content_type: str | None,
-) -> tuple[Any, dict[str, Any]]:
-    if not is_plain_identifier(schema):
-        raise ConfigError(f"the schema name {schema!r} is not a plain identifier")
-    params: dict[str, Any] = {
-        "topic": topic,
-        "key": key,
-        "headers": orjson.dumps(dict(headers or {})).decode(),
-    }
+) -> tuple[bytes, dict[str, Any]]:
+    params: dict[str, Any] = {"topic": topic, "key": key}
     if isinstance(payload, bytes | bytearray | memoryview):
-        params["payload"] = bytes(payload)
+        params.update(payload=None, payload_bytes=bytes(payload))
         params["content_type"] = content_type or "application/octet-stream"
-        return query("enqueue_binary", schema), params
-    if content_type not in (None, "application/json"):
-        raise ValueError("JSON payloads are sent as application/json; pass bytes for others")
-    params["payload"] = orjson.dumps(payload).decode()
-    return query("enqueue_json", schema), params
+    else:
+        if content_type not in (None, JSON):
+            raise ValueError("JSON payloads are sent as application/json; pass bytes for others")
+        params["payload"] = orjson.dumps(payload).decode()
+        if not headers:
+            return _sql("enqueue_json", schema), params
+        params.update(payload_bytes=None, content_type=JSON)
+    params["headers"] = orjson.dumps(dict(headers or {})).decode()
+    return _sql("enqueue_message", schema), params
+
+
+def _uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
 
 
 def enqueue(
@@ -65,7 +79,7 @@ def enqueue(
     statement, params = _statement(schema, topic, key, payload, headers, content_type)
     row = conn.execute(statement, params).fetchone()
     assert row is not None
-    return UUID(str(row[0]))
+    return _uuid(row[0])
 
 
 async def enqueue_async(
@@ -83,4 +97,4 @@ async def enqueue_async(
     cursor = await conn.execute(statement, params)
     row = await cursor.fetchone()
     assert row is not None
-    return UUID(str(row[0]))
+    return _uuid(row[0])

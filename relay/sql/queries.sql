@@ -151,12 +151,19 @@ WHERE seq IN (
 );
 
 -- name: enqueue_json
--- The text overload: the JSON is stored as written (migration 6).
-SELECT {schema}.enqueue(%(topic)s, %(key)s, %(payload)s::text, %(headers)s::jsonb);
+-- relay.enqueue() inserts the row itself: a call to the SQL function would cost the
+-- server a second executor per row. The usual message (JSON, no headers) names only
+-- the columns it sets, so the rest keep the table's defaults.
+INSERT INTO {schema}.messages (topic, key, payload)
+VALUES (%(topic)s, %(key)s, %(payload)s::json)
+RETURNING id;
 
--- name: enqueue_binary
-SELECT {schema}.enqueue_binary(%(topic)s, %(key)s, %(payload)s::bytea, %(headers)s::jsonb,
-                               %(content_type)s);
+-- name: enqueue_message
+-- Any other message: every column a writer may set (the others are the relay's).
+INSERT INTO {schema}.messages (topic, key, payload, payload_bytes, headers, content_type)
+VALUES (%(topic)s, %(key)s, %(payload)s::json, %(payload_bytes)s::bytea, %(headers)s::jsonb,
+        %(content_type)s)
+RETURNING id;
 
 -- name: status_backlog
 -- Each figure reads one partial index (or the small dead-letter table), so status and

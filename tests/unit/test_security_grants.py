@@ -68,7 +68,7 @@ def missing(needs: Needs, have: Needs) -> dict[str, set[str]]:
 
 
 QUERIES = blocks("queries.sql")
-PRODUCER_QUERIES = ("enqueue_json", "enqueue_binary")
+PRODUCER_QUERIES = ("enqueue_json", "enqueue_message")
 CDC_BY_OWNER = ("create_publication", "snapshot_rows_of_table")  # owner / user's own table
 CDC_FROM_QUERIES = (
     "heartbeat",
