@@ -49,6 +49,7 @@ TUTORIAL_INSERT = (
 )
 OUTBOX_INSERT = "INSERT INTO outbox.messages (topic, key, payload) VALUES (%s, %s, %s::json)"
 SQL_ENQUEUE = "SELECT outbox.enqueue(%s, %s, %s::text)"
+SQL_ENQUEUE_MANY = "SELECT outbox.enqueue_many(%b::text[], %b::text[], %b::text[])"
 PLAIN_BULK = (
     "INSERT INTO writer_bench.plain (topic, key, payload)"
     " SELECT t, k, p::json FROM unnest(%b::text[], %b::text[], %b::text[]) AS r(t, k, p)"
@@ -90,6 +91,10 @@ def python_enqueue(conn: psycopg.Connection[Any], events: Sequence[Event]) -> No
         relay.enqueue(conn, topic=topic, key=key, payload=payload)
 
 
+def python_enqueue_many(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None:
+    relay.enqueue_many(conn, [{"topic": t, "key": k, "payload": p} for t, k, p in events])
+
+
 @dataclass(frozen=True)
 class Way:
     name: str
@@ -111,4 +116,6 @@ def ways() -> list[Way]:
         Way("SELECT outbox.enqueue()", "awaited", awaited(SQL_ENQUEUE)),
         Way("SELECT outbox.enqueue()", "pipelined", pipelined(SQL_ENQUEUE)),
         Way("relay.enqueue()", "awaited", python_enqueue),
+        Way("relay.enqueue_many()", "bulk", python_enqueue_many),
+        Way("SELECT outbox.enqueue_many()", "bulk", bulk(SQL_ENQUEUE_MANY)),
     ]

@@ -1,15 +1,17 @@
 """Write events into the outbox from Python, inside the caller's own transaction.
 
-The SQL functions ``<schema>.enqueue`` / ``enqueue_binary`` are the contract for every
-language. From Python these helpers insert the row themselves, with the same columns and
-defaults: calling the function would cost the server a second executor for every row.
+The SQL functions ``<schema>.enqueue`` / ``enqueue_binary`` / ``enqueue_many`` are the
+contract for every language. From Python these helpers insert the rows themselves, with
+the same columns and defaults: calling the function would cost the server a second
+executor for every row. :func:`enqueue_many` writes a whole list in one statement, the
+way to write a bulk load.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
@@ -21,6 +23,19 @@ from relay.sqlfiles import query
 
 JsonValue = Any
 JSON = "application/json"
+BINARY = "application/octet-stream"
+MESSAGE_FIELDS = frozenset({"topic", "key", "payload", "headers", "content_type"})
+
+
+class _Row(NamedTuple):
+    """One message as the columns a writer sets (None: the table's default)."""
+
+    topic: str
+    key: str | None
+    payload: str | None  # JSON text
+    payload_bytes: bytes | None
+    headers: str | None  # a JSON object's text; None when there are none
+    content_type: str | None
 
 
 @functools.cache
@@ -32,26 +47,28 @@ def _sql(name: str, schema: str) -> bytes:
     return query(name, schema).as_bytes(None)
 
 
-def _statement(
-    schema: str,
+def _row(
     topic: str,
     key: str | None,
     payload: JsonValue | bytes,
     headers: Mapping[str, str] | None,
     content_type: str | None,
-) -> tuple[bytes, dict[str, Any]]:
-    params: dict[str, Any] = {"topic": topic, "key": key}
+) -> _Row:
+    header_text = orjson.dumps(dict(headers)).decode() if headers else None
     if isinstance(payload, bytes | bytearray | memoryview):
-        params.update(payload=None, payload_bytes=bytes(payload))
-        params["content_type"] = content_type or "application/octet-stream"
-    else:
-        if content_type not in (None, JSON):
-            raise ValueError("JSON payloads are sent as application/json; pass bytes for others")
-        params["payload"] = orjson.dumps(payload).decode()
-        if not headers:
-            return _sql("enqueue_json", schema), params
-        params.update(payload_bytes=None, content_type=JSON)
-    params["headers"] = orjson.dumps(dict(headers or {})).decode()
+        return _Row(topic, key, None, bytes(payload), header_text, content_type or BINARY)
+    if content_type not in (None, JSON):
+        raise ValueError("JSON payloads are sent as application/json; pass bytes for others")
+    return _Row(topic, key, orjson.dumps(payload).decode(), None, header_text, None)
+
+
+def _statement(schema: str, row: _Row) -> tuple[bytes, dict[str, Any]]:
+    if row.payload_bytes is None and row.headers is None:
+        params = {"topic": row.topic, "key": row.key, "payload": row.payload}
+        return _sql("enqueue_json", schema), params
+    params = row._asdict()
+    params["headers"] = row.headers or "{}"
+    params["content_type"] = row.content_type or JSON
     return _sql("enqueue_message", schema), params
 
 
@@ -76,7 +93,7 @@ def enqueue(
     same ``key`` are published in commit order; ``key=None`` means no ordering
     requirement.
     """
-    statement, params = _statement(schema, topic, key, payload, headers, content_type)
+    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type))
     row = conn.execute(statement, params).fetchone()
     assert row is not None
     return _uuid(row[0])
@@ -93,8 +110,69 @@ async def enqueue_async(
     schema: str = DEFAULT_SCHEMA,
 ) -> UUID:
     """The asyncio twin of :func:`enqueue`, sharing its SQL."""
-    statement, params = _statement(schema, topic, key, payload, headers, content_type)
+    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type))
     cursor = await conn.execute(statement, params)
     row = await cursor.fetchone()
     assert row is not None
     return _uuid(row[0])
+
+
+def _many(messages: Iterable[Mapping[str, Any]]) -> dict[str, list[Any] | None] | None:
+    """The columns of ``messages`` as arrays (None for a column unset in every one), or
+    None when there is no message."""
+    rows = []
+    for number, message in enumerate(messages):
+        unknown = set(message) - MESSAGE_FIELDS
+        if unknown or "topic" not in message or "payload" not in message:
+            raise ValueError(
+                f"message {number} of enqueue_many must have a topic and a payload and may "
+                f"have {', '.join(sorted(MESSAGE_FIELDS - {'topic', 'payload'}))}; "
+                f"it has {', '.join(sorted(message))}"
+            )
+        rows.append(
+            _row(message["topic"], message.get("key"), message["payload"],
+                 message.get("headers"), message.get("content_type"))
+        )  # fmt: skip
+    if not rows:
+        return None
+    names = ("topics", "keys", "payloads", "payload_bytes", "headers", "content_types")
+    columns = zip(*rows, strict=True)
+    return {
+        name: values if any(v is not None for v in values) else None
+        for name, values in zip(names, map(list, columns), strict=True)
+    }
+
+
+def enqueue_many(
+    conn: psycopg.Connection[Any],
+    messages: Iterable[Mapping[str, Any]],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[UUID]:
+    """Add many events in one statement, in ``conn``'s current transaction, in the
+    order given; return their ids in that order.
+
+    Each message is a mapping with :func:`enqueue`'s keyword arguments: ``topic`` and
+    ``payload``, and optionally ``key``, ``headers`` and ``content_type``. Messages of
+    one key are published in list order. This is the way to write a bulk load: one
+    statement costs the server a fraction of one statement per message.
+    """
+    params = _many(messages)
+    if params is None:
+        return []
+    rows = conn.execute(_sql("enqueue_messages", schema), params).fetchall()
+    return [_uuid(row[0]) for row in rows]
+
+
+async def enqueue_many_async(
+    conn: psycopg.AsyncConnection[Any],
+    messages: Iterable[Mapping[str, Any]],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[UUID]:
+    """The asyncio twin of :func:`enqueue_many`, sharing its SQL."""
+    params = _many(messages)
+    if params is None:
+        return []
+    cursor = await conn.execute(_sql("enqueue_messages", schema), params)
+    return [_uuid(row[0]) for row in await cursor.fetchall()]

@@ -50,3 +50,27 @@ BEGIN
   RETURN new_id;
 END
 $$;
+
+-- Many messages in one statement, in the order given: a bulk load pays a statement's
+-- fixed cost (planning, preparing the table's expressions, the wake-up trigger) once,
+-- not once per row. The arrays have one element per message; headers may be NULL for
+-- all. Returns the new ids in the same order.
+CREATE FUNCTION {schema}.enqueue_many(
+  topics text[], keys text[], payloads text[], headers jsonb[] DEFAULT NULL
+) RETURNS SETOF uuid
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  IF cardinality(enqueue_many.keys) <> cardinality(enqueue_many.topics)
+     OR cardinality(enqueue_many.payloads) <> cardinality(enqueue_many.topics)
+     OR cardinality(enqueue_many.headers) <> cardinality(enqueue_many.topics) THEN
+    RAISE EXCEPTION 'enqueue_many takes arrays of one length: one element per message'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN QUERY
+    INSERT INTO {schema}.messages AS m (topic, key, payload, headers)
+    SELECT r.topic, r.key, r.payload::json, COALESCE(r.headers, '{{}}')
+    FROM unnest(enqueue_many.topics, enqueue_many.keys, enqueue_many.payloads,
+                enqueue_many.headers) AS r(topic, key, payload, headers)
+    RETURNING m.id;
+END
+$$;

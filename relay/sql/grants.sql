@@ -60,13 +60,14 @@ GRANT SELECT ON {schema}.inbox_migrations TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.inbox TO {role};
 
 -- name: producer
--- enqueue() and enqueue_binary() insert and return the new id.
+-- enqueue(), enqueue_binary() and enqueue_many() insert and return the new ids.
 GRANT INSERT, SELECT (id) ON {schema}.messages TO {role};
 GRANT EXECUTE ON FUNCTION
   {schema}.uuid_v7(),
   {schema}.enqueue(text, text, jsonb, jsonb),
   {schema}.enqueue(text, text, text, jsonb),
   {schema}.enqueue_binary(text, text, bytea, jsonb, text),
+  {schema}.enqueue_many(text[], text[], text[], jsonb[]),
   {schema}.emit(text, text, jsonb, jsonb),
   {schema}.emit(text, text, text, jsonb),
   {schema}.emit_binary(text, text, bytea, jsonb, text),

@@ -165,6 +165,20 @@ VALUES (%(topic)s, %(key)s, %(payload)s::json, %(payload_bytes)s::bytea, %(heade
         %(content_type)s)
 RETURNING id;
 
+-- name: enqueue_messages
+-- relay.enqueue_many(): one statement for the whole list, each column an array (sent in
+-- binary: psycopg escapes a text array element by element in Python). unnest yields the
+-- rows in array order and the identity numbers them as they come, so seq (the claim's
+-- order) follows the list; RETURNING gives the ids in that order. A column that is NULL
+-- for every message comes as one NULL, which unnest pads out.
+INSERT INTO {schema}.messages AS m (topic, key, payload, payload_bytes, headers, content_type)
+SELECT r.topic, r.key, r.payload::json, r.payload_bytes, COALESCE(r.headers::jsonb, '{{}}'),
+       COALESCE(r.content_type, 'application/json')
+FROM unnest(%(topics)b::text[], %(keys)b::text[], %(payloads)b::text[],
+            %(payload_bytes)b::bytea[], %(headers)b::text[], %(content_types)b::text[])
+     AS r(topic, key, payload, payload_bytes, headers, content_type)
+RETURNING m.id;
+
 -- name: status_backlog
 -- Each figure reads one partial index (or the small dead-letter table), so status and
 -- the metrics sampler stay cheap on a large outbox. The two counts stop at %(cap)s: the

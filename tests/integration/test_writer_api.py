@@ -1,0 +1,119 @@
+"""The writer's API on real PostgreSQL: what each way of writing puts in the outbox row.
+
+Read back with plain SQL, not through the helpers under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+import relay
+from relay.migrations import migrate
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def outbox(db_dsn: str) -> str:
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        migrate(conn, "outbox")
+    return db_dsn
+
+
+def rows(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT id, topic, key, payload::text, payload_bytes, headers, content_type"
+            " FROM outbox.messages ORDER BY seq"
+        ).fetchall()
+
+
+def test_enqueue_many_writes_the_list_in_order_and_returns_its_ids(outbox):
+    messages: list[dict[str, Any]] = [
+        {"topic": "orders", "key": "k1", "payload": {"n": 0}},
+        {"topic": "orders", "key": "k2", "payload": [1, "two"]},
+        {"topic": "images", "key": "k1", "payload": b"\x00\xff", "content_type": "image/png"},
+        {"topic": "orders", "key": None, "payload": None, "headers": {"trace": "t-1"}},
+        {"topic": "orders", "key": "k1", "payload": "text", "headers": {}},
+    ]
+    with psycopg.connect(outbox) as conn:
+        ids = relay.enqueue_many(conn, messages)
+    assert rows(outbox) == [
+        (ids[0], "orders", "k1", '{"n":0}', None, {}, "application/json"),
+        (ids[1], "orders", "k2", '[1,"two"]', None, {}, "application/json"),
+        (ids[2], "images", "k1", None, b"\x00\xff", {}, "image/png"),
+        (ids[3], "orders", None, "null", None, {"trace": "t-1"}, "application/json"),
+        (ids[4], "orders", "k1", '"text"', None, {}, "application/json"),
+    ]
+    assert all(i.version == 7 for i in ids)
+
+
+def test_enqueue_many_of_a_thousand_keeps_each_keys_order(outbox):
+    messages = [{"topic": "t", "key": f"k{n % 7}", "payload": {"n": n}} for n in range(1000)]
+    with psycopg.connect(outbox) as conn:
+        ids = relay.enqueue_many(conn, messages)
+        written = conn.execute(
+            "SELECT id, (payload::jsonb->>'n')::int FROM outbox.messages ORDER BY seq"
+        ).fetchall()
+    assert [n for _, n in written] == list(range(1000))
+    assert [i for i, _ in written] == ids
+
+
+def test_enqueue_many_joins_the_callers_transaction(outbox):
+    with psycopg.connect(outbox) as conn:
+        with pytest.raises(RuntimeError), conn.transaction():
+            relay.enqueue_many(conn, [{"topic": "t", "payload": 1}])
+            raise RuntimeError("the business transaction fails")
+        assert relay.enqueue_many(conn, []) == []
+    assert rows(outbox) == []
+
+
+def test_enqueue_many_async_shares_the_sql(outbox):
+    async def scenario() -> list[Any]:
+        async with await psycopg.AsyncConnection.connect(outbox) as conn:
+            return await relay.enqueue_many_async(
+                conn, [{"topic": "t", "key": "k", "payload": {"a": 1}}] * 2
+            )
+
+    ids = asyncio.run(scenario())
+    assert [r[0] for r in rows(outbox)] == ids and len(set(ids)) == 2
+
+
+@pytest.mark.parametrize(
+    "message",
+    [{"payload": 1}, {"topic": "t"}, {"topic": "t", "payload": 1, "partition": 3}],
+)
+def test_enqueue_many_names_what_a_message_lacks_or_has_too_many(outbox, message):
+    with psycopg.connect(outbox) as conn, pytest.raises(ValueError, match="message 1 of"):
+        relay.enqueue_many(conn, [{"topic": "t", "payload": 0}, message])
+    assert rows(outbox) == []
+
+
+def test_sql_enqueue_many_returns_the_ids_in_the_order_of_its_arrays(outbox):
+    with psycopg.connect(outbox) as conn:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT * FROM outbox.enqueue_many("
+                " ARRAY['a', 'b', 'a'], ARRAY['k', NULL, 'k'],"
+                """ ARRAY['{"x": 1}', '2', '"three"'],"""
+                """ ARRAY[NULL, '{"h": "v"}', NULL]::jsonb[])"""
+            )
+        ]
+    assert rows(outbox) == [
+        (ids[0], "a", "k", '{"x": 1}', None, {}, "application/json"),
+        (ids[1], "b", None, "2", None, {"h": "v"}, "application/json"),
+        (ids[2], "a", "k", '"three"', None, {}, "application/json"),
+    ]
+
+
+def test_sql_enqueue_many_refuses_arrays_of_different_lengths(outbox):
+    with (
+        psycopg.connect(outbox) as conn,
+        pytest.raises(psycopg.errors.InvalidParameterValue, match="arrays of one length"),
+    ):
+        conn.execute("SELECT outbox.enqueue_many(ARRAY['a', 'b'], ARRAY['k'], ARRAY['1', '2'])")
