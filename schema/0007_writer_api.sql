@@ -74,3 +74,22 @@ BEGIN
     RETURNING m.id;
 END
 $$;
+
+-- The wake-up trigger, cheaper per statement (each single-row INSERT runs it): its
+-- pinned search_path cost a configuration change in and out of every call (~2.5 us), so
+-- every name in it is schema-qualified instead, operators too, and a caller's
+-- search_path cannot redirect what this SECURITY DEFINER function runs. PERFORM ... LIMIT
+-- 1 reads the same as EXISTS with a plan a little cheaper to start.
+CREATE OR REPLACE FUNCTION {schema}.notify_relays() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+  PERFORM FROM {schema}.relays
+  WHERE listening AND mode OPERATOR(pg_catalog.=) 'poll'
+    AND expires_at OPERATOR(pg_catalog.>) pg_catalog.now()
+  LIMIT 1;
+  IF FOUND THEN
+    PERFORM pg_catalog.pg_notify(TG_TABLE_SCHEMA OPERATOR(pg_catalog.||) '.messages', '');
+  END IF;
+  RETURN NULL;
+END
+$$;
