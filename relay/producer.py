@@ -19,6 +19,7 @@ import psycopg
 
 from relay.config import DEFAULT_SCHEMA, is_plain_identifier
 from relay.errors import ConfigError
+from relay.headers import first_reserved, reserved_header_message
 from relay.sqlfiles import query
 
 JsonValue = Any
@@ -54,7 +55,12 @@ def _row(
     headers: Mapping[str, str] | None,
     content_type: str | None,
 ) -> _Row:
-    header_text = orjson.dumps(dict(headers)).decode() if headers else None
+    header_text = None
+    if headers:
+        reserved = first_reserved(headers)
+        if reserved is not None:
+            raise ValueError(reserved_header_message(reserved))
+        header_text = orjson.dumps(dict(headers)).decode()
     if isinstance(payload, bytes | bytearray | memoryview):
         return _Row(topic, key, None, bytes(payload), header_text, content_type or BINARY)
     if content_type not in (None, JSON):

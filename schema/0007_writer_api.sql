@@ -7,6 +7,63 @@
 -- A plpgsql function keeps the plan of its INSERT for the session
 -- (benchmarks/writer_cost.py; the figures are in benchmarks/README.md).
 
+-- Header names a writer may not use: the relay sets them itself on some broker, or will
+-- (relay/headers.py has the rule and the reasons; tests/unit/test_reserved_headers.py
+-- holds this copy of it to that one). One rule for every connector, checked where a
+-- message is written: by the table's CHECK below for any INSERT (the functions
+-- included), and by emit(), whose messages never touch the table. True, or an error
+-- that says what is wrong. Every name is qualified, so a writer's own operators first in
+-- its search_path cannot turn the check off.
+CREATE FUNCTION {schema}.valid_headers(headers jsonb) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.<>) 'object' THEN
+    RAISE EXCEPTION 'outbox headers must be a JSON object' USING ERRCODE = 'check_violation';
+  END IF;
+  IF headers OPERATOR(pg_catalog.@?) '$.keyvalue() ? (@.key like_regex "^(id|key|message_id|content_type|content-type)$|^(ce_|ce-|cloudevents_|cloudevents:|outbox_relay_|outbox-relay-)" flag "i")' THEN
+    RAISE EXCEPTION 'the header name % is reserved: the relay sets it itself (reserved: id, '
+      'key, message_id, content_type, content-type and names starting with ce_, ce-, '
+      'cloudevents_, cloudevents: or outbox_relay_/outbox-relay-, in any case)',
+      pg_catalog.quote_literal(pg_catalog.jsonb_path_query_first(
+        headers, '$.keyvalue() ? (@.key like_regex "^(id|key|message_id|content_type|content-type)$|^(ce_|ce-|cloudevents_|cloudevents:|outbox_relay_|outbox-relay-)" flag "i").key') OPERATOR(pg_catalog.#>>) '{{}}')
+      USING ERRCODE = 'check_violation';
+  END IF;
+  RETURN true;
+END
+$$;
+
+-- The table's CHECK on headers calls it, once per row that has headers at all. The
+-- rule stays out of the constraint's own text on purpose: PostgreSQL reads a CHECK back
+-- from its stored form and prepares it again for every statement, so a single-row
+-- INSERT pays for every byte of it (the path inline cost ~7 us a row; the call, ~1 us
+-- and only with headers).
+-- Rows written before this migration may break the rule, and PostgreSQL checks a
+-- constraint again on every UPDATE of a row, NOT VALID or not: the relay could no longer
+-- mark them sent. So rows up to the last seq taken before this migration are exempt
+-- (as are rows the CDC relay parks, whose headers an older emit() may have written):
+-- no existing row is checked or changed, and `outbox-relay dead-letters retry`, which
+-- puts a message back with its old seq, still works for them.
+DO $reserved$
+DECLARE
+  messages regclass := (
+    SELECT t.typrelid FROM pg_catalog.pg_type t
+    WHERE t.oid = pg_catalog.pg_typeof(NULL::{schema}.messages)::oid);
+  outbox_schema text := (
+    SELECT pg_catalog.quote_ident(n.nspname) FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = messages);
+  written bigint;
+BEGIN
+  EXECUTE pg_catalog.format(
+    'SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM %s',
+    pg_catalog.pg_get_serial_sequence(messages::text, 'seq')) INTO written;
+  EXECUTE pg_catalog.format(
+    'ALTER TABLE %s DROP CONSTRAINT messages_headers_check, '
+    'ADD CONSTRAINT messages_headers_check CHECK (headers = %L OR seq <= %s '
+    'OR parked_at IS NOT NULL OR %s.valid_headers(headers)) NOT VALID',
+    messages, '{{}}', written, outbox_schema);
+END
+$reserved$;
+
 CREATE OR REPLACE FUNCTION {schema}.enqueue(
   topic text, key text, payload jsonb, headers jsonb DEFAULT '{{}}'
 ) RETURNS uuid
@@ -91,5 +148,30 @@ BEGIN
     PERFORM pg_catalog.pg_notify(TG_TABLE_SCHEMA OPERATOR(pg_catalog.||) '.messages', '');
   END IF;
   RETURN NULL;
+END
+$$;
+
+-- emit() checks its headers like enqueue(): its messages never touch the table.
+CREATE OR REPLACE FUNCTION {schema}.cdc_emit(
+  message_id uuid, topic text, key text, headers jsonb, content_type text,
+  body_kind text, body bytea
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  IF topic IS NULL OR topic = '' OR length(topic) > 249 THEN
+    RAISE EXCEPTION 'an outbox topic must have 1 to 249 characters'
+      USING ERRCODE = 'check_violation';
+  END IF;
+  IF headers IS DISTINCT FROM '{{}}' THEN
+    PERFORM {schema}.valid_headers(headers);
+  END IF;
+  PERFORM pg_logical_emit_message(
+    true,
+    {schema}.cdc_message_prefix(),
+    convert_to(jsonb_build_object(
+      'v', 1, 'id', message_id, 'topic', topic, 'key', key,
+      'headers', COALESCE(headers, '{{}}'), 'content_type', content_type, 'body', body_kind
+    )::text, 'UTF8') || '\x0a'::bytea || COALESCE(body, ''::bytea));
+  RETURN message_id;
 END
 $$;

@@ -26,6 +26,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.relays TO {role};
 GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
 -- `outbox-relay status` shows the CDC slot's state, if there is one.
 GRANT SELECT ON {schema}.cdc_state TO {role};
+-- The outbox's CHECK on headers calls it on every INSERT and UPDATE of a row.
+GRANT EXECUTE ON FUNCTION {schema}.valid_headers(jsonb) TO {role};
 
 -- name: cdc
 -- Logical decoding: CREATE_REPLICATION_SLOT, START_REPLICATION and dropping a lost slot
@@ -46,6 +48,8 @@ GRANT SELECT, DELETE ON {schema}.key_holds TO {role};
 -- a CDC relay owns no buckets, but lets go of any on shutdown like a polling one.
 GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.cdc_xid_precedes(xid, xid8) TO {role};
+-- The outbox's CHECK on headers calls it on every INSERT and UPDATE of a row.
+GRANT EXECUTE ON FUNCTION {schema}.valid_headers(jsonb) TO {role};
 -- Creating a publication needs ownership of the table, which the relay role should not
 -- have: create it here, as the owner. The relay finds it and never changes it.
 DO $publication$ BEGIN
@@ -72,5 +76,6 @@ GRANT EXECUTE ON FUNCTION
   {schema}.emit(text, text, text, jsonb),
   {schema}.emit_binary(text, text, bytea, jsonb, text),
   {schema}.cdc_emit(uuid, text, text, jsonb, text, text, bytea),
-  {schema}.cdc_message_prefix()
+  {schema}.cdc_message_prefix(),
+  {schema}.valid_headers(jsonb)
   TO {role};

@@ -117,3 +117,55 @@ def test_sql_enqueue_many_refuses_arrays_of_different_lengths(outbox):
         pytest.raises(psycopg.errors.InvalidParameterValue, match="arrays of one length"),
     ):
         conn.execute("SELECT outbox.enqueue_many(ARRAY['a', 'b'], ARRAY['k'], ARRAY['1', '2'])")
+
+
+# --- reserved header names ----------------------------------------------------------------
+
+RESERVED = ["message_id", "Content-Type", "key", "id", "ce_type", "cloudEvents:id"]
+SQL_WAYS = {
+    "INSERT": (
+        "INSERT INTO outbox.messages (topic, key, payload, headers) VALUES ('t', 'k', '1', %s)"
+    ),
+    "enqueue": "SELECT outbox.enqueue('t', 'k', '1', %s)",
+    "enqueue jsonb": "SELECT outbox.enqueue('t', 'k', '1'::jsonb, %s)",
+    "enqueue_binary": "SELECT outbox.enqueue_binary('t', 'k', '\\x00'::bytea, %s)",
+    "enqueue_many": "SELECT outbox.enqueue_many(ARRAY['t'], ARRAY['k'], ARRAY['1'], ARRAY[%s])",
+    "emit": "SELECT outbox.emit('t', 'k', '1', %s)",
+}
+
+
+@pytest.mark.parametrize("way", SQL_WAYS)
+@pytest.mark.parametrize("name", RESERVED)
+def test_every_sql_way_refuses_a_reserved_header_name_in_one_sentence(outbox, way, name):
+    with psycopg.connect(outbox) as conn, pytest.raises(psycopg.errors.CheckViolation) as caught:
+        conn.execute(SQL_WAYS[way], (psycopg.types.json.Jsonb({"trace": "t", name: "v"}),))
+    assert caught.value.diag.message_primary.startswith(
+        f"the header name '{name}' is reserved: the relay sets it itself"
+    )
+    assert rows(outbox) == []
+
+
+@pytest.mark.parametrize("way", SQL_WAYS)
+def test_headers_that_are_not_reserved_still_pass(outbox, way):
+    allowed = {"traceparent": "00-1", "ids": "1", "x-message-id": "m", "cex": "c"}
+    with psycopg.connect(outbox) as conn:
+        conn.execute(SQL_WAYS[way], (psycopg.types.json.Jsonb(allowed),))
+    assert [r[5] for r in rows(outbox)] == ([] if way == "emit" else [allowed])
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_the_python_helpers_refuse_a_reserved_header_before_sending(outbox, name):
+    with psycopg.connect(outbox) as conn:
+        with pytest.raises(ValueError, match=f"the header name '{name}' is reserved"):
+            relay.enqueue(conn, topic="t", key="k", payload=1, headers={name: "v"})
+        with pytest.raises(ValueError, match=f"the header name '{name}' is reserved"):
+            relay.enqueue_many(conn, [{"topic": "t", "payload": 1, "headers": {name: "v"}}])
+    assert rows(outbox) == []
+
+
+def test_headers_must_still_be_a_json_object(outbox):
+    with (
+        psycopg.connect(outbox) as conn,
+        pytest.raises(psycopg.errors.CheckViolation, match="outbox headers must be a JSON object"),
+    ):
+        conn.execute("SELECT outbox.enqueue('t', 'k', '1', '[1]')")

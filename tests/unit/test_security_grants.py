@@ -187,3 +187,12 @@ def test_every_table_of_the_migrations_is_someones_business():
 def _inbox_migration() -> str:
     schema_dir = resources.files("relay").joinpath("..", "schema", "inbox")
     return "".join(p.read_text() for p in schema_dir.iterdir() if p.name.endswith(".sql"))
+
+
+def test_every_role_that_writes_messages_may_run_the_check_on_headers():
+    """The outbox's CHECK on headers calls valid_headers(); PostgreSQL asks for EXECUTE
+    on it in every statement that inserts or updates a row, whatever the row holds."""
+    for mode in ("poll", "cdc", "producer"):
+        have = granted(render_grants("r", SCHEMA, mode))
+        assert "INSERT" in have["messages"] or "UPDATE" in have["messages"]
+        assert "EXECUTE" in have["valid_headers"], mode
