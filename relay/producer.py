@@ -10,7 +10,9 @@ way to write a bulk load.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -23,9 +25,12 @@ from relay.headers import first_reserved, reserved_header_message
 from relay.sqlfiles import query
 
 JsonValue = Any
+Delay = timedelta | float | int  # a number is seconds
 JSON = "application/json"
 BINARY = "application/octet-stream"
-MESSAGE_FIELDS = frozenset({"topic", "key", "payload", "headers", "content_type"})
+MESSAGE_FIELDS = frozenset(
+    {"topic", "key", "payload", "headers", "content_type", "deliver_at", "delay"}
+)
 
 
 class _Row(NamedTuple):
@@ -37,6 +42,8 @@ class _Row(NamedTuple):
     payload_bytes: bytes | None
     headers: str | None  # a JSON object's text; None when there are none
     content_type: str | None
+    deliver_at: datetime | None
+    delay: timedelta | None
 
 
 @functools.cache
@@ -48,12 +55,33 @@ def _sql(name: str, schema: str) -> bytes:
     return query(name, schema).as_bytes(None)
 
 
+def _schedule(deliver_at: datetime | None, delay: Delay | None) -> tuple[Any, Any]:
+    """When the message becomes due: ``(deliver_at, None)``, ``(None, delay)`` or neither
+    (at once). The database adds a delay to its own clock, so the application's clock
+    does not matter for it; a deliver_at is an instant, so it must carry its zone."""
+    if deliver_at is not None and delay is not None:
+        raise ValueError("give deliver_at or delay, not both")
+    if deliver_at is not None:
+        if not isinstance(deliver_at, datetime) or deliver_at.utcoffset() is None:
+            raise ValueError("deliver_at must be a timezone-aware datetime")
+        return deliver_at, None
+    if delay is None or isinstance(delay, timedelta):
+        return None, delay
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
+        raise ValueError("delay must be a timedelta or a finite number of seconds")
+    try:
+        return None, timedelta(seconds=delay)
+    except OverflowError:
+        raise ValueError("delay is too long for a timedelta") from None
+
+
 def _row(
     topic: str,
     key: str | None,
     payload: JsonValue | bytes,
     headers: Mapping[str, str] | None,
     content_type: str | None,
+    when: tuple[datetime | None, timedelta | None] = (None, None),
 ) -> _Row:
     header_text = None
     if headers:
@@ -62,14 +90,16 @@ def _row(
             raise ValueError(reserved_header_message(reserved))
         header_text = orjson.dumps(dict(headers)).decode()
     if isinstance(payload, bytes | bytearray | memoryview):
-        return _Row(topic, key, None, bytes(payload), header_text, content_type or BINARY)
+        data = bytes(payload)
+        return _Row(topic, key, None, data, header_text, content_type or BINARY, *when)
     if content_type not in (None, JSON):
         raise ValueError("JSON payloads are sent as application/json; pass bytes for others")
-    return _Row(topic, key, orjson.dumps(payload).decode(), None, header_text, None)
+    return _Row(topic, key, orjson.dumps(payload).decode(), None, header_text, None, *when)
 
 
 def _statement(schema: str, row: _Row) -> tuple[bytes, dict[str, Any]]:
-    if row.payload_bytes is None and row.headers is None:
+    usual = row.payload_bytes is None and row.headers is None
+    if usual and row.deliver_at is None and row.delay is None:
         params = {"topic": row.topic, "key": row.key, "payload": row.payload}
         return _sql("enqueue_json", schema), params
     params = row._asdict()
@@ -90,6 +120,8 @@ def enqueue(
     payload: JsonValue | bytes,
     headers: Mapping[str, str] | None = None,
     content_type: str | None = None,
+    deliver_at: datetime | None = None,
+    delay: Delay | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> UUID:
     """Add one event to the outbox in ``conn``'s current transaction; return its id.
@@ -97,9 +129,12 @@ def enqueue(
     ``payload`` is any JSON-serializable value (stored and published as orjson's compact
     text) or bytes (published byte for byte with ``content_type``). Messages with the
     same ``key`` are published in commit order; ``key=None`` means no ordering
-    requirement.
+    requirement. ``deliver_at`` (a timezone-aware datetime) or ``delay`` (a timedelta or
+    seconds, counted by the database's clock from this call) hold the message back until
+    then; a time already past means at once.
     """
-    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type))
+    when = _schedule(deliver_at, delay)
+    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type, when))
     row = conn.execute(statement, params).fetchone()
     assert row is not None
     return _uuid(row[0])
@@ -113,10 +148,13 @@ async def enqueue_async(
     payload: JsonValue | bytes,
     headers: Mapping[str, str] | None = None,
     content_type: str | None = None,
+    deliver_at: datetime | None = None,
+    delay: Delay | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> UUID:
     """The asyncio twin of :func:`enqueue`, sharing its SQL."""
-    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type))
+    when = _schedule(deliver_at, delay)
+    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type, when))
     cursor = await conn.execute(statement, params)
     row = await cursor.fetchone()
     assert row is not None
@@ -135,13 +173,15 @@ def _many(messages: Iterable[Mapping[str, Any]]) -> dict[str, list[Any] | None] 
                 f"have {', '.join(sorted(MESSAGE_FIELDS - {'topic', 'payload'}))}; "
                 f"it has {', '.join(sorted(message))}"
             )
+        when = _schedule(message.get("deliver_at"), message.get("delay"))
         rows.append(
             _row(message["topic"], message.get("key"), message["payload"],
-                 message.get("headers"), message.get("content_type"))
+                 message.get("headers"), message.get("content_type"), when)
         )  # fmt: skip
     if not rows:
         return None
-    names = ("topics", "keys", "payloads", "payload_bytes", "headers", "content_types")
+    names = ("topics", "keys", "payloads", "payload_bytes", "headers", "content_types",
+             "deliver_at", "delays")  # fmt: skip
     columns = zip(*rows, strict=True)
     return {
         name: values if any(v is not None for v in values) else None
@@ -159,7 +199,8 @@ def enqueue_many(
     order given; return their ids in that order.
 
     Each message is a mapping with :func:`enqueue`'s keyword arguments: ``topic`` and
-    ``payload``, and optionally ``key``, ``headers`` and ``content_type``. Messages of
+    ``payload``, and optionally ``key``, ``headers``, ``content_type``, ``deliver_at``
+    and ``delay``. Messages of
     one key are published in list order. This is the way to write a bulk load: one
     statement costs the server a fraction of one statement per message.
     """

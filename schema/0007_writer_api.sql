@@ -64,45 +64,55 @@ BEGIN
 END
 $reserved$;
 
-CREATE OR REPLACE FUNCTION {schema}.enqueue(
-  topic text, key text, payload jsonb, headers jsonb DEFAULT '{{}}'
+-- The enqueue functions take deliver_at: the message is published once that time has
+-- come (NULL or a time already past: at once). It goes into available_at, which the
+-- relay already waits for. A new last parameter with a default, so every call written
+-- for the functions before works unchanged; the old functions are dropped at the end of
+-- this migration, their privileges carried over.
+CREATE FUNCTION {schema}.enqueue(
+  topic text, key text, payload jsonb, headers jsonb DEFAULT '{{}}',
+  deliver_at timestamptz DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   new_id uuid;
 BEGIN
-  INSERT INTO {schema}.messages (topic, key, payload, headers)
-  VALUES (enqueue.topic, enqueue.key, enqueue.payload::json, COALESCE(enqueue.headers, '{{}}'))
+  INSERT INTO {schema}.messages (topic, key, payload, headers, available_at)
+  VALUES (enqueue.topic, enqueue.key, enqueue.payload::json, COALESCE(enqueue.headers, '{{}}'),
+          GREATEST(now(), enqueue.deliver_at))
   RETURNING id INTO new_id;
   RETURN new_id;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION {schema}.enqueue(
-  topic text, key text, payload text, headers jsonb DEFAULT '{{}}'
+CREATE FUNCTION {schema}.enqueue(
+  topic text, key text, payload text, headers jsonb DEFAULT '{{}}',
+  deliver_at timestamptz DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   new_id uuid;
 BEGIN
-  INSERT INTO {schema}.messages (topic, key, payload, headers)
-  VALUES (enqueue.topic, enqueue.key, enqueue.payload::json, COALESCE(enqueue.headers, '{{}}'))
+  INSERT INTO {schema}.messages (topic, key, payload, headers, available_at)
+  VALUES (enqueue.topic, enqueue.key, enqueue.payload::json, COALESCE(enqueue.headers, '{{}}'),
+          GREATEST(now(), enqueue.deliver_at))
   RETURNING id INTO new_id;
   RETURN new_id;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION {schema}.enqueue_binary(
+CREATE FUNCTION {schema}.enqueue_binary(
   topic text, key text, payload bytea, headers jsonb DEFAULT '{{}}',
-  content_type text DEFAULT 'application/octet-stream'
+  content_type text DEFAULT 'application/octet-stream', deliver_at timestamptz DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
   new_id uuid;
 BEGIN
-  INSERT INTO {schema}.messages (topic, key, payload_bytes, headers, content_type)
+  INSERT INTO {schema}.messages (topic, key, payload_bytes, headers, content_type, available_at)
   VALUES (enqueue_binary.topic, enqueue_binary.key, enqueue_binary.payload,
-          COALESCE(enqueue_binary.headers, '{{}}'), enqueue_binary.content_type)
+          COALESCE(enqueue_binary.headers, '{{}}'), enqueue_binary.content_type,
+          GREATEST(now(), enqueue_binary.deliver_at))
   RETURNING id INTO new_id;
   RETURN new_id;
 END
@@ -110,24 +120,28 @@ $$;
 
 -- Many messages in one statement, in the order given: a bulk load pays a statement's
 -- fixed cost (planning, preparing the table's expressions, the wake-up trigger) once,
--- not once per row. The arrays have one element per message; headers may be NULL for
--- all. Returns the new ids in the same order.
+-- not once per row. The arrays have one element per message; headers and deliver_at may
+-- be NULL for all. Returns the new ids in the same order.
 CREATE FUNCTION {schema}.enqueue_many(
-  topics text[], keys text[], payloads text[], headers jsonb[] DEFAULT NULL
+  topics text[], keys text[], payloads text[], headers jsonb[] DEFAULT NULL,
+  deliver_at timestamptz[] DEFAULT NULL
 ) RETURNS SETOF uuid
 LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
   IF cardinality(enqueue_many.keys) <> cardinality(enqueue_many.topics)
      OR cardinality(enqueue_many.payloads) <> cardinality(enqueue_many.topics)
-     OR cardinality(enqueue_many.headers) <> cardinality(enqueue_many.topics) THEN
+     OR cardinality(enqueue_many.headers) <> cardinality(enqueue_many.topics)
+     OR cardinality(enqueue_many.deliver_at) <> cardinality(enqueue_many.topics) THEN
     RAISE EXCEPTION 'enqueue_many takes arrays of one length: one element per message'
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   RETURN QUERY
-    INSERT INTO {schema}.messages AS m (topic, key, payload, headers)
-    SELECT r.topic, r.key, r.payload::json, COALESCE(r.headers, '{{}}')
+    INSERT INTO {schema}.messages AS m (topic, key, payload, headers, available_at)
+    SELECT r.topic, r.key, r.payload::json, COALESCE(r.headers, '{{}}'),
+           GREATEST(now(), r.deliver_at)
     FROM unnest(enqueue_many.topics, enqueue_many.keys, enqueue_many.payloads,
-                enqueue_many.headers) AS r(topic, key, payload, headers)
+                enqueue_many.headers, enqueue_many.deliver_at)
+         AS r(topic, key, payload, headers, deliver_at)
     RETURNING m.id;
 END
 $$;
@@ -175,3 +189,96 @@ BEGIN
   RETURN message_id;
 END
 $$;
+
+-- emit() with deliver_at: a logical message is decoded when its transaction commits and
+-- cannot wait, so a message due later is written as a row instead (like enqueue()), which
+-- the relay holds until it is due. Due now (NULL or past): a logical message, as before.
+CREATE FUNCTION {schema}.emit(
+  topic text, key text, payload jsonb, headers jsonb DEFAULT '{{}}',
+  deliver_at timestamptz DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  IF emit.deliver_at > now() THEN
+    RETURN {schema}.enqueue(emit.topic, emit.key, emit.payload, emit.headers, emit.deliver_at);
+  END IF;
+  RETURN {schema}.cdc_emit(
+    {schema}.uuid_v7(), emit.topic, emit.key, emit.headers, 'application/json',
+    CASE WHEN emit.payload IS NULL THEN 'null' ELSE 'json' END,
+    convert_to(emit.payload::text, 'UTF8'));
+END
+$$;
+
+CREATE FUNCTION {schema}.emit(
+  topic text, key text, payload text, headers jsonb DEFAULT '{{}}',
+  deliver_at timestamptz DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  IF emit.deliver_at > now() THEN
+    RETURN {schema}.enqueue(emit.topic, emit.key, emit.payload, emit.headers, emit.deliver_at);
+  END IF;
+  RETURN {schema}.cdc_emit(
+    {schema}.uuid_v7(), emit.topic, emit.key, emit.headers, 'application/json',
+    CASE WHEN emit.payload IS NULL THEN 'null' ELSE 'json' END,
+    convert_to(emit.payload::json::text, 'UTF8'));
+END
+$$;
+
+CREATE FUNCTION {schema}.emit_binary(
+  topic text, key text, payload bytea, headers jsonb DEFAULT '{{}}',
+  content_type text DEFAULT 'application/octet-stream', deliver_at timestamptz DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  IF emit_binary.deliver_at > now() THEN
+    RETURN {schema}.enqueue_binary(emit_binary.topic, emit_binary.key, emit_binary.payload,
+                                   emit_binary.headers, emit_binary.content_type,
+                                   emit_binary.deliver_at);
+  END IF;
+  RETURN {schema}.cdc_emit(
+    {schema}.uuid_v7(), emit_binary.topic, emit_binary.key, emit_binary.headers,
+    emit_binary.content_type,
+    CASE WHEN emit_binary.payload IS NULL THEN 'null' ELSE 'bytes' END, emit_binary.payload);
+END
+$$;
+
+-- The functions written before this migration, each replaced above by the same one with
+-- deliver_at added, go; their privileges go to their replacements first (a database that
+-- revoked EXECUTE from PUBLIC and granted it to its writers keeps exactly that). A view
+-- or a SQL-standard function body (BEGIN ATOMIC) of yours that calls one of them stops
+-- this migration with PostgreSQL's dependency error: recreate it after upgrading.
+DO $signatures$
+DECLARE
+  outbox_schema oid := (
+    SELECT t.typnamespace FROM pg_catalog.pg_type t
+    WHERE t.oid = pg_catalog.pg_typeof(NULL::{schema}.messages)::oid);
+  timestamptz oid := 'pg_catalog.timestamptz'::pg_catalog.regtype;
+  old record;
+  replacement pg_catalog.regprocedure;
+  privilege record;
+BEGIN
+  FOR old IN
+    SELECT p.oid::pg_catalog.regprocedure AS fn, p.proname, p.proargtypes, p.proacl
+    FROM pg_catalog.pg_proc p
+    WHERE p.pronamespace = outbox_schema
+      AND p.proname IN ('enqueue', 'enqueue_binary', 'emit', 'emit_binary')
+      AND p.proargtypes[p.pronargs - 1] <> timestamptz
+  LOOP
+    SELECT n.oid INTO STRICT replacement FROM pg_catalog.pg_proc n
+    WHERE n.pronamespace = outbox_schema AND n.proname = old.proname
+      AND n.proargtypes::oid[] = old.proargtypes::oid[] || timestamptz;
+    IF old.proacl IS NOT NULL THEN
+      EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', replacement);
+      FOR privilege IN SELECT * FROM pg_catalog.aclexplode(old.proacl) LOOP
+        EXECUTE pg_catalog.format(
+          'GRANT EXECUTE ON FUNCTION %s TO %s%s', replacement,
+          CASE WHEN privilege.grantee = 0 THEN 'PUBLIC'
+               ELSE privilege.grantee::pg_catalog.regrole::text END,
+          CASE WHEN privilege.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+      END LOOP;
+    END IF;
+    EXECUTE pg_catalog.format('DROP FUNCTION %s', old.fn);
+  END LOOP;
+END
+$signatures$;

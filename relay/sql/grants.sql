@@ -68,13 +68,13 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.inbox TO {role};
 GRANT INSERT, SELECT (id) ON {schema}.messages TO {role};
 GRANT EXECUTE ON FUNCTION
   {schema}.uuid_v7(),
-  {schema}.enqueue(text, text, jsonb, jsonb),
-  {schema}.enqueue(text, text, text, jsonb),
-  {schema}.enqueue_binary(text, text, bytea, jsonb, text),
-  {schema}.enqueue_many(text[], text[], text[], jsonb[]),
-  {schema}.emit(text, text, jsonb, jsonb),
-  {schema}.emit(text, text, text, jsonb),
-  {schema}.emit_binary(text, text, bytea, jsonb, text),
+  {schema}.enqueue(text, text, jsonb, jsonb, timestamptz),
+  {schema}.enqueue(text, text, text, jsonb, timestamptz),
+  {schema}.enqueue_binary(text, text, bytea, jsonb, text, timestamptz),
+  {schema}.enqueue_many(text[], text[], text[], jsonb[], timestamptz[]),
+  {schema}.emit(text, text, jsonb, jsonb, timestamptz),
+  {schema}.emit(text, text, text, jsonb, timestamptz),
+  {schema}.emit_binary(text, text, bytea, jsonb, text, timestamptz),
   {schema}.cdc_emit(uuid, text, text, jsonb, text, text, bytea),
   {schema}.cdc_message_prefix(),
   {schema}.valid_headers(jsonb)

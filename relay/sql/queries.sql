@@ -159,10 +159,14 @@ VALUES (%(topic)s, %(key)s, %(payload)s::json)
 RETURNING id;
 
 -- name: enqueue_message
--- Any other message: every column a writer may set (the others are the relay's).
-INSERT INTO {schema}.messages (topic, key, payload, payload_bytes, headers, content_type)
+-- Any other message: every column a writer may set (the others are the relay's). Due at
+-- deliver_at, or after a delay counted by the database's clock from this statement, or
+-- (neither, or a time already past) at once: GREATEST ignores NULLs.
+INSERT INTO {schema}.messages
+  (topic, key, payload, payload_bytes, headers, content_type, available_at)
 VALUES (%(topic)s, %(key)s, %(payload)s::json, %(payload_bytes)s::bytea, %(headers)s::jsonb,
-        %(content_type)s)
+        %(content_type)s,
+        GREATEST(now(), %(deliver_at)s::timestamptz, clock_timestamp() + %(delay)s::interval))
 RETURNING id;
 
 -- name: enqueue_messages
@@ -171,12 +175,15 @@ RETURNING id;
 -- rows in array order and the identity numbers them as they come, so seq (the claim's
 -- order) follows the list; RETURNING gives the ids in that order. A column that is NULL
 -- for every message comes as one NULL, which unnest pads out.
-INSERT INTO {schema}.messages AS m (topic, key, payload, payload_bytes, headers, content_type)
+INSERT INTO {schema}.messages AS m
+  (topic, key, payload, payload_bytes, headers, content_type, available_at)
 SELECT r.topic, r.key, r.payload::json, r.payload_bytes, COALESCE(r.headers::jsonb, '{{}}'),
-       COALESCE(r.content_type, 'application/json')
+       COALESCE(r.content_type, 'application/json'),
+       GREATEST(now(), r.deliver_at, clock_timestamp() + r.delay)
 FROM unnest(%(topics)b::text[], %(keys)b::text[], %(payloads)b::text[],
-            %(payload_bytes)b::bytea[], %(headers)b::text[], %(content_types)b::text[])
-     AS r(topic, key, payload, payload_bytes, headers, content_type)
+            %(payload_bytes)b::bytea[], %(headers)b::text[], %(content_types)b::text[],
+            %(deliver_at)b::timestamptz[], %(delays)b::interval[])
+     AS r(topic, key, payload, payload_bytes, headers, content_type, deliver_at, delay)
 RETURNING m.id;
 
 -- name: status_backlog

@@ -6,7 +6,9 @@ Read back with plain SQL, not through the helpers under test.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import ANY
 
 import psycopg
 import pytest
@@ -15,6 +17,7 @@ import relay
 from relay.migrations import migrate
 
 pytestmark = pytest.mark.integration
+ANY_TIME = ANY  # a row due now: the test asks that it equal created_at, not what it is
 
 
 @pytest.fixture
@@ -169,3 +172,116 @@ def test_headers_must_still_be_a_json_object(outbox):
         pytest.raises(psycopg.errors.CheckViolation, match="outbox headers must be a JSON object"),
     ):
         conn.execute("SELECT outbox.enqueue('t', 'k', '1', '[1]')")
+
+
+# --- delayed delivery: what the writer asks for lands in available_at ----------------------
+
+LATER = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+EARLIER = datetime(2001, 1, 1, tzinfo=UTC)
+
+
+def due_times(dsn: str) -> list[tuple[Any, ...]]:
+    """Each row's available_at, and whether it is its transaction's start (now())."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT available_at, available_at = created_at FROM outbox.messages ORDER BY seq"
+        ).fetchall()
+
+
+DELAYED_SQL = [
+    "SELECT outbox.enqueue('t', 'k', '1', deliver_at => %(at)s)",
+    "SELECT outbox.enqueue('t', 'k', '1'::jsonb, '{}', %(at)s)",
+    "SELECT outbox.enqueue_binary('t', 'k', '\\x00'::bytea, deliver_at => %(at)s)",
+    "SELECT outbox.enqueue_binary('t', 'k', '\\x00'::bytea, '{}', 'image/png', %(at)s)",
+    "SELECT outbox.enqueue_many(ARRAY['t'], ARRAY['k'], ARRAY['1'],"
+    " deliver_at => ARRAY[%(at)s::timestamptz])",
+    "SELECT outbox.emit('t', 'k', '1', deliver_at => %(at)s)",
+    "SELECT outbox.emit('t', 'k', '1'::jsonb, '{}', %(at)s)",
+    "SELECT outbox.emit_binary('t', 'k', '\\x00'::bytea, deliver_at => %(at)s)",
+]
+
+
+@pytest.mark.parametrize("statement", DELAYED_SQL)
+def test_sql_deliver_at_becomes_the_rows_available_at(outbox, statement):
+    with psycopg.connect(outbox) as conn:
+        conn.execute(statement, {"at": LATER})
+    assert due_times(outbox) == [(LATER, False)]
+
+
+@pytest.mark.parametrize("statement", DELAYED_SQL)
+def test_sql_deliver_at_in_the_past_or_null_means_now(outbox, statement):
+    emitted = "emit" in statement  # due now: a logical message, as before, and no row
+    with psycopg.connect(outbox) as conn:
+        conn.execute(statement, {"at": EARLIER})
+        conn.execute(statement, {"at": None})
+    assert due_times(outbox) == ([] if emitted else [(ANY_TIME, True), (ANY_TIME, True)])
+
+
+def test_python_deliver_at_and_delay(outbox):
+    with psycopg.connect(outbox) as conn:
+        relay.enqueue(conn, topic="t", key="k", payload=1, deliver_at=LATER)
+        relay.enqueue(conn, topic="t", key="k", payload=b"\x01", deliver_at=EARLIER)
+        (before,) = conn.execute("SELECT clock_timestamp()").fetchone()
+        relay.enqueue(conn, topic="t", key="k", payload=2, delay=timedelta(minutes=5))
+        relay.enqueue(conn, topic="t", key="k", payload=3, delay=90.5)
+        (after,) = conn.execute("SELECT clock_timestamp()").fetchone()
+    due = due_times(outbox)
+    assert due[:2] == [(LATER, False), (ANY_TIME, True)]
+    assert before + timedelta(minutes=5) <= due[2][0] <= after + timedelta(minutes=5)
+    assert before + timedelta(seconds=90.5) <= due[3][0] <= after + timedelta(seconds=90.5)
+
+
+def test_enqueue_many_deliver_at_and_delay_per_message(outbox):
+    with psycopg.connect(outbox) as conn:
+        (before,) = conn.execute("SELECT clock_timestamp()").fetchone()
+        relay.enqueue_many(
+            conn,
+            [
+                {"topic": "t", "payload": 0},
+                {"topic": "t", "payload": 1, "deliver_at": LATER},
+                {"topic": "t", "payload": b"2", "delay": 60},
+                {"topic": "t", "payload": 3, "deliver_at": EARLIER},
+            ],
+        )
+        (after,) = conn.execute("SELECT clock_timestamp()").fetchone()
+    due = due_times(outbox)
+    assert [due[0], due[1], due[3]] == [(ANY_TIME, True), (LATER, False), (ANY_TIME, True)]
+    assert before + timedelta(seconds=60) <= due[2][0] <= after + timedelta(seconds=60)
+
+
+@pytest.mark.parametrize(
+    ("when", "problem"),
+    [
+        ({"deliver_at": datetime(2031, 1, 1)}, "timezone-aware"),
+        ({"deliver_at": "2031-01-01T00:00:00Z"}, "timezone-aware"),
+        ({"deliver_at": LATER, "delay": 5}, "not both"),
+        ({"delay": float("nan")}, "finite number of seconds"),
+        ({"delay": True}, "finite number of seconds"),
+        ({"delay": 1e300}, "too long"),
+    ],
+)
+def test_python_refuses_an_unclear_delivery_time(outbox, when, problem):
+    with psycopg.connect(outbox) as conn:
+        with pytest.raises(ValueError, match=problem):
+            relay.enqueue(conn, topic="t", key="k", payload=1, **when)
+        with pytest.raises(ValueError, match=problem):
+            relay.enqueue_many(conn, [{"topic": "t", "payload": 1, **when}])
+    assert rows(outbox) == []
+
+
+def test_calls_written_for_the_functions_before_deliver_at_still_work(outbox):
+    calls = [
+        "SELECT outbox.enqueue('t', 'k', '1')",
+        """SELECT outbox.enqueue('t', 'k', '1', '{"h": "v"}')""",
+        "SELECT outbox.enqueue('t', NULL, to_jsonb(1))",
+        "SELECT outbox.enqueue(topic => 't', key => 'k', payload => '1', headers => NULL)",
+        "SELECT outbox.enqueue_binary('t', 'k', '\\x00')",
+        "SELECT outbox.enqueue_binary('t', 'k', '\\x00', '{}', 'image/png')",
+        "SELECT outbox.emit('t', 'k', '1')",
+        "SELECT outbox.emit('t', 'k', to_jsonb(1), '{}')",
+        "SELECT outbox.emit_binary('t', 'k', '\\x00', '{}', 'image/png')",
+    ]
+    with psycopg.connect(outbox) as conn:
+        for call in calls:
+            conn.execute(call)  # type: ignore[arg-type]
+    assert len(rows(outbox)) == 6
