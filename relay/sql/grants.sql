@@ -64,8 +64,18 @@ GRANT SELECT ON {schema}.inbox_migrations TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.inbox TO {role};
 
 -- name: producer
--- enqueue(), enqueue_binary() and enqueue_many() insert and return the new ids.
-GRANT INSERT, SELECT (id) ON {schema}.messages TO {role};
+-- A writer sets what describes its message and nothing of the relay's bookkeeping (seq,
+-- id, created_at, attempts, last_error, sent_at, parked_at): with INSERT on the whole
+-- table it could take a range of seq with OVERRIDING SYSTEM VALUE (every later insert
+-- then fails on the primary key until the sequence passes it) or insert rows as sent,
+-- parked or out of attempts. The functions and relay.enqueue() set these columns only,
+-- and read back the new id. Scripts of earlier versions granted INSERT on the whole
+-- table, so it is taken back first (a role that also relays: grant it its relay mode
+-- after this).
+REVOKE INSERT ON {schema}.messages FROM {role};
+GRANT INSERT (topic, key, payload, payload_bytes, headers, content_type, available_at),
+      SELECT (id)
+  ON {schema}.messages TO {role};
 GRANT EXECUTE ON FUNCTION
   {schema}.uuid_v7(),
   {schema}.enqueue(text, text, jsonb, jsonb, timestamptz),
