@@ -6,8 +6,9 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PYTEST_ARGS ?=
 BENCH_ARGS ?= --quick
+WRITER_ARGS ?= --update-docs docs/performance.md
 
-.PHONY: setup demo test lint unit integration e2e faults bench clean
+.PHONY: setup demo test lint unit integration e2e faults bench bench-writers clean
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -41,6 +42,11 @@ faults: setup
 # Benchmarks are never part of `make test`; results go to benchmarks/results/.
 bench: setup
 	$(UV) run --frozen --group bench python -m benchmarks.run $(BENCH_ARGS)
+
+# What the outbox costs the application's writes (~15 min); it writes the table of
+# docs/performance.md (WRITER_ARGS= to leave the docs alone).
+bench-writers: setup
+	$(UV) run --frozen --group bench python -m benchmarks.writer_cost $(WRITER_ARGS)
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache
