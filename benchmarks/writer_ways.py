@@ -6,7 +6,8 @@ every way into the outbox. Every way starts from the same Python dicts and seria
 itself (orjson), so the JSON encoding costs each the same.
 
 ``style`` says how the rows travel: ``awaited`` sends one statement per row and waits for
-its answer before the next (what application code calling ``execute`` in a loop does);
+its answer before the next (what application code calling ``execute`` in a loop does;
+psycopg prepares a statement it sees often, ``unprepared`` is the same without that);
 ``pipelined`` sends the same statements without waiting (psycopg's ``executemany``), which
 leaves only the server's own cost per statement; ``bulk`` is one call for the whole list.
 """
@@ -82,6 +83,17 @@ def awaited(statement: str) -> WriteFn:
     return write
 
 
+def unprepared(statement: str) -> WriteFn:
+    """Awaited, and parsed and planned by the server every time, as by a driver that
+    does not prepare statements (psycopg2, many ORMs)."""
+
+    def write(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None:
+        for topic, key, payload in events:
+            conn.execute(statement, (topic, key, orjson.dumps(payload).decode()), prepare=False)
+
+    return write
+
+
 def pipelined(statement: str) -> WriteFn:
     def write(conn: psycopg.Connection[Any], events: Sequence[Event]) -> None:
         with conn.cursor() as cursor:
@@ -122,13 +134,16 @@ def ways() -> list[Way]:
     return [
         Way("plain INSERT", "awaited", awaited(PLAIN_INSERT), baseline=True),
         Way("plain INSERT", "pipelined", pipelined(PLAIN_INSERT), baseline=True),
+        Way("plain INSERT", "unprepared", unprepared(PLAIN_INSERT), baseline=True),
         Way("plain INSERT ... unnest", "bulk", bulk(PLAIN_BULK), baseline=True),
         Way("tutorial outbox INSERT", "awaited", awaited(TUTORIAL_INSERT), baseline=True),
         Way("tutorial outbox INSERT", "pipelined", pipelined(TUTORIAL_INSERT), baseline=True),
         Way("ceiling: every promise, no more", "awaited", awaited(CEILING_INSERT), baseline=True),
         Way("ceiling: every promise, no more", "pipelined", pipelined(CEILING_INSERT), True),
+        Way("ceiling: every promise, no more", "unprepared", unprepared(CEILING_INSERT), True),
         Way("INSERT INTO outbox.messages", "awaited", awaited(OUTBOX_INSERT)),
         Way("INSERT INTO outbox.messages", "pipelined", pipelined(OUTBOX_INSERT)),
+        Way("INSERT INTO outbox.messages", "unprepared", unprepared(OUTBOX_INSERT)),
         Way("SELECT outbox.enqueue()", "awaited", awaited(SQL_ENQUEUE)),
         Way("SELECT outbox.enqueue()", "pipelined", pipelined(SQL_ENQUEUE)),
         Way("relay.enqueue()", "awaited", python_enqueue),

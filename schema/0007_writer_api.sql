@@ -146,6 +146,25 @@ BEGIN
 END
 $$;
 
+-- uuid_v7() in plpgsql, the same expression: as a LANGUAGE sql function it was inlined
+-- into every plan of an INSERT that takes the id's default, and inlining parses and
+-- analyses the function's text each time. A driver that does not prepare its statements
+-- has every INSERT planned, so each paid ~40 us for it; a prepared one pays the same per
+-- row either way (benchmarks/README.md).
+CREATE OR REPLACE FUNCTION {schema}.uuid_v7() RETURNS uuid
+LANGUAGE plpgsql VOLATILE PARALLEL SAFE AS $$
+BEGIN
+  -- RFC 9562 version 7: 48-bit Unix milliseconds, then random bits, so ids sort by time.
+  RETURN encode(
+    set_bit(set_bit(set_bit(set_bit(
+      overlay(uuid_send(gen_random_uuid())
+              PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+              FROM 1 FOR 6),
+      52, 1), 53, 1), 54, 1), 55, 0),
+    'hex')::uuid;
+END
+$$;
+
 -- The wake-up trigger, cheaper per statement (each single-row INSERT runs it): its
 -- pinned search_path cost a configuration change in and out of every call (~2.5 us), so
 -- every name in it is schema-qualified instead, operators too, and a caller's
