@@ -161,9 +161,7 @@ async def enqueue_async(
     return _uuid(row[0])
 
 
-def _many(messages: Iterable[Mapping[str, Any]]) -> dict[str, list[Any] | None] | None:
-    """The columns of ``messages`` as arrays (None for a column unset in every one), or
-    None when there is no message."""
+def _rows(messages: Iterable[Mapping[str, Any]]) -> list[_Row]:
     rows = []
     for number, message in enumerate(messages):
         unknown = set(message) - MESSAGE_FIELDS
@@ -178,15 +176,23 @@ def _many(messages: Iterable[Mapping[str, Any]]) -> dict[str, list[Any] | None] 
             _row(message["topic"], message.get("key"), message["payload"],
                  message.get("headers"), message.get("content_type"), when)
         )  # fmt: skip
-    if not rows:
-        return None
+    return rows
+
+
+def _many(schema: str, rows: list[_Row]) -> tuple[bytes, dict[str, Any]]:
+    """The statement for ``rows``: one row's own (an array per column costs psycopg more
+    to send than a row of values), or one for all with each column an array (None for a
+    column unset in every message)."""
+    if len(rows) == 1:
+        return _statement(schema, rows[0])
     names = ("topics", "keys", "payloads", "payload_bytes", "headers", "content_types",
              "deliver_at", "delays")  # fmt: skip
-    columns = zip(*rows, strict=True)
-    return {
+    columns = map(list, zip(*rows, strict=True))
+    params = {
         name: values if any(v is not None for v in values) else None
-        for name, values in zip(names, map(list, columns), strict=True)
+        for name, values in zip(names, columns, strict=True)
     }
+    return _sql("enqueue_messages", schema), params
 
 
 def enqueue_many(
@@ -200,15 +206,14 @@ def enqueue_many(
 
     Each message is a mapping with :func:`enqueue`'s keyword arguments: ``topic`` and
     ``payload``, and optionally ``key``, ``headers``, ``content_type``, ``deliver_at``
-    and ``delay``. Messages of
-    one key are published in list order. This is the way to write a bulk load: one
-    statement costs the server a fraction of one statement per message.
+    and ``delay``. Messages of one key are published in list order. This is the way to
+    write a bulk load: one statement costs the server a fraction of one per message.
     """
-    params = _many(messages)
-    if params is None:
+    rows = _rows(messages)
+    if not rows:
         return []
-    rows = conn.execute(_sql("enqueue_messages", schema), params).fetchall()
-    return [_uuid(row[0]) for row in rows]
+    statement, params = _many(schema, rows)
+    return [_uuid(row[0]) for row in conn.execute(statement, params).fetchall()]
 
 
 async def enqueue_many_async(
@@ -218,8 +223,9 @@ async def enqueue_many_async(
     schema: str = DEFAULT_SCHEMA,
 ) -> list[UUID]:
     """The asyncio twin of :func:`enqueue_many`, sharing its SQL."""
-    params = _many(messages)
-    if params is None:
+    rows = _rows(messages)
+    if not rows:
         return []
-    cursor = await conn.execute(_sql("enqueue_messages", schema), params)
+    statement, params = _many(schema, rows)
+    cursor = await conn.execute(statement, params)
     return [_uuid(row[0]) for row in await cursor.fetchall()]

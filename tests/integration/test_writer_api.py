@@ -17,6 +17,7 @@ import relay
 from relay.migrations import migrate
 
 pytestmark = pytest.mark.integration
+BINARY_TYPE = "application/octet-stream"
 ANY_TIME = ANY  # a row due now: the test asks that it equal created_at, not what it is
 
 
@@ -285,3 +286,15 @@ def test_calls_written_for_the_functions_before_deliver_at_still_work(outbox):
         for call in calls:
             conn.execute(call)  # type: ignore[arg-type]
     assert len(rows(outbox)) == 6
+
+
+def test_enqueue_many_of_one_message_writes_the_same_row(outbox):
+    """One message goes by the single-row statement; the row must not tell."""
+    message = {"topic": "t", "key": "k", "payload": b"\x01", "headers": {"h": "v"}}
+    with psycopg.connect(outbox) as conn:
+        (first,) = relay.enqueue_many(conn, [{**message, "deliver_at": LATER}])
+        (second, _) = relay.enqueue_many(conn, [{**message, "deliver_at": LATER}, message])
+    written = [r[1:] for r in rows(outbox)]
+    assert written[0] == written[1] == ("t", "k", None, b"\x01", {"h": "v"}, BINARY_TYPE)
+    assert [r[0] for r in rows(outbox)][:2] == [first, second]
+    assert [d for d, _ in due_times(outbox)][:2] == [LATER, LATER]
