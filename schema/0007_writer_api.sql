@@ -1,5 +1,11 @@
--- outbox-relay migration 7: what writing into the outbox costs the application.
+-- outbox-relay migration 7: the writer's side of the outbox.
 -- {schema} is replaced by the quoted schema name; literal braces are doubled.
+--
+-- What it does, in order: reserved header names, checked for every row written; the
+-- enqueue functions in plpgsql and with deliver_at; enqueue_many(); uuid_v7() and the
+-- wake-up trigger cheaper per statement; emit() with deliver_at; the functions replaced
+-- are dropped last, their privileges carried over. No table is rewritten and no row is
+-- read or changed: the new CHECK is added NOT VALID, and exempts the rows already there.
 --
 -- enqueue() was a LANGUAGE sql function: PostgreSQL keeps no plan for those, so every
 -- call parsed and planned its INSERT again (the id's default, uuid_v7(), inlined and
