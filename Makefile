@@ -9,8 +9,9 @@ PYTEST_ARGS ?=
 # -ra: every run says why each test was skipped, as CI's does
 PYTEST := $(UV) run --frozen pytest -ra
 BENCH_ARGS ?= --quick
+WRITER_ARGS ?= --update-docs docs/performance.md
 
-.PHONY: setup demo test lint unit integration e2e faults bench clean
+.PHONY: setup demo test lint unit integration e2e faults bench bench-writers clean
 
 # uv comes from PyPI into .tools, through a virtual environment: Debian and Ubuntu ship
 # venv's ensurepip in a package of its own, which a stock install lacks.
@@ -52,6 +53,11 @@ faults: setup
 # Benchmarks are never part of `make test`; results go to benchmarks/results/.
 bench: setup
 	$(UV) run --frozen --group bench python -m benchmarks.run $(BENCH_ARGS)
+
+# What the outbox costs the application's writes (~15 min); it writes the table of
+# docs/performance.md (WRITER_ARGS= to leave the docs alone).
+bench-writers: setup
+	$(UV) run --frozen --group bench python -m benchmarks.writer_cost $(WRITER_ARGS)
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

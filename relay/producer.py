@@ -1,47 +1,114 @@
 """Write events into the outbox from Python, inside the caller's own transaction.
 
-The SQL functions ``<schema>.enqueue`` / ``enqueue_binary`` are the contract for every
-language; these helpers are thin wrappers around them for psycopg users.
+The SQL functions ``<schema>.enqueue`` / ``enqueue_binary`` / ``enqueue_many`` are the
+contract for every language. From Python these helpers insert the rows themselves, with
+the same columns and defaults: calling the function would cost the server a second
+executor for every row. :func:`enqueue_many` writes a whole list in one statement, the
+way to write a bulk load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import functools
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
 import psycopg
 
 from relay.config import DEFAULT_SCHEMA
+from relay.headers import first_reserved, reserved_header_message
 from relay.names import check_schema_name
 from relay.sqlfiles import query
 
 JsonValue = Any
+Delay = timedelta | float | int  # a number is seconds
+JSON = "application/json"
+BINARY = "application/octet-stream"
+MESSAGE_FIELDS = frozenset(
+    {"topic", "key", "payload", "headers", "content_type", "deliver_at", "delay"}
+)
 
 
-def _statement(
-    schema: str,
+class _Row(NamedTuple):
+    """One message as the columns a writer sets (None: the table's default)."""
+
+    topic: str
+    key: str | None
+    payload: str | None  # JSON text
+    payload_bytes: bytes | None
+    headers: str | None  # a JSON object's text; None when there are none
+    content_type: str | None
+    deliver_at: datetime | None
+    delay: timedelta | None
+
+
+@functools.cache
+def _sql(name: str, schema: str) -> bytes:
+    """A statement as bytes, rendered once per schema: psycopg would otherwise compose
+    the identifier into the text again on every call."""
+    check_schema_name(schema)
+    return query(name, schema).as_bytes(None)
+
+
+def _schedule(deliver_at: datetime | None, delay: Delay | None) -> tuple[Any, Any]:
+    """When the message becomes due: ``(deliver_at, None)``, ``(None, delay)`` or neither
+    (at once). The database adds a delay to its own clock, so the application's clock
+    does not matter for it; a deliver_at is an instant, so it must carry its zone."""
+    if deliver_at is not None and delay is not None:
+        raise ValueError("give deliver_at or delay, not both")
+    if deliver_at is not None:
+        if not isinstance(deliver_at, datetime) or deliver_at.utcoffset() is None:
+            raise ValueError("deliver_at must be a timezone-aware datetime")
+        return deliver_at, None
+    if delay is None or isinstance(delay, timedelta):
+        return None, delay
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay):
+        raise ValueError("delay must be a timedelta or a finite number of seconds")
+    try:
+        return None, timedelta(seconds=delay)
+    except OverflowError:
+        raise ValueError("delay is too long for a timedelta") from None
+
+
+def _row(
     topic: str,
     key: str | None,
     payload: JsonValue | bytes,
     headers: Mapping[str, str] | None,
     content_type: str | None,
-) -> tuple[Any, dict[str, Any]]:
-    check_schema_name(schema)
-    params: dict[str, Any] = {
-        "topic": topic,
-        "key": key,
-        "headers": orjson.dumps(dict(headers or {})).decode(),
-    }
+    when: tuple[datetime | None, timedelta | None] = (None, None),
+) -> _Row:
+    header_text = None
+    if headers:
+        reserved = first_reserved(headers)
+        if reserved is not None:
+            raise ValueError(reserved_header_message(reserved))
+        header_text = orjson.dumps(dict(headers)).decode()
     if isinstance(payload, bytes | bytearray | memoryview):
-        params["payload"] = bytes(payload)
-        params["content_type"] = content_type or "application/octet-stream"
-        return query("enqueue_binary", schema), params
-    if content_type not in (None, "application/json"):
+        data = bytes(payload)
+        return _Row(topic, key, None, data, header_text, content_type or BINARY, *when)
+    if content_type not in (None, JSON):
         raise ValueError("JSON payloads are sent as application/json; pass bytes for others")
-    params["payload"] = orjson.dumps(payload).decode()
-    return query("enqueue_json", schema), params
+    return _Row(topic, key, orjson.dumps(payload).decode(), None, header_text, None, *when)
+
+
+def _statement(schema: str, row: _Row) -> tuple[bytes, dict[str, Any]]:
+    usual = row.payload_bytes is None and row.headers is None
+    if usual and row.deliver_at is None and row.delay is None:
+        params = {"topic": row.topic, "key": row.key, "payload": row.payload}
+        return _sql("enqueue_json", schema), params
+    params = row._asdict()
+    params["headers"] = row.headers or "{}"
+    params["content_type"] = row.content_type or JSON
+    return _sql("enqueue_message", schema), params
+
+
+def _uuid(value: Any) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
 
 
 def enqueue(
@@ -52,6 +119,8 @@ def enqueue(
     payload: JsonValue | bytes,
     headers: Mapping[str, str] | None = None,
     content_type: str | None = None,
+    deliver_at: datetime | None = None,
+    delay: Delay | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> UUID:
     """Add one event to the outbox in ``conn``'s current transaction; return its id.
@@ -59,12 +128,15 @@ def enqueue(
     ``payload`` is any JSON-serializable value (stored and published as orjson's compact
     text) or bytes (published byte for byte with ``content_type``). Messages with the
     same ``key`` are published in commit order; ``key=None`` means no ordering
-    requirement.
+    requirement. ``deliver_at`` (a timezone-aware datetime) or ``delay`` (a timedelta or
+    seconds, counted by the database's clock from this call) hold the message back until
+    then; a time already past means at once.
     """
-    statement, params = _statement(schema, topic, key, payload, headers, content_type)
+    when = _schedule(deliver_at, delay)
+    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type, when))
     row = conn.execute(statement, params).fetchone()
     assert row is not None
-    return UUID(str(row[0]))
+    return _uuid(row[0])
 
 
 async def enqueue_async(
@@ -75,11 +147,84 @@ async def enqueue_async(
     payload: JsonValue | bytes,
     headers: Mapping[str, str] | None = None,
     content_type: str | None = None,
+    deliver_at: datetime | None = None,
+    delay: Delay | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> UUID:
     """The asyncio twin of :func:`enqueue`, sharing its SQL."""
-    statement, params = _statement(schema, topic, key, payload, headers, content_type)
+    when = _schedule(deliver_at, delay)
+    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type, when))
     cursor = await conn.execute(statement, params)
     row = await cursor.fetchone()
     assert row is not None
-    return UUID(str(row[0]))
+    return _uuid(row[0])
+
+
+def _rows(messages: Iterable[Mapping[str, Any]]) -> list[_Row]:
+    rows = []
+    for number, message in enumerate(messages):
+        unknown = set(message) - MESSAGE_FIELDS
+        if unknown or "topic" not in message or "payload" not in message:
+            raise ValueError(
+                f"message {number} of enqueue_many must have a topic and a payload and may "
+                f"have {', '.join(sorted(MESSAGE_FIELDS - {'topic', 'payload'}))}; "
+                f"it has {', '.join(sorted(message))}"
+            )
+        when = _schedule(message.get("deliver_at"), message.get("delay"))
+        rows.append(
+            _row(message["topic"], message.get("key"), message["payload"],
+                 message.get("headers"), message.get("content_type"), when)
+        )  # fmt: skip
+    return rows
+
+
+def _many(schema: str, rows: list[_Row]) -> tuple[bytes, dict[str, Any]]:
+    """The statement for ``rows``: one row's own (an array per column costs psycopg more
+    to send than a row of values), or one for all with each column an array (None for a
+    column unset in every message)."""
+    if len(rows) == 1:
+        return _statement(schema, rows[0])
+    names = ("topics", "keys", "payloads", "payload_bytes", "headers", "content_types",
+             "deliver_at", "delays")  # fmt: skip
+    columns = map(list, zip(*rows, strict=True))
+    params = {
+        name: values if any(v is not None for v in values) else None
+        for name, values in zip(names, columns, strict=True)
+    }
+    return _sql("enqueue_messages", schema), params
+
+
+def enqueue_many(
+    conn: psycopg.Connection[Any],
+    messages: Iterable[Mapping[str, Any]],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[UUID]:
+    """Add many events in one statement, in ``conn``'s current transaction, in the
+    order given; return their ids in that order.
+
+    Each message is a mapping with :func:`enqueue`'s keyword arguments: ``topic`` and
+    ``payload``, and optionally ``key``, ``headers``, ``content_type``, ``deliver_at``
+    and ``delay``. Messages of one key are published in list order. This is the way to
+    write a bulk load: one statement costs the server a fraction of one per message.
+    """
+    rows = _rows(messages)
+    if not rows:
+        return []
+    statement, params = _many(schema, rows)
+    return [_uuid(row[0]) for row in conn.execute(statement, params).fetchall()]
+
+
+async def enqueue_many_async(
+    conn: psycopg.AsyncConnection[Any],
+    messages: Iterable[Mapping[str, Any]],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+) -> list[UUID]:
+    """The asyncio twin of :func:`enqueue_many`, sharing its SQL."""
+    rows = _rows(messages)
+    if not rows:
+        return []
+    statement, params = _many(schema, rows)
+    cursor = await conn.execute(statement, params)
+    return [_uuid(row[0]) for row in await cursor.fetchall()]

@@ -40,6 +40,8 @@ GRANT SELECT, UPDATE ON "outbox".bucket_leases TO "relay";
 GRANT SELECT ON "outbox".cdc_state TO "relay";
 -- move delayed messages into the outbox when due (SELECT ... FOR UPDATE, DELETE), status.
 GRANT SELECT, UPDATE, DELETE ON "outbox".scheduled TO "relay";
+-- The outbox's CHECK on headers calls it on every INSERT and UPDATE of a row.
+GRANT EXECUTE ON FUNCTION "outbox".valid_headers(jsonb) TO "relay";
 COMMIT;
 -- Privileges of a role that writes events with enqueue()/emit() in the application's transactions, on outbox schema 'outbox'.
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
@@ -61,18 +63,30 @@ DO $grant$ BEGIN
   END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox" TO "writer";
--- enqueue() and enqueue_binary() insert and return the new id.
-GRANT INSERT, SELECT (id) ON "outbox".messages TO "writer";
+-- A writer sets what describes its message and nothing of the relay's bookkeeping (seq,
+-- id, created_at, attempts, last_error, sent_at, parked_at): with INSERT on the whole
+-- table it could take a range of seq with OVERRIDING SYSTEM VALUE (every later insert
+-- then fails on the primary key until the sequence passes it) or insert rows as sent,
+-- parked or out of attempts. The functions and relay.enqueue() set these columns only,
+-- and read back the new id. Scripts of earlier versions granted INSERT on the whole
+-- table, so it is taken back first (a role that also relays: grant it its relay mode
+-- after this).
+REVOKE INSERT ON "outbox".messages FROM "writer";
+GRANT INSERT (topic, key, payload, payload_bytes, headers, content_type, available_at),
+      SELECT (id)
+  ON "outbox".messages TO "writer";
 GRANT EXECUTE ON FUNCTION
   "outbox".uuid_v7(),
-  "outbox".enqueue(text, text, jsonb, jsonb),
-  "outbox".enqueue(text, text, text, jsonb),
-  "outbox".enqueue_binary(text, text, bytea, jsonb, text),
-  "outbox".emit(text, text, jsonb, jsonb),
-  "outbox".emit(text, text, text, jsonb),
-  "outbox".emit_binary(text, text, bytea, jsonb, text),
+  "outbox".enqueue(text, text, jsonb, jsonb, timestamptz),
+  "outbox".enqueue(text, text, text, jsonb, timestamptz),
+  "outbox".enqueue_binary(text, text, bytea, jsonb, text, timestamptz),
+  "outbox".enqueue_many(text[], text[], text[], jsonb[], timestamptz[]),
+  "outbox".emit(text, text, jsonb, jsonb, timestamptz),
+  "outbox".emit(text, text, text, jsonb, timestamptz),
+  "outbox".emit_binary(text, text, bytea, jsonb, text, timestamptz),
   "outbox".cdc_emit(uuid, text, text, jsonb, text, text, bytea),
-  "outbox".cdc_message_prefix()
+  "outbox".cdc_message_prefix(),
+  "outbox".valid_headers(jsonb)
   TO "writer";
 COMMIT;
 -- Privileges of a role that runs `outbox-relay run` in polling mode and `outbox-relay status`, on outbox schema 'outbox_amqp'.
@@ -112,6 +126,8 @@ GRANT SELECT, UPDATE ON "outbox_amqp".bucket_leases TO "relay";
 GRANT SELECT ON "outbox_amqp".cdc_state TO "relay";
 -- move delayed messages into the outbox when due (SELECT ... FOR UPDATE, DELETE), status.
 GRANT SELECT, UPDATE, DELETE ON "outbox_amqp".scheduled TO "relay";
+-- The outbox's CHECK on headers calls it on every INSERT and UPDATE of a row.
+GRANT EXECUTE ON FUNCTION "outbox_amqp".valid_headers(jsonb) TO "relay";
 COMMIT;
 -- Privileges of a role that writes events with enqueue()/emit() in the application's transactions, on outbox schema 'outbox_amqp'.
 -- Run as the schema owner after `outbox-relay migrate`. The role itself is yours:
@@ -133,17 +149,29 @@ DO $grant$ BEGIN
   END IF;
 END $grant$;
 GRANT USAGE ON SCHEMA "outbox_amqp" TO "writer";
--- enqueue() and enqueue_binary() insert and return the new id.
-GRANT INSERT, SELECT (id) ON "outbox_amqp".messages TO "writer";
+-- A writer sets what describes its message and nothing of the relay's bookkeeping (seq,
+-- id, created_at, attempts, last_error, sent_at, parked_at): with INSERT on the whole
+-- table it could take a range of seq with OVERRIDING SYSTEM VALUE (every later insert
+-- then fails on the primary key until the sequence passes it) or insert rows as sent,
+-- parked or out of attempts. The functions and relay.enqueue() set these columns only,
+-- and read back the new id. Scripts of earlier versions granted INSERT on the whole
+-- table, so it is taken back first (a role that also relays: grant it its relay mode
+-- after this).
+REVOKE INSERT ON "outbox_amqp".messages FROM "writer";
+GRANT INSERT (topic, key, payload, payload_bytes, headers, content_type, available_at),
+      SELECT (id)
+  ON "outbox_amqp".messages TO "writer";
 GRANT EXECUTE ON FUNCTION
   "outbox_amqp".uuid_v7(),
-  "outbox_amqp".enqueue(text, text, jsonb, jsonb),
-  "outbox_amqp".enqueue(text, text, text, jsonb),
-  "outbox_amqp".enqueue_binary(text, text, bytea, jsonb, text),
-  "outbox_amqp".emit(text, text, jsonb, jsonb),
-  "outbox_amqp".emit(text, text, text, jsonb),
-  "outbox_amqp".emit_binary(text, text, bytea, jsonb, text),
+  "outbox_amqp".enqueue(text, text, jsonb, jsonb, timestamptz),
+  "outbox_amqp".enqueue(text, text, text, jsonb, timestamptz),
+  "outbox_amqp".enqueue_binary(text, text, bytea, jsonb, text, timestamptz),
+  "outbox_amqp".enqueue_many(text[], text[], text[], jsonb[], timestamptz[]),
+  "outbox_amqp".emit(text, text, jsonb, jsonb, timestamptz),
+  "outbox_amqp".emit(text, text, text, jsonb, timestamptz),
+  "outbox_amqp".emit_binary(text, text, bytea, jsonb, text, timestamptz),
   "outbox_amqp".cdc_emit(uuid, text, text, jsonb, text, text, bytea),
-  "outbox_amqp".cdc_message_prefix()
+  "outbox_amqp".cdc_message_prefix(),
+  "outbox_amqp".valid_headers(jsonb)
   TO "writer";
 COMMIT;

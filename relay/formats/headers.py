@@ -1,4 +1,5 @@
-"""The header names the relay sets itself, in one place.
+"""The header names the relay sets itself, in one place (what a writer may not use is
+``relay.headers``).
 
 A header a writer gives at enqueue time under one of these names would collide with (and
 be replaced by) the relay's own: the Kafka connector's ``message_id`` and
@@ -18,18 +19,9 @@ KAFKA_CLOUDEVENTS_PREFIX = "ce_"
 AMQP_CLOUDEVENTS_PREFIX = "cloudEvents_"
 AMQP_CLOUDEVENTS_OLD_PREFIX = "cloudEvents:"  # binding 1.0.2; receivers accept both
 
-RESERVED_HEADER_NAMES = frozenset({
-    MESSAGE_ID, CONTENT_TYPE, AMQP_KEY, DEBEZIUM_EVENT_ID, CLOUDEVENTS_CONTENT_TYPE,
-})
-RESERVED_HEADER_PREFIXES = (
+# Every name above is one a writer may not use (relay.headers holds that rule, which
+# the outbox table enforces too); tests/unit/test_formats.py keeps the two in step.
+RELAY_SET_NAMES = (MESSAGE_ID, CONTENT_TYPE, AMQP_KEY, DEBEZIUM_EVENT_ID, CLOUDEVENTS_CONTENT_TYPE)
+RELAY_SET_PREFIXES = (
     KAFKA_CLOUDEVENTS_PREFIX, AMQP_CLOUDEVENTS_PREFIX, AMQP_CLOUDEVENTS_OLD_PREFIX,
 )
-
-
-def is_reserved_header(name: str) -> bool:
-    """Whether the relay may set a header called ``name`` itself.
-
-    Exact names compare as written; Kafka header names are case-sensitive, and so are
-    AMQP table keys.
-    """
-    return name in RESERVED_HEADER_NAMES or name.startswith(RESERVED_HEADER_PREFIXES)

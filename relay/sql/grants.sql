@@ -39,6 +39,8 @@ GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
 GRANT SELECT ON {schema}.cdc_state TO {role};
 -- move delayed messages into the outbox when due (SELECT ... FOR UPDATE, DELETE), status.
 GRANT SELECT, UPDATE, DELETE ON {schema}.scheduled TO {role};
+-- The outbox's CHECK on headers calls it on every INSERT and UPDATE of a row.
+GRANT EXECUTE ON FUNCTION {schema}.valid_headers(jsonb) TO {role};
 
 -- name: cdc
 -- Logical decoding also needs the REPLICATION attribute: see cdc_superuser, printed after
@@ -60,6 +62,8 @@ GRANT SELECT, UPDATE ON {schema}.bucket_leases TO {role};
 -- the leader moves delayed messages into the outbox when due; status counts them.
 GRANT SELECT, UPDATE, DELETE ON {schema}.scheduled TO {role};
 GRANT EXECUTE ON FUNCTION {schema}.cdc_xid_precedes(xid, xid8) TO {role};
+-- The outbox's CHECK on headers calls it on every INSERT and UPDATE of a row.
+GRANT EXECUTE ON FUNCTION {schema}.valid_headers(jsonb) TO {role};
 -- Creating a publication needs ownership of the table, which the relay role should not
 -- have: create it here, as the owner. The relay finds it and never changes it.
 DO $publication$ BEGIN
@@ -82,16 +86,28 @@ GRANT SELECT ON {schema}.inbox_migrations TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.inbox TO {role};
 
 -- name: producer
--- enqueue() and enqueue_binary() insert and return the new id.
-GRANT INSERT, SELECT (id) ON {schema}.messages TO {role};
+-- A writer sets what describes its message and nothing of the relay's bookkeeping (seq,
+-- id, created_at, attempts, last_error, sent_at, parked_at): with INSERT on the whole
+-- table it could take a range of seq with OVERRIDING SYSTEM VALUE (every later insert
+-- then fails on the primary key until the sequence passes it) or insert rows as sent,
+-- parked or out of attempts. The functions and relay.enqueue() set these columns only,
+-- and read back the new id. Scripts of earlier versions granted INSERT on the whole
+-- table, so it is taken back first (a role that also relays: grant it its relay mode
+-- after this).
+REVOKE INSERT ON {schema}.messages FROM {role};
+GRANT INSERT (topic, key, payload, payload_bytes, headers, content_type, available_at),
+      SELECT (id)
+  ON {schema}.messages TO {role};
 GRANT EXECUTE ON FUNCTION
   {schema}.uuid_v7(),
-  {schema}.enqueue(text, text, jsonb, jsonb),
-  {schema}.enqueue(text, text, text, jsonb),
-  {schema}.enqueue_binary(text, text, bytea, jsonb, text),
-  {schema}.emit(text, text, jsonb, jsonb),
-  {schema}.emit(text, text, text, jsonb),
-  {schema}.emit_binary(text, text, bytea, jsonb, text),
+  {schema}.enqueue(text, text, jsonb, jsonb, timestamptz),
+  {schema}.enqueue(text, text, text, jsonb, timestamptz),
+  {schema}.enqueue_binary(text, text, bytea, jsonb, text, timestamptz),
+  {schema}.enqueue_many(text[], text[], text[], jsonb[], timestamptz[]),
+  {schema}.emit(text, text, jsonb, jsonb, timestamptz),
+  {schema}.emit(text, text, text, jsonb, timestamptz),
+  {schema}.emit_binary(text, text, bytea, jsonb, text, timestamptz),
   {schema}.cdc_emit(uuid, text, text, jsonb, text, text, bytea),
-  {schema}.cdc_message_prefix()
+  {schema}.cdc_message_prefix(),
+  {schema}.valid_headers(jsonb)
   TO {role};

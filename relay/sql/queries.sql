@@ -151,12 +151,40 @@ WHERE seq IN (
 );
 
 -- name: enqueue_json
--- The text overload: the JSON is stored as written (migration 6).
-SELECT {schema}.enqueue(%(topic)s, %(key)s, %(payload)s::text, %(headers)s::jsonb);
+-- relay.enqueue() inserts the row itself: a call to the SQL function would cost the
+-- server a second executor per row. The usual message (JSON, no headers) names only
+-- the columns it sets, so the rest keep the table's defaults.
+INSERT INTO {schema}.messages (topic, key, payload)
+VALUES (%(topic)s, %(key)s, %(payload)s::json)
+RETURNING id;
 
--- name: enqueue_binary
-SELECT {schema}.enqueue_binary(%(topic)s, %(key)s, %(payload)s::bytea, %(headers)s::jsonb,
-                               %(content_type)s);
+-- name: enqueue_message
+-- Any other message: every column a writer may set (the others are the relay's). Due at
+-- deliver_at, or after a delay counted by the database's clock from this statement, or
+-- (neither, or a time already past) at once: GREATEST ignores NULLs.
+INSERT INTO {schema}.messages
+  (topic, key, payload, payload_bytes, headers, content_type, available_at)
+VALUES (%(topic)s, %(key)s, %(payload)s::json, %(payload_bytes)s::bytea, %(headers)s::jsonb,
+        %(content_type)s,
+        GREATEST(now(), %(deliver_at)s::timestamptz, clock_timestamp() + %(delay)s::interval))
+RETURNING id;
+
+-- name: enqueue_messages
+-- relay.enqueue_many(): one statement for the whole list, each column an array (sent in
+-- binary: psycopg escapes a text array element by element in Python). unnest yields the
+-- rows in array order and the identity numbers them as they come, so seq (the claim's
+-- order) follows the list; RETURNING gives the ids in that order. A column that is NULL
+-- for every message comes as one NULL, which unnest pads out.
+INSERT INTO {schema}.messages AS m
+  (topic, key, payload, payload_bytes, headers, content_type, available_at)
+SELECT r.topic, r.key, r.payload::json, r.payload_bytes, COALESCE(r.headers::jsonb, '{{}}'),
+       COALESCE(r.content_type, 'application/json'),
+       GREATEST(now(), r.deliver_at, clock_timestamp() + r.delay)
+FROM unnest(%(topics)b::text[], %(keys)b::text[], %(payloads)b::text[],
+            %(payload_bytes)b::bytea[], %(headers)b::text[], %(content_types)b::text[],
+            %(deliver_at)b::timestamptz[], %(delays)b::interval[])
+     AS r(topic, key, payload, payload_bytes, headers, content_type, deliver_at, delay)
+RETURNING m.id;
 
 -- name: status_backlog
 -- Each figure reads one partial index (or the small dead-letter table), so status and

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from relay import enqueue_async
 from relay.migrations import load_migrations, migrate, render_script
@@ -154,3 +155,84 @@ def test_upgrading_to_json_payloads_keeps_pending_rows_and_dead_letters(db_dsn):
         pending = conn.execute("SELECT payload::text FROM outbox.messages").fetchall()
         parked = conn.execute("SELECT payload::text FROM outbox.dead_letters").fetchall()
     assert (pending, parked) == ([('{"n": 0}',)], [('{"n": 1}',)])
+
+
+def test_rows_written_before_the_reserved_header_rule_still_flow(db_dsn):
+    """Migration 9 reserves header names for new rows only: a row already written with
+    one is still marked sent, fails and is retried, and comes back from the dead letters
+    (PostgreSQL checks a constraint again on every UPDATE, so this is not a given)."""
+    from relay.deadletters import retry_dead_letters
+    from relay.sqlfiles import query
+
+    before = [m for m in load_migrations("outbox") if m.version < 9]
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA outbox")
+        conn.execute(
+            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in before:
+            conn.execute(migration.render("outbox"))
+            conn.execute(migration.record("outbox"))
+        for n, header in enumerate(["message_id", "key", "content_type"]):
+            conn.execute(
+                "SELECT outbox.enqueue('t', 'k', %s, %s::jsonb)", (str(n), f'{{"{header}": "x"}}')
+            )
+        conn.execute("UPDATE outbox.messages SET parked_at = now() WHERE seq = 3")  # dead
+        migrate(conn, "outbox", tracks=("outbox",))
+        failures = {"seqs": [1], "errors": ["broker said no"], "delays": [1.0]}
+        conn.execute(query("record_failures", "outbox"), failures)
+        conn.execute(query("mark_sent", "outbox"), {"seqs": "{1,2}"})
+        assert retry_dead_letters(conn, "outbox", [3]) == 1
+        sent = conn.execute(
+            "SELECT seq FROM outbox.messages WHERE sent_at IS NOT NULL ORDER BY seq"
+        ).fetchall()
+        assert sent == [(1,), (2,)]
+        with pytest.raises(psycopg.errors.CheckViolation, match="'message_id' is reserved"):
+            conn.execute("""SELECT outbox.enqueue('t', 'k', '4', '{"message_id": "x"}')""")
+
+
+def test_the_functions_that_gained_deliver_at_keep_their_privileges(db_dsn):
+    """Migration 9 replaces enqueue() and emit() by versions with one more parameter: a
+    database that took EXECUTE from PUBLIC and gave it to its writers keeps exactly that."""
+    before = [m for m in load_migrations("outbox") if m.version < 9]
+    writer, other = (f"m7_{name}_{uuid.uuid4().hex[:6]}" for name in ("writer", "other"))
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA outbox")
+        conn.execute(
+            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for migration in before:
+            conn.execute(migration.render("outbox"))
+            conn.execute(migration.record("outbox"))
+        for role in (writer, other):
+            conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+        try:
+            conn.execute(
+                "REVOKE EXECUTE ON FUNCTION outbox.enqueue(text, text, text, jsonb) FROM PUBLIC"
+            )
+            conn.execute(
+                sql.SQL(
+                    "GRANT EXECUTE ON FUNCTION outbox.enqueue(text, text, text, jsonb) TO {}"
+                ).format(sql.Identifier(writer))
+            )
+            migrate(conn, "outbox", tracks=("outbox",))
+            may = conn.execute(
+                "SELECT has_function_privilege(%s, f, 'EXECUTE'),"
+                " has_function_privilege(%s, f, 'EXECUTE'),"
+                " has_function_privilege(%s, g, 'EXECUTE')"
+                " FROM (SELECT 'outbox.enqueue(text, text, text, jsonb, timestamptz)'::regprocedure"
+                " AS f, 'outbox.emit(text, text, text, jsonb, timestamptz)'::regprocedure AS g) x",
+                (writer, other, other),
+            ).fetchone()
+            left = conn.execute(
+                "SELECT count(*) FROM pg_proc WHERE pronamespace = 'outbox'::regnamespace"
+                " AND proname IN ('enqueue', 'enqueue_binary', 'emit', 'emit_binary')"
+            ).fetchone()
+        finally:
+            for role in (writer, other):
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    assert may == (True, False, True)  # emit() was PUBLIC's before and still is
+    assert left == (6,)  # the six with deliver_at; none of the old ones

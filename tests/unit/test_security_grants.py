@@ -68,7 +68,7 @@ def missing(needs: Needs, have: Needs) -> dict[str, set[str]]:
 
 
 QUERIES = blocks("queries.sql")
-PRODUCER_QUERIES = ("enqueue_json", "enqueue_binary")
+PRODUCER_QUERIES = ("enqueue_json", "enqueue_message")
 CDC_BY_OWNER = ("create_publication", "snapshot_rows_of_table")  # owner / user's own table
 CDC_FROM_QUERIES = (
     "heartbeat",
@@ -200,3 +200,38 @@ def test_every_table_of_the_migrations_is_someones_business():
 def _inbox_migration() -> str:
     schema_dir = resources.files("relay").joinpath("..", "schema", "inbox")
     return "".join(p.read_text() for p in schema_dir.iterdir() if p.name.endswith(".sql"))
+
+
+def test_every_role_that_writes_messages_may_run_the_check_on_headers():
+    """The outbox's CHECK on headers calls valid_headers(); PostgreSQL asks for EXECUTE
+    on it in every statement that inserts or updates a row, whatever the row holds."""
+    for mode in ("poll", "cdc", "producer"):
+        have = granted(render_grants("r", SCHEMA, mode))
+        assert "INSERT" in have["messages"] or "UPDATE" in have["messages"]
+        assert "EXECUTE" in have["valid_headers"], mode
+
+
+BOOKKEEPING = {"seq", "id", "created_at", "attempts", "last_error", "sent_at", "parked_at"}
+
+
+def inserted_columns(text: str) -> set[str]:
+    """The columns of every INSERT INTO <schema>.messages in ``text``."""
+    found: set[str] = set()
+    pattern = r"INSERT INTO \{schema\}\.messages(?: AS \w+)?\s*\(([^)]*)\)"
+    for columns in re.findall(pattern, text):
+        found |= {c.strip() for c in columns.split(",")}
+    return found
+
+
+def test_a_producer_may_insert_exactly_the_columns_a_writer_sets():
+    """Issue 27: column-level INSERT, so a producer cannot set the relay's bookkeeping
+    (a range of seq with OVERRIDING SYSTEM VALUE, rows already sent...)."""
+    script = render_grants("r", SCHEMA, "producer")
+    (granted_columns,) = re.findall(r"GRANT INSERT \(([^)]*)\)", script)
+    allowed = {c.strip() for c in granted_columns.split(",")}
+    writers = "".join(text for name, text in QUERIES.items() if name.startswith("enqueue"))
+    schema_dir = resources.files("relay").joinpath("..", "schema")
+    writers += schema_dir.joinpath("0009_writer_api.sql").read_text()
+    assert inserted_columns(writers) == allowed
+    assert not allowed & BOOKKEEPING
+    assert f"REVOKE INSERT ON {SCHEMA!r}.messages".replace("'", '"') in script

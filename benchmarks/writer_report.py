@@ -1,0 +1,264 @@
+"""The writer workload's report: medians, ratios, issue 30's targets, the Markdown.
+
+    python -m benchmarks.writer_report results/writers.json [--update-docs docs/performance.md]
+
+prints the report of a saved run again and, with ``--update-docs``, writes its table into
+the file between the ``<!-- writer-cost:begin -->`` and ``<!-- writer-cost:end -->`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+BASELINE = "plain INSERT"
+CEILING = "ceiling: every promise, no more"
+# Issue 30's targets: (way, style, rows per transaction, goal). Row-by-row ways are held
+# against the plain INSERT of their style; bulk ways against both row-by-row styles.
+TARGETS: tuple[tuple[str, str, int, float], ...] = (
+    ("INSERT INTO outbox.messages", "awaited", 1000, 0.8),
+    ("INSERT INTO outbox.messages", "pipelined", 1000, 0.8),
+    ("INSERT INTO outbox.messages", "unprepared", 1000, 0.8),
+    ("SELECT outbox.enqueue()", "awaited", 1000, 0.5),
+    ("SELECT outbox.enqueue()", "pipelined", 1000, 0.5),
+    ("relay.enqueue()", "awaited", 1000, 0.8),
+    ("relay.enqueue_many()", "bulk", 1000, 1.0),
+    ("SELECT outbox.enqueue_many()", "bulk", 1000, 1.0),
+)
+ONE_ROW_GOAL = 0.85
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Median rows/s and CPU, and the median per-round ratio to the plain INSERT of the
+    same style (bulk ways: to the awaited one, and in x_plain_pipelined to the other)."""
+    base = {
+        (r["round"], r["relay"], r["rows_per_tx"], r["style"]): r["rows_per_s"]
+        for r in records
+        if r["way"] == BASELINE and r["style"] != "bulk"
+    }
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["way"], r["style"], r["relay"], r["rows_per_tx"]), []).append(r)
+    rows = []
+    for (way, style, relay_on, shape), runs in groups.items():
+        row = {"way": way, "style": style, "relay": relay_on, "rows_per_tx": shape,
+               "baseline": runs[0]["baseline"], "runs": len(runs)}  # fmt: skip
+        for name in ("rows_per_s", "server_us_per_row", "client_us_per_row"):
+            row[name] = round(statistics.median(r[name] for r in runs), 1)
+        against = {"x_plain": "awaited" if style == "bulk" else style}
+        if style == "bulk":
+            against["x_plain_pipelined"] = "pipelined"
+        for field, base_style in against.items():
+            ratios = [
+                r["rows_per_s"] / b
+                for r in runs
+                if (b := base.get((r["round"], relay_on, shape, base_style)))
+            ]
+            row[field] = round(statistics.median(ratios), 2) if ratios else None
+        rows.append(row)
+    return rows
+
+
+def _find(summary: list[dict[str, Any]], way: str, style: str, relay: bool, shape: int) -> Any:
+    return next(
+        (r for r in summary if (r["way"], r["style"], r["relay"], r["rows_per_tx"])
+         == (way, style, relay, shape)),
+        None,
+    )  # fmt: skip
+
+
+def targets(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 30's writer targets, each with and without a relay. A row-by-row target
+    missed where the ceiling of the same run is below the goal too is out of reach."""
+    checks = [(w, s, n, goal) for w, s, n, goal in TARGETS]
+    checks += [
+        (r["way"], r["style"], 1, ONE_ROW_GOAL)
+        for r in summary
+        if r["rows_per_tx"] == 1 and not r["relay"] and not r["baseline"]
+    ]  # fmt: skip
+    found = []
+    for (way, style, shape, goal), relay_on in itertools.product(checks, (False, True)):
+        row = _find(summary, way, style, relay_on, shape)
+        fields = ["x_plain", "x_plain_pipelined"] if style == "bulk" and shape > 1 else ["x_plain"]
+        for field in fields:
+            if row is None or row.get(field) is None:
+                continue
+            versus = "pipelined" if field == "x_plain_pipelined" else style
+            ceiling = _find(summary, CEILING, versus, relay_on, shape) if style != "bulk" else None
+            found.append({
+                "target": f"{way} ({style}), {shape:,} rows/tx, "
+                          f"{'a relay running' if relay_on else 'no relay'}"
+                          + (" vs pipelined" if field == "x_plain_pipelined" else ""),
+                "goal": goal, "measured": row[field],
+                "ceiling": ceiling["x_plain"] if ceiling else None,
+            })  # fmt: skip
+    for t in found:
+        t["met"] = t["measured"] >= t["goal"]
+        t["out_of_reach"] = not t["met"] and t["ceiling"] is not None and t["ceiling"] < t["goal"]
+    return found
+
+
+def markdown(document: dict[str, Any]) -> str:
+    meta = document["meta"]
+    lines = [
+        f"# What the outbox costs the writer: {meta['tag']}",
+        "",
+        f"`{meta['command']}` on {meta['machine']}, {meta['started_at']} to "
+        f"{meta.get('finished_at')}; tree {meta['tree']}; cores busy "
+        f"{meta.get('machine_busy_pct')} %, stolen {meta.get('machine_steal_pct')} %.",
+        "",
+        "Rows/s of one writer (median of the rounds) and, in brackets, the median per-round "
+        "ratio to the plain INSERT of the same style (bulk ways: to the awaited plain INSERT, "
+        "and to the pipelined one after the semicolon).",
+        "",
+        *_rates_table(document["summary"]),
+        "",
+        "CPU per row, 1,000 rows per transaction, no relay: the server backend's and the "
+        "writer's own (µs, median of the rounds; the scheduler's account, which the rest of "
+        "a busy machine disturbs less than the wall clock).",
+        "",
+        *_cpu_table(document["summary"]),
+        "",
+        "| target | goal | measured | ceiling, same run | met |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for t in document["targets"]:
+        met = "yes" if t["met"] else "out of reach" if t["out_of_reach"] else "**NO**"
+        ceiling = "—" if t["ceiling"] is None else f"{t['ceiling']:.2f}x"
+        lines.append(f"| {t['target']} | {t['goal']}x | {t['measured']:.2f}x | {ceiling} | {met} |")
+    return "\n".join([*lines, *_server_lines(document.get("server"))]) + "\n"
+
+
+def _ways_in_order(summary: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys((r["way"], r["style"]) for r in summary))
+
+
+def _rates_table(summary: list[dict[str, Any]]) -> list[str]:
+    shapes = sorted({r["rows_per_tx"] for r in summary}, reverse=True)
+    cases = [(shape, relay_on) for shape in shapes for relay_on in (False, True)]
+    cases = [c for c in cases if any((r["rows_per_tx"], r["relay"]) == c for r in summary)]
+    titles = [f"{s:,} rows/tx, {'relay' if r else 'no relay'}" for s, r in cases]
+    lines = ["| way | style | " + " | ".join(titles) + " |", "|---|---|" + "---:|" * len(cases)]
+    for way, style in _ways_in_order(summary):
+        cells = []
+        for shape, relay_on in cases:
+            row = _find(summary, way, style, relay_on, shape)
+            cells.append(
+                "—" if row is None else f"{row['rows_per_s']:,.0f} ({row['x_plain']:.2f}x)"
+            )
+        lines.append(f"| {way} | {style} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _cell(row: dict[str, Any]) -> str:
+    text = f"{row['rows_per_s']:,.0f} ({row['x_plain']:.2f}x"
+    if row.get("x_plain_pipelined") is not None:
+        text += f"; {row['x_plain_pipelined']:.2f}x pipelined"
+    return text + ")"
+
+
+def _cpu_table(summary: list[dict[str, Any]]) -> list[str]:
+    lines = ["| way | style | server µs/row | writer µs/row |", "|---|---|---:|---:|"]
+    for way, style in _ways_in_order(summary):
+        row = _find(summary, way, style, False, 1000)
+        if row is not None:
+            server, client = row["server_us_per_row"], row["client_us_per_row"]
+            lines.append(f"| {way} | {style} | {server:.1f} | {client:.1f} |")
+    return lines
+
+
+def _server_lines(server: dict[str, Any] | None) -> list[str]:
+    if not server:
+        return []
+    lines = ["", "Server time per call (pg_stat_statements, µs):", ""]
+    for query, calls, us in server["statements_us_per_call"]:
+        lines.append(f"- {calls:,} x {us} µs: `{query}`")
+    for name, calls, own, total in server["functions_self_total_us_per_call"]:
+        lines.append(f"- function {name}: {calls:,} calls, self {own} µs, total {total} µs")
+    return lines
+
+
+# --- the table of docs/performance.md ------------------------------------------------------
+
+BEGIN, END = "<!-- writer-cost:begin -->", "<!-- writer-cost:end -->"
+DOC_WAYS = (  # way, style of the first figure, of the second (None: one figure), label
+    ("tutorial outbox INSERT", "awaited", "pipelined", ""),
+    (CEILING, "awaited", "pipelined", ""),
+    ("INSERT INTO outbox.messages", "awaited", "pipelined", ""),
+    ("INSERT INTO outbox.messages", "unprepared", None, ", not prepared"),
+    ("SELECT outbox.enqueue()", "awaited", "pipelined", ""),
+    ("relay.enqueue()", "awaited", None, ""),
+    ("relay.enqueue_many()", "bulk", "bulk", ""),
+    ("SELECT outbox.enqueue_many()", "bulk", "bulk", ""),
+)
+
+
+def _ratio(row: dict[str, Any] | None, field: str = "x_plain") -> str:
+    value = None if row is None else row.get(field)
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def docs_table(document: dict[str, Any]) -> list[str]:
+    """One line per way: its ratio to a plain INSERT awaited / pipelined (bulk ways: the
+    whole list in one call against each row-by-row style), in each case."""
+    summary, meta = document["summary"], document["meta"]
+    lines = [
+        f"`{meta['command']}`, tree {meta['tree']}, {meta['started_at']} "
+        f"({meta['machine']}; cores busy {meta.get('machine_busy_pct')} %). Rows/s of "
+        "the way over a plain INSERT's, median of the rounds; *awaited / pipelined*.",
+        "",
+        "| way | 1,000 rows/tx | relay running | 1 row/tx | relay running |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for way, first, second, label in DOC_WAYS:
+        cells = []
+        for shape, relay_on in ((1000, False), (1000, True), (1, False), (1, True)):
+            row = _find(summary, way, first, relay_on, shape)
+            if shape == 1 or second is None:
+                cells.append(_ratio(row))
+            elif second == "bulk":
+                cells.append(f"{_ratio(row)} / {_ratio(row, 'x_plain_pipelined')}")
+            else:
+                cells.append(
+                    f"{_ratio(row)} / {_ratio(_find(summary, way, second, relay_on, shape))}"
+                )
+        lines.append(f"| {way}{label} | " + " | ".join(cells) + " |")
+    plain = _find(summary, BASELINE, "awaited", False, 1000)
+    piped = _find(summary, BASELINE, "pipelined", False, 1000)
+    one = _find(summary, BASELINE, "awaited", False, 1)
+    if plain and piped and one:
+        lines += ["", f"The plain INSERT itself, no relay: {plain['rows_per_s']:,.0f} rows/s "
+                  f"awaited and {piped['rows_per_s']:,.0f} pipelined at 1,000 rows/tx, "
+                  f"{one['rows_per_s']:,.0f} at 1 row/tx."]  # fmt: skip
+    return lines
+
+
+def update_docs(path: Path, document: dict[str, Any]) -> None:
+    """Replace the lines between the markers of ``path`` with this run's table."""
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path} has no {BEGIN} ... {END} lines to fill")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text("\n".join([head + BEGIN, *docs_table(document), END]) + tail)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a results/<tag>.json of writer_cost")
+    parser.add_argument("--update-docs", type=Path, metavar="MD")
+    args = parser.parse_args()
+    document = orjson.loads(args.results.read_bytes())
+    print(markdown(document))
+    if args.update_docs:
+        update_docs(args.update_docs, document)
+        print(f"updated {args.update_docs}")
+
+
+if __name__ == "__main__":
+    main()
