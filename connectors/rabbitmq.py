@@ -40,6 +40,7 @@ from relay.errors import BrokerUnavailableError, ConfigError, PermanentError, Re
 from relay.formats.headers import AMQP_KEY
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 from relay.refusals import BatchRefusals
+from relay.tasks import wait_any
 
 log = logging.getLogger(__name__)
 
@@ -281,11 +282,8 @@ class _Link:
     async def wait_unblocked(self, timeout: float) -> bool:
         """Wait out a resource alarm; publishing into a blocked connection only queues
         data the broker will not read."""
-        try:
-            await asyncio.wait_for(self._unblocked.wait(), max(timeout, 0.0))
-        except TimeoutError:
-            return False
-        return True
+        await wait_any(self._unblocked, timeout=max(timeout, 0.0))
+        return self._unblocked.is_set()
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method

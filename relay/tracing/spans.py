@@ -29,6 +29,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from relay.connector import Connector
 from relay.model import OutboxMessage, Outcome, OutcomeKind
+from relay.tasks import result_within
 
 TRACEPARENT = "traceparent"
 OPERATION = "send"
@@ -69,7 +70,8 @@ class TracingConnector:
     async def close(self, *, timeout: float) -> None:
         await self.inner.close(timeout=timeout)
         if self._owns_provider:  # export what is buffered, within the same bound
-            await asyncio.wait_for(asyncio.to_thread(self._provider.shutdown), timeout)
+            shutdown = asyncio.ensure_future(asyncio.to_thread(self._provider.shutdown))
+            await result_within(shutdown, timeout)  # TimeoutError: the caller's bound
 
     def __getattr__(self, name: str) -> Any:
         if name == "inner":

@@ -38,3 +38,23 @@ def test_only_the_conformance_suite_imports_pytest():
         and str(path.relative_to(ROOT)) not in allowed
     ]
     assert offenders == []
+
+
+def calls_wait_for(path: Path) -> bool:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return any(
+        isinstance(node, ast.Attribute) and node.attr == "wait_for"
+        for node in ast.walk(tree)
+    )
+
+
+def test_no_asyncio_wait_for_in_the_relay_or_the_connectors():
+    """On Python 3.11 ``asyncio.wait_for`` can swallow a cancellation that arrives as the
+    awaited thing completes; waits go through relay.tasks instead."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("relay", "connectors")
+        for path in (ROOT / package).rglob("*.py")
+        if calls_wait_for(path)
+    ]
+    assert offenders == []
