@@ -48,7 +48,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def claimed_rows(count: int) -> list[tuple[Any, ...]]:
-    """Rows as the binary claim loads them (relay.poll.outbox_rows.CLAIM_COLUMNS)."""
+    """Rows as the binary claim loads them (relay.outbox_rows.CLAIM_COLUMNS)."""
     pool, now = body_pool(), time.time()
     created = datetime.now(UTC)
     return [
@@ -112,7 +112,7 @@ def report_all(delivery: Any, count: int) -> None:
 async def run_batches(rows: list[tuple[Any, ...]], batches: int, stages: Stages) -> None:
     from relay.limits import limit_message_size
     from relay.metrics import RelayMetrics
-    from relay.poll.outbox_rows import (
+    from relay.outbox_rows import (
         FailurePolicy,
         bigint_array,
         message_from_claim,

@@ -7,7 +7,7 @@ claim (500 rows of one lane's buckets, the relay's row factory, rolled back each
 every round claims the same rows) with the result rows in text and in binary format,
 interleaved. Prints the median wall time per claim and the CPU this process spent on it
 (sending, receiving, loading rows into messages): the figures behind the binary claim's result rows
-(relay/poll/outbox_rows.py). ``text`` is the claim as it was before, with Python loaders
+(relay/outbox_rows.py). ``text`` is the claim as it was before, with Python loaders
 for json and jsonb.
 """
 
@@ -26,7 +26,7 @@ from psycopg.adapt import AdaptersMap, Loader
 from benchmarks.stack import fresh_database, start_postgres
 from benchmarks.writers import preload
 from relay.db import INDEX_PLAN_SETTINGS
-from relay.poll.outbox_rows import message_row, register_claim_loaders
+from relay.outbox_rows import message_row, register_claim_loaders
 from relay.sqlfiles import query
 
 BATCH = 500

@@ -42,13 +42,13 @@ from relay.cdc.settings import CdcNames
 from relay.db import DbSession
 from relay.errors import DatabaseUnavailableError, LeaseLostError, RelayError, translate_db_error
 from relay.model import OutboxMessage, Outcome
-from relay.poll.outbox_rows import (
+from relay.outbox_rows import (
     Acknowledgement,
     FailurePolicy,
-    bigint_array,
     message_row,
     plan_acknowledgement,
     register_claim_loaders,
+    write_acknowledgement,
 )
 from relay.sqlfiles import query
 from relay.tasks import wait_any
@@ -314,25 +314,6 @@ def renumbered(ack: Acknowledgement, seqs: Sequence[int | None]) -> Acknowledgem
         if (seq := seqs[position]) is not None:
             out.hold(key, seq, error, delay, forever)
     return out
-
-
-async def write_acknowledgement(
-    conn: AsyncConnection[Any], schema: str, ack: Acknowledgement, *, retention: float
-) -> None:
-    """Polling mode's writes after a batch (as ``Poller._acknowledge_and_commit``), then
-    COMMIT: sent rows, dead letters, released keys, failed attempts, key holds."""
-    if ack.sent:
-        name = "delete_sent" if retention == 0 else "mark_sent"
-        await conn.execute(query(name, schema), {"seqs": bigint_array(ack.sent)})
-    if ack.dead_seqs:
-        await conn.execute(query("dead_letter", schema), ack.dead_letter_params())
-    if ack.released_keys:
-        await conn.execute(query("release_holds", schema), {"keys": ack.released_keys})
-    if ack.failed_seqs:
-        await conn.execute(query("record_failures", schema), ack.failure_params())
-    if ack.hold_keys:
-        await conn.execute(query("hold_keys", schema), ack.hold_params())
-    await conn.execute("COMMIT")
 
 
 def _translated(exc: BaseException, doing: str) -> BaseException:

@@ -25,7 +25,7 @@ from relay.cdc.outgoing import Item, Unmappable
 from relay.connector import Connector
 from relay.errors import LeaseLostError, RelayError, RetryableError
 from relay.model import DELIVERED, OutboxMessage, Outcome, OutcomeKind, retryable
-from relay.poll.outbox_rows import Acknowledgement, FailurePolicy, plan_acknowledgement
+from relay.outbox_rows import Acknowledgement, FailurePolicy, plan_acknowledgement
 from relay.tasks import wait_any
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from relay.connector import Connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession
 from relay.errors import ConfigError, PermanentError, RelayError
 from relay.health import HealthState
-from relay.poll.outbox_rows import FailurePolicy
+from relay.outbox_rows import FailurePolicy
 from relay.scheduler import Scheduler
 from relay.source import SourceKind, SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any

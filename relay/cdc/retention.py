@@ -18,14 +18,12 @@ from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcNames
 from relay.db import DbSession
 from relay.errors import RelayError
-from relay.poll.retention import purge_sent
+from relay.outbox_rows import PURGE_CHUNK, PURGE_CHUNKS_PER_ROUND, purge_sent
 from relay.tasks import wait_any
 
 log = logging.getLogger(__name__)
 
 RETENTION_EVERY = 10.0
-PURGE_CHUNK = 1000
-PURGE_CHUNKS_PER_ROUND = 100
 
 
 async def purge_published(session: DbSession, names: CdcNames, retention: float) -> int:

@@ -32,15 +32,16 @@ from relay.errors import (
 from relay.health import HealthState
 from relay.metrics import RelayMetrics
 from relay.model import OutboxMessage, Outcome
-from relay.poll.leases import LeaseKeeper
-from relay.poll.outbox_rows import (
+from relay.outbox_rows import (
     Acknowledgement,
     FailurePolicy,
     bigint_array,
     message_row,
     plan_acknowledgement,
     register_claim_loaders,
+    write_acknowledgement,
 )
+from relay.poll.leases import LeaseKeeper
 from relay.poll.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
 from relay.sqlfiles import query
 from relay.tasks import wait_any
@@ -349,17 +350,7 @@ class Poller:
             statement = sent_and_commit_statement(conn, query(name, schema), ack.sent)
             await conn.execute(statement, prepare=False)
             return
-        if ack.sent:
-            await conn.execute(query(name, schema), {"seqs": bigint_array(ack.sent)}, prepare=True)
-        if ack.dead_seqs:
-            await conn.execute(query("dead_letter", schema), ack.dead_letter_params())
-        if ack.released_keys:
-            await conn.execute(query("release_holds", schema), {"keys": ack.released_keys})
-        if ack.failed_seqs:
-            await conn.execute(query("record_failures", schema), ack.failure_params())
-        if ack.hold_keys:
-            await conn.execute(query("hold_keys", schema), ack.hold_params())
-        await conn.execute("COMMIT")
+        await write_acknowledgement(conn, schema, ack, retention=self._config.retention)
 
     def _count(self, ack: Acknowledgement, outcomes: Sequence[Outcome], elapsed: float) -> None:
         delivered = len(ack.sent)

@@ -9,27 +9,11 @@ import psycopg
 
 from relay.db import DbSession
 from relay.errors import RelayError
-from relay.sqlfiles import query
+from relay.outbox_rows import purge_sent
 from relay.tasks import BackgroundTask
 
 log = logging.getLogger(__name__)
 
-PURGE_CHUNK = 1000
-PURGE_CHUNKS_PER_ROUND = 100
-
-
-async def purge_sent(session: DbSession, schema: str, retention: float) -> int:
-    """Delete sent rows older than ``retention`` seconds, a chunk at a time."""
-    conn = await session.connection()
-    total = 0
-    for _ in range(PURGE_CHUNKS_PER_ROUND):
-        cursor = await conn.execute(
-            query("purge_sent", schema), {"retention": retention, "limit": PURGE_CHUNK}
-        )
-        total += cursor.rowcount
-        if cursor.rowcount < PURGE_CHUNK:
-            break
-    return total
 
 
 class RetentionTask:

@@ -46,7 +46,7 @@ SELECT EXISTS (
 );
 
 -- name: claim_set_aside
--- As claim_batch, over the set-aside rows. Column order is relay.poll.outbox_rows.CLAIM_COLUMNS.
+-- As claim_batch, over the set-aside rows. Column order is relay.outbox_rows.CLAIM_COLUMNS.
 SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
        NULLIF(m.headers, '{{}}') AS headers, m.created_at, m.attempts
 FROM {schema}.messages m

@@ -20,7 +20,7 @@ WHERE pg_try_advisory_xact_lock(%(lock_space)s, bucket);
 -- name: claim_batch
 -- Pending rows of the locked buckets, in sequence order, skipping keys held behind a
 -- failed or dead-lettered message.
--- Column order is relay.poll.outbox_rows.CLAIM_COLUMNS. The payload (json) loads as its
+-- Column order is relay.outbox_rows.CLAIM_COLUMNS. The payload (json) loads as its
 -- text and the headers (jsonb, NULL when empty, the usual case) as an object.
 SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
        NULLIF(m.headers, '{{}}') AS headers, m.created_at, m.attempts
@@ -37,7 +37,7 @@ LIMIT %(limit)s
 FOR UPDATE OF m SKIP LOCKED;
 
 -- name: mark_sent
--- The seqs parameter is an array literal (relay.poll.outbox_rows.bigint_array): psycopg
+-- The seqs parameter is an array literal (relay.outbox_rows.bigint_array): psycopg
 -- adapts a list of 500 ints one element at a time in Python.
 UPDATE {schema}.messages
 SET sent_at = now(), attempts = attempts + 1, last_error = NULL

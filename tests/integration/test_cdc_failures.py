@@ -22,7 +22,7 @@ from relay.deadletters import (
 )
 from relay.errors import LeaseLostError
 from relay.model import OutboxMessage, permanent, retryable
-from relay.poll.outbox_rows import Acknowledgement
+from relay.outbox_rows import Acknowledgement
 from tests.support.cdc_relays import RunningCdcRelay, cdc_config, eventually
 from tests.support.fakes import InMemoryConnector
 from tests.support.relays import install_outbox

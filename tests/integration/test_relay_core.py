@@ -17,8 +17,8 @@ from psycopg import sql
 from relay import enqueue
 from relay.errors import LeaseLostError, SchemaMissingError
 from relay.model import permanent, retryable
+from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
 from relay.poll.leases import LeaseKeeper
-from relay.poll.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
 from relay.poll.poller import (
     Poller,
     begin_and_lock_buckets,
@@ -545,7 +545,7 @@ def test_retention_purges_old_sent_rows_in_batches(db_dsn):
             "UPDATE outbox.messages SET sent_at = now() - interval '2 hours' WHERE seq <= 2400"
         )
     from relay.db import DbSession
-    from relay.poll.retention import purge_sent
+    from relay.outbox_rows import purge_sent
 
     async def scenario():
         session = DbSession(db_dsn, "housekeeping", connect_timeout=5)

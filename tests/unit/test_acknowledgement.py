@@ -10,7 +10,7 @@ from psycopg.pq import Format
 
 from relay.backoff import full_jitter
 from relay.model import DELIVERED, permanent, retryable
-from relay.poll.outbox_rows import (
+from relay.outbox_rows import (
     FailurePolicy,
     message_from_claim,
     plan_acknowledgement,

@@ -4,7 +4,7 @@ from uuid import uuid4
 
 from relay.cdc.aside import renumbered, set_aside_params
 from relay.model import OutboxMessage, permanent, retryable
-from relay.poll.outbox_rows import FailurePolicy, plan_acknowledgement
+from relay.outbox_rows import FailurePolicy, plan_acknowledgement
 
 
 def message(payload, content_type="application/json", key="k", headers=None):

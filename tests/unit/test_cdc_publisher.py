@@ -9,7 +9,7 @@ from relay.cdc.outgoing import Unmappable
 from relay.cdc.publisher import BatchPublisher, park_params, plan_run
 from relay.errors import LeaseLostError
 from relay.model import DELIVERED, OutboxMessage, permanent, retryable
-from relay.poll.outbox_rows import FailurePolicy
+from relay.outbox_rows import FailurePolicy
 from tests.support.fakes import InMemoryConnector
 
 

@@ -1,4 +1,7 @@
-"""Turning claimed outbox rows into messages, and broker outcomes into acknowledgements."""
+"""The outbox table's rows, as both sources use them: claimed rows turned into messages,
+broker outcomes into acknowledgements, and those written back (sent, failed, held, dead
+letters) with polling mode's rules. The CDC source publishes what it set aside from the
+table this way too."""
 
 from __future__ import annotations
 
@@ -16,9 +19,14 @@ from psycopg.types.string import ByteaBinaryLoader
 
 from relay.backoff import full_jitter
 from relay.breaker import broker_outage
+from relay.db import DbSession
 from relay.model import DELIVERED, OutboxMessage, Outcome, OutcomeKind
+from relay.sqlfiles import query
 
 MAX_ERROR_LENGTH = 500
+# Retention deletes in chunks, so no purge holds many row locks or runs long.
+PURGE_CHUNK = 1000
+PURGE_CHUNKS_PER_ROUND = 100
 
 
 # The columns claim_batch returns, in order; ``message_from_claim`` reads them.
@@ -214,3 +222,36 @@ def _plan_failure(
     ack.failed_delays.append(delay)
     if message.key is not None:
         ack.hold(message.key, message.position, error, delay, forever=False)
+
+
+async def write_acknowledgement(
+    conn: psycopg.AsyncConnection[Any], schema: str, ack: Acknowledgement, *, retention: float
+) -> None:
+    """A batch's writes, then COMMIT: sent rows (deleted when nothing is retained), dead
+    letters, released keys, failed attempts, key holds."""
+    if ack.sent:
+        name = "delete_sent" if retention == 0 else "mark_sent"
+        await conn.execute(query(name, schema), {"seqs": bigint_array(ack.sent)}, prepare=True)
+    if ack.dead_seqs:
+        await conn.execute(query("dead_letter", schema), ack.dead_letter_params())
+    if ack.released_keys:
+        await conn.execute(query("release_holds", schema), {"keys": ack.released_keys})
+    if ack.failed_seqs:
+        await conn.execute(query("record_failures", schema), ack.failure_params())
+    if ack.hold_keys:
+        await conn.execute(query("hold_keys", schema), ack.hold_params())
+    await conn.execute("COMMIT")
+
+
+async def purge_sent(session: DbSession, schema: str, retention: float) -> int:
+    """Delete sent rows older than ``retention`` seconds, a chunk at a time."""
+    conn = await session.connection()
+    total = 0
+    for _ in range(PURGE_CHUNKS_PER_ROUND):
+        cursor = await conn.execute(
+            query("purge_sent", schema), {"retention": retention, "limit": PURGE_CHUNK}
+        )
+        total += cursor.rowcount
+        if cursor.rowcount < PURGE_CHUNK:
+            break
+    return total
