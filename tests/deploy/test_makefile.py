@@ -19,7 +19,11 @@ pytestmark = pytest.mark.skipif(MAKE is None, reason="make is not installed")
 
 
 def make(*args: str, cwd: Path = ROOT, path: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    # Not what a user's shell would not have: make's own variables, and the uv that
+    # `uv run` (make test) names in UV, which the Makefile would take instead of its own.
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS")) and k != "UV"
+    }
     if path is not None:
         env["PATH"] = path
     return subprocess.run(

@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 REPORT = re.compile(r"^\s+[\d.]+s\s+written\s+(\d+)\s+pending\s+\d+\s+delivered\s+(\d+)", re.M)
 
 
+def _as_from_a_terminal() -> None:
+    """A command typed at a terminal gets Ctrl-C; one started from a background job of a
+    script (a CI runner's) inherits SIGINT ignored, which would make this test pass or
+    fail by how it was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Terminal:
     """A command on a pty of its own, in a process group of its own."""
 
@@ -27,7 +34,7 @@ class Terminal:
         self._master, slave = pty.openpty()
         self.proc = subprocess.Popen(
             argv, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_as_from_a_terminal,
         )  # fmt: skip
         os.close(slave)
         self.screen = ""
