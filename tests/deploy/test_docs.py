@@ -12,7 +12,7 @@ from typer.core import TyperOption
 from tests.deploy.contract import CLI, ROOT, parse_args
 
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [
-    ROOT / name for name in ("README.md", "CONTRIBUTING.md")
+    ROOT / name for name in ("README.md", "CONTRIBUTING.md", "CHANGELOG.md")
 ]
 CONFIGURATION = ROOT / "docs" / "configuration.md"
 # A row of its tables: | `--flag`[, `--alias`] | `OUTBOX_RELAY_VARIABLE` | default | meaning |
