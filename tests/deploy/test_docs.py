@@ -1,5 +1,5 @@
-"""The deployment and security docs: their `outbox-relay ...` commands parse with the
-real CLI, and the files they link to exist."""
+"""The docs: their `outbox-relay ...` commands parse with the real CLI, the files they
+link to exist, and docs/configuration.md lists every option of every command."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import re
 import shlex
 
 import pytest
+from typer.core import TyperOption
 
-from tests.deploy.contract import ROOT, parse_args
+from tests.deploy.contract import CLI, ROOT, parse_args
 
-DOCS = [
-    ROOT / "docs" / name
-    for name in ("security.md", "deploying.md", "connector-settings.md", "cdc.md", "formats.md")
-] + [ROOT / "README.md"]
+DOCS = sorted((ROOT / "docs").glob("*.md")) + [
+    ROOT / name for name in ("README.md", "CONTRIBUTING.md", "CHANGELOG.md")
+]
+CONFIGURATION = ROOT / "docs" / "configuration.md"
+# A row of its tables: | `--flag`[, `--alias`] | `OUTBOX_RELAY_VARIABLE` | default | meaning |
+OPTION_ROW = re.compile(r"^\| `(--[a-z-]+)`[^|]*\| `(OUTBOX_RELAY_[A-Z_]+)` \| ([^|]*)\|", re.M)
 
 
 def commands_in(text: str) -> list[str]:
@@ -63,3 +66,44 @@ def test_the_readme_states_which_of_flag_variable_and_default_wins():
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "A flag wins over its variable, and the variable over the default" in readme
     assert "docs/cli-errors.md" in readme
+
+
+def cli_options(group=CLI, path=()):
+    """(command path, flag, variable, default) of every option but --help and --version."""
+    for name, command in getattr(group, "commands", {}).items():
+        yield from cli_options(command, (*path, name))
+    for param in getattr(group, "params", []):
+        if isinstance(param, TyperOption) and param.envvar:
+            yield " ".join(path), param.opts[0], param.envvar, param.default
+
+
+OPTIONS = list(cli_options())
+
+
+def documented_options() -> dict[tuple[str, str], list[str]]:
+    rows: dict[tuple[str, str], list[str]] = {}
+    for flag, variable, default in OPTION_ROW.findall(CONFIGURATION.read_text()):
+        rows.setdefault((flag, variable), []).append(default)
+    return rows
+
+
+def test_the_walk_sees_the_options():
+    paths = {path for path, *_ in OPTIONS}
+    assert len(OPTIONS) >= 80 and {"run", "migrate", "dead-letters drop"} <= paths
+
+
+@pytest.mark.parametrize(("path", "flag", "variable", "default"), OPTIONS,
+                         ids=lambda v: v if isinstance(v, str) else None)  # fmt: skip
+def test_the_configuration_page_lists_every_option(path, flag, variable, default):
+    """Its variable beside it, and its default where the command has a plain one."""
+    defaults = documented_options().get((flag, variable))
+    assert defaults, f"docs/configuration.md has no row for {flag} ({variable}) of {path}"
+    if isinstance(default, (str, int)) and not isinstance(default, bool) and default != "":
+        assert any(f"`{default}`" in cell for cell in defaults), (
+            f"docs/configuration.md does not give {flag}'s default, {default}"
+        )
+
+
+def test_the_configuration_page_lists_no_option_the_command_lacks():
+    real = {(flag, variable) for _, flag, variable, _ in OPTIONS}
+    assert set(documented_options()) - real == set()
