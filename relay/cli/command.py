@@ -120,10 +120,14 @@ def _fold_long_words(original: Callable[..., Columns]) -> Callable[..., Columns]
     return parameter_help
 
 
-# typer builds each option's help cell in this function, with rich's default overflow,
-# which ends a word wider than the column in "…". tests/e2e/test_help.py fails if a
-# typer upgrade renames it.
-if not hasattr(typer.rich_utils._get_parameter_help, "__wrapped_by_relay__"):
-    _parameter_help = _fold_long_words(typer.rich_utils._get_parameter_help)
+# typer builds each option's help cell in this private function, with rich's default
+# overflow, which ends a word wider than the column in "…" (docs/architecture.md,
+# "Reliance on private APIs"). Without it, help only cuts long words again:
+# tests/unit/test_private_apis.py says so when a typer upgrade renames it.
+_ORIGINAL_PARAMETER_HELP = getattr(typer.rich_utils, "_get_parameter_help", None)
+if _ORIGINAL_PARAMETER_HELP is not None and not hasattr(
+    _ORIGINAL_PARAMETER_HELP, "__wrapped_by_relay__"
+):
+    _parameter_help = _fold_long_words(_ORIGINAL_PARAMETER_HELP)
     _parameter_help.__wrapped_by_relay__ = True  # type: ignore[attr-defined]
     typer.rich_utils._get_parameter_help = _parameter_help

@@ -1,4 +1,4 @@
-"""The private parts of pika, psycopg and prometheus-client the relay relies on are still
+"""The private parts of pika, psycopg, prometheus-client and typer the relay relies on are still
 there and still behave as it expects (docs/architecture.md, "Reliance on private APIs").
 
 pyproject.toml bounds each of these libraries above; when one of these tests fails after
@@ -103,4 +103,17 @@ def test_prometheus_still_writes_histogram_buckets_as_the_batch_histogram_does()
     assert bucket_lines(ours) == bucket_lines(reference), (
         f"prometheus-client {version('prometheus-client')} now writes histogram buckets "
         f"differently from relay/latency_histogram.py; {SEE}"
+    )
+
+
+def test_typer_still_builds_each_options_help_cell_in_one_function():
+    import typer
+    import typer.rich_utils
+
+    import relay.cli.command  # noqa: F401 (wraps the function on import)
+
+    function = getattr(typer.rich_utils, "_get_parameter_help", None)
+    assert callable(function) and getattr(function, "__wrapped_by_relay__", False), (
+        f"typer {typer.__version__} no longer has rich_utils._get_parameter_help, which "
+        f"relay/cli/command.py wraps so that --help never cuts a long default; {SEE}"
     )
