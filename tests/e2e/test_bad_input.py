@@ -49,6 +49,8 @@ def case(line: str, code: int, says: str) -> Case:
     return Case(tuple(shlex.split(line)), code, says)
 
 
+RABBIT = f"run --dsn {DSN} --connector rabbitmq"
+
 CASES = [
     # durations and sizes outside what PostgreSQL (or the broker) can take
     case(f"run --dsn {DSN} --lease-ttl 30d", 2, "lease TTL (30d) must be between 1ms and 24d"),
@@ -93,6 +95,15 @@ CASES = [
     case(f"status --dsn {DSN} --json --json", 2, "--json given twice"),
     case("migrate --print-grants relay --mode cdc --mode poll", 2, "--mode given twice"),
     case(f"dead-letters list --dsn {DSN} --limit 5 --limit 6", 2, "--limit given twice"),
+    # connector settings, checked before anything connects (a password never quoted)
+    case(f"{RABBIT} --amqp-url garbage", 2, "must start with amqp:// or amqps://"),
+    case(f"{RABBIT} --amqp-url amqp:garbage", 2, "The RabbitMQ URL names no host"),
+    case(f"{RABBIT} --amqp-url 'amqp://guest:x@[::1'", 2, "do not pair"),
+    case(f"{RABBIT} --amqp-url ''", 2, "The RabbitMQ URL is empty"),
+    case(f"{RABBIT} --amqp-url amqp://", 2, "The RabbitMQ URL names no host"),
+    case(f"run --dsn {DSN} --kafka-bootstrap ''", 2, "empty bootstrap servers"),
+    case(f"run --dsn {DSN} --connector-option bootstrap.servers=", 2, "empty bootstrap servers"),
+    case(f"{RABBIT} --kafka-bootstrap k:9092", 2, "is a setting of the kafka connector"),
     # a runtime failure, for contrast: exit 1
     case(f"status --dsn postgresql://app:{CANARY}@127.0.0.1:1/db", 1, "cannot connect"),
 ]
