@@ -1,8 +1,8 @@
 """The three AMQP 0-9-1 frames of one ``basic.publish``, encoded without pika's objects.
 
 pika builds a ``Basic.Publish``, a ``BasicProperties`` and three ``Frame`` objects per
-message and marshals each field through generic helpers: about 25 µs of Python per
-message, the larger part of the relay's CPU when it publishes to RabbitMQ. The relay
+message and marshals each field through generic helpers: the larger part of the relay's CPU when it
+publishes to RabbitMQ (benchmarks/README.md has the measurement). The relay
 only ever sends one shape of message (a fixed exchange, ``mandatory``, five properties
 of known types), so this module writes those bytes directly: the ``basic.publish``
 method frame is cached per routing key, the content header is one ``struct.pack`` plus

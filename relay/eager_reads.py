@@ -2,8 +2,8 @@
 
 psycopg's asyncio connection hands every wait to the event loop: register the socket,
 run a loop round, unregister. libpq reads at most its input buffer (~16 KB) per call,
-so a claim of 2,048 ~1 KB rows (2 MB) took ~140 loop round trips, each one several
-times dearer than the read it waited for. While the socket already holds data, this
+so a large claim takes many loop round trips, each one dearer than the read it waited
+for (benchmarks/README.md has the measurement). While the socket already holds data, this
 connection answers those waits itself, from a zero-timeout poll, for at most
 EAGER_READ_BUDGET seconds before it lets the loop run again. Writes and waits with
 nothing to read go to psycopg's own wait as before.
