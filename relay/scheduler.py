@@ -33,7 +33,7 @@ from relay.backoff import full_jitter
 from relay.db import DbSession, lock_space
 from relay.errors import RelayError
 from relay.sqlfiles import query
-from relay.tasks import wait_any
+from relay.tasks import BackgroundTask, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class Scheduler:
         self._poked = asyncio.Event()
         self._last_look = -math.inf
         self._failures = 0
-        self._task: asyncio.Task[None] | None = None
+        self._background: BackgroundTask | None = None
         self.promoted = 0  # messages this relay moved into the outbox
 
     def poke(self) -> None:
@@ -89,14 +89,14 @@ class Scheduler:
         self._poked.set()
 
     def start(self, stopping: asyncio.Event) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.run(stopping), name="scheduler")
+        if self._background is None:
+            self._background = BackgroundTask("scheduler", lambda: self.run(stopping))
+            self._background.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        if self._background is not None:
+            await self._background.stop()
+            self._background = None
         await self._session.close()
 
     async def run(self, stopping: asyncio.Event) -> None:

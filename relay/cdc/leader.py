@@ -36,7 +36,7 @@ from relay.config import RelayConfig
 from relay.db import DbSession
 from relay.errors import LeaseLostError, RelayError, translate_db_error
 from relay.sqlfiles import query
-from relay.tasks import wait_any
+from relay.tasks import BackgroundTask, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Leadership:
         self._leader = False
         self._conn: psycopg.AsyncConnection[Any] | None = None  # the one holding the lock
         self._valid_until = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._keeper = BackgroundTask("cdc-leadership", self._keep)
         self._quit = asyncio.Event()  # ends _keep between statements, never inside one
 
     @property
@@ -159,7 +159,7 @@ class Leadership:
         self.lost.clear()
         self._quit.clear()
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
-        self._task = asyncio.create_task(self._keep(), name="cdc-leadership")
+        self._keeper.start()
         log.info("relay %s leads CDC on slot %s", self._relay_name, self._names.slot)
         return True
 
@@ -265,10 +265,10 @@ class Leadership:
         ``forget`` also removes this relay's ``relays`` row (on the final stop)."""
         was_leader = self._leader
         self._valid_until = 0.0
-        if self._task is not None:
+        if self._keeper.running:
             self._quit.set()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        # The keeper ends its own loop (never cancelled mid-renewal) once asked to quit.
+        await self._keeper.stop(cancel=False)
         try:
             if was_leader and not self.lost.is_set():
                 await self.execute(cdc_query("release_leadership", self._schema))

@@ -59,11 +59,9 @@ class RunningCdcRelay:
         """As if the process died: no final confirmation, connections just close."""
         if self.task is not None:
             leadership = self.relay.leadership
-            tasks = [self.task, leadership._task]
-            for task in tasks:
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*[t for t in tasks if t is not None], return_exceptions=True)
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            await leadership._keeper.stop()  # cancelled mid-renewal, as a kill would
             self.task = None
             await leadership._session.discard()  # no unlock, no lease release
             await self.relay._snapshot.close()
