@@ -107,3 +107,11 @@ def test_the_configuration_page_lists_every_option(path, flag, variable, default
 def test_the_configuration_page_lists_no_option_the_command_lacks():
     real = {(flag, variable) for _, flag, variable, _ in OPTIONS}
     assert set(documented_options()) - real == set()
+
+
+def test_the_readme_stays_a_users_page():
+    """README is what a user reads first: short, and without dated figures or runs, which
+    go stale (figures live in docs/performance.md, history in benchmarks/README.md)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 250
+    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", text)

@@ -4,11 +4,12 @@ broker's client, and the relay command says which extra a connector needs."""
 from __future__ import annotations
 
 import subprocess
+import zipfile
 
 import pytest
 
 from tests.support.cli import user_env
-from tests.support.installs import ROOT, fresh_venv
+from tests.support.installs import ROOT, fresh_venv, run_uv
 
 pytestmark = pytest.mark.e2e
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/nothing"
@@ -71,3 +72,21 @@ def test_an_extra_brings_its_connector_only(tmp_path):
     listing = run(bin_dir, "outbox-relay", "connectors").stdout
     assert "rabbitmq     Publishes outbox batches to a RabbitMQ topic exchange" in listing
     assert "pip install 'outbox-relay[kafka]'" in listing
+
+
+def test_the_wheel_holds_the_product_only(tmp_path):
+    """Test services, fakes and the test-only connector stay out of what users install:
+    the wheel has relay/ (with the migrations) and connectors/, and names no connector
+    that sends nowhere."""
+    run_uv("build", "--wheel", "--quiet", "--out-dir", str(tmp_path), str(ROOT), timeout=300)
+    [wheel] = tmp_path.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(
+            archive.read(name).decode() for name in names if name.endswith("entry_points.txt")
+        )
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"relay", "connectors"}
+    assert any(name.startswith("relay/schema/") and name.endswith(".sql") for name in names)
+    assert not [name for name in names if "tests" in name.split("/") or "support" in name]
+    assert "kafka" in entry_points and "memory" not in entry_points

@@ -58,3 +58,60 @@ def test_no_asyncio_wait_for_in_the_relay_or_the_connectors():
         if calls_wait_for(path)
     ]
     assert offenders == []
+
+
+def logger_names(path: Path) -> list[str]:
+    """The string names given to ``logging.getLogger`` in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute) and node.func.attr == "getLogger"
+        and node.args and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ]
+
+
+def test_the_relays_loggers_are_named_by_their_module():
+    """A logger named by hand drifts from its module when code moves; ``__name__`` does
+    not. Only a library's own logger (pika's, to quieten it) is named by a string."""
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for package in ("relay", "connectors")
+        for path in (ROOT / package).rglob("*.py")
+        for name in logger_names(path)
+        if name.split(".")[0] in {"outbox_relay", "relay", "connectors"}
+    ]
+    assert offenders == []
+
+
+def branch_attributes(path: Path) -> set[str]:
+    """The attribute names read in the conditions of ``path``'s branches."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tests = [node.test for node in ast.walk(tree) if isinstance(node, (ast.If, ast.IfExp))]
+    tests += [node for node in ast.walk(tree) if isinstance(node, ast.Match)]
+    return {
+        node.attr for test in tests for node in ast.walk(test) if isinstance(node, ast.Attribute)
+    }
+
+
+def test_the_service_assembles_a_source_without_asking_which_mode():
+    """Polling and CDC have one shape (relay.source): the service looks the mode's source
+    up in SOURCES and never branches on the mode itself."""
+    assert not branch_attributes(ROOT / "relay/service.py") & {"mode", "cdc", "cdc_table"}
+
+
+def test_background_tasks_start_through_relay_tasks():
+    """Start, cancel and gather are written once (relay.tasks); the drain's own task in
+    the service and the CDC session's three loops, which end together, are the only other
+    places that create tasks."""
+    allowed = {"relay/tasks.py", "relay/service.py", "relay/cdc/session.py"}
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("relay", "connectors")
+        for path in (ROOT / package).rglob("*.py")
+        if "create_task(" in path.read_text(encoding="utf-8")
+        and str(path.relative_to(ROOT)) not in allowed
+    ]
+    assert offenders == []
