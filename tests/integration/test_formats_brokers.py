@@ -17,12 +17,14 @@ import orjson
 import pika
 import psycopg
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from relay import enqueue
 from relay.cdc.preflight import run_checks
 from relay.connector import load_connector
 from relay.formats.settings import FormatSettings
+from relay.inbox import Inbox, confluent_kafka_message_id
+from relay.migrations import migrate
 from tests.support.cdc_relays import FAST_CDC
 from tests.support.kafka_harness import KafkaHarness
 from tests.support.relays import RunningRelay, eventually, install_outbox, relay_config
@@ -165,6 +167,29 @@ def test_cloudevents_binary_mode_on_kafka_puts_ce_headers_around_the_payload(db_
     assert one["traceparent"] == TRACEPARENT
     moment = datetime.fromisoformat(one["ce_time"].replace("Z", "+00:00"))
     assert one["ce_time"].endswith("Z") and moment == created_at(db_dsn, first)
+
+
+def test_the_inbox_knows_a_cloudevent_read_from_kafka_by_its_ce_id(db_dsn, kafka):
+    """A CloudEvents producer that sends no ``message_id`` (another tool, a bridge) and
+    the relay's own record of the same event are one message to the inbox."""
+    topic = f"orders{uuid.uuid4().hex[:8]}"
+    kafka.create_topic(topic)
+    first, _ = relay_once(cloudevents_config(db_dsn, kafka.configure), db_dsn,
+                          lambda: enqueue_two(db_dsn, topic), 2)
+    relays = by_key(kafka_read(kafka.bootstrap, topic, 2))[0]
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    producer.produce(topic, relays.value(), relays.key(), headers=[
+        (name, value) for name, value in relays.headers() if name != "message_id"])
+    assert producer.flush(10) == 0
+    records = [r for r in kafka_read(kafka.bootstrap, topic, 3) if r.key() == b"order-1"]
+    assert "message_id" not in headers_of(records[1])
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        migrate(conn, "consumer_side", tracks=("inbox",))
+        inbox = Inbox(consumer="billing", schema="consumer_side")
+        results = [inbox.process(conn, confluent_kafka_message_id(record), lambda _: None)
+                   for record in records]
+    assert [(r.duplicate, r.message_id) for r in results] == [
+        (False, str(first)), (True, str(first))]
 
 
 def test_cloudevents_structured_mode_on_kafka_puts_the_json_event_in_the_value(db_dsn, kafka):
