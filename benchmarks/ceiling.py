@@ -68,12 +68,14 @@ def pg_ceiling(stack: Stack, *, messages: int, how: str) -> dict[str, Any]:
     }
 
 
-def run_ceilings(stack: Stack, *, runs: int, messages: int, record: Any) -> None:
+def run_ceilings(
+    stack: Stack, *, runs: int, messages: int, record: Any, first_run: int = 1
+) -> None:
     """Both ceilings, ``runs`` times each, taking turns; ``record(workload, case, run,
     measure)`` is the suite's (benchmarks.run)."""
     from benchmarks.workloads import Case
 
-    for run in range(1, runs + 1):
+    for run in range(first_run, first_run + runs):
         for how, kind in KINDS.items():
             record(
                 "ceiling", Case(kind, "none", "none"), run,

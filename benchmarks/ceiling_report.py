@@ -35,18 +35,20 @@ _BROKERS = {"kafka": "Kafka", "rabbitmq": "RabbitMQ"}
 
 
 def add_fractions(rows: list[dict[str, Any]]) -> None:
-    """Each drain's msg/s from its start as a fraction of the claim+update ceiling's, and
-    the ceilings' own (the delete one against the update one)."""
-    ceiling = next(
-        (r for r in rows if r["workload"] == "ceiling" and r["kind"] == CEILING_KIND), None
-    )
-    base = ceiling.get("msg_per_s_from_start") if ceiling else None
-    if not base:
-        return
-    for row in rows:
-        if row["workload"] in ("drain", "ceiling") and row.get("msg_per_s_from_start"):
-            # three places: a verdict must not be met by rounding
-            row["of_ceiling"] = round(row["msg_per_s_from_start"] / base, 3)
+    """Each drain's msg/s from its start as a fraction of the claim+update ceiling's (and
+    in ``of_delete_ceiling`` of the claim+delete one: outbox-relay deletes what it sent by
+    default), the ceilings' own too."""
+    for kind, field in ((CEILING_KIND, "of_ceiling"), (OTHER_CEILING_KIND, "of_delete_ceiling")):
+        ceiling = next(
+            (r for r in rows if r["workload"] == "ceiling" and r["kind"] == kind), None
+        )
+        base = ceiling.get("msg_per_s_from_start") if ceiling else None
+        if not base:
+            continue
+        for row in rows:
+            if row["workload"] in ("drain", "ceiling") and row.get("msg_per_s_from_start"):
+                # three places: a verdict must not be met by rounding
+                row[field] = round(row["msg_per_s_from_start"] / base, 3)
 
 
 # --- light traffic ----------------------------------------------------------------------------
@@ -209,9 +211,9 @@ def _drain_label(row: dict[str, Any]) -> str:
 
 def drain_table(summary: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| drain | msg/s from start | x ceiling | msg/s first to last | first message after "
-        "start, s | relay CPU µs/msg | runs |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| drain | msg/s from start | x ceiling | x delete ceiling | msg/s first to last | "
+        "first message after start, s | relay CPU µs/msg | runs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     rows = [r for r in summary if r["workload"] == "ceiling"]
     rows += [r for r in summary if r["workload"] == "drain"]
@@ -220,7 +222,8 @@ def drain_table(summary: list[dict[str, Any]]) -> list[str]:
         note = "" if r.get("complete", True) else " (a window, not all)"
         lines.append(
             f"| {_drain_label(r)}{note} | {_cell(r.get('msg_per_s_from_start'))} | "
-            f"{_cell(r.get('of_ceiling'), 2)} | {_cell(r.get('msg_per_s'))} | "
+            f"{_cell(r.get('of_ceiling'), 2)} | {_cell(r.get('of_delete_ceiling'), 2)} | "
+            f"{_cell(r.get('msg_per_s'))} | "
             f"{_cell(first, 2)} | {_cell(r.get('cpu_us_per_msg'))} | {r['runs']} |"
         )
     return lines

@@ -49,6 +49,8 @@ def test_every_drain_is_a_fraction_of_the_claim_and_update_ceiling_from_its_star
     assert by[("drain", "outbox-relay", "cdc")]["of_ceiling"] == 0.4
     assert by[("drain", "tutorial", "poll")]["of_ceiling"] == 0.35  # not its 30,000 first-last
     assert by[("ceiling", "pg-claim+delete", "none")]["of_ceiling"] == 1.25
+    # and against the claim+delete ceiling (100,000), what outbox-relay does by default
+    assert by[("drain", "outbox-relay", "poll")]["of_delete_ceiling"] == 0.56
 
 
 def test_without_a_ceiling_no_drain_gets_a_fraction() -> None:
@@ -140,7 +142,7 @@ def test_the_docs_table_goes_between_the_markers_and_nothing_else_changes(tmp_pa
     ceiling = "| PostgreSQL alone: claim 1,000 + UPDATE, commit (the ceiling) | 80,000 | 1.00 |"
     assert ceiling in inside
     assert "| PostgreSQL alone: claim 1,000 + DELETE, commit | 100,000 | 1.25 |" in inside
-    assert "| outbox-relay, polling -> Kafka | 50,000 | 0.62 |" in inside
+    assert "| outbox-relay, polling -> Kafka | 50,000 | 0.62 | 0.50 |" in inside
     assert "| outbox-relay | polling | idle | — | 0.5 |" in inside
     verdict = "from start, x the claim+update ceiling | >= 0.7 | 0.625 | **NO** |"
     assert f"| polling -> Kafka drain of 100,000, {verdict}" in inside
