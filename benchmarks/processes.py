@@ -1,8 +1,9 @@
 """The relays under test, as subprocesses, and what the kernel says each one cost.
 
 ``outbox-relay run`` is started exactly as a user would start it (the installed command,
-default settings, only the connection flags); the naive baseline is
-``python -m benchmarks.naive_relay``. CPU time is the process's own accounting
+default settings, only the connection flags); the baselines are
+``python -m benchmarks.tutorial_relay`` (a batch of 100, one flush, one UPDATE) and
+``python -m benchmarks.naive_relay`` (one row at a time). CPU time is the process's own accounting
 (utime + stime of every thread, /proc/<pid>/stat), memory its VmRSS / VmHWM.
 """
 
@@ -258,6 +259,13 @@ def histogram_quantiles(
 def naive_argv(dsn: str, target_args: list[str], progress: Path) -> list[str]:
     return [
         sys.executable, "-m", "benchmarks.naive_relay", "--dsn", dsn, *target_args,
+        "--progress", str(progress),
+    ]  # fmt: skip
+
+
+def tutorial_argv(dsn: str, target_args: list[str], progress: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "benchmarks.tutorial_relay", "--dsn", dsn, *target_args,
         "--progress", str(progress),
     ]  # fmt: skip
 

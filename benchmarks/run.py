@@ -1,16 +1,26 @@
 """Run the benchmark suite: ``python -m benchmarks.run [--quick | --soak [SECONDS]]``.
 
-    uv run --group bench python -m benchmarks.run --quick   # about 3 minutes
-    uv run --group bench python -m benchmarks.run           # full: about 30 minutes
+    uv run --group bench python -m benchmarks.run --quick   # about 8 minutes
+    uv run --group bench python -m benchmarks.run           # full: about 40 minutes
     uv run --group bench python -m benchmarks.run --soak 600
 
 Starts a private PostgreSQL 15 cluster (fsync on), a Tansu broker and a RabbitMQ node on
-loopback (or uses --kafka-bootstrap / --amqp-url), then for each mode (poll; cdc when
-``outbox-relay run --mode cdc`` works), each broker, and each relay (the installed
-``outbox-relay`` command, and the naive baseline of benchmarks/naive_relay.py) runs:
+loopback (or uses --kafka-bootstrap / --amqp-url), then:
+
+- ceiling: what PostgreSQL alone claims and marks (or deletes) per second, 1,000 rows a
+  transaction, no broker (benchmarks/ceiling.py); every drain is reported as a fraction
+  of the claim+update one;
+- light: the relay idle, then at 10, 100 and 1,000 one-row transactions a second (Kafka):
+  its CPU per message and p50 next to a bare producer's (benchmarks/light.py);
+
+and for each mode (poll; cdc when ``outbox-relay run --mode cdc`` works), each broker,
+and each relay (the installed ``outbox-relay`` command; the tutorial baseline of
+benchmarks/tutorial_relay.py, polling to Kafka; with ``--kinds ...,naive`` the row-by-row
+one of benchmarks/naive_relay.py):
 
 - drain: N events preloaded while the relay is down; msg/s from the first to the last
-  event at the broker, relay CPU per message, peak RSS;
+  event at the broker and from the relay's start (startup counts), relay CPU per
+  message, peak RSS;
 - sustained: writer processes offer rising rates (fractions of the drain rate); the
   highest rate whose backlog stays flat;
 - latency: single-event transactions at 1,000/s; COMMIT -> consumer percentiles, next to
@@ -38,8 +48,11 @@ from typing import Any
 import orjson
 
 import relay
-from benchmarks import report
+from benchmarks import ceiling_report, report
+from benchmarks.ceiling import KINDS as CEILING_KINDS
+from benchmarks.ceiling import run_ceilings
 from benchmarks.floor import latency_floor
+from benchmarks.light import run_light
 from benchmarks.processes import MachineShare, cdc_available, log_dir
 from benchmarks.soak import soak
 from benchmarks.stack import Stack, drop_database, fresh_database, running_stack
@@ -93,6 +106,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = parse_args()
     plan = QUICK if args.quick else FULL
+    if args.drain_messages:
+        plan = Plan(**{**vars(plan), "drain_messages": args.drain_messages})
     if args.runs:
         plan = Plan(
             **{
@@ -122,11 +137,14 @@ def main() -> None:
         records, notes, extras, meta = _merged(args, records, notes, extras, meta)
         tag = args.replace_in
     summary = report.summarize(records)
+    light = ceiling_report.light_summary(records)
     rss = [r.get("peak_rss_mb") for r in records if r["kind"] == "outbox-relay"]
     extras.setdefault("peak_rss_mb", max((v for v in rss if v), default=None))
-    document = {
+    document: dict[str, Any] = {
         "meta": meta,
         "summary": summary,
+        "light": light,
+        "issue30_targets": ceiling_report.verdicts(summary, light, records),
         "targets": report.targets(summary, extras),
         "extras": extras,
         "notes": notes,
@@ -136,6 +154,9 @@ def main() -> None:
     for path in report.write_all(args.output, tag, document):
         print(f"wrote {path}")
     print(report.markdown(document))
+    if args.update_docs:
+        ceiling_report.update_docs(args.update_docs, document)
+        print(f"updated {args.update_docs}")
 
 
 def parse_args() -> argparse.Namespace:
@@ -152,7 +173,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak-rate", type=float, default=6_000.0)
     parser.add_argument("--modes", default="poll,cdc")
     parser.add_argument("--brokers", default="kafka,rabbitmq")
-    parser.add_argument("--workloads", default="drain,sustained,latency")
+    parser.add_argument("--workloads", default="ceiling,drain,sustained,latency,light")
+    parser.add_argument(
+        "--drain-messages", type=int, help="events per drain and ceiling run (quick: 30,000)"
+    )
+    parser.add_argument(
+        "--light-runs", type=int, default=1, help="runs of the light-traffic workload (1)"
+    )
     parser.add_argument("--runs", type=int, help="runs per figure (median); default 3")
     parser.add_argument(
         "--writers",
@@ -163,8 +190,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     parser.add_argument(
         "--kinds",
-        default="outbox-relay,naive,direct-producer",
-        help="which relays to run (direct-producer: the latency floor without a relay)",
+        default="outbox-relay,tutorial,direct-producer",
+        help="which relays to run: outbox-relay, tutorial (the baseline), naive (one row at "
+        "a time), direct-producer (the latency floor without a relay)",
     )
     parser.add_argument(
         "--replace-in",
@@ -183,6 +211,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--amqp-url", help="use this RabbitMQ instead of a private node")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--tag", help="results file name (default: quick, full or soak)")
+    parser.add_argument(
+        "--update-docs",
+        type=Path,
+        metavar="MD",
+        help="write the drains, light traffic and issue 30's verdicts into this file "
+        "(docs/performance.md) between its relay-ceiling markers",
+    )
     return parser.parse_args()
 
 
@@ -206,8 +241,12 @@ def _merged(
     earlier = list(old["meta"].get("reruns", []))
     if "rerun" in old["meta"]:  # a file written when only the last rerun was kept
         earlier.insert(0, old["meta"]["rerun"])
-    this_run = {"command": meta["command"], "at": meta["started_at"],
-                "relay_tree": meta["relay_tree"], "replaced": rerun}
+    this_run = {
+        "command": meta["command"],
+        "at": meta["started_at"],
+        "relay_tree": meta["relay_tree"],
+        "replaced": rerun,
+    }
     merged_meta = {k: v for k, v in old["meta"].items() if k != "rerun"}
     merged_meta["reruns"] = [*earlier, this_run]
     merged_notes = [
@@ -251,9 +290,14 @@ def _suite(
     notes: list[str],
 ) -> None:
     workloads = args.workloads.split(",")
-    kinds = [k for k in args.kinds.split(",") if k in ("outbox-relay", "naive")]
+    kinds = [k for k in args.kinds.split(",") if k in ("outbox-relay", "tutorial", "naive")]
     if args.no_naive:
         kinds = [k for k in kinds if k != "naive"]
+    if "ceiling" in workloads and "drain" not in workloads:
+        run_ceilings(stack, runs=plan.runs, messages=plan.drain_messages, record=_recorder(records))
+    if "light" in workloads and "kafka" in brokers:
+        run_light(stack, modes, logs, runs=args.light_runs, extra=args.relay_arg,
+                  record=_recorder(records))  # fmt: skip
     if "sustained" in workloads and "outbox-relay" in kinds:
         _writers_alone(stack, plan, args, records)
     for broker in brokers:
@@ -276,6 +320,10 @@ def _suite(
             for kind in kinds:
                 if kind == "naive" and mode != "poll":
                     continue  # the baseline polls; CDC results are compared with it
+                if kind == "tutorial":
+                    if "drain" in workloads and (mode, broker) == ("poll", "kafka"):
+                        _drains(stack, plan, Case(kind, mode, broker), logs, args, records)
+                    continue  # a drain baseline only (Kafka); light traffic runs it too
                 case = Case(kind, mode, broker)
                 drain_rate = (
                     _drains(stack, plan, case, logs, args, records)
@@ -306,6 +354,11 @@ def _suite(
         tenth = next((rss for count, rss in curve if count >= 100_000), curve[0][1])
         extras["rss_growth_mb_over_1m"] = round(curve[-1][1] - tenth, 1)
         extras["rss_mb_by_delivered_1m"] = curve
+
+
+def _recorder(records: list[dict[str, Any]]) -> Any:
+    """``_record`` into ``records``, for the workloads that live in their own modules."""
+    return lambda workload, case, run, measure: _record(records, workload, case, run, measure)
 
 
 def _record(
@@ -343,8 +396,15 @@ def _drains(
 ) -> float:
     naive = case.kind == "naive"
     runs = plan.naive_runs if naive else plan.runs
+    # The ceiling takes turns with the Kafka drains, so its median spans the same
+    # minutes of this shared machine as the drains it is the ceiling of.
+    ceiling = "ceiling" in args.workloads.split(",") and case.broker == "kafka" and not naive
     rates = []
     for run in range(1, runs + 1):
+        if ceiling:
+            earlier = sum(r["workload"] == "ceiling" for r in records) // len(CEILING_KINDS)
+            run_ceilings(stack, runs=1, messages=plan.drain_messages,
+                         record=_recorder(records), first_run=earlier + 1)  # fmt: skip
         result = _record(
             records,
             "drain",
@@ -376,7 +436,10 @@ def _writers_alone(
             Case("writers-alone", "none", "none"),
             1,
             lambda: writers_alone(
-                dsn, "writers-alone", seconds=plan.step * 2, count=args.writers,
+                dsn,
+                "writers-alone",
+                seconds=plan.step * 2,
+                count=args.writers,
                 rows_per_tx=ROWS_PER_TX,
             ),
         )

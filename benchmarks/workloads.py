@@ -29,12 +29,15 @@ from benchmarks.processes import (
     relay_argv,
     relay_histogram,
     supports_flag,
+    tutorial_argv,
 )
 from benchmarks.ramp import Ramp, StepResult, step_verdict
 from benchmarks.stack import Stack, Target, drop_database, fresh_database, wait_until
 from benchmarks.writers import Writers, preload, read_commit_log
 from tests.support.services import free_port
 
+# The baselines, which count their broker confirms in a file (outbox-relay: its metrics).
+BASELINES = ("naive", "tutorial")
 SAMPLE_EVERY = 0.04  # each sample reads the relay's /metrics: keep its cost below 1 %
 VERIFY_UP_TO = 200_000  # beyond this, reading the topic back takes Tansu minutes
 READY_TIMEOUT = 30.0
@@ -44,7 +47,7 @@ READY_TIMEOUT = 30.0
 class Case:
     """What runs: which relay, in which mode, to which broker."""
 
-    kind: str  # "outbox-relay" or "naive"
+    kind: str  # "outbox-relay", or a baseline: "tutorial" or "naive"
     mode: str  # "poll" or "cdc"
     broker: str  # "kafka" or "rabbitmq"
 
@@ -73,24 +76,25 @@ class Session:
         self._extra = extra
         self.relay: RelayProcess | None = None
         self.hwm_mb = 0.0
-        # both relays count broker confirms themselves (outbox-relay in its metrics, the
-        # naive one in a file): cheap to read, and no consumer loads the broker meanwhile
-        self._metrics_port = free_port() if case.kind != "naive" else 0
+        # every relay counts broker confirms itself (outbox-relay in its metrics, the
+        # baselines in a file): cheap to read, and no consumer loads the broker meanwhile
+        self._metrics_port = free_port() if case.kind not in BASELINES else 0
         self._by_relay = bool(self._metrics_port and supports_flag("--metrics-port"))
-        self._progress = logs / f"naive-progress-{self.dsn.rpartition('/')[2]}"
+        self._progress = logs / f"{case.kind}-progress-{self.dsn.rpartition('/')[2]}"
         self._last_confirmed = 0
 
     def argv(self) -> list[str]:
-        if self.case.kind == "naive":
+        if self.case.kind in BASELINES:
             self._progress.unlink(missing_ok=True)
-            return naive_argv(self.dsn, self.target.relay_args(), self._progress)
+            argv = tutorial_argv if self.case.kind == "tutorial" else naive_argv
+            return argv(self.dsn, self.target.relay_args(), self._progress)
         return relay_argv(
             self.case.mode, self.dsn, self.target.relay_args(), self._extra, self._metrics_port
         )
 
     def delivered(self) -> int:
         """Messages confirmed by the broker so far (by the running relay's own count)."""
-        if self.case.kind == "naive":
+        if self.case.kind in BASELINES:
             confirmed = confirmed_by_naive(self._progress)
         elif self._by_relay:
             confirmed = confirmed_by_relay(self._metrics_port)
@@ -125,7 +129,7 @@ class Session:
         self.check_alive()
 
     def _ready(self) -> bool:
-        if self.case.kind == "naive":
+        if self.case.kind in BASELINES:
             return True
         if self.case.mode == "cdc":
             sql = (
@@ -218,6 +222,8 @@ def drain(
         "complete": last.delivered >= messages,
         "counted_at_broker": at_broker,
         "msg_per_s": round(_rate(first, last)),
+        # startup counts: from the start of the process to the last confirm
+        "msg_per_s_from_start": round(last.delivered / max(last.t - started, 1e-9)),
         "seconds_to_all_confirmed": round(last.t - started, 3),
         "startup_seconds": round(first.t - started, 3),
         "cpu_us_per_msg": _round(_cpu_us(first, last)),
