@@ -187,6 +187,16 @@ class _BatchDelivery:
             self._sealed = True
             return [o or NO_REPORT for o in self._outcomes]
 
+    async def wait(self, timeout: float) -> None:
+        """Until every report is in or ``timeout`` passes. The future is awaited
+        directly, with a timer of its own: ``asyncio.wait`` would add a future, a
+        callback and a turn of the event loop to every batch."""
+        timer = self._loop.call_later(timeout, self._resolve)
+        try:
+            await self.done  # cancelling the caller cancels the future and ends the wait
+        finally:
+            timer.cancel()
+
     def _wake(self) -> None:
         # RuntimeError: the loop closed before a late report came in; nobody waits.
         with contextlib.suppress(RuntimeError):
@@ -348,7 +358,7 @@ class KafkaConnector:
             if len(batch) > INLINE_BATCH or not production.run(careful=False):
                 await asyncio.to_thread(production.run, careful=True)
             left = deadline + REPORT_GRACE - time.monotonic()
-            await asyncio.wait({delivery.done}, timeout=max(left, 0.0))
+            await delivery.wait(max(left, 0.0))
         finally:
             session.untrack(delivery)
         outcomes = delivery.seal()

@@ -199,6 +199,37 @@ def test_only_a_large_batch_goes_to_a_worker_thread(monkeypatch: pytest.MonkeyPa
     assert len(hops) == 1  # the batch of INLINE_BATCH + 1 alone
 
 
+def test_a_batch_waits_for_its_reports_without_asyncio_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One future and one timer per batch: the last report or the timeout ends the wait,
+    and a cancelled caller leaves no timer behind."""
+
+    async def no_asyncio_wait(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("asyncio.wait used")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(asyncio, "wait", no_asyncio_wait)
+        reported = _BatchDelivery(1, loop)
+        loop.call_later(0.01, reported.settle, 0, DELIVERED)
+        await reported.wait(30)
+        assert reported.seal() == [DELIVERED]
+        silent = _BatchDelivery(1, loop)
+        started = loop.time()
+        await silent.wait(0.02)
+        assert 0.015 <= loop.time() - started < 5
+        assert silent.seal() == [NO_REPORT]
+        cancelled = asyncio.ensure_future(_BatchDelivery(1, loop).wait(30))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert all(h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
+
+
 def test_defaults_are_safe_and_options_override_them() -> None:
     config = RelayConfig(
         dsn="x",
