@@ -1,10 +1,11 @@
 """Publish outbox messages to Kafka (or any Kafka-protocol broker) with librdkafka.
 
-One ``Producer`` per connector. ``produce()`` runs in a worker thread (one hop per batch),
-and a dedicated thread calls ``poll()`` so delivery reports arrive even while the event
-loop is busy. Each report fills one slot of its batch; the last one resolves the batch's
-single future through ``call_soon_threadsafe``: one cross-thread wake-up per batch, not per
-message.
+One ``Producer`` per connector. A small batch is queued with ``produce()`` on the event
+loop itself; a large one, or the rest of a batch that met a full queue, in a worker thread
+(one hop per batch). A dedicated thread calls ``poll()`` so delivery reports arrive even
+while the event loop is busy. Each report fills one slot of its batch; the last one
+resolves the batch's single future through ``call_soon_threadsafe``: one cross-thread
+wake-up per batch, not per message.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from binascii import hexlify
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
+from itertools import chain
 from typing import Any
 from uuid import UUID
 
@@ -41,6 +43,9 @@ _POLL_INTERVAL = 0.1
 NO_REPORT = retryable("no delivery report before timeout")
 # Batches in a row with nothing confirmed before the producer is replaced.
 STUCK_AFTER_BATCHES = 3
+# Batches up to this size are queued on the event loop: produce() takes a few
+# microseconds a message, less than the hop to a worker thread and back costs a batch.
+INLINE_BATCH = 64
 
 # Errors about the message or its topic: retrying the same message cannot succeed.
 # Everything else (broker down, leader moving, timeouts, purges, a fenced producer,
@@ -181,6 +186,16 @@ class _BatchDelivery:
         with self._lock:
             self._sealed = True
             return [o or NO_REPORT for o in self._outcomes]
+
+    async def wait(self, timeout: float) -> None:
+        """Until every report is in or ``timeout`` passes. The future is awaited
+        directly, with a timer of its own: ``asyncio.wait`` would add a future, a
+        callback and a turn of the event loop to every batch."""
+        timer = self._loop.call_later(timeout, self._resolve)
+        try:
+            await self.done  # cancelling the caller cancels the future and ends the wait
+        finally:
+            timer.cancel()
 
     def _wake(self) -> None:
         # RuntimeError: the loop closed before a late report came in; nobody waits.
@@ -339,9 +354,11 @@ class KafkaConnector:
         deadline = time.monotonic() + timeout
         session.track(delivery)
         try:
-            await asyncio.to_thread(_produce_batch, session, batch, delivery, deadline)
+            production = _Production(session, batch, delivery, deadline)
+            if len(batch) > INLINE_BATCH or not production.run(careful=False):
+                await asyncio.to_thread(production.run, careful=True)
             left = deadline + REPORT_GRACE - time.monotonic()
-            await asyncio.wait({delivery.done}, timeout=max(left, 0.0))
+            await delivery.wait(max(left, 0.0))
         finally:
             session.untrack(delivery)
         outcomes = delivery.seal()
@@ -409,38 +426,69 @@ def _produce_batch(
     delivery: _BatchDelivery,
     deadline: float,
 ) -> None:
-    """Hand every message to librdkafka, in order (runs in a worker thread).
+    """Hand every message to librdkafka, in order, waiting for room when the queue is full."""
+    _Production(session, batch, delivery, deadline).run(careful=True)
+
+
+class _Production:
+    """One batch handed to librdkafka in order, in one go or two.
+
+    ``run(careful=False)`` (on the event loop) stops at the first message that
+    ``produce()`` does not take at once: a full queue is waited for, which only a worker
+    thread may do. ``run(careful=True)`` then goes on from that message.
 
     Once librdkafka refuses a message outright, the later messages of its key in this
     batch are not produced (``relay.refusals``): they would overtake it on the partition.
     """
-    refusals = BatchRefusals(batch)
-    # Looked up once, and the usual message queued inline, without a call of its own:
-    # this loop runs for every message.
-    report, produce = delivery.on_delivery, session.producer.produce
-    for index, message in refusals.sendable():
-        on_delivery = partial(report, index)
-        try:
-            key = None if message.key is None else message.key.encode()
-            headers = message_headers(message)
-        except UnicodeEncodeError as exc:
-            failure: Outcome | None = permanent(
-                f"the key or a header is not valid UTF-8: {exc.reason}"
-            )
-        else:
-            stamp = 0 if message.timestamp is None else timestamp_ms(message.timestamp)
+
+    def __init__(
+        self,
+        session: _ProducerSession,
+        batch: Sequence[OutboxMessage],
+        delivery: _BatchDelivery,
+        deadline: float,
+    ) -> None:
+        self._session = session
+        self._delivery = delivery
+        self._deadline = deadline
+        self._refusals = BatchRefusals(batch)
+        self._sendable = self._refusals.sendable()
+        self._stalled: list[tuple[int, OutboxMessage]] = []  # taken, not yet queued
+
+    def run(self, *, careful: bool) -> bool:
+        """Queue the batch's messages; False when not careful and one had to wait."""
+        refusals, session = self._refusals, self._session
+        # Looked up once, and the usual message queued inline, without a call of its
+        # own: this loop runs for every message.
+        report, produce = self._delivery.on_delivery, session.producer.produce
+        for index, message in chain(self._stalled, self._sendable):
+            on_delivery = partial(report, index)
             try:
-                produce(message.topic, message.payload, key, on_delivery=on_delivery,
-                        headers=headers, timestamp=stamp)
-                continue
-            except (BufferError, KafkaException):
-                # Nothing was queued: the careful path waits, retries or refuses.
-                failure = _produce_one(session, message.topic, message.payload, key, headers,
-                                       on_delivery, deadline, stamp)
-        if failure is not None:
-            refusals.refuse(index, failure)
-    for index, outcome in refusals.outcomes.items():
-        delivery.settle(index, outcome)
+                key = None if message.key is None else message.key.encode()
+                headers = message_headers(message)
+            except UnicodeEncodeError as exc:
+                failure: Outcome | None = permanent(
+                    f"the key or a header is not valid UTF-8: {exc.reason}"
+                )
+            else:
+                stamp = 0 if message.timestamp is None else timestamp_ms(message.timestamp)
+                try:
+                    produce(message.topic, message.payload, key, on_delivery=on_delivery,
+                            headers=headers, timestamp=stamp)
+                    continue
+                except (BufferError, KafkaException):
+                    if not careful:
+                        self._stalled = [(index, message)]
+                        return False
+                    # Nothing was queued: the careful path waits, retries or refuses.
+                    failure = _produce_one(session, message.topic, message.payload, key,
+                                           headers, on_delivery, self._deadline, stamp)
+            if failure is not None:
+                refusals.refuse(index, failure)
+        self._stalled = []
+        for index, outcome in refusals.outcomes.items():
+            self._delivery.settle(index, outcome)
+        return True
 
 
 def _produce_one(

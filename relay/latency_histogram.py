@@ -45,6 +45,9 @@ class BatchHistogram(Collector):
         self._documentation = documentation
         self._label = label
         self._bounds = [float(b) for b in bounds]
+        # Made once: a timedelta from float seconds costs more than the rest of a
+        # small batch's observation.
+        self._spans = [timedelta(seconds=bound) for bound in reversed(self._bounds)]
         self._lock = threading.Lock()
         self._series: dict[str, _Counts] = {}
         registry.register(self)
@@ -70,7 +73,7 @@ class BatchHistogram(Collector):
         and the ages are summed as timedeltas: per start, a binary search and a subtraction
         in C and no Python bytecode (this runs for every message on the hot path)."""
         # Ascending: the oldest cutoff (now - the largest bound) first, ``now`` last.
-        cutoffs = [now - timedelta(seconds=bound) for bound in reversed(self._bounds)]
+        cutoffs = [now - span for span in self._spans]
         cutoffs.append(now)
         places = collections.Counter(map(bisect.bisect_right, repeat(cutoffs), starts))
         newest = len(self._bounds)

@@ -9,11 +9,11 @@ broker has not confirmed, and an idle stream confirms the server's WAL end.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from relay.cdc.signals import Signal
 from relay.model import OutboxMessage
 
 
@@ -53,8 +53,8 @@ class Outgoing:
         self._in_flight: Batch | None = None
         self.confirmed_lsn = 0
         self.confirmed_commit_lsn = 0
-        self.ready = asyncio.Event()  # items are waiting
-        self.progressed = asyncio.Event()  # confirmed_lsn moved
+        self.ready = Signal()  # items are waiting
+        self.progressed = Signal()  # confirmed_lsn moved
 
     @property
     def backlog(self) -> int:

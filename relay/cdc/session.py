@@ -30,6 +30,7 @@ from relay.cdc.leader import Leadership
 from relay.cdc.outgoing import Batch, Outgoing
 from relay.cdc.publisher import BatchPublisher
 from relay.cdc.queries import cdc_query
+from relay.cdc.signals import Signal, wait_signals
 from relay.cdc.stream import ReplicationStream
 from relay.errors import LeaseLostError
 from relay.tasks import wait_any
@@ -76,9 +77,9 @@ class StreamSession:
         self.saved_lsn = start_lsn
         self._reported = (-1, -1)
         self._last_status = self._last_save = 0.0
-        self._reply_wanted = asyncio.Event()
-        self._space = asyncio.Event()
-        self._closing = asyncio.Event()
+        self._reply_wanted = Signal()
+        self._space = Signal()
+        self._closing = Signal()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Stream until ``stopping`` (then drain the batch in flight) or a failure.
@@ -86,7 +87,7 @@ class StreamSession:
         Losing the lead also ends the session: the batch in flight is finished (a publish
         call is never cut off halfway), nothing more is published or confirmed.
         """
-        halt = asyncio.Event()  # stop taking batches: stopping, or the lead is lost
+        halt = Signal()  # stop taking batches: stopping, or the lead is lost
         reader = asyncio.create_task(self._read_loop(), name="cdc-reader")
         publisher = asyncio.create_task(self._publish_loop(halt), name="cdc-publisher")
         progress = asyncio.create_task(self._progress_loop(), name="cdc-progress")
@@ -117,7 +118,7 @@ class StreamSession:
         while True:
             if outgoing.backlog >= self._max_backlog:
                 self._space.clear()
-                await wait_any(self._space, timeout=STATUS_INTERVAL)
+                await wait_signals(self._space, timeout=STATUS_INTERVAL)
                 continue
             # Frames in batches: one await per batch, not per change.
             frames = await self._stream.read_frames(STATUS_INTERVAL, READ_BATCH)
@@ -148,7 +149,7 @@ class StreamSession:
 
     # --- publishing ------------------------------------------------------------------
 
-    async def _publish_loop(self, halt: asyncio.Event) -> None:
+    async def _publish_loop(self, halt: Signal) -> None:
         while True:
             batch = await self._next_batch(halt)
             if batch is None:
@@ -159,15 +160,15 @@ class StreamSession:
             if not delivered:
                 return
 
-    async def _next_batch(self, halt: asyncio.Event) -> Batch | None:
+    async def _next_batch(self, halt: Signal) -> Batch | None:
         outgoing = self._outgoing
         # Events that came while the previous batch was with the broker have waited
         # long enough: only a batch whose first event finds the queue empty lingers.
         linger = 0.0 if outgoing.ready.is_set() else self._linger
         while not outgoing.ready.is_set() and not halt.is_set():
-            await wait_any(halt, outgoing.ready)
+            await wait_signals(halt, outgoing.ready)
         if outgoing.backlog < self._batch_size and linger > 0 and not halt.is_set():
-            await wait_any(halt, timeout=linger)  # let the transactions behind join
+            await wait_signals(halt, timeout=linger)  # let the transactions behind join
         return None if halt.is_set() else outgoing.take(self._batch_size)
 
     # --- confirming ------------------------------------------------------------------
@@ -179,11 +180,11 @@ class StreamSession:
             reply = self._reply_wanted.is_set()
             self._reply_wanted.clear()
             await self._save_and_report(reply=reply)
-            await wait_any(outgoing.progressed, self._reply_wanted, self._closing,
-                           timeout=min(STATUS_INTERVAL, IDLE_SAVE_INTERVAL))
+            await wait_signals(outgoing.progressed, self._reply_wanted, self._closing,
+                               timeout=min(STATUS_INTERVAL, IDLE_SAVE_INTERVAL))
             since_save = time.monotonic() - self._last_save
             if since_save < SAVE_INTERVAL and not self._reply_wanted.is_set():
-                await wait_any(self._closing, timeout=SAVE_INTERVAL - since_save)
+                await wait_signals(self._closing, timeout=SAVE_INTERVAL - since_save)
 
     def _save_target(self) -> int:
         outgoing = self._outgoing

@@ -27,7 +27,6 @@ from relay.errors import (
     is_retryable_sqlstate,
     translate_db_error,
 )
-from relay.tasks import wait_future
 
 log = logging.getLogger(__name__)
 
@@ -197,19 +196,25 @@ class ReplicationStream:
             await self._wait(readable=False, timeout=READ_WAIT)
 
     async def _wait(self, *, readable: bool, timeout: float) -> None:
+        """Until the socket is ready or ``timeout`` passes. The future is awaited
+        directly, with a timer of its own: ``asyncio.wait`` would add a future, a
+        callback and a turn of the event loop to every wait, and at one transaction per
+        message the stream waits once or twice for each."""
         loop = asyncio.get_running_loop()
         fd = self._pgconn.socket
-        ready = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        (loop.add_reader if readable else loop.add_writer)(fd, wake)
+        ready: asyncio.Future[None] = loop.create_future()
+        (loop.add_reader if readable else loop.add_writer)(fd, _resolve, ready)
+        timer = loop.call_later(timeout, _resolve, ready)
         try:
-            await wait_future(ready, timeout)
+            await ready  # cancelling the caller cancels the future and ends the wait
         finally:
+            timer.cancel()
             (loop.remove_reader if readable else loop.remove_writer)(fd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _start_failure(slot: str, result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn) -> RelayError:

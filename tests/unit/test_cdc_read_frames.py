@@ -72,3 +72,38 @@ def test_the_frames_before_the_end_of_the_stream_are_handed_over_first():
 
 def test_nothing_within_the_timeout_is_an_empty_batch():
     assert asyncio.run(read_all(stream_over([]), 2)) == [[], []]
+
+
+def test_a_socket_wait_needs_no_asyncio_wait_and_leaves_nothing_registered(monkeypatch):
+    """The stream waits on its socket once or twice per transaction: a future and a
+    timer, not ``asyncio.wait``; readable, timed out or cancelled, the reader goes."""
+    import socket
+
+    async def no_asyncio_wait(*_args, **_kwargs):
+        raise AssertionError("asyncio.wait used")
+
+    monkeypatch.setattr(asyncio, "wait", no_asyncio_wait)
+    ours, theirs = socket.socketpair()
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        stream = ReplicationStream(SimpleNamespace(pgconn=SimpleNamespace(socket=ours.fileno())))
+        started = loop.time()
+        await stream._wait(readable=True, timeout=0.02)  # nothing arrives: the timeout
+        assert loop.time() - started >= 0.015
+        theirs.send(b"x")
+        await stream._wait(readable=True, timeout=30)  # returns at once
+        assert loop.time() - started < 5
+        ours.recv(1)
+        waiting = asyncio.ensure_future(stream._wait(readable=True, timeout=30))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not loop.remove_reader(ours.fileno())  # nothing left registered
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        ours.close()
+        theirs.close()

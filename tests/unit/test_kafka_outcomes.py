@@ -11,11 +11,13 @@ import pytest
 from confluent_kafka import KafkaError, Message
 
 from connectors.kafka import (
+    INLINE_BATCH,
     NO_REPORT,
     KafkaConnector,
     _BatchDelivery,
     _produce_batch,
     _ProducerSession,
+    _Production,
     content_type_header,
     message_headers,
     outcome_for,
@@ -147,6 +149,85 @@ def test_produce_loop_refuses_an_unencodable_message_and_holds_back_its_key() ->
     # Not len(session.producer): librdkafka counts its queued events there too (the
     # warning about the empty bootstrap.servers, until the report thread serves it).
     assert sorted(delivery.reported) == [0, 4]  # the two good messages, and only they
+
+
+def test_a_produce_on_the_event_loop_stops_at_a_full_queue_and_the_worker_goes_on() -> None:
+    """The inline go queues what produce() takes at once and hands the first message
+    that has to wait to the careful go, which goes on from it in batch order."""
+    session = _ProducerSession({"bootstrap.servers": "", "message.timeout.ms": 600_000,
+                                "queue.buffering.max.messages": 1})
+    loop = asyncio.new_event_loop()
+    try:
+        batch = [OutboxMessage(uuid.uuid4(), "t", key, b"x") for key in ("a", "b", "c")]
+        delivery = _ReportedIndices(len(batch), loop)
+        production = _Production(session, batch, delivery, deadline=0.0)
+        assert production.run(careful=False) is False  # the second found the queue full
+        assert production.run(careful=True) is True
+        outcomes = delivery.seal()
+        assert outcomes[0] == NO_REPORT  # queued: no report yet
+        assert [o.kind for o in outcomes[1:]] == [OutcomeKind.RETRYABLE] * 2
+        assert all("queue stayed full" in (o.error or "") for o in outcomes[1:])
+    finally:
+        session.shutdown(0.0)
+        loop.close()
+    assert delivery.reported == [0]  # queued once, and only the first
+
+
+def test_only_a_large_batch_goes_to_a_worker_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    hops: list[object] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(func: object, /, *args: object, **kwargs: object) -> object:
+        hops.append(func)
+        return await to_thread(func, *args, **kwargs)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        connector = KafkaConnector()
+        connector._session = _ProducerSession({"bootstrap.servers": "",
+                                               "message.timeout.ms": 600_000})
+        monkeypatch.setattr(asyncio, "to_thread", counted)
+        try:
+            for size in (1, INLINE_BATCH, INLINE_BATCH + 1):
+                batch = [OutboxMessage(uuid.uuid4(), "t", "k", b"x") for _ in range(size)]
+                outcomes = await connector.publish(batch, timeout=0.0)
+                assert outcomes == [NO_REPORT] * size
+        finally:
+            monkeypatch.undo()
+            await connector.close(timeout=0.0)
+
+    asyncio.run(scenario())
+    assert len(hops) == 1  # the batch of INLINE_BATCH + 1 alone
+
+
+def test_a_batch_waits_for_its_reports_without_asyncio_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One future and one timer per batch: the last report or the timeout ends the wait,
+    and a cancelled caller leaves no timer behind."""
+
+    async def no_asyncio_wait(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("asyncio.wait used")
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(asyncio, "wait", no_asyncio_wait)
+        reported = _BatchDelivery(1, loop)
+        loop.call_later(0.01, reported.settle, 0, DELIVERED)
+        await reported.wait(30)
+        assert reported.seal() == [DELIVERED]
+        silent = _BatchDelivery(1, loop)
+        started = loop.time()
+        await silent.wait(0.02)
+        assert 0.015 <= loop.time() - started < 5
+        assert silent.seal() == [NO_REPORT]
+        cancelled = asyncio.ensure_future(_BatchDelivery(1, loop).wait(30))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert all(h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+
+    asyncio.run(scenario())
 
 
 def test_defaults_are_safe_and_options_override_them() -> None:
