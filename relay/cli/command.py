@@ -12,13 +12,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-import typer.rich_utils
-from rich.columns import Columns
-from rich.text import Text
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+if TYPE_CHECKING:
+    from rich.columns import Columns
 
 
 def repeated_option(command: Any, ctx: typer.Context, args: list[str]) -> TyperOption | None:
@@ -79,6 +79,10 @@ class _RelayParsing:
             ctx.fail(f"{option.opts[0]} given twice{takes}")
         return super().parse_args(ctx, args)  # type: ignore[misc, no-any-return]
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        fold_long_words_in_help()
+        super().format_help(ctx, formatter)  # type: ignore[misc]
+
     def get_help_option(self, ctx: Any) -> TyperOption | None:
         option: TyperOption | None = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None:
@@ -110,6 +114,8 @@ class RelayTyper(typer.Typer):
 
 
 def _fold_long_words(original: Callable[..., Columns]) -> Callable[..., Columns]:
+    from rich.text import Text
+
     def parameter_help(*args: Any, **kwargs: Any) -> Columns:
         help_columns = original(*args, **kwargs)
         for item in help_columns.renderables:
@@ -120,14 +126,21 @@ def _fold_long_words(original: Callable[..., Columns]) -> Callable[..., Columns]
     return parameter_help
 
 
-# typer builds each option's help cell in this private function, with rich's default
-# overflow, which ends a word wider than the column in "…" (docs/architecture.md,
-# "Reliance on private APIs"). Without it, help only cuts long words again:
-# tests/unit/test_private_apis.py says so when a typer upgrade renames it.
-_ORIGINAL_PARAMETER_HELP = getattr(typer.rich_utils, "_get_parameter_help", None)
-if _ORIGINAL_PARAMETER_HELP is not None and not hasattr(
-    _ORIGINAL_PARAMETER_HELP, "__wrapped_by_relay__"
-):
-    _parameter_help = _fold_long_words(_ORIGINAL_PARAMETER_HELP)
-    _parameter_help.__wrapped_by_relay__ = True  # type: ignore[attr-defined]
-    typer.rich_utils._get_parameter_help = _parameter_help
+def fold_long_words_in_help() -> None:
+    """Make typer's help wrap long words instead of cutting them, once, when help is
+    first shown: rich (about a third of the command's import time) is imported only
+    for help, never by a relay that just starts.
+
+    typer builds each option's help cell in a private function, with rich's default
+    overflow, which ends a word wider than the column in "…" (docs/architecture.md,
+    "Reliance on private APIs"). Without it, help only cuts long words again:
+    tests/unit/test_private_apis.py says so when a typer upgrade renames it.
+    """
+    from typer import rich_utils
+
+    original = getattr(rich_utils, "_get_parameter_help", None)
+    if original is None or hasattr(original, "__wrapped_by_relay__"):
+        return
+    parameter_help = _fold_long_words(original)
+    parameter_help.__wrapped_by_relay__ = True  # type: ignore[attr-defined]
+    rich_utils._get_parameter_help = parameter_help

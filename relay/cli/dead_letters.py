@@ -9,7 +9,6 @@ from uuid import UUID
 
 import orjson
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from relay.cli.command import RelayTyper
 from relay.cli.common import Connect, DsnFileOption, DsnOption, SchemaOption
@@ -129,6 +128,9 @@ def _bulk(
         require_schema(conn, schema)
         total = count_dead_letters(conn, schema, selection)
         done = 0
+        # Imported here: rich is a large import that only this command's progress bar needs.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
         columns = (TextColumn(f"{verb}"), BarColumn(), MofNCompleteColumn())
         with Progress(*columns, disable=not sys.stderr.isatty(), transient=True) as bar:
             task = bar.add_task(verb, total=total)

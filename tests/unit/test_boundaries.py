@@ -1,6 +1,8 @@
 """Only connectors/ may import the broker clients; relay/ stays broker-agnostic."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +117,16 @@ def test_background_tasks_start_through_relay_tasks():
         and str(path.relative_to(ROOT)) not in allowed
     ]
     assert offenders == []
+
+
+def test_starting_the_command_imports_no_rich():
+    """rich draws help and progress bars; a relay that starts (and every command that
+    prints no help) does without its import time."""
+    check = (
+        "import sys, relay.cli.app\n"
+        "print(sorted(m for m in sys.modules if m == 'rich' or m.startswith('rich.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -110,8 +110,9 @@ def test_typer_still_builds_each_options_help_cell_in_one_function():
     import typer
     import typer.rich_utils
 
-    import relay.cli.command  # noqa: F401 (wraps the function on import)
+    from relay.cli.command import fold_long_words_in_help
 
+    fold_long_words_in_help()  # what the first --help does
     function = getattr(typer.rich_utils, "_get_parameter_help", None)
     assert callable(function) and getattr(function, "__wrapped_by_relay__", False), (
         f"typer {typer.__version__} no longer has rich_utils._get_parameter_help, which "
