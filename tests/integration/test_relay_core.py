@@ -20,10 +20,10 @@ from relay.model import permanent, retryable
 from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
 from relay.poll.leases import LeaseKeeper
 from relay.poll.poller import (
+    BEGIN_READ_COMMITTED,
     Poller,
-    begin_and_lock_buckets,
-    begin_and_lock_statement,
     claim_session,
+    lock_and_claim,
     lock_space,
     sent_and_commit_statement,
 )
@@ -233,11 +233,18 @@ def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(d
         )
 
     async def lock_one_lane(lane: int, other: psycopg.Connection) -> tuple[list[int], bool]:
-        # As the poller does: BEGIN and the lock in one query, on an autocommit session.
+        # As the poller does: BEGIN, the lock and the claim in one pipeline, on an
+        # autocommit session.
         async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
-            params = {"relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3}
-            statement = begin_and_lock_statement(conn, "outbox", params)
-            buckets = await begin_and_lock_buckets(conn, statement)
+            params = {
+                "relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3,
+                "buckets": None, "limit": 10,
+            }  # fmt: skip
+            await lock_and_claim(conn, "outbox", params)
+            locked = await conn.execute(
+                "SELECT current_setting('outbox_relay.locked_buckets')::smallint[]"
+            )
+            buckets = (await locked.fetchone())[0]
             isolation = await (await conn.execute("SHOW transaction_isolation")).fetchone()
             assert isolation == ("read committed",)
             taken_elsewhere = [
@@ -360,34 +367,27 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
 
 
 def claim_like_the_poller(conn, relay_id, limit=10):
-    """The poller's claim on an autocommit connection: its own BEGIN-and-lock query, then
-    (a new statement) the claim. The transaction stays open for the caller to end."""
+    """The poller's claim (relay.poll.poller.lock_and_claim) on an autocommit connection:
+    BEGIN, the lock and (a new statement) the claim in one pipeline. The transaction stays
+    open for the caller to end."""
     params = {
         "relay_id": relay_id,
         "lock_space": lock_space("outbox"),
         "limit": limit,
         "lane": 0,
         "lanes": 1,
+        "buckets": None,
     }
-    locked = conn.execute(poller_lock_statement(conn.info.dsn, params), prepare=False)
-    locked.nextset()
-    buckets = [r[0] for r in locked]
-    if not buckets:
-        return []
-    return conn.execute(query("claim_batch", "outbox"), {**params, "buckets": buckets}).fetchall()
+    with conn.pipeline():
+        conn.execute(BEGIN_READ_COMMITTED)
+        conn.execute(query("lock_leased_buckets", "outbox"), params)
+        claim = conn.execute(query("claim_batch", "outbox"), params)
+    return claim.fetchall()
 
 
 def connect_autocommit(dsn):
     """As the relay's sessions are: transactions only where a statement begins one."""
     return psycopg.connect(dsn, autocommit=True)
-
-
-def poller_lock_statement(dsn, params):
-    async def build():
-        async with await psycopg.AsyncConnection.connect(dsn) as conn:
-            return begin_and_lock_statement(conn, "outbox", params)
-
-    return asyncio.run(build())
 
 
 def lease_bucket(dsn, bucket):
