@@ -42,6 +42,7 @@ from relay.outbox_rows import (
     write_acknowledgement,
 )
 from relay.poll.leases import LeaseKeeper
+from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
 from relay.sqlfiles import query
 from relay.tasks import wait_any
@@ -149,6 +150,7 @@ class Poller:
         lane: int = 0,
         stats: PollerStats | None = None,
         switch: WakeupSwitch | None = None,
+        spread: LaneSpread | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -165,6 +167,9 @@ class Poller:
             "lanes": config.claim_lanes,
             "buckets": None,  # the ones the lock took (see claim_batch)
         }
+        # While the lanes are gathered, lane 0 claims every leased bucket (relay.poll.spread).
+        self._every_bucket = {**self._claim_params, "lane": 0, "lanes": 1}
+        self._spread = spread or LaneSpread(config.claim_lanes, config.batch_size)
         self._loop_name = f"claim lane {lane}"
         self._lane = lane
         self._switch = switch
@@ -188,6 +193,9 @@ class Poller:
         while not stopping.is_set():
             self._wake.clear()
             self._metrics.loop_went_round()
+            if not self._spread.claims(self._lane):
+                await self._wait_to_be_spread(stopping)
+                continue
             if await self._circuit_open(stopping):
                 continue
             self._health.beat(self.batch_deadline + self._config.publish_timeout, self._loop_name)
@@ -199,8 +207,14 @@ class Poller:
             if self._failures_in_a_row:
                 log.info("draining again after %d failed rounds", self._failures_in_a_row)
             self._failures_in_a_row = 0
+            self._spread.round_done(self._lane, result.claimed)
             if result.claimed < self._config.batch_size:
                 await self._wait_for_work(stopping, round_epoch)
+
+    async def _wait_to_be_spread(self, stopping: asyncio.Event) -> None:
+        """Lane 0 claims this lane's buckets until a backlog spreads them again."""
+        self._health.beat(self._config.poll_interval, self._loop_name)
+        await wait_any(stopping, self._wake, timeout=self._config.poll_interval)
 
     async def _wait_for_work(self, stopping: asyncio.Event, round_epoch: int) -> None:
         """Drained: wait for a NOTIFY (or the poll interval), then linger a moment so the
@@ -299,7 +313,8 @@ class Poller:
         # than sending ROLLBACK down a connection that may have stopped answering.
         if not self._leases.owned:
             return DrainResult()
-        rows = await lock_and_claim(conn, self._config.schema, self._claim_params)
+        params = self._claim_params if self._spread.spread else self._every_bucket
+        rows = await lock_and_claim(conn, self._config.schema, params)
         if rows:
             outage = await self._publish_and_acknowledge(conn, rows)  # and commits
         else:

@@ -143,6 +143,37 @@ def test_claim_lanes_publish_at_once_and_keep_each_keys_order(db_dsn):
     assert pending(db_dsn) == 0
 
 
+def test_a_trickle_is_claimed_by_one_lane_and_a_backlog_by_every_lane(db_dsn):
+    """Every lane woken by a lone NOTIFY ran a claim, and all but one found nothing:
+    until a claim comes back full, lane 0 claims every bucket (relay.poll.spread)."""
+    install_outbox(db_dsn)
+
+    def claim_connects(relay):
+        return {s.duty: s.connects for s in relay.service.sessions if s.duty.startswith("claim")}
+
+    def write_one(key):
+        with psycopg.connect(db_dsn) as conn:
+            enqueue(conn, topic="orders", key=key, payload={"n": key})
+
+    async def scenario():
+        config = relay_config(db_dsn, batch_size=50, claim_lanes=2, poll_interval=30.0)
+        async with RunningRelay(config) as relay:
+            await eventually(lambda: relay.service.source.leases.owned, 10, "leases")
+            for n in range(6):  # keys of both lanes' buckets, one commit at a time
+                await asyncio.to_thread(write_one, f"trickle-{n}")
+                await eventually(lambda n=n: len(relay.connector.published) > n, 5, "one")
+            trickle = claim_connects(relay)
+            await asyncio.to_thread(write, db_dsn, 1000, 40)
+            await eventually(lambda: len(relay.connector.published) >= 1006, 20, "the backlog")
+            return trickle, claim_connects(relay), relay.connector.published
+
+    trickle, backlog, published = asyncio.run(scenario())
+    assert trickle == {"claim-0": 1, "claim-1": 0}
+    assert backlog == {"claim-0": 1, "claim-1": 1}
+    for key, positions in positions_by_key(published).items():
+        assert positions == sorted(positions), key
+
+
 @pytest.mark.parametrize(("linger", "one_batch"), [(1.0, True), (0.0, False)])
 def test_the_poll_linger_lets_the_commits_right_behind_share_a_batch(db_dsn, linger, one_batch):
     install_outbox(db_dsn)
