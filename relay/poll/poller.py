@@ -49,6 +49,11 @@ from relay.tasks import wait_any
 
 log = logging.getLogger(__name__)
 
+# A wake-up that ends a wait longer than this many poll lingers is taken as a lone commit
+# and claimed at once: commits that far apart (a service's usual trickle) rarely have
+# another right behind, and lingering only delayed the one.
+LONE_COMMIT_AFTER = 2
+
 
 # READ COMMITTED whatever the server's default: the claim after the lock must take a
 # snapshot of its own (see lock_leased_buckets), which REPEATABLE READ would not.
@@ -218,7 +223,8 @@ class Poller:
 
     async def _wait_for_work(self, stopping: asyncio.Event, round_epoch: int) -> None:
         """Drained: wait for a NOTIFY (or the poll interval), then linger a moment so the
-        commits right behind the first share its batch."""
+        commits right behind the first share its batch; not after a long wait, which a
+        lone commit ended."""
         if self._switch is not None and self._switch.keeps_polling(self._lane):
             self._health.beat(QUIET_POLL, self._loop_name)
             await wait_any(stopping, self._wake, timeout=QUIET_POLL)  # rows keep coming: no NOTIFY
@@ -230,8 +236,10 @@ class Poller:
         interval = RECHECK_AFTER if self._recheck_soon else self._config.poll_interval
         self._recheck_soon = False
         self._health.beat(interval + linger, self._loop_name)
+        idle_since = time.monotonic()
         await wait_any(stopping, self._wake, timeout=interval)
-        if linger > 0 and self._wake.is_set() and not stopping.is_set():
+        woken = self._wake.is_set() and not stopping.is_set()
+        if linger > 0 and woken and time.monotonic() - idle_since <= LONE_COMMIT_AFTER * linger:
             await asyncio.sleep(linger)
 
     async def _circuit_open(self, stopping: asyncio.Event) -> bool:

@@ -195,6 +195,25 @@ def test_the_poll_linger_lets_the_commits_right_behind_share_a_batch(db_dsn, lin
     assert (batches == 1) if one_batch else (batches > 1)
 
 
+def test_a_lone_commit_after_a_long_idle_wait_is_claimed_without_the_linger(db_dsn):
+    """The linger lets a burst share a batch; a commit that ends a wait of more than two
+    lingers is taken as alone (a service's trickle) and claimed at once."""
+    install_outbox(db_dsn)
+    connector = InMemoryConnector()
+
+    async def scenario():
+        config = relay_config(db_dsn, poll_linger=0.3, poll_interval=30.0)
+        async with RunningRelay(config, connector) as relay:
+            await eventually(lambda: relay.service.source.leases.owned, 10, "leases")
+            await asyncio.sleep(1.0)  # idle for more than two lingers
+            written = time.monotonic()
+            await asyncio.to_thread(write, db_dsn, 1, 1)
+            await eventually(lambda: connector.published, 10, "the message")
+            return time.monotonic() - written
+
+    assert asyncio.run(scenario()) < 0.3
+
+
 def notifications_after_one_insert(dsn, channel="outbox.messages"):
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute(f'LISTEN "{channel}"')
