@@ -321,8 +321,7 @@ class Poller:
         # than sending ROLLBACK down a connection that may have stopped answering.
         if not self._leases.owned:
             return DrainResult()
-        params = self._claim_params if self._spread.spread else self._every_bucket
-        rows = await lock_and_claim(conn, self._config.schema, params)
+        rows = await self._claim(conn)
         if rows:
             outage = await self._publish_and_acknowledge(conn, rows)  # and commits
         else:
@@ -331,6 +330,10 @@ class Poller:
         if self._switch is not None and not outage:
             await self._switch.round_done(conn, self._lane, claimed=len(rows))
         return DrainResult(claimed=len(rows), outage=outage)
+
+    async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
+        params = self._claim_params if self._spread.spread else self._every_bucket
+        return await lock_and_claim(conn, self._config.schema, params)
 
     async def _publish_and_acknowledge(
         self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage]
