@@ -149,6 +149,45 @@ def test_produce_loop_refuses_an_unencodable_message_and_holds_back_its_key() ->
     assert sorted(delivery.reported) == [0, 4]  # the two good messages, and only they
 
 
+def test_a_small_batch_is_queued_on_the_loop_and_the_careful_path_goes_to_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At a service's rate a batch is a message or two: the hop to a worker thread cost
+    more than their produce() calls. From the first message produce() does not take (here
+    a key that is not UTF-8) the batch goes to the worker thread, refusals and all."""
+    hops: list[int] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(function, *args, **kwargs):  # type: ignore[no-untyped-def]
+        start = args[4] if len(args) > 4 else 0
+        hops.append(len(args[1]) - start if function is _produce_batch else -1)
+        return await to_thread(function, *args, **kwargs)
+
+    monkeypatch.setattr("connectors.kafka.asyncio.to_thread", counted)
+    connector = KafkaConnector()
+    connector._session = _ProducerSession({"bootstrap.servers": "", "message.timeout.ms": 60_000})
+
+    async def publish(keys: list[str]) -> list[OutcomeKind]:
+        batch = [OutboxMessage(uuid.uuid4(), "t", key, b"1") for key in keys]
+        return [o.kind for o in await connector.publish(batch, timeout=0.01)]
+
+    async def scenario() -> tuple[list[OutcomeKind], list[OutcomeKind]]:
+        try:
+            return await publish(["a", "b"]), await publish(["a", "b\ud800", "b", "c"])
+        finally:
+            await connector.close(timeout=0.0)
+
+    small, refused = asyncio.run(scenario())
+    assert small == [OutcomeKind.RETRYABLE] * 2  # queued (no broker: no report)
+    assert refused == [
+        OutcomeKind.RETRYABLE,
+        OutcomeKind.PERMANENT,
+        OutcomeKind.RETRYABLE,  # behind its key's refused message
+        OutcomeKind.RETRYABLE,
+    ]
+    assert hops == [3, -1]  # only the refused message and those after it went to a thread
+
+
 def test_defaults_are_safe_and_options_override_them() -> None:
     config = RelayConfig(
         dsn="x",
