@@ -33,9 +33,11 @@ SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
 FROM {schema}.messages m
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL
   AND m.available_at <= now()
-  AND m.bucket = ANY(COALESCE(
+  -- A scalar subquery (cast, so not ANY's subquery form): the array is read from the
+  -- setting once per claim, not once per row.
+  AND m.bucket = ANY((SELECT COALESCE(
     %(buckets)s::smallint[],
-    current_setting('outbox_relay.locked_buckets', true)::smallint[]))
+    current_setting('outbox_relay.locked_buckets', true)::smallint[]))::smallint[])
   AND NOT EXISTS (
     SELECT 1 FROM {schema}.key_holds h
     WHERE h.key = m.key AND h.held_until > now()
