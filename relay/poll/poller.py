@@ -42,33 +42,44 @@ from relay.outbox_rows import (
     write_acknowledgement,
 )
 from relay.poll.leases import LeaseKeeper
+from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
 from relay.sqlfiles import query
 from relay.tasks import wait_any
 
 log = logging.getLogger(__name__)
 
+# A wake-up that ends a wait longer than this many poll lingers is taken as a lone commit
+# and claimed at once: commits that far apart (a service's usual trickle) rarely have
+# another right behind, and lingering only delayed the one.
+LONE_COMMIT_AFTER = 2
 
-def begin_and_lock_statement(
+
+# READ COMMITTED whatever the server's default: the claim after the lock must take a
+# snapshot of its own (see lock_leased_buckets), which REPEATABLE READ would not.
+BEGIN_READ_COMMITTED = b"BEGIN ISOLATION LEVEL READ COMMITTED"
+
+
+async def lock_and_claim(
     conn: AsyncConnection[Any], schema: str, params: Mapping[str, Any]
-) -> bytes:
-    """BEGIN, then ``lock_leased_buckets`` with ``params`` bound as literals: one
-    simple-protocol query, so one round trip.
+) -> list[OutboxMessage]:
+    """BEGIN, ``lock_leased_buckets``, then ``claim_batch``: the claimed rows, the
+    transaction left open with the rows and the buckets locked.
 
-    A lane's lock parameters never change, so the statement is built once. At 1,000
-    msg/s a round is a handful of rows and each round trip costs more than they do.
+    Three statements in one pipeline, so one round trip: at 100 msg/s nearly every round
+    claims one message or none, and its round trips cost the relay more than its rows.
+    Each is still a statement of its own, so the claim's snapshot follows the locks.
     """
-    lock = AsyncClientCursor(conn).mogrify(query("lock_leased_buckets", schema), params)
-    # READ COMMITTED whatever the server's default: the claim after the lock must take a
-    # snapshot of its own (see lock_leased_buckets), which REPEATABLE READ would not.
-    return b"BEGIN ISOLATION LEVEL READ COMMITTED;\n" + lock.encode()
-
-
-async def begin_and_lock_buckets(conn: AsyncConnection[Any], statement: bytes) -> list[int]:
-    """Run a ``begin_and_lock_statement``; the buckets now locked, the transaction open."""
-    cursor = await conn.execute(statement, prepare=False)
-    cursor.nextset()  # past BEGIN's result to the lock statement's rows
-    return [row[0] for row in await cursor.fetchall()]
+    async with conn.pipeline():
+        await conn.execute(BEGIN_READ_COMMITTED)
+        await conn.execute(query("lock_leased_buckets", schema), params)
+        cursor = conn.cursor(row_factory=message_row, binary=True)
+        register_claim_loaders(cursor.adapters)
+        await cursor.execute(query("claim_batch", schema), params)
+    try:
+        return await cursor.fetchall()
+    finally:
+        await cursor.close()
 
 
 def sent_and_commit_statement(
@@ -144,6 +155,7 @@ class Poller:
         lane: int = 0,
         stats: PollerStats | None = None,
         switch: WakeupSwitch | None = None,
+        spread: LaneSpread | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -158,8 +170,11 @@ class Poller:
             "limit": config.batch_size,
             "lane": lane,
             "lanes": config.claim_lanes,
+            "buckets": None,  # the ones the lock took (see claim_batch)
         }
-        self._begin_and_lock: bytes | None = None  # built on the first round
+        # While the lanes are gathered, lane 0 claims every leased bucket (relay.poll.spread).
+        self._every_bucket = {**self._claim_params, "lane": 0, "lanes": 1}
+        self._spread = spread or LaneSpread(config.claim_lanes, config.batch_size)
         self._loop_name = f"claim lane {lane}"
         self._lane = lane
         self._switch = switch
@@ -183,6 +198,9 @@ class Poller:
         while not stopping.is_set():
             self._wake.clear()
             self._metrics.loop_went_round()
+            if not self._spread.claims(self._lane):
+                await self._wait_to_be_spread(stopping)
+                continue
             if await self._circuit_open(stopping):
                 continue
             self._health.beat(self.batch_deadline + self._config.publish_timeout, self._loop_name)
@@ -194,12 +212,19 @@ class Poller:
             if self._failures_in_a_row:
                 log.info("draining again after %d failed rounds", self._failures_in_a_row)
             self._failures_in_a_row = 0
+            self._spread.round_done(self._lane, result.claimed)
             if result.claimed < self._config.batch_size:
                 await self._wait_for_work(stopping, round_epoch)
 
+    async def _wait_to_be_spread(self, stopping: asyncio.Event) -> None:
+        """Lane 0 claims this lane's buckets until a backlog spreads them again."""
+        self._health.beat(self._config.poll_interval, self._loop_name)
+        await wait_any(stopping, self._wake, timeout=self._config.poll_interval)
+
     async def _wait_for_work(self, stopping: asyncio.Event, round_epoch: int) -> None:
         """Drained: wait for a NOTIFY (or the poll interval), then linger a moment so the
-        commits right behind the first share its batch."""
+        commits right behind the first share its batch; not after a long wait, which a
+        lone commit ended."""
         if self._switch is not None and self._switch.keeps_polling(self._lane):
             self._health.beat(QUIET_POLL, self._loop_name)
             await wait_any(stopping, self._wake, timeout=QUIET_POLL)  # rows keep coming: no NOTIFY
@@ -211,8 +236,10 @@ class Poller:
         interval = RECHECK_AFTER if self._recheck_soon else self._config.poll_interval
         self._recheck_soon = False
         self._health.beat(interval + linger, self._loop_name)
+        idle_since = time.monotonic()
         await wait_any(stopping, self._wake, timeout=interval)
-        if linger > 0 and self._wake.is_set() and not stopping.is_set():
+        woken = self._wake.is_set() and not stopping.is_set()
+        if linger > 0 and woken and time.monotonic() - idle_since <= LONE_COMMIT_AFTER * linger:
             await asyncio.sleep(linger)
 
     async def _circuit_open(self, stopping: asyncio.Event) -> bool:
@@ -294,8 +321,7 @@ class Poller:
         # than sending ROLLBACK down a connection that may have stopped answering.
         if not self._leases.owned:
             return DrainResult()
-        buckets = await self._begin_and_lock_buckets(conn)
-        rows = await self._claim(conn, buckets) if buckets else []
+        rows = await self._claim(conn)
         if rows:
             outage = await self._publish_and_acknowledge(conn, rows)  # and commits
         else:
@@ -305,23 +331,9 @@ class Poller:
             await self._switch.round_done(conn, self._lane, claimed=len(rows))
         return DrainResult(claimed=len(rows), outage=outage)
 
-    async def _begin_and_lock_buckets(self, conn: AsyncConnection[Any]) -> list[int]:
-        if self._begin_and_lock is None:
-            self._begin_and_lock = begin_and_lock_statement(
-                conn, self._config.schema, self._claim_params
-            )
-        return await begin_and_lock_buckets(conn, self._begin_and_lock)
-
-    async def _claim(self, conn: AsyncConnection[Any], buckets: list[int]) -> list[OutboxMessage]:
-        schema = self._config.schema
-        async with conn.cursor(row_factory=message_row, binary=True) as cursor:
-            register_claim_loaders(cursor.adapters)
-            # A new statement, so a new snapshot: it sees everything the buckets' previous
-            # owner committed before releasing the locks we now hold.
-            await cursor.execute(
-                query("claim_batch", schema), {**self._claim_params, "buckets": buckets}
-            )
-            return await cursor.fetchall()
+    async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
+        params = self._claim_params if self._spread.spread else self._every_bucket
+        return await lock_and_claim(conn, self._config.schema, params)
 
     async def _publish_and_acknowledge(
         self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage]

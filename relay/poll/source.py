@@ -19,6 +19,7 @@ from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import WakeListener
 from relay.poll.poller import Poller, PollerStats, claim_session
 from relay.poll.retention import RetentionTask
+from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import WakeupSwitch
 from relay.scheduler import QUIET_RECHECK, Scheduler
 from relay.source import SourceKind, SourceParts
@@ -48,6 +49,7 @@ class PollSource:
         # One wake-up event per lane, so a lane clearing its own cannot swallow another's.
         self.wakeups = [asyncio.Event() for _ in range(config.claim_lanes)]
         self.stats = PollerStats()
+        self.spread = LaneSpread(config.claim_lanes, config.batch_size, on_change=self.wake)
         self.leases = LeaseKeeper(
             keep(duty_session(config, "leases")),
             schema=config.schema,
@@ -59,7 +61,11 @@ class PollSource:
             published=lambda: self.stats.published,
         )
         self.wakeup_switch = WakeupSwitch(
-            config.schema, parts.relay_id, config.claim_lanes, on_quiet=self.wake
+            config.schema,
+            parts.relay_id,
+            config.claim_lanes,
+            on_quiet=self.wake,
+            claiming=self.spread.claiming,
         )
         self.pollers = [
             Poller(
@@ -74,6 +80,7 @@ class PollSource:
                 lane=lane,
                 stats=self.stats,
                 switch=self.wakeup_switch,
+                spread=self.spread,
             )
             for lane in range(config.claim_lanes)
         ]
@@ -106,9 +113,10 @@ class PollSource:
         return self.stats.published
 
     def wake(self) -> None:
-        """A NOTIFY or a lease change: every lane looks for work."""
-        for wakeup in self.wakeups:
-            wakeup.set()
+        """A NOTIFY or a lease change: every lane that claims now looks for work."""
+        for lane, wakeup in enumerate(self.wakeups):
+            if self.spread.claims(lane):
+                wakeup.set()
 
     def _notified(self) -> None:
         """Writers inserted rows: the lanes look for work, and the scheduler for delayed

@@ -51,6 +51,7 @@ class WakeupSwitch:
         quiet_rate: float = QUIET_RATE,
         clock: Callable[[], float] = time.monotonic,
         on_quiet: Callable[[], None] = lambda: None,
+        claiming: Callable[[], int] | None = None,
     ) -> None:
         self._query = query("set_listening", schema)
         self._relay_id = relay_id
@@ -59,6 +60,9 @@ class WakeupSwitch:
         self._on_quiet = on_quiet  # wakes the lanes waiting for a NOTIFY that won't come
         self._lock = asyncio.Lock()
         self._lanes = lanes
+        # How many lanes claim now, lanes 0 up (relay.poll.spread): between them they must
+        # find as many rows as every lane would.
+        self._claiming = claiming or (lambda: lanes)
         self._restart_windows()
         self._idle = [0] * lanes  # rounds in a row that found nothing, per lane
         self.listening = True  # what a new relays row says
@@ -74,11 +78,14 @@ class WakeupSwitch:
         self._idle[lane] = 0 if claimed else self._idle[lane] + 1
         self._window_rows[lane] += claimed
         elapsed = self._clock() - self._window_started[lane]
+        claiming = self._claiming()
         if elapsed >= RATE_WINDOW:
-            self._busy[lane] = self._window_rows[lane] / elapsed >= self._quiet_rate
+            quiet_rate = self._quiet_rate * self._lanes / claiming
+            self._busy[lane] = self._window_rows[lane] / elapsed >= quiet_rate
             self._window_started[lane] += elapsed
             self._window_rows[lane] = 0
-        if self.listening and all(self._busy) and await self._change(conn, listening=False):
+        busy = all(self._busy[:claiming])
+        if self.listening and busy and await self._change(conn, listening=False):
             log.debug("every lane finds rows fast enough to poll: writers stop notifying")
             self._on_quiet()
 

@@ -9,7 +9,11 @@
 -- holds from before the previous owner's commit.
 -- Each claim lane of a relay takes only its own share of the leased buckets (bucket
 -- modulo the lane count), so a key is drained by one lane and stays in order.
-SELECT bucket FROM (
+-- The buckets it locked stay in a setting of this transaction for claim_batch to read,
+-- so the two statements go to the server together, in one round trip
+-- (relay.poll.poller.lock_and_claim), without the buckets coming back to the relay.
+SELECT set_config('outbox_relay.locked_buckets', COALESCE(array_agg(bucket)::text, '{{}}'), true)
+FROM (
   SELECT bucket FROM {schema}.bucket_leases
   WHERE relay_id = %(relay_id)s AND expires_at > now()
     AND bucket %% %(lanes)s = %(lane)s
@@ -19,7 +23,9 @@ WHERE pg_try_advisory_xact_lock(%(lock_space)s, bucket);
 
 -- name: claim_batch
 -- Pending rows of the locked buckets, in sequence order, skipping keys held behind a
--- failed or dead-lettered message.
+-- failed or dead-lettered message. The buckets are the ones lock_leased_buckets locked
+-- in this transaction, unless %(buckets)s names them (a test or benchmark claiming
+-- without the lock).
 -- Column order is relay.outbox_rows.CLAIM_COLUMNS. The payload (json) loads as its
 -- text and the headers (jsonb, NULL when empty, the usual case) as an object.
 SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
@@ -27,7 +33,11 @@ SELECT m.seq, m.id, m.topic, m.key, m.payload, m.payload_bytes, m.content_type,
 FROM {schema}.messages m
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL
   AND m.available_at <= now()
-  AND m.bucket = ANY(%(buckets)s::smallint[])
+  -- A scalar subquery (cast, so not ANY's subquery form): the array is read from the
+  -- setting once per claim, not once per row.
+  AND m.bucket = ANY((SELECT COALESCE(
+    %(buckets)s::smallint[],
+    current_setting('outbox_relay.locked_buckets', true)::smallint[]))::smallint[])
   AND NOT EXISTS (
     SELECT 1 FROM {schema}.key_holds h
     WHERE h.key = m.key AND h.held_until > now()

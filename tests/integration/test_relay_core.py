@@ -20,10 +20,10 @@ from relay.model import permanent, retryable
 from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
 from relay.poll.leases import LeaseKeeper
 from relay.poll.poller import (
+    BEGIN_READ_COMMITTED,
     Poller,
-    begin_and_lock_buckets,
-    begin_and_lock_statement,
     claim_session,
+    lock_and_claim,
     lock_space,
     sent_and_commit_statement,
 )
@@ -143,6 +143,37 @@ def test_claim_lanes_publish_at_once_and_keep_each_keys_order(db_dsn):
     assert pending(db_dsn) == 0
 
 
+def test_a_trickle_is_claimed_by_one_lane_and_a_backlog_by_every_lane(db_dsn):
+    """Every lane woken by a lone NOTIFY ran a claim, and all but one found nothing:
+    until a claim comes back full, lane 0 claims every bucket (relay.poll.spread)."""
+    install_outbox(db_dsn)
+
+    def claim_connects(relay):
+        return {s.duty: s.connects for s in relay.service.sessions if s.duty.startswith("claim")}
+
+    def write_one(key):
+        with psycopg.connect(db_dsn) as conn:
+            enqueue(conn, topic="orders", key=key, payload={"n": key})
+
+    async def scenario():
+        config = relay_config(db_dsn, batch_size=50, claim_lanes=2, poll_interval=30.0)
+        async with RunningRelay(config) as relay:
+            await eventually(lambda: relay.service.source.leases.owned, 10, "leases")
+            for n in range(6):  # keys of both lanes' buckets, one commit at a time
+                await asyncio.to_thread(write_one, f"trickle-{n}")
+                await eventually(lambda n=n: len(relay.connector.published) > n, 5, "one")
+            trickle = claim_connects(relay)
+            await asyncio.to_thread(write, db_dsn, 1000, 40)
+            await eventually(lambda: len(relay.connector.published) >= 1006, 20, "the backlog")
+            return trickle, claim_connects(relay), relay.connector.published
+
+    trickle, backlog, published = asyncio.run(scenario())
+    assert trickle == {"claim-0": 1, "claim-1": 0}
+    assert backlog == {"claim-0": 1, "claim-1": 1}
+    for key, positions in positions_by_key(published).items():
+        assert positions == sorted(positions), key
+
+
 @pytest.mark.parametrize(("linger", "one_batch"), [(1.0, True), (0.0, False)])
 def test_the_poll_linger_lets_the_commits_right_behind_share_a_batch(db_dsn, linger, one_batch):
     install_outbox(db_dsn)
@@ -162,6 +193,25 @@ def test_the_poll_linger_lets_the_commits_right_behind_share_a_batch(db_dsn, lin
 
     batches = asyncio.run(scenario())
     assert (batches == 1) if one_batch else (batches > 1)
+
+
+def test_a_lone_commit_after_a_long_idle_wait_is_claimed_without_the_linger(db_dsn):
+    """The linger lets a burst share a batch; a commit that ends a wait of more than two
+    lingers is taken as alone (a service's trickle) and claimed at once."""
+    install_outbox(db_dsn)
+    connector = InMemoryConnector()
+
+    async def scenario():
+        config = relay_config(db_dsn, poll_linger=0.3, poll_interval=30.0)
+        async with RunningRelay(config, connector) as relay:
+            await eventually(lambda: relay.service.source.leases.owned, 10, "leases")
+            await asyncio.sleep(1.0)  # idle for more than two lingers
+            written = time.monotonic()
+            await asyncio.to_thread(write, db_dsn, 1, 1)
+            await eventually(lambda: connector.published, 10, "the message")
+            return time.monotonic() - written
+
+    assert asyncio.run(scenario()) < 0.3
 
 
 def notifications_after_one_insert(dsn, channel="outbox.messages"):
@@ -233,11 +283,18 @@ def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(d
         )
 
     async def lock_one_lane(lane: int, other: psycopg.Connection) -> tuple[list[int], bool]:
-        # As the poller does: BEGIN and the lock in one query, on an autocommit session.
+        # As the poller does: BEGIN, the lock and the claim in one pipeline, on an
+        # autocommit session.
         async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
-            params = {"relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3}
-            statement = begin_and_lock_statement(conn, "outbox", params)
-            buckets = await begin_and_lock_buckets(conn, statement)
+            params = {
+                "relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3,
+                "buckets": None, "limit": 10,
+            }  # fmt: skip
+            await lock_and_claim(conn, "outbox", params)
+            locked = await conn.execute(
+                "SELECT current_setting('outbox_relay.locked_buckets')::smallint[]"
+            )
+            buckets = (await locked.fetchone())[0]
             isolation = await (await conn.execute("SHOW transaction_isolation")).fetchone()
             assert isolation == ("read committed",)
             taken_elsewhere = [
@@ -360,34 +417,27 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
 
 
 def claim_like_the_poller(conn, relay_id, limit=10):
-    """The poller's claim on an autocommit connection: its own BEGIN-and-lock query, then
-    (a new statement) the claim. The transaction stays open for the caller to end."""
+    """The poller's claim (relay.poll.poller.lock_and_claim) on an autocommit connection:
+    BEGIN, the lock and (a new statement) the claim in one pipeline. The transaction stays
+    open for the caller to end."""
     params = {
         "relay_id": relay_id,
         "lock_space": lock_space("outbox"),
         "limit": limit,
         "lane": 0,
         "lanes": 1,
+        "buckets": None,
     }
-    locked = conn.execute(poller_lock_statement(conn.info.dsn, params), prepare=False)
-    locked.nextset()
-    buckets = [r[0] for r in locked]
-    if not buckets:
-        return []
-    return conn.execute(query("claim_batch", "outbox"), {**params, "buckets": buckets}).fetchall()
+    with conn.pipeline():
+        conn.execute(BEGIN_READ_COMMITTED)
+        conn.execute(query("lock_leased_buckets", "outbox"), params)
+        claim = conn.execute(query("claim_batch", "outbox"), params)
+    return claim.fetchall()
 
 
 def connect_autocommit(dsn):
     """As the relay's sessions are: transactions only where a statement begins one."""
     return psycopg.connect(dsn, autocommit=True)
-
-
-def poller_lock_statement(dsn, params):
-    async def build():
-        async with await psycopg.AsyncConnection.connect(dsn) as conn:
-            return begin_and_lock_statement(conn, "outbox", params)
-
-    return asyncio.run(build())
 
 
 def lease_bucket(dsn, bucket):
