@@ -30,8 +30,9 @@ ClaimLanesOption = Annotated[
         "--claim-lanes",
         envvar="OUTBOX_RELAY_CLAIM_LANES",
         metavar="N",
-        help="Batches in flight at once in polling mode, each lane with its own share of "
-        "the buckets (per-key order holds) and its own database connection.",
+        help="Batches in flight at once in polling mode during a backlog, each lane with "
+        "its own share of the buckets (per-key order holds) and its own database "
+        "connection; at light traffic one lane claims for all.",
     ),
 ]
 
@@ -71,7 +72,8 @@ PollLingerOption = Annotated[
         "--poll-linger",
         envvar="OUTBOX_RELAY_POLL_LINGER",
         metavar="DURATION",
-        help="After a NOTIFY, wait this long so the commits right behind share the batch.",
+        help="After a NOTIFY, wait this long so the commits right behind share the batch "
+        "(not after a long idle wait: a lone commit is claimed at once).",
     ),
 ]
 
