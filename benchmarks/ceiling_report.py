@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from benchmarks.docs_page import fill_between
+
 CEILING_KIND = "pg-claim+update"  # what every drain is held against
 OTHER_CEILING_KIND = "pg-claim+delete"
 # Issue 30's goals.
@@ -290,12 +292,7 @@ BEGIN, END = "<!-- relay-ceiling:begin -->", "<!-- relay-ceiling:end -->"
 
 def update_docs(path: Path, document: dict[str, Any]) -> None:
     """Replace the lines between the markers of ``path`` with this run's tables."""
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} lines to fill")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text("\n".join([head + BEGIN, *docs_table(document), END]) + tail)
+    fill_between(path, BEGIN, END, docs_table(document))
 
 
 def main() -> None:

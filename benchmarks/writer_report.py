@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from benchmarks.docs_page import fill_between
+
 BASELINE = "plain INSERT"
 CEILING = "ceiling: every promise, no more"
 # Issue 30's targets: (way, style, rows per transaction, goal). Row-by-row ways are held
@@ -240,12 +242,7 @@ def docs_table(document: dict[str, Any]) -> list[str]:
 
 def update_docs(path: Path, document: dict[str, Any]) -> None:
     """Replace the lines between the markers of ``path`` with this run's table."""
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{path} has no {BEGIN} ... {END} lines to fill")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text("\n".join([head + BEGIN, *docs_table(document), END]) + tail)
+    fill_between(path, BEGIN, END, docs_table(document))
 
 
 def main() -> None:
