@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -45,6 +45,14 @@ MAX_CONNECTIONS = 16
 class Verdict:
     ok: bool
     detail: dict[str, Any]
+
+
+class Probes(Protocol):
+    """What the probe server asks: a HealthState, or every outbox's (relay.fleet_health)."""
+
+    def liveness(self) -> Verdict: ...
+
+    def readiness(self) -> Verdict: ...
 
 
 class HealthState:
@@ -142,7 +150,7 @@ class HealthServer:
         self,
         host: str,
         port: int,
-        state: HealthState,
+        state: Probes,
         registry: CollectorRegistry,
         *,
         max_connections: int = MAX_CONNECTIONS,
@@ -196,7 +204,7 @@ class HealthServer:
 
 
 def _handler(
-    state: HealthState, registry: CollectorRegistry, read_timeout: float
+    state: Probes, registry: CollectorRegistry, read_timeout: float
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "outbox-relay"

@@ -72,6 +72,16 @@ from relay.cli.drain_options import (
     drain_settings,
 )
 from relay.cli.inbox import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
+from relay.cli.outbox_options import (
+    DEFAULT_DISCOVER_EVERY,
+    DiscoverEveryOption,
+    DsnsOption,
+    MaxDbConnectionsOption,
+    SchemaPatternOption,
+    SchemasOption,
+    listed_dsns,
+    listed_schemas,
+)
 from relay.cli.run_options import (
     DEFAULT_RETRY_BASE,
     DEFAULT_RETRY_CAP,
@@ -93,13 +103,15 @@ from relay.config import RelayConfig
 from relay.connector import connector_factory
 from relay.db import connection_failure
 from relay.dsn import check_dsn, secrets_in
+from relay.durations import parse_duration
 from relay.errors import ConfigError, RelayError, translate_db_error
 from relay.formats.settings import ENVELOPE_NONE
 from relay.grants import GRANT_MODES, render_grants
 from relay.logs import configure_logging
 from relay.migrations import applied_by_track, migrate, render_script
 from relay.names import check_schema_name
-from relay.secrets import redact, secret_values, value_or_file
+from relay.outboxes import split_dsns
+from relay.secrets import read_secret_file, redact, secret_values, value_or_file
 from relay.status import collect_status, format_status
 
 log = logging.getLogger(__name__)
@@ -127,6 +139,20 @@ def main_options(version: VersionOption = False) -> None:
     """Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ."""
 
 
+def dsns_from(dsns: list[str], dsn_file: str | None) -> list[str]:
+    """The DSNs of --dsn, or those of --dsn-file (one per line; not both); their
+    passwords are scrubbed from output."""
+    if dsn_file:
+        if dsns:
+            raise ConfigError("give either --dsn or --dsn-file, not both")
+        dsns = split_dsns(read_secret_file(dsn_file, "DSN", "--dsn-file"))
+    for dsn in dsns:
+        _secrets.extend(secrets_in(dsn))
+    for dsn in dsns:
+        check_dsn(dsn)
+    return dsns
+
+
 def dsn_from(dsn: str, dsn_file: str | None) -> str:
     """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
     chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
@@ -142,12 +168,23 @@ def fail(message: str, code: int = EXIT_FAILURE) -> None:
     raise typer.Exit(code)
 
 
+def _texts(values: Any) -> list[str]:
+    """Every string among the command's arguments, those in lists (--dsn) too."""
+    found: list[str] = []
+    for value in values:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, list | tuple):
+            found.extend(item for item in value if isinstance(item, str))
+    return found
+
+
 def clear_errors(command: F) -> F:
     """Turn every failure into one scrubbed line on stderr and an exit code."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _secrets[:] = secrets_in(*(str(v) for v in kwargs.values() if isinstance(v, str)))
+        _secrets[:] = secrets_in(*_texts(kwargs.values()))
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
@@ -329,9 +366,12 @@ def doctor_command(
 @clear_errors
 def run_command(
     ctx: typer.Context,
-    dsn: DsnOption = "",
+    dsn: DsnsOption = None,
     dsn_file: DsnFileOption = None,
-    schema: SchemaOption = defaults.DEFAULT_SCHEMA,
+    schema: SchemasOption = None,
+    schema_pattern: SchemaPatternOption = None,
+    max_db_connections: MaxDbConnectionsOption = 0,
+    discover_every: DiscoverEveryOption = DEFAULT_DISCOVER_EVERY,
     mode: Annotated[
         str,
         typer.Option(
@@ -411,10 +451,16 @@ def run_command(
         raise ConfigError(
             f"the log level {log_level!r} is unknown; use debug, info, warning or error"
         )
-    dsn = dsn_from(dsn, dsn_file)
+    dsns = dsns_from(listed_dsns(ctx, dsn), dsn_file)
+    schemas = listed_schemas(ctx, schema)
     config = RelayConfig(
-        dsn=dsn,
-        schema=schema,
+        dsn=dsns[0] if dsns else "",
+        dsns=tuple(dsns) if len(dsns) > 1 else (),
+        schema=schemas[0] if schemas else defaults.DEFAULT_SCHEMA,
+        schemas=tuple(schemas),
+        schema_pattern=schema_pattern,
+        max_db_connections=max_db_connections,
+        discover_every=parse_duration(discover_every, "schema discovery interval"),
         mode=mode,
         connector=connector,
         connector_options=gather_connector_options(ctx),
@@ -462,7 +508,8 @@ def run_command(
     configure_logging(log_level, _secrets, log_format=config.log_format)
     from relay.service import preflight, run_service
 
-    preflight(config)
+    if not config.many_outboxes:
+        preflight(config)  # with several, each outbox waits for its own database instead
     asyncio.run(run_service(config))
 
 
