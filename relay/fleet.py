@@ -27,6 +27,7 @@ from relay.decorators import PublishStack, instrument
 from relay.errors import RelayError
 from relay.fleet_health import OutboxProbe
 from relay.health import HealthState
+from relay.logs import CURRENT_OUTBOX
 from relay.metrics import RelayMetrics
 from relay.operability import BacklogSampler
 from relay.outboxes import OutboxAddress
@@ -108,6 +109,7 @@ class OutboxRunner:
         await self._close_source(max(1.0, timeout / 3))
 
     async def _run(self) -> None:
+        CURRENT_OUTBOX.set(self.address.name)  # this task's context: its lines name it
         failures = 0
         while not self.stopping.is_set():
             if not await self._preflight(failures):
@@ -128,7 +130,7 @@ class OutboxRunner:
             await self._pause(failures)
             return False
         if failures:
-            log.info("outbox %s: ready again; draining", self.address.name)
+            log.info("ready again; draining")
         return True
 
     async def _drain(self) -> bool:
@@ -149,7 +151,7 @@ class OutboxRunner:
             await self.source.run(self.stopping)
             return True
         except Exception as exc:  # a bug or a permanent error: this outbox only
-            log.exception("outbox %s stopped draining", self.address.name)
+            log.exception("stopped draining this outbox")
             self._set_problem(f"{type(exc).__name__}: {exc}")
             await self._close_source(self.config.shutdown_timeout / 3)
             return False
@@ -170,7 +172,7 @@ class OutboxRunner:
 
     def _set_problem(self, problem: str) -> None:
         if problem != self.problem:
-            log.warning("outbox %s cannot drain: %s; trying again", self.address.name, problem)
+            log.warning("cannot drain this outbox: %s; trying again", problem)
         self.problem = problem
 
     def _kept(self, session: DbSession) -> DbSession:
