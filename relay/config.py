@@ -161,7 +161,19 @@ class RelayConfig:
                 f"The connection cap per database must be between 0 (no cap) and "
                 f"{MAX_DB_CONNECTIONS}."
             )
+        elif 0 < self.max_db_connections < (least := self._fewest_connections()):
+            found.append(
+                f"--max-db-connections {self.max_db_connections} is too few: a database's "
+                f"outboxes need at least {least} in {self.mode} mode (docs/multi-tenant.md)."
+            )
         return found
+
+    def _fewest_connections(self) -> int:
+        """Polling: leases, scheduler, listener, sampler, (housekeeping,) one to claim with;
+        CDC: one outbox's six and the sampler's."""
+        if self.mode == "cdc":
+            return 7
+        return 6 if self.retention > 0 else 5
 
     def _cdc_problems(self) -> list[str]:
         schemas = self.named_schemas or (self.schema,)

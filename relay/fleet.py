@@ -29,9 +29,9 @@ from relay.fleet_health import OutboxProbe
 from relay.health import HealthState
 from relay.logs import CURRENT_OUTBOX
 from relay.metrics import RelayMetrics
-from relay.operability import BacklogSampler
+from relay.operability import BacklogSampler, SamplerConnection
 from relay.outboxes import OutboxAddress
-from relay.source import Source, SourceKind, SourceParts
+from relay.source import DatabaseShare, Source, SourceKind, SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
 
 log = logging.getLogger(__name__)
@@ -48,14 +48,35 @@ class Shared:
     preflight: Callable[[RelayConfig], None]  # blocking: run in a thread
 
 
+class Database:
+    """What the outboxes of one database share: the mode's share (polling: duty
+    sessions, the listener, a claim pool) and the backlog sampler's connection."""
+
+    def __init__(self, config: RelayConfig, kind: SourceKind) -> None:
+        self.share: DatabaseShare | None = kind.share(config) if kind.share else None
+        self.sampler = SamplerConnection(config)
+
+    async def close(self) -> None:
+        if self.share is not None:
+            await self.share.close()
+        self.sampler.close()
+
+
 class OutboxRunner:
     """One outbox: checks it can start, then runs its source until told to stop, and
     starts it again after a failure, with backoff, without touching the other outboxes."""
 
     def __init__(
-        self, config: RelayConfig, address: OutboxAddress, shared: Shared, *, named: bool
+        self,
+        config: RelayConfig,
+        address: OutboxAddress,
+        shared: Shared,
+        database: Database,
+        *,
+        named: bool,
     ) -> None:
         self.address = address
+        self.database = database
         self.named = named  # given outright, not found by --schema-pattern: never let go
         self.config = config.for_outbox(address)
         self._shared = shared
@@ -143,9 +164,16 @@ class OutboxRunner:
                 metrics=self.metrics,
                 health=self.health,
                 keep_session=self._kept,
+                database=self.database.share,
             )
         )
-        sampler = BacklogSampler(self.config, self.metrics, self.health, self.source.sample)
+        sampler = BacklogSampler(
+            self.config,
+            self.metrics,
+            self.health,
+            self.source.sample,
+            connection=self.database.sampler,
+        )
         sampler.start()
         try:
             await self.source.run(self.stopping)
@@ -178,17 +206,6 @@ class OutboxRunner:
     def _kept(self, session: DbSession) -> DbSession:
         self.sessions.append(session)
         return session
-
-
-def connections_per_outbox(config: RelayConfig) -> int:
-    """PostgreSQL connections one outbox's source and sampler hold at most
-    (docs/multi-tenant.md has the formula)."""
-    if config.mode == "cdc":
-        # leader, replication stream, set-aside drain, housekeeping, scheduler, sampler,
-        # and the snapshot's while a slot is first created
-        return 7
-    # a claim connection per lane; leases, listener, scheduler, housekeeping, sampler
-    return config.claim_lanes + 5
 
 
 async def stop_all(runners: list[OutboxRunner], timeout: float) -> None:

@@ -18,7 +18,7 @@ from relay.breaker import BreakerSettings, CircuitBreaker
 from relay.config import RelayConfig
 from relay.connector import Connector, load_connector
 from relay.db import connection_failure
-from relay.fleet import OutboxRunner, Shared, connections_per_outbox, stop_all
+from relay.fleet import Database, OutboxRunner, Shared, stop_all
 from relay.fleet_health import FleetHealth, LabelledOutboxMetrics, OutboxProbe
 from relay.formats.connector import format_connector
 from relay.health import HealthServer
@@ -48,6 +48,7 @@ class FleetService:
             preflight=preflight,
         )
         self.runners: dict[OutboxAddress, OutboxRunner] = {}
+        self.databases: dict[str, Database] = {}  # by DSN
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(LabelledOutboxMetrics(self.probes))
         self.health = FleetHealth(self.probes)
@@ -107,27 +108,36 @@ class FleetService:
         for address in addresses:
             if address in self.runners:
                 continue
-            runner = OutboxRunner(self.config, address, self.shared, named=named)
+            database = self._database(address)
+            runner = OutboxRunner(self.config, address, self.shared, database, named=named)
             self.runners[address] = runner
             if self._over_cap(address):
                 runner.problem = (
                     f"--max-db-connections {self.config.max_db_connections} leaves no room "
-                    f"for this outbox's {connections_per_outbox(self.config)} connections"
+                    "for it in its database"
                 )
                 log.error("outbox %s not started: %s", address.name, runner.problem)
                 continue
             runner.start()
 
+    def _database(self, address: OutboxAddress) -> Database:
+        if (database := self.databases.get(address.dsn)) is None:
+            config = self.config.for_outbox(address)
+            database = self.databases[address.dsn] = Database(config, self.shared.kind)
+        return database
+
     def _over_cap(self, address: OutboxAddress) -> bool:
+        """Would starting ``address`` take its database past --max-db-connections?"""
         cap = self.config.max_db_connections
         if not cap:
             return False
         started = sum(
             1
             for other in self.runners.values()
-            if other.address.database == address.database and other.started
+            if other.address.dsn == address.dsn and other.started
         )
-        return (started + 1) * connections_per_outbox(self.config) > cap
+        sampler = 1
+        return self.shared.kind.connections(self.config, started + 1) + sampler > cap
 
     async def let_go(self, addresses: Sequence[OutboxAddress]) -> None:
         """Stop draining outboxes whose schema is gone: their batches finish first."""
@@ -181,6 +191,8 @@ class FleetService:
         self.stopping.set()
         await self._discovery.stop()
         await stop_all(list(self.runners.values()), self.config.shutdown_timeout)
+        for database in self.databases.values():
+            await bounded(database.close(), self.config.shutdown_timeout, "database sessions")
         await self._stop_server()
         timeout = self.config.shutdown_timeout
         await bounded(self.shared.stack.close(timeout=timeout), timeout + 1, "connector")

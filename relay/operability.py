@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -44,13 +44,15 @@ class BacklogSampler:
         health: HealthState,
         source_figures: SourceFigures,
         every: float = SAMPLE_EVERY,
+        connection: SamplerConnection | None = None,
     ) -> None:
         self._config = config
+        self._owns_connection = connection is None
+        self._connection = connection or SamplerConnection(config)
         self._metrics = metrics
         self._health = health
         self._source_figures = source_figures
         self._every = every
-        self._conn: psycopg.Connection[Any] | None = None
         self._in_flight: asyncio.Future[dict[str, Any]] | None = None
         self._task = BackgroundTask("backlog-sampler", self._run)
         self._failures = 0
@@ -60,10 +62,8 @@ class BacklogSampler:
 
     async def stop(self) -> None:
         await self._task.stop()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # closing is best effort
-                conn.close()
+        if self._owns_connection:
+            self._connection.close()
 
     async def _run(self) -> None:
         while True:
@@ -101,22 +101,53 @@ class BacklogSampler:
         self._health.database_answered()
 
     def _read(self) -> dict[str, Any]:
-        """Runs in the sampler's own thread, on its own connection."""
-        try:
-            conn = self._connection()
+        """Runs in the sampler's own thread, on its connection."""
+        with self._connection.use() as conn:
             return {**sample_backlog(conn, self._config.schema), **self._source_figures(conn)}
-        except psycopg.Error:
-            stale, self._conn = self._conn, None
-            if stale is not None:
-                stale.close()
-            raise
+
+
+class SamplerConnection:
+    """The backlog sampler's connection, opened when first used, reopened after a
+    failure; in a relay of many outboxes one database's samplers share it, a sample at
+    a time."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self._dsn = config.dsn
+        self._connect_timeout = config.connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            try:
+                yield self._connection()
+            except psycopg.Error:
+                self._close()
+                raise
+
+    def close(self) -> None:
+        """Close it unless a sample holds it (one stuck on a dead connection: its daemon
+        thread ends with the process)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            with contextlib.suppress(Exception):  # closing is best effort
+                self._close()
+        finally:
+            self._lock.release()
+
+    def _close(self) -> None:
+        stale, self._conn = self._conn, None
+        if stale is not None:
+            stale.close()
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(
-                self._config.dsn,
+                self._dsn,
                 autocommit=True,
-                connect_timeout=max(1, round(self._config.connect_timeout)),
+                connect_timeout=max(1, round(self._connect_timeout)),
                 application_name="outbox-relay/metrics",
             )
             self._conn.execute(

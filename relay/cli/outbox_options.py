@@ -35,8 +35,8 @@ SchemasOption = Annotated[
         envvar="OUTBOX_RELAY_SCHEMA",
         metavar="NAME",
         show_default=False,
-        help="Schema that holds the outbox (default outbox); give it again (or a comma "
-        "list) for each outbox of every database.",
+        help="Schema that holds the outbox (default outbox); give it again for each "
+        "outbox of every database.",
     ),
 ]
 SchemaPatternOption = Annotated[
@@ -72,10 +72,10 @@ def listed_dsns(ctx: typer.Context, given: list[str] | None) -> list[str]:
 
 
 def listed_schemas(ctx: typer.Context, given: list[str] | None) -> list[str]:
-    """The schemas of ``--schema`` (or its environment variable), split at commas."""
+    """The schemas of ``--schema``, each as given (validated as a name), or of its
+    environment variable, split at commas and whitespace."""
     text = _from_environment(ctx, "schema")
-    values = [text] if text is not None else list(given or [])
-    return [schema for value in values for schema in split_schemas(value)]
+    return split_schemas(text) if text is not None else list(given or [])
 
 MaxDbConnectionsOption = Annotated[
     int,

@@ -19,6 +19,7 @@ from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import WakeListener
 from relay.poll.poller import Poller, PollerStats, claim_session
 from relay.poll.retention import RetentionTask
+from relay.poll.shared import ListenerShare, PollDatabase, poll_connections
 from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import WakeupSwitch
 from relay.scheduler import QUIET_RECHECK, Scheduler
@@ -46,12 +47,20 @@ class PollSource:
     def __init__(self, parts: SourceParts) -> None:
         config, keep = parts.config, parts.keep_session
         self.config = config
+        shared = parts.database if isinstance(parts.database, PollDatabase) else None
+
+        def duty(name: str, settings: Mapping[str, str] | None = None) -> DbSession:
+            return shared.duty(name) if shared else keep(duty_session(config, name, settings))
+
+        def claim(lane: int) -> DbSession:
+            return shared.claim_session() if shared else keep(claim_session(config, lane))
+
         # One wake-up event per lane, so a lane clearing its own cannot swallow another's.
         self.wakeups = [asyncio.Event() for _ in range(config.claim_lanes)]
         self.stats = PollerStats()
         self.spread = LaneSpread(config.claim_lanes, config.batch_size, on_change=self.wake)
         self.leases = LeaseKeeper(
-            keep(duty_session(config, "leases")),
+            duty("leases"),
             schema=config.schema,
             relay_id=parts.relay_id,
             relay_name=config.relay_name,
@@ -70,7 +79,7 @@ class PollSource:
         self.pollers = [
             Poller(
                 config,
-                keep(claim_session(config, lane)),
+                claim(lane),
                 parts.connector,
                 self.leases,
                 parts.relay_id,
@@ -85,17 +94,21 @@ class PollSource:
             for lane in range(config.claim_lanes)
         ]
         self.scheduler = Scheduler(
-            keep(duty_session(config, "scheduler", INDEX_PLAN_SETTINGS)),
+            duty("scheduler", INDEX_PLAN_SETTINGS),
             config.schema,
             recheck=self._scheduler_recheck,
             on_promoted=self.wake,
         )
-        self.listener = WakeListener(
-            keep(duty_session(config, "listen")), config.schema, self._notified,
-            coalesce=config.poll_linger,
+        self.listener: WakeListener | ListenerShare = (
+            shared.listener_for(config.schema, self._notified)
+            if shared
+            else WakeListener(
+                keep(duty_session(config, "listen")), config.schema, self._notified,
+                coalesce=config.poll_linger,
+            )
         )
         self.retention = RetentionTask(
-            keep(duty_session(config, "housekeeping", INDEX_PLAN_SETTINGS)),
+            duty("housekeeping", INDEX_PLAN_SETTINGS),
             config.schema,
             config.retention,
             RETENTION_EVERY,
@@ -153,4 +166,9 @@ class PollSource:
         return {}
 
 
-POLL = SourceKind(preflight=lambda config: None, build=PollSource)
+POLL = SourceKind(
+    preflight=lambda config: None,
+    build=PollSource,
+    share=PollDatabase,
+    connections=poll_connections,
+)

@@ -106,7 +106,7 @@ def test_one_relay_drains_two_servers_with_two_schemas_each_and_survives_one_goi
     topic = kafka.new_topic()
     port = free_port()
     relay = relays(
-        "--dsn", db_dsn, "--dsn", other_dsn, "--schema", "tenant_a,tenant_b",
+        "--dsn", db_dsn, "--dsn", other_dsn, "--schema", "tenant_a", "--schema", "tenant_b",
         "--kafka-bootstrap", kafka.bootstrap, "--metrics-port", str(port), *FAST,
     )
     outboxes = {f"{dsn_label}/{schema}": (dsn, schema)
