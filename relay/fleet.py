@@ -118,13 +118,18 @@ class OutboxRunner:
 
     async def stop(self, timeout: float) -> None:
         """Finish the batch in flight within ``timeout``, then release what it holds."""
+        named = CURRENT_OUTBOX.set(self.address.name)  # its lines while stopping, too
+        try:
+            await self._stop(timeout)
+        finally:
+            CURRENT_OUTBOX.reset(named)
+
+    async def _stop(self, timeout: float) -> None:
         self.stopping.set()
         done = await self._task.finished(timeout)
         if not done:
             log.warning(
-                "outbox %s: the batch in flight did not finish within %.0fs; it will be retried",
-                self.address.name,
-                timeout,
+                "the batch in flight did not finish within %.0fs; it will be retried", timeout
             )
             await self._task.stop()
         await self._close_source(max(1.0, timeout / 3))

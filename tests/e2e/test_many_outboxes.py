@@ -19,8 +19,20 @@ from tests.support.services import ThrowawayPostgres
 
 pytestmark = pytest.mark.e2e
 SCHEMAS = ("tenant_a", "tenant_b")
-FAST = ["--lease-ttl", "3s", "--publish-timeout", "1s", "--poll-interval", "500ms",
-        "--retry-base", "100ms", "--retry-cap", "1s", "--shutdown-timeout", "10s"]
+FAST = [
+    "--lease-ttl",
+    "3s",
+    "--publish-timeout",
+    "1s",
+    "--poll-interval",
+    "500ms",
+    "--retry-base",
+    "100ms",
+    "--retry-cap",
+    "1s",
+    "--shutdown-timeout",
+    "10s",
+]
 
 
 @pytest.fixture
@@ -106,12 +118,25 @@ def test_one_relay_drains_two_servers_with_two_schemas_each_and_survives_one_goi
     topic = kafka.new_topic()
     port = free_port()
     relay = relays(
-        "--dsn", db_dsn, "--dsn", other_dsn, "--schema", "tenant_a", "--schema", "tenant_b",
-        "--kafka-bootstrap", kafka.bootstrap, "--metrics-port", str(port), *FAST,
+        "--dsn",
+        db_dsn,
+        "--dsn",
+        other_dsn,
+        "--schema",
+        "tenant_a",
+        "--schema",
+        "tenant_b",
+        "--kafka-bootstrap",
+        kafka.bootstrap,
+        "--metrics-port",
+        str(port),
+        *FAST,
     )
-    outboxes = {f"{dsn_label}/{schema}": (dsn, schema)
-                for dsn_label, dsn in (("first", db_dsn), ("second", other_dsn))
-                for schema in SCHEMAS}
+    outboxes = {
+        f"{dsn_label}/{schema}": (dsn, schema)
+        for dsn_label, dsn in (("first", db_dsn), ("second", other_dsn))
+        for schema in SCHEMAS
+    }
     for label, (dsn, schema) in outboxes.items():
         write(dsn, schema, topic, label, range(100))
     got = received_by_outbox(kafka, topic, 400)
@@ -138,3 +163,82 @@ def test_one_relay_drains_two_servers_with_two_schemas_each_and_survives_one_goi
         assert {e["n"] for e in got[f"second/{schema}"]} >= set(range(100, 150))
     assert relay.terminate() == 0
     assert "Traceback" not in relay.output()
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout:g}s: {what}"
+        time.sleep(0.2)
+
+
+def test_a_schema_pattern_picks_up_a_tenant_migrated_later_and_lets_a_dropped_one_go(
+    db_dsn, kafka, relays
+):
+    migrate(db_dsn, "tenant_a")
+    topic = kafka.new_topic()
+    relay = relays(
+        "--dsn",
+        db_dsn,
+        "--schema-pattern",
+        "tenant\\_%",
+        "--discover-every",
+        "1s",
+        "--kafka-bootstrap",
+        kafka.bootstrap,
+        "--metrics-port",
+        "0",
+        *FAST,
+    )
+    write(db_dsn, "tenant_a", topic, "a", range(20))
+    assert len(received_by_outbox(kafka, topic, 20)["a"]) == 20
+
+    migrate(db_dsn, "tenant_b")  # a tenant created while the relay runs
+    started = time.monotonic()
+    write(db_dsn, "tenant_b", topic, "b", range(20))
+    got = received_by_outbox(kafka, topic, 20)
+    assert {e["n"] for e in got["b"]} == set(range(20))
+    assert time.monotonic() - started < 30
+
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA tenant_a CASCADE")
+    wait_for(lambda: "no longer matches or exists" in relay.output(), 30, "tenant_a let go")
+    time.sleep(3)  # errors would pile up here if it were still drained
+    after_drop = relay.output().split("no longer matches or exists", 1)[1]
+    assert after_drop.count("WARNING") + after_drop.count("ERROR") <= 3, after_drop
+    write(db_dsn, "tenant_b", topic, "b", range(20, 30))
+    assert {e["n"] for e in received_by_outbox(kafka, topic, 10)["b"]} == set(range(20, 30))
+    assert relay.terminate() == 0
+    assert "Traceback" not in relay.output()
+
+
+def test_cdc_mode_streams_every_outbox_of_a_database(db_dsn, kafka, relays):
+    migrate(db_dsn, *SCHEMAS)
+    topic = kafka.new_topic()
+    relay = relays(
+        "--mode",
+        "cdc",
+        "--dsn",
+        db_dsn,
+        "--schema",
+        "tenant_a",
+        "--schema",
+        "tenant_b",
+        "--kafka-bootstrap",
+        kafka.bootstrap,
+        "--metrics-port",
+        "0",
+        *FAST,
+    )
+    for schema in SCHEMAS:
+        write(db_dsn, schema, topic, schema, range(50))
+    got = received_by_outbox(kafka, topic, 100)
+    for schema in SCHEMAS:
+        assert_complete_and_in_key_order(got[schema], range(50))
+    assert relay.terminate() == 0
+    with psycopg.connect(db_dsn) as conn:
+        slots = conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+            " ORDER BY 1"
+        ).fetchall()
+    assert [s[0] for s in slots] == ["outbox_relay_tenant_a", "outbox_relay_tenant_b"]
