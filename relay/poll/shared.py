@@ -17,6 +17,7 @@ database share (docs/multi-tenant.md):
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -59,20 +60,41 @@ def poll_connections(config: RelayConfig, outboxes: int) -> int:
 
 
 class ClaimPool:
-    """Claim connections taken for one claim transaction each, in the order asked."""
+    """Claim connections taken for one claim transaction each, strictly in the order
+    asked: a connection handed back goes to the longest waiter, never to a lane that asks
+    again right after handing it back (asyncio.Queue would let that lane barge in and
+    send the waiter to the back of the line, and a busy outbox would starve the others)."""
 
     def __init__(self, config: RelayConfig, size: int) -> None:
         self.sessions = [claim_session(config, lane) for lane in range(size)]
-        self._free: asyncio.Queue[DbSession] = asyncio.Queue()
-        for session in self.sessions:
-            self._free.put_nowait(session)
+        self._free: list[DbSession] = list(self.sessions)
+        self._waiters: collections.deque[asyncio.Future[DbSession]] = collections.deque()
 
     async def take(self) -> DbSession:
-        return await self._free.get()
+        if self._free and not self._waiters:
+            return self._free.pop()
+        waiter: asyncio.Future[DbSession] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._hand_on(waiter.result())  # handed over just as it was cancelled
+            else:
+                self._waiters.remove(waiter)
+            raise
 
     async def give_back(self, session: DbSession) -> None:
         await session.discard_if_unusable()  # a failed batch's connection is not passed on
-        self._free.put_nowait(session)
+        self._hand_on(session)
+
+    def _hand_on(self, session: DbSession) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(session)
+                return
+        self._free.append(session)
 
     async def close(self) -> None:
         await asyncio.gather(*(session.close() for session in self.sessions))

@@ -9,6 +9,7 @@ from collections import defaultdict
 import orjson
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.support.cli import RelayProcess, outbox_relay
@@ -73,7 +74,7 @@ def write(dsn: str, schema: str, topic: str, label: str, numbers: range) -> None
     with psycopg.connect(dsn, autocommit=True) as conn:
         for n in numbers:
             conn.execute(
-                f"SELECT {schema}.enqueue(%s, %s, %s::jsonb)",
+                sql.SQL("SELECT {}.enqueue(%s, %s, %s::jsonb)").format(sql.Identifier(schema)),
                 (topic, f"k{n % 10}", orjson.dumps({"outbox": label, "n": n}).decode()),
             )
 
@@ -242,3 +243,44 @@ def test_cdc_mode_streams_every_outbox_of_a_database(db_dsn, kafka, relays):
             " ORDER BY 1"
         ).fetchall()
     assert [s[0] for s in slots] == ["outbox_relay_tenant_a", "outbox_relay_tenant_b"]
+
+
+def pending(dsn: str, schema: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.messages").format(sql.Identifier(schema))
+        row = conn.execute(query).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_tenant_with_a_backlog_does_not_starve_one_with_ten_messages(db_dsn, kafka, relays):
+    migrate(db_dsn, *SCHEMAS)
+    busy_topic, quiet_topic = kafka.new_topic(), kafka.new_topic()
+    with psycopg.connect(db_dsn) as conn:
+        conn.execute(
+            "INSERT INTO tenant_a.messages (topic, key, payload) "
+            "SELECT %s, 'k' || (i %% 50), jsonb_build_object('outbox', 'a', 'n', i) "
+            "FROM generate_series(1, 60000) i",
+            (busy_topic,),
+        )
+    relay = relays(
+        "--dsn",
+        db_dsn,
+        "--schema",
+        "tenant_a",
+        "--schema",
+        "tenant_b",
+        "--batch-size",
+        "500",
+        "--kafka-bootstrap",
+        kafka.bootstrap,
+        "--metrics-port",
+        "0",
+        *FAST,
+    )
+    wait_for(lambda: pending(db_dsn, "tenant_a") < 59_000, 30, "the backlog to start draining")
+    write(db_dsn, "tenant_b", quiet_topic, "b", range(10))
+    got = received_by_outbox(kafka, quiet_topic, 10)
+    backlog_left = pending(db_dsn, "tenant_a")
+    assert {e["n"] for e in got["b"]} == set(range(10))
+    assert backlog_left > 0, "the quiet tenant's ten came only after the whole backlog"
+    assert relay.terminate() == 0
