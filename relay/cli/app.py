@@ -251,9 +251,8 @@ def migrate_command(
     tracks = migration_tracks(inbox_only)
     if print_grants is not None or print_sql:
         if choice.pattern is not None or len(choice.named_schemas) > 1:
-            raise ConfigError(
-                "--print and --print-grants write one schema's SQL; give one --schema"
-            )
+            flag = "--print" if print_grants is None else "--print-grants"
+            raise ConfigError(f"{flag} writes one schema's SQL; give one --schema per run")
         schema_name = choice.named_schemas[0]
         if print_grants is not None:
             sys.stdout.write(render_grants(print_grants, schema_name, grants_mode))
