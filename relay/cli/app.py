@@ -79,6 +79,7 @@ from relay.cli.migrate_options import (
     MigrateSchemaPatternOption,
     PrintGrantsOption,
     PrintSqlOption,
+    StatusDsnsOption,
     StatusSchemaPatternOption,
 )
 from relay.cli.outbox_options import (
@@ -246,7 +247,7 @@ def migrate_command(
     print_grants: PrintGrantsOption = None,
     grants_mode: GrantsModeOption = defaults.DEFAULT_MODE,
 ) -> None:
-    """Create or upgrade the outbox schema (idempotent, versioned); of every outbox given."""
+    """Create or upgrade the outbox schema (idempotent, versioned) of each outbox given."""
     choice = _outbox_choice(ctx, dsn, dsn_file, schema, schema_pattern)
     tracks = migration_tracks(inbox_only)
     if print_grants is not None or print_sql:
@@ -301,7 +302,7 @@ def _printed_migrations(schema: str, tracks: tuple[str, ...], dsns: tuple[str, .
 @clear_errors
 def status_command(
     ctx: typer.Context,
-    dsn: DsnsOption = None,
+    dsn: StatusDsnsOption = None,
     schema: SchemasOption = None,
     schema_pattern: StatusSchemaPatternOption = None,
     as_json: Annotated[
@@ -310,8 +311,8 @@ def status_command(
     dsn_file: DsnFileOption = None,
     cdc_slot: CdcSlotOption = None,
 ) -> None:
-    """Show the backlog, which relays are alive and what each owns, and the CDC slot; of
-    every outbox given, with the totals."""
+    """Show the backlog, which relays are alive and what each owns, and the CDC slot
+    (of each outbox given, then the totals)."""
     choice = _outbox_choice(ctx, dsn, dsn_file, schema, schema_pattern)
     if choice.many:
         if cdc_slot is not None:

@@ -1,5 +1,6 @@
-"""The options of ``outbox-relay migrate`` and ``status`` that ``run`` has not: which
-SQL ``migrate`` prints, and how ``--schema-pattern`` reads for a command that runs once."""
+"""The options of ``outbox-relay migrate`` and ``status`` that ``run`` has not, or says
+differently: which SQL ``migrate`` prints, and what ``--dsn`` and ``--schema-pattern``
+mean to a command that runs once."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ MigrateDsnsOption = Annotated[
         show_default=False,
         help="PostgreSQL connection string; give it again for each database. With "
         "--print: print only the migrations this database still needs.",
+    ),
+]
+StatusDsnsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dsn",
+        envvar="OUTBOX_RELAY_DSN",
+        metavar="DSN",
+        show_default=False,
+        help="PostgreSQL connection string (URL or key=value); give it again for each "
+        "database to show.",
     ),
 ]
 MigrateSchemaPatternOption = Annotated[
