@@ -108,3 +108,11 @@ def schemas_like(conn: psycopg.Connection[Any], pattern: str) -> list[str]:
 async def schemas_like_async(conn: psycopg.AsyncConnection[Any], pattern: str) -> list[str]:
     cursor = await conn.execute(bind("outboxes.sql", "schemas_like"), {"pattern": pattern})
     return [str(row[0]) for row in await cursor.fetchall() if schema_problem(str(row[0])) is None]
+
+
+def existing_schemas_like(conn: psycopg.Connection[Any], pattern: str) -> list[str]:
+    """The schemas of ``conn``'s database that match ``pattern``, holding an outbox or
+    not yet (``migrate --schema-pattern`` creates it); names the relay cannot take (not
+    plain identifiers) are left out."""
+    rows = conn.execute(bind("outboxes.sql", "schemas_existing_like"), {"pattern": pattern})
+    return [str(row[0]) for row in rows if schema_problem(str(row[0])) is None]

@@ -11,3 +11,13 @@ WHERE n.nspname LIKE %(pattern)s
   AND to_regclass(format('%%I.messages', n.nspname)) IS NOT NULL
   AND to_regclass(format('%%I.schema_migrations', n.nspname)) IS NOT NULL
 ORDER BY n.nspname;
+
+-- name: schemas_existing_like
+-- Every schema whose name matches a LIKE pattern, holding an outbox or not yet: the
+-- schemas `outbox-relay migrate --schema-pattern` creates or upgrades the outbox in.
+-- System schemas never match.
+SELECT n.nspname
+FROM pg_namespace n
+WHERE n.nspname LIKE %(pattern)s
+  AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%%'
+ORDER BY n.nspname;
