@@ -9,6 +9,7 @@ from collections import defaultdict
 import orjson
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -98,6 +99,21 @@ def assert_complete_and_in_key_order(events: list[dict], numbers: range) -> None
         assert first_seen == sorted(first_seen), f"key {key} out of order"
 
 
+def assert_metrics_are_labelled_per_outbox(port: int, databases: set[str]) -> None:
+    """One family per metric, a sample per outbox, parseable by Prometheus's own parser."""
+    status, text = http_get(port, "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    delivered = [
+        sample
+        for sample in families["outbox_relay_messages"].samples
+        if sample.name == "outbox_relay_messages_total"
+    ]
+    outboxes = {(s.labels["database"], s.labels["schema"]) for s in delivered}
+    assert outboxes == {(db, schema) for db in databases for schema in SCHEMAS}
+    assert sum(s.value for s in delivered) == 400
+
+
 def readiness_once_outboxes_ready(port: int, count: int) -> tuple[int, dict]:
     """/readyz once ``count`` outboxes are ready (a database stops counting as answering
     30 s after its last answer)."""
@@ -143,6 +159,8 @@ def test_one_relay_drains_two_servers_with_two_schemas_each_and_survives_one_goi
     got = received_by_outbox(kafka, topic, 400)
     for label in outboxes:
         assert_complete_and_in_key_order(got[label], range(100))
+
+    assert_metrics_are_labelled_per_outbox(port, {"tenants", conninfo_to_dict(db_dsn)["dbname"]})
 
     second_server.stop()
     for schema in SCHEMAS:
