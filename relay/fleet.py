@@ -155,6 +155,7 @@ class OutboxRunner:
             self._set_problem(str(exc))
             await self._pause(failures)
             return False
+        self.health.forget("start")  # the source's loops promise their own beats now
         if failures:
             log.info("ready again; draining")
         return True

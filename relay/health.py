@@ -86,12 +86,18 @@ class HealthState:
             self._promises.pop(STARTUP, None)
             self.started = True
 
+    def forget(self, loop: str) -> None:
+        """``loop`` has ended: its last promise no longer counts."""
+        self._promises.pop(loop, None)
+
     def database_answered(self) -> None:
         self._db_answered_at = self._clock()
 
     def liveness(self) -> Verdict:
         # A copy taken in one C call: the event loop may add a loop's first promise now.
         promises = list(self._promises.items())
+        if not promises:  # between a loop that ended and the next one's first beat
+            return Verdict(True, {"loop": "running"})
         loop, due = min(promises, key=lambda promise: promise[1])  # the most overdue
         late = self._clock() - due
         ok = late <= self._slack

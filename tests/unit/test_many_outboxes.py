@@ -156,3 +156,15 @@ def test_a_waiter_cancelled_after_being_handed_a_connection_passes_it_on():
         return got is held
 
     assert asyncio.run(scenario())
+
+
+def test_an_outbox_that_waited_to_start_is_not_reported_stuck_once_it_drains():
+    now = [0.0]
+    health = HealthState(clock=lambda: now[0])
+    health.beat(5, "start")  # waiting for its database, back in 5 s
+    health.forget("start")  # started: its loops promise their own beats from now on
+    now[0] = 100.0
+    assert health.liveness().ok
+    health.beat(1, "claim lane 0")
+    now[0] = 200.0
+    assert not health.liveness().ok
