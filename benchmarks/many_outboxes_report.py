@@ -95,9 +95,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         "| round | relay | idle CPU % | idle PG CPU % | PG conns | idle RSS MB | offered msg/s "
-        "| written msg/s | delivered msg/s | CPU µs/msg | relay CPU % | PG CPU % | all delivered "
-        "| VmHWM MB | machine busy % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| written msg/s | delivered msg/s | CPU µs/msg | above idle µs/msg | relay CPU % "
+        "| PG CPU % | all delivered | VmHWM MB | machine busy % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, one in enumerate(result["rounds"], 1):
         for case in (one["fleet"], one["single"]):
@@ -109,7 +109,8 @@ def markdown(result: dict[str, Any]) -> str:
                     f"| {idle['pg_connections']} | {idle['vm_rss_mb']} "
                     f"| {busy['offered_rate']:.0f} "
                     f"| {busy['achieved_write_rate']:.0f} | {busy['delivered_rate']:.0f} "
-                    f"| {busy['cpu_us_per_msg']} | {busy['relay_cpu_pct_of_core']} "
+                    f"| {busy['cpu_us_per_msg']} | {above_idle(idle, busy)} "
+                    f"| {busy['relay_cpu_pct_of_core']} "
                     f"| {busy['postgres_cpu_pct_of_core']} | {busy['all_delivered']} "
                     f"| {case['vm_hwm_mb']} | {busy.get('machine_busy_pct')} |"
                 )
@@ -119,6 +120,22 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def above_idle(idle: dict[str, Any], busy: dict[str, Any]) -> float | None:
+    """CPU per message beyond what the same relay spends idle: what delivering adds, with
+    the outboxes' standing cost (polls, leases, timers) taken out."""
+    extra = (busy["relay_cpu_pct_of_core"] - idle["relay_cpu_pct_of_core"]) / 100
+    return round(extra / busy["delivered_rate"] * 1e6, 1) if busy["delivered_rate"] else None
+
+
 def _by_name(spent: dict[str, float]) -> str:
     top = sorted(spent.items(), key=lambda item: -item[1])[:8]
     return ", ".join(f"{name} {pct}" for name, pct in top)
+
+
+if __name__ == "__main__":  # the table again from a saved run: python -m ... FILE.json
+    import sys
+    from pathlib import Path
+
+    import orjson
+
+    print(markdown(orjson.loads(Path(sys.argv[1]).read_bytes())), end="")
