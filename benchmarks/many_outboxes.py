@@ -40,10 +40,16 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.light import WRITER_NUMBERS, WRITER_RATE
+from benchmarks.many_outboxes_pg import (
+    backend_cpu,
+    cpu_by_name,
+    relay_connections,
+    schemas_with_leases,
+    transactions,
+)
 from benchmarks.many_outboxes_report import PATTERN, SHORT_OF_RATE, markdown, verdicts
 from benchmarks.payloads import body_pool, event_key, event_text
 from benchmarks.processes import (
-    CLOCK_TICKS,
     MachineShare,
     RelayProcess,
     log_dir,
@@ -80,78 +86,6 @@ def _create_database(pg_dsn: str) -> str:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return pg_dsn.rpartition("/")[0] + "/" + name
-
-
-# --- what PostgreSQL sees ------------------------------------------------------------------
-
-
-def relay_connections(dsn: str) -> dict[str, int]:
-    """The relay's sessions, by application_name (every outbox-relay connection names its
-    duty there)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT application_name, count(*) FROM pg_stat_activity"
-            " WHERE application_name LIKE 'outbox-relay%' GROUP BY 1 ORDER BY 1"
-        ).fetchall()
-    return {name: int(count) for name, count in rows}
-
-
-def backend_cpu(dsn: str) -> dict[int, tuple[str, float]]:
-    """Every backend of the cluster: pid -> (application_name, CPU seconds so far). A
-    backend serves one connection, so this splits PostgreSQL's CPU by who asked."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_stat_activity"
-        ).fetchall()
-    found = {}
-    for pid, name in rows:
-        try:
-            found[int(pid)] = (str(name), usage_cpu(int(pid)))
-        except OSError:  # it ended meanwhile
-            continue
-    return found
-
-
-def usage_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def cpu_by_name(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], seconds: float
-) -> dict[str, float]:
-    """% of a core each application_name's backends spent between two snapshots (backends
-    that came or went in between count from zero or not at all)."""
-    spent: dict[str, float] = {}
-    for pid, (name, cpu) in after.items():
-        spent[name] = spent.get(name, 0.0) + cpu - before.get(pid, (name, 0.0))[1]
-    return {n: round(v / seconds * 100, 2) for n, v in sorted(spent.items()) if v > 0}
-
-
-def schemas_with_leases(dsn: str, schemas: list[str]) -> int | None:
-    """How many of ``schemas`` hold a live bucket lease; None when the outboxes have no
-    lease table (a relay design without one: settling then rests on the connections)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        have = {
-            row[0]
-            for row in conn.execute(
-                "SELECT table_schema FROM information_schema.tables"
-                " WHERE table_name = 'bucket_leases' AND table_schema = ANY(%s)",
-                (schemas,),
-            )
-        }
-        if len(have) < len(schemas):
-            return None
-        parts = [
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.bucket_leases WHERE expires_at > now())")
-            .format(sql.Identifier(s))
-            for s in schemas
-        ]  # fmt: skip
-        query = sql.SQL("SELECT count(*) FILTER (WHERE e) FROM ({}) AS t(e)").format(
-            sql.SQL(" UNION ALL ").join(parts)
-        )
-        row = conn.execute(query).fetchone()
-    return int(row[0]) if row else 0
 
 
 def settle(dsn: str, relay: RelayProcess, schemas: list[str], timeout: float) -> float:
@@ -331,11 +265,11 @@ def run_case(
 def idle_window(dsn: str, relay: RelayProcess, pg_pid: int, seconds: float) -> dict[str, Any]:
     share = MachineShare()
     share.start()
-    backends_a = backend_cpu(dsn)
+    backends_a, xacts_a = backend_cpu(dsn), transactions(dsn)
     a, pg_a, t_a = relay.usage(), tree_cpu(pg_pid), time.monotonic()
     time.sleep(seconds)
     b, pg_b, t_b = relay.usage(), tree_cpu(pg_pid), time.monotonic()
-    backends_b = backend_cpu(dsn)
+    backends_b, xacts_b = backend_cpu(dsn), transactions(dsn)
     if not relay.alive():
         raise RuntimeError(f"the relay exited:\n{relay.log_tail()}")
     connections = relay_connections(dsn)
@@ -345,6 +279,7 @@ def idle_window(dsn: str, relay: RelayProcess, pg_pid: int, seconds: float) -> d
         "relay_cpu_pct_of_core": round((b.cpu_seconds - a.cpu_seconds) / elapsed * 100, 2),
         "postgres_cpu_pct_of_core": round((pg_b - pg_a) / elapsed * 100, 2),
         "postgres_cpu_by_name": cpu_by_name(backends_a, backends_b, elapsed),
+        "pg_transactions_per_s": round((xacts_b - xacts_a) / elapsed, 1),
         "pg_connections": sum(connections.values()),
         "pg_connections_by_name": connections,
         "vm_rss_mb": round(b.rss_mb, 1),
@@ -365,13 +300,13 @@ def traffic_window(
         time.sleep(settings.warmup)
         share.start()
         writes_a = sum(w.committed() for w in writers)
-        backends_a = backend_cpu(dsn)
+        backends_a, xacts_a = backend_cpu(dsn), transactions(dsn)
         got_a, a, pg_a = len(arrivals.numbers), relay.usage(), tree_cpu(pg_pid)
         t_a = time.monotonic()
         time.sleep(settings.window)
         got_b, b, pg_b = len(arrivals.numbers), relay.usage(), tree_cpu(pg_pid)
         t_b = time.monotonic()
-        backends_b = backend_cpu(dsn)
+        backends_b, xacts_b = backend_cpu(dsn), transactions(dsn)
         writes_b = sum(w.committed() for w in writers)
         connections = relay_connections(dsn)
     finally:
@@ -391,6 +326,7 @@ def traffic_window(
         "relay_cpu_pct_of_core": round(cpu / elapsed * 100, 2),
         "postgres_cpu_pct_of_core": round((pg_b - pg_a) / elapsed * 100, 2),
         "postgres_cpu_by_name": cpu_by_name(backends_a, backends_b, elapsed),
+        "pg_transactions_per_s": round((xacts_b - xacts_a) / elapsed, 1),
         "committed": len(committed),
         "missing_after_60s": len(committed - arrivals.numbers) if not complete else 0,
         "all_delivered": complete,

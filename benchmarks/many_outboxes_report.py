@@ -116,6 +116,13 @@ def markdown(result: dict[str, Any]) -> str:
                 )
     lines += ["", "PostgreSQL CPU by application_name (% of a core), first round's fleet:", ""]
     lines.append(f"- idle: {_by_name(first['idle']['postgres_cpu_by_name'])}")
+    for one in result["rounds"]:
+        for case in (one["fleet"], one["single"]):
+            if "pg_transactions_per_s" in case["idle"]:
+                lines.append(
+                    f"- PostgreSQL transactions/s idle, {case['case']}: "
+                    f"{case['idle']['pg_transactions_per_s']}"
+                )
     lines.append(f"- traffic: {_by_name(first['traffic'][0]['postgres_cpu_by_name'])}")
     return "\n".join(lines) + "\n"
 
