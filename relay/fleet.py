@@ -29,7 +29,7 @@ from relay.fleet_health import OutboxProbe
 from relay.health import HealthState
 from relay.logs import CURRENT_OUTBOX
 from relay.metrics import RelayMetrics
-from relay.operability import BacklogSampler, SamplerConnection
+from relay.operability import BacklogSampler, SampleTarget
 from relay.outboxes import OutboxAddress
 from relay.source import DatabaseShare, Source, SourceKind, SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
@@ -50,16 +50,16 @@ class Shared:
 
 class Database:
     """What the outboxes of one database share: the mode's share (polling: duty
-    sessions, the listener, a claim pool) and the backlog sampler's connection."""
+    sessions, the listener, a claim pool) and the backlog sampler, which reads them in turn."""
 
     def __init__(self, config: RelayConfig, kind: SourceKind) -> None:
         self.share: DatabaseShare | None = kind.share(config) if kind.share else None
-        self.sampler = SamplerConnection(config)
+        self.sampler = BacklogSampler(config)  # every outbox of the database, in turn
 
     async def close(self) -> None:
         if self.share is not None:
             await self.share.close()
-        self.sampler.close()
+        await self.sampler.stop()
 
 
 class OutboxRunner:
@@ -173,14 +173,8 @@ class OutboxRunner:
                 database=self.database.share,
             )
         )
-        sampler = BacklogSampler(
-            self.config,
-            self.metrics,
-            self.health,
-            self.source.sample,
-            connection=self.database.sampler,
-        )
-        sampler.start()
+        sampled = SampleTarget(self.address.schema, self.metrics, self.health, self.source.sample)
+        self.database.sampler.add(sampled)
         try:
             await self.source.run(self.stopping)
             return True
@@ -190,7 +184,7 @@ class OutboxRunner:
             await self._close_source(self.config.shutdown_timeout / 3)
             return False
         finally:
-            await sampler.stop()
+            self.database.sampler.remove(self.address.schema)
 
     async def _close_source(self, timeout: float) -> None:
         source, self.source = self.source, None

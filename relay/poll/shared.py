@@ -11,7 +11,11 @@ database share (docs/multi-tenant.md):
 - a pool of claim connections: a claim lane takes one for a claim transaction and hands
   it back when the batch is acknowledged, so the lanes of outboxes with work take turns,
   first come first served, and a tenant with a backlog cannot starve one with ten
-  messages (it queues behind them after every batch).
+  messages (it queues behind them after every batch);
+- the fallback look for work a NOTIFY did not announce: one query every --poll-interval
+  for all of them, which wakes those with messages to claim or delayed messages due,
+  instead of each outbox's lanes and scheduler polling on their own (200 idle tenants
+  polling each second cost more CPU than their traffic).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from relay.backoff import full_jitter
 from relay.config import RelayConfig
@@ -30,6 +36,7 @@ from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
 from relay.errors import RelayError
 from relay.poll.listener import channel_name, listen_statement
 from relay.poll.poller import claim_session
+from relay.sqlfiles import bind
 from relay.tasks import BackgroundTask
 
 log = logging.getLogger(__name__)
@@ -210,6 +217,88 @@ class ListenerShare:
         self._listener.remove(self._schema)
 
 
+# An outbox of a database with a Lookout still looks for work on its own this often, in
+# case the shared look itself fails for a while.
+OWN_LOOK_EVERY = 30.0
+
+
+class Lookout:
+    """Every ``every`` seconds, one query over a database's outboxes: wakes each one with
+    work that no NOTIFY announced (a NOTIFY lost while the listener reconnected, rows
+    written while writers were told not to notify, delayed messages falling due)."""
+
+    def __init__(self, session: DbSession, every: float) -> None:
+        self._session = session
+        self._every = every
+        self._wakes: dict[str, Callable[[], None]] = {}
+        self._query: sql.Composed | None = None
+        self._failures = 0
+        self._task = BackgroundTask("lookout", self._run)
+
+    def add(self, schema: str, wake: Callable[[], None]) -> None:
+        self._wakes[schema] = wake
+        self._query = None
+        self._task.start()
+
+    def remove(self, schema: str) -> None:
+        self._wakes.pop(schema, None)
+        self._query = None
+
+    async def stop(self) -> None:
+        await self._task.stop()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            for wake in await self._with_work():
+                wake()
+
+    async def _with_work(self) -> list[Callable[[], None]]:
+        wakes = dict(self._wakes)
+        if not wakes:
+            return []
+        try:
+            async with self._session.turn() as conn:
+                cursor = await conn.execute(self._look(wakes))
+                found = {str(row[0]) for row in await cursor.fetchall()}
+        except (RelayError, psycopg.Error) as exc:
+            await self._session.discard()
+            self._failures += 1
+            level = logging.WARNING if self._failures == 1 else logging.DEBUG
+            log.log(level, "the shared look for work failed (%s); every outbox looks", exc)
+            return list(wakes.values())  # unsure: let each one look for itself
+        self._failures = 0
+        return [wake for schema, wake in wakes.items() if schema in found]
+
+    def _look(self, wakes: dict[str, Callable[[], None]]) -> sql.Composed:
+        if self._query is None:
+            self._query = sql.SQL(" UNION ALL ").join(
+                bind(
+                    "outboxes.sql",
+                    "has_work",
+                    outbox=sql.Literal(schema),
+                    schema=sql.Identifier(schema),
+                )
+                for schema in sorted(wakes)
+            )
+        return self._query
+
+
+class LookoutShare:
+    """One outbox's place on its database's Lookout."""
+
+    def __init__(self, lookout: Lookout, schema: str, wake: Callable[[], None]) -> None:
+        self._lookout = lookout
+        self._schema = schema
+        self._wake = wake
+
+    def start(self) -> None:
+        self._lookout.add(self._schema, self._wake)
+
+    async def stop(self) -> None:
+        self._lookout.remove(self._schema)
+
+
 class PollDatabase:
     """The sessions and listener one database's polling outboxes share."""
 
@@ -230,6 +319,7 @@ class PollDatabase:
         self.pool = ClaimPool(config, claim_pool_size(config))
         listen = DbSession(config.dsn, "listen", connect_timeout=config.connect_timeout)
         self.listener = SharedListener(listen, config.poll_linger)
+        self.lookout = Lookout(self._duties["scheduler"], config.poll_interval)
         self.sessions: list[DbSession] = [*self._duties.values(), *self.pool.sessions, listen]
 
     def duty(self, name: str) -> DbSession:
@@ -241,7 +331,17 @@ class PollDatabase:
     def listener_for(self, schema: str, wake: Callable[[], None]) -> ListenerShare:
         return ListenerShare(self.listener, schema, wake)
 
+    def lookout_for(self, schema: str, wake: Callable[[], None]) -> LookoutShare:
+        return LookoutShare(self.lookout, schema, wake)
+
+    @staticmethod
+    def outbox_config(config: RelayConfig) -> RelayConfig:
+        """An outbox's own looks for work (its lanes' fallback poll, its scheduler's
+        recheck) become rare: the Lookout looks for all of them every --poll-interval."""
+        return replace(config, poll_interval=max(config.poll_interval, OWN_LOOK_EVERY))
+
     async def close(self) -> None:
+        await self.lookout.stop()
         await self.listener.stop()
         await self.pool.close()
         await asyncio.gather(*(session.close() for session in self._duties.values()))

@@ -45,9 +45,10 @@ class PollSource:
     """Drains one outbox table by polling, side by side with any other relays."""
 
     def __init__(self, parts: SourceParts) -> None:
-        config, keep = parts.config, parts.keep_session
-        self.config = config
+        keep = parts.keep_session
         shared = parts.database if isinstance(parts.database, PollDatabase) else None
+        config = shared.outbox_config(parts.config) if shared else parts.config
+        self.config = config
 
         def duty(name: str, settings: Mapping[str, str] | None = None) -> DbSession:
             return shared.duty(name) if shared else keep(duty_session(config, name, settings))
@@ -107,6 +108,7 @@ class PollSource:
                 coalesce=config.poll_linger,
             )
         )
+        self.lookout = shared.lookout_for(config.schema, self._notified) if shared else None
         self.retention = RetentionTask(
             duty("housekeeping", INDEX_PLAN_SETTINGS),
             config.schema,
@@ -146,6 +148,8 @@ class PollSource:
     async def run(self, stopping: asyncio.Event) -> None:
         self.leases.start()
         self.listener.start()
+        if self.lookout is not None:
+            self.lookout.start()
         self.retention.start()
         self.scheduler.start(stopping)
         await asyncio.gather(*(poller.run(stopping) for poller in self.pollers))
@@ -154,6 +158,8 @@ class PollSource:
         """Stop listening and purging, hand the leases back (others take the buckets at
         once, not after the TTL), close the lanes: each step within ``timeout``."""
         await bounded(self.listener.stop(), timeout, "listener")
+        if self.lookout is not None:
+            await self.lookout.stop()
         await bounded(self.retention.stop(), timeout, "retention")
         await bounded(self.scheduler.stop(), timeout, "scheduler")
         await bounded(self.leases.stop(), timeout, "lease keeper")

@@ -21,3 +21,12 @@ FROM pg_namespace n
 WHERE n.nspname LIKE %(pattern)s
   AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%%'
 ORDER BY n.nspname;
+
+-- name: has_work
+-- One outbox's branch of the look its database's outboxes share (relay.poll.shared): its
+-- name if it holds a message to claim or a delayed message that is due. The branches are
+-- joined with UNION ALL, one query for every outbox of a database.
+SELECT {outbox}::text WHERE EXISTS (
+    SELECT 1 FROM {schema}.messages
+    WHERE sent_at IS NULL AND parked_at IS NULL AND available_at <= now()
+  ) OR EXISTS (SELECT 1 FROM {schema}.scheduled WHERE available_at <= now())

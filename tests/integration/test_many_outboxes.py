@@ -62,3 +62,40 @@ def test_outboxes_sharing_one_claim_connection_take_turns_after_every_batch(db_d
     # a busy machine); a quiet outbox left to wait for the busy one's pauses or its end
     # would see most of the 200 batches go first.
     assert busy_by_then < 10_000, f"{waited} batches ({busy_by_then} messages) went first"
+
+
+def insert_without_notify(dsn: str, schema: str, topic: str) -> None:
+    """A row no NOTIFY announces (as while writers are told not to notify, or while the
+    listener reconnects): the outbox's triggers do not fire for a replica session."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(
+            f"INSERT INTO {schema}.messages (topic, key, payload) "  # noqa: S608 (a fixed name)
+            "VALUES (%s, 'k', '{}'::jsonb)",
+            (topic,),
+        )
+
+
+def test_one_look_per_poll_interval_finds_what_no_notify_announced(db_dsn):
+    for schema in ("a", "b"):
+        install_outbox(db_dsn, schema)
+    config = relay_config(db_dsn, schemas=("a", "b"), poll_interval=0.5)
+    connector = InMemoryConnector()
+
+    async def scenario() -> float:
+        service = FleetService(config, connector=connector)
+        task = asyncio.create_task(service.run())
+        try:
+            await asyncio.sleep(1.5)  # started, each outbox's first looks done
+            await asyncio.to_thread(insert_without_notify, db_dsn, "b", "unannounced")
+            return await eventually(
+                lambda: any(m.topic == "unannounced" for m in connector.published),
+                10,
+                "the unannounced message",
+            )
+        finally:
+            service.request_stop()
+            await asyncio.wait_for(task, 30)
+
+    # within the poll interval and a little: the outboxes' own looks are 30 s apart
+    assert asyncio.run(scenario()) < 3.0
