@@ -11,7 +11,7 @@ PYTEST := $(UV) run --frozen pytest -ra
 BENCH_ARGS ?= --quick
 WRITER_ARGS ?= --update-docs docs/performance.md
 
-.PHONY: setup demo test lint unit integration e2e faults bench bench-writers clean
+.PHONY: setup demo test lint unit integration e2e faults bench bench-writers bench-many clean
 
 # uv comes from PyPI into .tools, through a virtual environment: Debian and Ubuntu ship
 # venv's ensurepip in a package of its own, which a stock install lacks.
@@ -58,6 +58,10 @@ bench: setup
 # docs/performance.md (WRITER_ARGS= to leave the docs alone).
 bench-writers: setup
 	$(UV) run --frozen --group bench python -m benchmarks.writer_cost $(WRITER_ARGS)
+
+# One relay over 200 tenant schemas against a relay of one outbox (issue 31, ~5 min a round).
+bench-many: setup
+	$(UV) run --frozen --group bench python -m benchmarks.many_outboxes $(MANY_ARGS)
 
 clean:
 	rm -rf .venv .tools .pytest_cache .mypy_cache .ruff_cache

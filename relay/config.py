@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from relay.cdc.settings import CdcSettings
 from relay.dsn import dsn_problems
@@ -13,6 +13,7 @@ from relay.durations import AGE, PG_TIMEOUT, TIMER, DurationRange
 from relay.errors import ConfigError
 from relay.formats.settings import FormatSettings
 from relay.names import as_sentence, schema_problem
+from relay.outboxes import OutboxAddress, pattern_problem
 
 DEFAULT_SCHEMA = "outbox"
 DEFAULT_MODE = "poll"
@@ -49,8 +50,10 @@ MAX_MESSAGE_BYTES = 1_000_000_000
 MAX_ATTEMPTS = 2_147_483_647
 MAX_BATCH_SIZE = 10_000
 MODES = ("poll", "cdc")
+# How often --schema-pattern looks again for schemas migrated or dropped since.
+DEFAULT_DISCOVER_EVERY = 10.0
+MAX_DB_CONNECTIONS = 10_000
 RETENTION = DurationRange(AGE.low, AGE.high, zero="delete once confirmed", reason=AGE.reason)
-
 
 
 def default_relay_name() -> str:
@@ -64,6 +67,15 @@ class RelayConfig:
 
     dsn: str
     schema: str = DEFAULT_SCHEMA
+    # Several outboxes in one process (docs/multi-tenant.md): every database of ``dsns``
+    # with every schema of ``schemas`` and those matching ``schema_pattern``. Empty: the
+    # one outbox ``dsn`` and ``schema`` name, as a relay of one outbox always had.
+    dsns: tuple[str, ...] = ()
+    schemas: tuple[str, ...] = ()
+    schema_pattern: str | None = None
+    discover_every: float = DEFAULT_DISCOVER_EVERY
+    # PostgreSQL connections the relay may hold to one database; 0: as many as it needs.
+    max_db_connections: int = 0
     mode: str = DEFAULT_MODE
     connector: str = DEFAULT_CONNECTOR
     # NAME=VALUE as the user gave them: the connector's own settings class parses and
@@ -90,15 +102,32 @@ class RelayConfig:
     cdc: CdcSettings = field(default_factory=CdcSettings)
     formats: FormatSettings = field(default_factory=FormatSettings)
 
+    @property
+    def databases(self) -> tuple[str, ...]:
+        """Every database DSN to drain."""
+        return self.dsns or (self.dsn,)
+
+    @property
+    def named_schemas(self) -> tuple[str, ...]:
+        """The schemas named outright (``schema_pattern`` may add more per database)."""
+        if self.schemas:
+            return self.schemas
+        return () if self.schema_pattern else (self.schema,)
+
+    @property
+    def many_outboxes(self) -> bool:
+        """More than one outbox, or a pattern that may find any number of them."""
+        return len(self.databases) * len(self.named_schemas) > 1 or bool(self.schema_pattern)
+
+    def for_outbox(self, outbox: OutboxAddress) -> RelayConfig:
+        """The configuration of one outbox's source: this one, for that database and schema."""
+        return replace(
+            self, dsn=outbox.dsn, schema=outbox.schema, dsns=(), schemas=(), schema_pattern=None
+        )
+
     def problems(self) -> list[str]:
         """Every problem with this configuration, each as one plain sentence."""
-        found: list[str] = []
-        if not self.dsn.strip():
-            found.append("The database DSN is empty; pass --dsn or set OUTBOX_RELAY_DSN.")
-        else:
-            found.extend(dsn_problems(self.dsn))
-        if problem := schema_problem(self.schema):
-            found.append(as_sentence(problem))
+        found = self._outbox_problems()
         if self.mode not in MODES:
             found.append(f"The mode {self.mode!r} is unknown; choose one of: {', '.join(MODES)}.")
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -109,8 +138,57 @@ class RelayConfig:
         found.extend(self._operability_problems())
         found.extend(self.formats.problems(connector=self.connector))
         if self.mode == "cdc":
-            found.extend(self.cdc.problems(self.schema, publish_timeout=self.publish_timeout))
+            found.extend(self._cdc_problems())
         return found
+
+    def _outbox_problems(self) -> list[str]:
+        found: list[str] = []
+        if not any(dsn.strip() for dsn in self.databases):
+            found.append("The database DSN is empty; pass --dsn or set OUTBOX_RELAY_DSN.")
+        for dsn in self.databases:
+            found.extend(dsn_problems(dsn) if dsn.strip() else [])
+        if len(set(self.databases)) < len(self.databases):
+            found.append("The same database DSN is given twice; give each database once.")
+        for schema in self.named_schemas:
+            if problem := schema_problem(schema):
+                found.append(as_sentence(problem))
+        if len(set(self.named_schemas)) < len(self.named_schemas):
+            found.append("The same schema is given twice; give each schema once.")
+        if self.schema_pattern is not None and (problem := pattern_problem(self.schema_pattern)):
+            found.append(as_sentence(problem))
+        if not 0 <= self.max_db_connections <= MAX_DB_CONNECTIONS:
+            found.append(
+                f"The connection cap per database must be between 0 (no cap) and "
+                f"{MAX_DB_CONNECTIONS}."
+            )
+        elif 0 < self.max_db_connections < (least := self._fewest_connections()):
+            found.append(
+                f"--max-db-connections {self.max_db_connections} is too few: a database's "
+                f"outboxes need at least {least} in {self.mode} mode (docs/multi-tenant.md)."
+            )
+        return found
+
+    def _fewest_connections(self) -> int:
+        """Polling: leases, scheduler, listener, sampler, (housekeeping,) one to claim with;
+        CDC: one outbox's six and the sampler's."""
+        if self.mode == "cdc":
+            return 7
+        return 6 if self.retention > 0 else 5
+
+    def _cdc_problems(self) -> list[str]:
+        schemas = self.named_schemas or (self.schema,)
+        found = [
+            problem
+            for schema in schemas
+            for problem in self.cdc.problems(schema, publish_timeout=self.publish_timeout)
+        ]
+        if self.many_outboxes and self.cdc.names_one_outbox():
+            found.append(
+                "--cdc-slot, --cdc-publication and --cdc-table name one outbox's; with "
+                "several outboxes leave them out: each outbox then gets a slot and a "
+                "publication named outbox_relay_<schema> (docs/multi-tenant.md)."
+            )
+        return list(dict.fromkeys(found))
 
     def _operability_problems(self) -> list[str]:
         found: list[str] = []

@@ -3,10 +3,11 @@ listening): a stuck statement on one duty cannot starve the others (bulkheads)."
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import zlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import psycopg
@@ -59,6 +60,25 @@ class DbSession:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.connects = 0  # connections opened (more than one: it reconnected)
         self.discards = 0  # connections thrown away after a failure
+        # Held for a unit of work (a transaction, a few statements) where the session is
+        # shared by several outboxes' duties (SharedSession); uncontended otherwise.
+        self._turn = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The connection, for this caller alone until the block ends."""
+        async with self._turn:
+            yield await self.connection()
+
+    async def release(self) -> None:
+        """Done with the connection until the next call (a pooled session hands it back)."""
+
+    async def discard_if_unusable(self) -> None:
+        """Discard the connection if a failure left it unfit, waiting for the turn first:
+        never under another caller's statement."""
+        async with self._turn:
+            if not usable(self._conn):
+                await self.discard()
 
     @property
     def connected(self) -> bool:
@@ -123,6 +143,41 @@ async def open_connection(
         await conn.close()
         raise
     return conn
+
+
+class SharedSession(DbSession):
+    """One outbox's use of a session its database's other outboxes use too
+    (relay.poll.shared): work goes through :meth:`turn`; a failure discards the
+    connection only if it is no longer usable, and closing leaves it to the others."""
+
+    def __init__(self, shared: DbSession) -> None:
+        self._shared = shared
+        self.duty = shared.duty
+        self.connects = self.discards = 0  # the shared session counts them
+    @property
+    def connected(self) -> bool:
+        return self._shared.connected
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        return await self._shared.connection()
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        async with self._shared.turn() as conn:
+            yield conn
+
+    async def discard(self) -> None:
+        await self._shared.discard_if_unusable()
+
+    async def close(self) -> None:
+        """The database's other outboxes go on using it (relay.poll.shared closes it)."""
+
+
+def usable(conn: psycopg.AsyncConnection[Any] | None) -> bool:
+    """Open, not broken, and outside any transaction: fit for the next caller."""
+    if conn is None or conn.closed or conn.broken:
+        return False
+    return conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
 
 def connection_failure(dsn: str, exc: psycopg.Error) -> RelayError:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -45,6 +45,14 @@ MAX_CONNECTIONS = 16
 class Verdict:
     ok: bool
     detail: dict[str, Any]
+
+
+class Probes(Protocol):
+    """What the probe server asks: a HealthState, or every outbox's (relay.fleet_health)."""
+
+    def liveness(self) -> Verdict: ...
+
+    def readiness(self) -> Verdict: ...
 
 
 class HealthState:
@@ -78,12 +86,18 @@ class HealthState:
             self._promises.pop(STARTUP, None)
             self.started = True
 
+    def forget(self, loop: str) -> None:
+        """``loop`` has ended: its last promise no longer counts."""
+        self._promises.pop(loop, None)
+
     def database_answered(self) -> None:
         self._db_answered_at = self._clock()
 
     def liveness(self) -> Verdict:
         # A copy taken in one C call: the event loop may add a loop's first promise now.
         promises = list(self._promises.items())
+        if not promises:  # between a loop that ended and the next one's first beat
+            return Verdict(True, {"loop": "running"})
         loop, due = min(promises, key=lambda promise: promise[1])  # the most overdue
         late = self._clock() - due
         ok = late <= self._slack
@@ -142,7 +156,7 @@ class HealthServer:
         self,
         host: str,
         port: int,
-        state: HealthState,
+        state: Probes,
         registry: CollectorRegistry,
         *,
         max_connections: int = MAX_CONNECTIONS,
@@ -196,7 +210,7 @@ class HealthServer:
 
 
 def _handler(
-    state: HealthState, registry: CollectorRegistry, read_timeout: float
+    state: Probes, registry: CollectorRegistry, read_timeout: float
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "outbox-relay"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,31 @@ import orjson
 from relay.secrets import redact
 
 _TRACEBACKS = logging.Formatter()
+
+# The outbox whose work logs a line, in a relay of several (relay.fleet sets it in each
+# outbox's task; the tasks it starts inherit it): text lines begin with [database/schema],
+# JSON lines have an "outbox" field.
+CURRENT_OUTBOX: ContextVar[str | None] = ContextVar("outbox_relay_outbox", default=None)
+
+
+class NameTheOutbox(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (outbox := CURRENT_OUTBOX.get()) is not None:
+            record.outbox = outbox
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        outbox = getattr(record, "outbox", None)
+        if outbox is None:
+            return line
+        head, _, message = line.partition(f"{record.name}: ")
+        return f"{head}{record.name}: [{outbox}] {message}"
 
 
 class ScrubSecrets(logging.Filter):
@@ -67,8 +93,9 @@ def configure_logging(level: str, secrets: Iterable[str] = (), log_format: str =
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     handler.addFilter(ScrubSecrets(secrets))
+    handler.addFilter(NameTheOutbox())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

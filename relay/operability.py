@@ -13,7 +13,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -34,36 +35,51 @@ SourceFigures = Callable[[psycopg.Connection[Any]], dict[str, Any]]
 SAMPLE_STATEMENT_TIMEOUT_MS = 5000
 
 
+@dataclass(frozen=True)
+class SampleTarget:
+    """One outbox the sampler reads: its schema, where its figures go, and its source's
+    own figures (CDC: the slot's lag)."""
+
+    schema: str
+    metrics: RelayMetrics
+    health: HealthState
+    source_figures: SourceFigures
+
+
 class BacklogSampler:
-    """Every ``every`` seconds: pending, oldest age, dead letters, held keys, CDC lag."""
+    """Every ``every`` seconds: pending, oldest age, dead letters, held keys, CDC lag, of
+    each outbox it was given (one for a relay of one outbox; in a relay of many, every
+    outbox of a database, read in one thread one after another)."""
 
     def __init__(
         self,
         config: RelayConfig,
-        metrics: RelayMetrics,
-        health: HealthState,
-        source_figures: SourceFigures,
+        targets: Sequence[SampleTarget] = (),
         every: float = SAMPLE_EVERY,
+        connection: SamplerConnection | None = None,
     ) -> None:
-        self._config = config
-        self._metrics = metrics
-        self._health = health
-        self._source_figures = source_figures
+        self._owns_connection = connection is None
+        self._connection = connection or SamplerConnection(config)
+        self._targets = {target.schema: target for target in targets}
         self._every = every
-        self._conn: psycopg.Connection[Any] | None = None
         self._in_flight: asyncio.Future[dict[str, Any]] | None = None
         self._task = BackgroundTask("backlog-sampler", self._run)
         self._failures = 0
+
+    def add(self, target: SampleTarget) -> None:
+        self._targets[target.schema] = target
+        self._task.start()
+
+    def remove(self, schema: str) -> None:
+        self._targets.pop(schema, None)
 
     def start(self) -> None:
         self._task.start()
 
     async def stop(self) -> None:
         await self._task.stop()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # closing is best effort
-                conn.close()
+        if self._owns_connection:
+            self._connection.close()
 
     async def _run(self) -> None:
         while True:
@@ -73,50 +89,100 @@ class BacklogSampler:
     async def sample_once(self) -> None:
         if self._in_flight is not None and not self._in_flight.done():
             return  # the previous sample is still stuck on the database
-        self._in_flight = _in_daemon_thread(self._read)
+        targets = list(self._targets.values())
+        self._in_flight = _in_daemon_thread(lambda: self._read(targets))
         try:
             # Left running on a timeout: the next round sees it still in flight.
-            figures = await result_within(self._in_flight, self._every)
+            found = await result_within(self._in_flight, self._every)
         except (TimeoutError, psycopg.Error) as exc:
             self._sample_failed(exc)
             return
-        self._failures = 0
-        self._publish(figures)
+        for target in targets:
+            figures = found.get(target.schema)
+            if isinstance(figures, psycopg.Error):
+                self._sample_failed(figures)
+            elif figures is not None:
+                self._failures = 0
+                _publish(target, figures)
 
     def _sample_failed(self, exc: BaseException) -> None:
         self._failures += 1
         level = logging.WARNING if self._failures == 1 else logging.DEBUG
         log.log(level, "could not read the backlog figures: %s", exc or type(exc).__name__)
 
-    def _publish(self, figures: dict[str, Any]) -> None:
-        m = self._metrics
-        m.pending.set(figures["pending"])
-        m.oldest_pending_age.set(figures["oldest_pending_age_seconds"] or 0.0)
-        m.dead_letters.set(figures["dead_letters"])
-        m.held_keys.set(figures["held_keys"])
-        if "cdc" in figures:
-            cdc = figures["cdc"]
-            m.set_cdc_slot_lag(cdc["slot"], cdc["lag_bytes"])
-        m.backlog_sampled.set(time.time())
-        self._health.database_answered()
+    def _read(self, targets: Sequence[SampleTarget]) -> dict[str, Any]:
+        """Runs in the sampler's own thread, on its connection: each outbox's figures, or
+        the error of its statements (a schema just dropped) while the connection lives."""
+        found: dict[str, Any] = {}
+        with self._connection.use() as conn:
+            for target in targets:
+                try:
+                    found[target.schema] = {
+                        **sample_backlog(conn, target.schema),
+                        **target.source_figures(conn),
+                    }
+                except psycopg.Error as exc:
+                    if conn.closed or conn.broken:
+                        raise
+                    found[target.schema] = exc
+        return found
 
-    def _read(self) -> dict[str, Any]:
-        """Runs in the sampler's own thread, on its own connection."""
+
+def _publish(target: SampleTarget, figures: dict[str, Any]) -> None:
+    m = target.metrics
+    m.pending.set(figures["pending"])
+    m.oldest_pending_age.set(figures["oldest_pending_age_seconds"] or 0.0)
+    m.dead_letters.set(figures["dead_letters"])
+    m.held_keys.set(figures["held_keys"])
+    if "cdc" in figures:
+        cdc = figures["cdc"]
+        m.set_cdc_slot_lag(cdc["slot"], cdc["lag_bytes"])
+    m.backlog_sampled.set(time.time())
+    target.health.database_answered()
+
+
+class SamplerConnection:
+    """The backlog sampler's connection, opened when first used, reopened after a
+    failure; in a relay of many outboxes one database's samplers share it, a sample at
+    a time."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self._dsn = config.dsn
+        self._connect_timeout = config.connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[psycopg.Connection[Any]]:
+        with self._lock:
+            try:
+                yield self._connection()
+            except psycopg.Error:
+                self._close()
+                raise
+
+    def close(self) -> None:
+        """Close it unless a sample holds it (one stuck on a dead connection: its daemon
+        thread ends with the process)."""
+        if not self._lock.acquire(blocking=False):
+            return
         try:
-            conn = self._connection()
-            return {**sample_backlog(conn, self._config.schema), **self._source_figures(conn)}
-        except psycopg.Error:
-            stale, self._conn = self._conn, None
-            if stale is not None:
-                stale.close()
-            raise
+            with contextlib.suppress(Exception):  # closing is best effort
+                self._close()
+        finally:
+            self._lock.release()
+
+    def _close(self) -> None:
+        stale, self._conn = self._conn, None
+        if stale is not None:
+            stale.close()
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = psycopg.connect(
-                self._config.dsn,
+                self._dsn,
                 autocommit=True,
-                connect_timeout=max(1, round(self._config.connect_timeout)),
+                connect_timeout=max(1, round(self._connect_timeout)),
                 application_name="outbox-relay/metrics",
             )
             self._conn.execute(
@@ -166,7 +232,9 @@ class Operability:
     ) -> None:
         health.circuit = lambda: breaker.state.value
         self._health = health
-        self.sampler = BacklogSampler(config, metrics, health, source_figures)
+        self.sampler = BacklogSampler(
+            config, [SampleTarget(config.schema, metrics, health, source_figures)]
+        )
         self.server: HealthServer | None = None
         if config.metrics_port:
             self.server = HealthServer(

@@ -245,12 +245,12 @@ async def write_acknowledgement(
 
 async def purge_sent(session: DbSession, schema: str, retention: float) -> int:
     """Delete sent rows older than ``retention`` seconds, a chunk at a time."""
-    conn = await session.connection()
     total = 0
     for _ in range(PURGE_CHUNKS_PER_ROUND):
-        cursor = await conn.execute(
-            query("purge_sent", schema), {"retention": retention, "limit": PURGE_CHUNK}
-        )
+        async with session.turn() as conn:  # a chunk at a time: others may share it
+            cursor = await conn.execute(
+                query("purge_sent", schema), {"retention": retention, "limit": PURGE_CHUNK}
+            )
         total += cursor.rowcount
         if cursor.rowcount < PURGE_CHUNK:
             break

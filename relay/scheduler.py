@@ -26,8 +26,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
+from psycopg import AsyncConnection
 
 from relay.backoff import full_jitter
 from relay.db import DbSession, lock_space
@@ -131,18 +133,21 @@ class Scheduler:
         return min(recheck, max(result.next_due_in, 0.0) + DUE_SLACK)
 
     async def _promote_if_due(self) -> Promotion:
-        conn = await self._session.connection()
-        cursor = await conn.execute(self._next_due, prepare=True)
-        row = await cursor.fetchone()
-        due_in = row[0] if row is not None else None
-        if due_in is None or due_in > 0:
-            return Promotion(0, 0, True, due_in)
-        return await self.promote_due()
+        async with self._session.turn() as conn:
+            cursor = await conn.execute(self._next_due, prepare=True)
+            row = await cursor.fetchone()
+            due_in = row[0] if row is not None else None
+            if due_in is None or due_in > 0:
+                return Promotion(0, 0, True, due_in)
+            return await self._promote_due(conn)
 
     async def promote_due(self) -> Promotion:
         """Move every due message into the outbox, a chunk per transaction; the last
         chunk's result (with the totals of all chunks)."""
-        conn = await self._session.connection()
+        async with self._session.turn() as conn:
+            return await self._promote_due(conn)
+
+    async def _promote_due(self, conn: AsyncConnection[Any]) -> Promotion:
         moved = promoted = 0
         while True:
             cursor = await conn.execute(self._promote, self._params)

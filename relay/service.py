@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import uuid
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -28,6 +29,9 @@ from relay.privileges import require_privileges
 from relay.source import Source, SourceKind, SourceParts
 from relay.tasks import bounded
 from relay.tracing import traced
+
+if TYPE_CHECKING:
+    from relay.fleet_service import FleetService
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +176,13 @@ def tune_garbage_collector() -> None:
 
 async def run_service(config: RelayConfig) -> None:
     """Run a relay in this process with SIGTERM/SIGINT wired to a graceful stop."""
-    service = RelayService(config)
+    service: RelayService | FleetService
+    if config.many_outboxes:
+        from relay.fleet_service import FleetService
+
+        service = FleetService(config)
+    else:
+        service = RelayService(config)
     tune_garbage_collector()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -34,6 +34,9 @@ class SourceParts:
     health: HealthState
     # Registers a database session, so the metrics can show what each one is doing.
     keep_session: Callable[[DbSession], DbSession]
+    # In a relay of many outboxes, what the outboxes of this database share: built once
+    # per database by the mode's ``SourceKind.share`` (None: the source has its own).
+    database: object | None = None
 
 
 class Source(Protocol):
@@ -64,3 +67,17 @@ class SourceKind:
 
     preflight: Callable[[RelayConfig], None]
     build: Callable[[SourceParts], Source]
+    # What one database's outboxes of this mode share in a relay of many (the object
+    # goes to each source as ``SourceParts.database``); None: nothing, each has its own.
+    share: Callable[[RelayConfig], DatabaseShare] | None = None
+    # The PostgreSQL connections ``n`` outboxes of one database hold at most in this mode
+    # (docs/multi-tenant.md), the backlog sampler's aside.
+    connections: Callable[[RelayConfig, int], int] = lambda config, n: 6 * n
+
+
+class DatabaseShare(Protocol):
+    """Connections one database's outboxes share; closed once, when the relay stops."""
+
+    sessions: list[DbSession]
+
+    async def close(self) -> None: ...

@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from relay.cdc.status import format_cdc_status
 from relay.migrations import require_schema
 from relay.sqlfiles import query
 
@@ -112,3 +113,49 @@ def format_status(status: dict[str, Any]) -> str:
             f"{len(relay['buckets']):>3} buckets  {relay['published']} published"
         )
     return "\n".join(lines)
+
+
+# What ``status`` adds up across several outboxes.
+_TOTALLED = ("pending", "dead_letters", "scheduled")
+
+
+def status_totals(shown: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sums across the outboxes shown, and how many could not be read. An outbox's
+    counts stop at ``counts_stop_at``, so a total that took a stopped count is at least that."""
+    read = [status for status in shown if "error" not in status]
+    totals: dict[str, Any] = {"outboxes": len(shown), "failed": len(shown) - len(read)}
+    for name in _TOTALLED:
+        totals[name] = sum(status.get(name, 0) for status in read)
+    totals["counts_stop_at"] = COUNT_CAP
+    return totals
+
+
+def format_many_status(shown: list[dict[str, Any]], totals: dict[str, Any]) -> str:
+    """One block per outbox, headed by its database and schema, then the totals."""
+    blocks = [_format_one(status) for status in shown]
+    stopped = [name for name in _TOTALLED if any(s.get(name, 0) >= COUNT_CAP for s in shown)]
+
+    def total(name: str) -> str:
+        return f"at least {totals[name]}" if name in stopped else str(totals[name])
+
+    failed = f", {totals['failed']} not read" if totals["failed"] else ""
+    blocks.append(
+        "\n".join(
+            [
+                f"== totals: {totals['outboxes']} outboxes{failed} ==",
+                f"pending messages:    {total('pending')}",
+                f"parked messages:     {total('dead_letters')} in the dead letters",
+                f"scheduled messages:  {total('scheduled')}",
+            ]
+        )
+    )
+    return "\n".join(blocks)
+
+
+def _format_one(status: dict[str, Any]) -> str:
+    schema = status["schema"] if status["schema"] is not None else status.get("schema_pattern")
+    header = f"== {status['database']}/{schema} =="
+    if "error" in status:
+        return f"{header}\nerror: {status['error']}"
+    cdc = "\n" + format_cdc_status(status["cdc"]) if "cdc" in status else ""
+    return f"{header}\n{format_status(status)}{cdc}"

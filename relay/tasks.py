@@ -77,6 +77,14 @@ class BackgroundTask:
         if self._task is None:
             self._task = asyncio.create_task(self._work(), name=self.name)
 
+    async def finished(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for the task to end on its own; True if it did
+        (or never started)."""
+        if self._task is None:
+            return True
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        return bool(done)
+
     async def stop(self, *, cancel: bool = True) -> None:
         task, self._task = self._task, None
         if task is None:

@@ -313,4 +313,11 @@ def _cdc_source(parts: SourceParts) -> CdcRelay:
     return CdcRelay(parts.config, parts.connector, relay_id=parts.relay_id, health=parts.health)
 
 
-CDC = SourceKind(preflight=require_ready, build=_cdc_source)
+def cdc_connections(config: RelayConfig, outboxes: int) -> int:
+    """Each outbox streams from a slot of its own: its leader, replication stream,
+    set-aside drain, housekeeping and scheduler connections, and the snapshot's while a
+    slot is first created."""
+    return 6 * outboxes
+
+
+CDC = SourceKind(preflight=require_ready, build=_cdc_source, connections=cdc_connections)

@@ -100,6 +100,10 @@ class CdcSettings:
     snapshot: str = SNAPSHOT_NONE
     debezium_options: Mapping[str, str] = field(default_factory=dict)
 
+    def names_one_outbox(self) -> bool:
+        """A slot, publication or table named outright: they belong to one outbox."""
+        return any((self.slot, self.publication, self.table))
+
     def resolve(self, schema: str) -> CdcNames:
         """The names for outbox ``schema``; call ``problems()`` first."""
         derived = f"{NAME_PREFIX}{schema}"

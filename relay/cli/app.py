@@ -72,6 +72,26 @@ from relay.cli.drain_options import (
     drain_settings,
 )
 from relay.cli.inbox import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
+from relay.cli.many_outboxes import OutboxChoice, migrate_each, report_each, show_many_status
+from relay.cli.migrate_options import (
+    GrantsModeOption,
+    MigrateDsnsOption,
+    MigrateSchemaPatternOption,
+    PrintGrantsOption,
+    PrintSqlOption,
+    StatusDsnsOption,
+    StatusSchemaPatternOption,
+)
+from relay.cli.outbox_options import (
+    DEFAULT_DISCOVER_EVERY,
+    DiscoverEveryOption,
+    DsnsOption,
+    MaxDbConnectionsOption,
+    SchemaPatternOption,
+    SchemasOption,
+    listed_dsns,
+    listed_schemas,
+)
 from relay.cli.run_options import (
     DEFAULT_RETRY_BASE,
     DEFAULT_RETRY_CAP,
@@ -93,13 +113,15 @@ from relay.config import RelayConfig
 from relay.connector import connector_factory
 from relay.db import connection_failure
 from relay.dsn import check_dsn, secrets_in
+from relay.durations import parse_duration
 from relay.errors import ConfigError, RelayError, translate_db_error
 from relay.formats.settings import ENVELOPE_NONE
-from relay.grants import GRANT_MODES, render_grants
+from relay.grants import render_grants
 from relay.logs import configure_logging
 from relay.migrations import applied_by_track, migrate, render_script
 from relay.names import check_schema_name
-from relay.secrets import redact, secret_values, value_or_file
+from relay.outboxes import split_dsns
+from relay.secrets import read_secret_file, redact, secret_values, value_or_file
 from relay.status import collect_status, format_status
 
 log = logging.getLogger(__name__)
@@ -127,6 +149,20 @@ def main_options(version: VersionOption = False) -> None:
     """Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ."""
 
 
+def dsns_from(dsns: list[str], dsn_file: str | None) -> list[str]:
+    """The DSNs of --dsn, or those of --dsn-file (one per line; not both); their
+    passwords are scrubbed from output."""
+    if dsn_file:
+        if dsns:
+            raise ConfigError("give either --dsn or --dsn-file, not both")
+        dsns = split_dsns(read_secret_file(dsn_file, "DSN", "--dsn-file"))
+    for dsn in dsns:
+        _secrets.extend(secrets_in(dsn))
+    for dsn in dsns:
+        check_dsn(dsn)
+    return dsns
+
+
 def dsn_from(dsn: str, dsn_file: str | None) -> str:
     """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
     chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
@@ -136,10 +172,25 @@ def dsn_from(dsn: str, dsn_file: str | None) -> str:
     return chosen or ""
 
 
+def _scrub(text: str) -> str:
+    return redact(text, _secrets)
+
+
 def fail(message: str, code: int = EXIT_FAILURE) -> None:
     text = redact(message, _secrets)
     typer.echo(f"outbox-relay: error: {text}", err=True)
     raise typer.Exit(code)
+
+
+def _texts(values: Any) -> list[str]:
+    """Every string among the command's arguments, those in lists (--dsn) too."""
+    found: list[str] = []
+    for value in values:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, list | tuple):
+            found.extend(item for item in value if isinstance(item, str))
+    return found
 
 
 def clear_errors(command: F) -> F:
@@ -147,7 +198,7 @@ def clear_errors(command: F) -> F:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _secrets[:] = secrets_in(*(str(v) for v in kwargs.values() if isinstance(v, str)))
+        _secrets[:] = secrets_in(*_texts(kwargs.values()))
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
@@ -186,71 +237,63 @@ def _connect(
 @app.command("migrate")
 @clear_errors
 def migrate_command(
-    dsn: Annotated[
-        str,
-        typer.Option(
-            "--dsn",
-            envvar=_env("DSN"),
-            metavar="DSN",
-            show_default=False,
-            help="PostgreSQL connection string. With --print: print only the migrations "
-            "this database still needs.",
-        ),
-    ] = "",
-    schema: SchemaOption = defaults.DEFAULT_SCHEMA,
-    print_sql: Annotated[
-        bool,
-        typer.Option(
-            "--print",
-            "--dry-run",
-            envvar=_env("MIGRATE_PRINT"),
-            help="Write the SQL to stdout instead of applying it, one block per migration "
-            "(for Alembic, Flyway, Django, ...).",
-        ),
-    ] = False,
+    ctx: typer.Context,
+    dsn: MigrateDsnsOption = None,
+    schema: SchemasOption = None,
+    schema_pattern: MigrateSchemaPatternOption = None,
+    print_sql: PrintSqlOption = False,
     inbox_only: InboxOnlyOption = False,
     dsn_file: DsnFileOption = None,
-    print_grants: Annotated[
-        str | None,
-        typer.Option(
-            "--print-grants",
-            envvar=_env("MIGRATE_PRINT_GRANTS"),
-            metavar="ROLE",
-            show_default=False,
-            help="Write the GRANTs ROLE needs (see --mode) to stdout; connects to nothing.",
-        ),
-    ] = None,
-    grants_mode: Annotated[
-        str,
-        typer.Option(
-            "--mode",
-            envvar=_env("MODE"),
-            metavar="MODE",
-            help=f"With --print-grants, what the role does: {', '.join(GRANT_MODES)}.",
-        ),
-    ] = defaults.DEFAULT_MODE,
+    print_grants: PrintGrantsOption = None,
+    grants_mode: GrantsModeOption = defaults.DEFAULT_MODE,
 ) -> None:
-    """Create or upgrade the outbox schema (idempotent, versioned)."""
-    check_schema_name(schema)
-    if print_grants is not None:
-        sys.stdout.write(render_grants(print_grants, schema, grants_mode))
-        return
+    """Create or upgrade the outbox schema (idempotent, versioned) of each outbox given."""
+    choice = _outbox_choice(ctx, dsn, dsn_file, schema, schema_pattern)
     tracks = migration_tracks(inbox_only)
-    if print_sql:
-        sys.stdout.write(_printed_migrations(schema, tracks, dsn, dsn_file))
+    if print_grants is not None or print_sql:
+        if choice.pattern is not None or len(choice.named_schemas) > 1:
+            flag = "--print" if print_grants is None else "--print-grants"
+            raise ConfigError(f"{flag} writes one schema's SQL; give one --schema per run")
+        schema_name = choice.named_schemas[0]
+        if print_grants is not None:
+            sys.stdout.write(render_grants(print_grants, schema_name, grants_mode))
+            return
+        if len(choice.dsns) > 1:
+            raise ConfigError("--print compares with one database; give one --dsn")
+        sys.stdout.write(_printed_migrations(schema_name, tracks, choice.dsns))
         return
-    with connect_either(dsn, dsn_file) as conn:
-        applied = migrate(conn, schema, tracks=tracks)
-    typer.echo(describe_migration(schema, applied, tracks))
+    if not choice.many:
+        with _connect(choice.dsns[0] if choice.dsns else "") as conn:
+            applied = migrate(conn, choice.named_schemas[0], tracks=tracks)
+        typer.echo(describe_migration(choice.named_schemas[0], applied, tracks))
+        return
+    choice.require_dsns()
+    if not report_each(migrate_each(choice, tracks, _connect), _scrub):
+        raise typer.Exit(EXIT_FAILURE)
 
 
-def _printed_migrations(
-    schema: str, tracks: tuple[str, ...], dsn: str, dsn_file: str | None
-) -> str:
+def _outbox_choice(
+    ctx: typer.Context,
+    dsns: list[str] | None,
+    dsn_file: str | None,
+    schemas: list[str] | None,
+    pattern: str | None,
+) -> OutboxChoice:
+    """The outboxes --dsn, --dsn-file, --schema and --schema-pattern name, checked."""
+    choice = OutboxChoice(
+        tuple(dsns_from(listed_dsns(ctx, dsns), dsn_file)),
+        tuple(listed_schemas(ctx, schemas)),
+        pattern,
+    )
+    choice.check()
+    return choice
+
+
+def _printed_migrations(schema: str, tracks: tuple[str, ...], dsns: tuple[str, ...]) -> str:
     """Every migration; with a DSN, only those that database still needs."""
-    if not (dsn or dsn_file):
+    if not dsns:
         return render_script(schema, tracks=tracks)
-    with connect_either(dsn, dsn_file) as conn:
+    with _connect(dsns[0]) as conn:
         done = applied_by_track(conn, schema, tracks)
     return render_script(schema, tracks=tracks, applied=done)
 
@@ -258,21 +301,34 @@ def _printed_migrations(
 @app.command("status")
 @clear_errors
 def status_command(
-    dsn: DsnOption = "",
-    schema: SchemaOption = defaults.DEFAULT_SCHEMA,
+    ctx: typer.Context,
+    dsn: StatusDsnsOption = None,
+    schema: SchemasOption = None,
+    schema_pattern: StatusSchemaPatternOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", envvar=_env("STATUS_JSON"), help="Print JSON instead of text.")
     ] = False,
     dsn_file: DsnFileOption = None,
     cdc_slot: CdcSlotOption = None,
 ) -> None:
-    """Show the backlog, which relays are alive and what each owns, and the CDC slot."""
-    check_schema_name(schema)
-    if cdc_slot is not None and (problems := CdcSettings(slot=cdc_slot).problems(schema)):
+    """Show the backlog, which relays are alive and what each owns, and the CDC slot
+    (of each outbox given, then the totals)."""
+    choice = _outbox_choice(ctx, dsn, dsn_file, schema, schema_pattern)
+    if choice.many:
+        if cdc_slot is not None:
+            raise ConfigError(
+                "--cdc-slot names one outbox's slot; with several outboxes leave it out"
+            )
+        choice.require_dsns()
+        if not show_many_status(choice, _connect, _scrub, as_json=as_json):
+            raise typer.Exit(EXIT_FAILURE)
+        return
+    schema_name = choice.named_schemas[0]
+    if cdc_slot is not None and (problems := CdcSettings(slot=cdc_slot).problems(schema_name)):
         raise ConfigError(" ".join(problems))
-    with connect_either(dsn, dsn_file) as conn:
-        status = collect_status(conn, schema)
-        cdc = cdc_status(conn, schema, cdc_slot)
+    with _connect(choice.dsns[0] if choice.dsns else "") as conn:
+        status = collect_status(conn, schema_name)
+        cdc = cdc_status(conn, schema_name, cdc_slot)
     if cdc["exists"] or cdc_slot:
         status["cdc"] = cdc
     if as_json:
@@ -329,9 +385,12 @@ def doctor_command(
 @clear_errors
 def run_command(
     ctx: typer.Context,
-    dsn: DsnOption = "",
+    dsn: DsnsOption = None,
     dsn_file: DsnFileOption = None,
-    schema: SchemaOption = defaults.DEFAULT_SCHEMA,
+    schema: SchemasOption = None,
+    schema_pattern: SchemaPatternOption = None,
+    max_db_connections: MaxDbConnectionsOption = 0,
+    discover_every: DiscoverEveryOption = DEFAULT_DISCOVER_EVERY,
     mode: Annotated[
         str,
         typer.Option(
@@ -411,10 +470,16 @@ def run_command(
         raise ConfigError(
             f"the log level {log_level!r} is unknown; use debug, info, warning or error"
         )
-    dsn = dsn_from(dsn, dsn_file)
+    dsns = dsns_from(listed_dsns(ctx, dsn), dsn_file)
+    schemas = listed_schemas(ctx, schema)
     config = RelayConfig(
-        dsn=dsn,
-        schema=schema,
+        dsn=dsns[0] if dsns else "",
+        dsns=tuple(dsns) if len(dsns) > 1 else (),
+        schema=schemas[0] if schemas else defaults.DEFAULT_SCHEMA,
+        schemas=tuple(schemas),
+        schema_pattern=schema_pattern,
+        max_db_connections=max_db_connections,
+        discover_every=parse_duration(discover_every, "schema discovery interval"),
         mode=mode,
         connector=connector,
         connector_options=gather_connector_options(ctx),
@@ -462,7 +527,8 @@ def run_command(
     configure_logging(log_level, _secrets, log_format=config.log_format)
     from relay.service import preflight, run_service
 
-    preflight(config)
+    if not config.many_outboxes:
+        preflight(config)  # with several, each outbox waits for its own database instead
     asyncio.run(run_service(config))
 
 

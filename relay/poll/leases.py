@@ -81,8 +81,7 @@ class LeaseKeeper:
         await self._task.stop(cancel=False)  # a renewal in progress finishes first
         self._valid_until = 0.0
         try:
-            async with asyncio.timeout(RELEASE_TIMEOUT):
-                conn = await self._session.connection()
+            async with asyncio.timeout(RELEASE_TIMEOUT), self._session.turn() as conn:
                 params = {"relay_id": self._relay_id}
                 await conn.execute(query("release_all_leases", self._schema), params)
                 await conn.execute(query("forget_relay", self._schema), params)
@@ -108,9 +107,8 @@ class LeaseKeeper:
         """One heartbeat: renew, then acquire or release to reach the fair share."""
         started = self._clock()
         lapsed_for = started - self._valid_until if self.owned else 0.0
-        conn = await self._session.connection()
         params = {"relay_id": self._relay_id, "ttl": self._ttl}
-        async with conn.transaction():
+        async with self._session.turn() as conn, conn.transaction():
             await conn.execute(
                 query("heartbeat", self._schema),
                 {

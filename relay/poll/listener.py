@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import psycopg
 from psycopg import sql
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 def channel_name(schema: str) -> str:
     return f"{schema}.messages"
+
+
+def listen_statement(verb: Literal["LISTEN", "UNLISTEN"], channel: str) -> sql.Composed:
+    return sql.SQL("{} {}").format(sql.SQL(verb), sql.Identifier(channel))
 
 
 class WakeListener:
@@ -65,7 +70,7 @@ class WakeListener:
 
     async def _listen(self) -> None:
         conn = await self._session.connection()
-        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+        await conn.execute(listen_statement("LISTEN", self._channel))
         self._failures = 0  # listening again: the next loss starts from a short backoff
         self._wake()
         while True:

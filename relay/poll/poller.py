@@ -206,6 +206,7 @@ class Poller:
             self._health.beat(self.batch_deadline + self._config.publish_timeout, self._loop_name)
             round_epoch = self._switch.epoch if self._switch is not None else 0
             result = await self._drain_guarded()
+            await self._session.release()  # a pooled connection goes to the next in line
             if result.error is not None or result.outage:
                 await self._back_off(stopping, result)
                 continue
@@ -274,6 +275,8 @@ class Poller:
             await self._session.discard()
             log.debug("could not ask writers to notify again (%s); polling meanwhile", exc)
             return True  # unsure whether writers notify: look again soon
+        finally:
+            await self._session.release()
 
     async def _back_off(self, stopping: asyncio.Event, result: DrainResult) -> None:
         delay = full_jitter(

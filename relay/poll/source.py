@@ -19,6 +19,7 @@ from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import WakeListener
 from relay.poll.poller import Poller, PollerStats, claim_session
 from relay.poll.retention import RetentionTask
+from relay.poll.shared import ListenerShare, PollDatabase, poll_connections
 from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import WakeupSwitch
 from relay.scheduler import QUIET_RECHECK, Scheduler
@@ -44,14 +45,23 @@ class PollSource:
     """Drains one outbox table by polling, side by side with any other relays."""
 
     def __init__(self, parts: SourceParts) -> None:
-        config, keep = parts.config, parts.keep_session
+        keep = parts.keep_session
+        shared = parts.database if isinstance(parts.database, PollDatabase) else None
+        config = shared.outbox_config(parts.config) if shared else parts.config
         self.config = config
+
+        def duty(name: str, settings: Mapping[str, str] | None = None) -> DbSession:
+            return shared.duty(name) if shared else keep(duty_session(config, name, settings))
+
+        def claim(lane: int) -> DbSession:
+            return shared.claim_session() if shared else keep(claim_session(config, lane))
+
         # One wake-up event per lane, so a lane clearing its own cannot swallow another's.
         self.wakeups = [asyncio.Event() for _ in range(config.claim_lanes)]
         self.stats = PollerStats()
         self.spread = LaneSpread(config.claim_lanes, config.batch_size, on_change=self.wake)
         self.leases = LeaseKeeper(
-            keep(duty_session(config, "leases")),
+            duty("leases"),
             schema=config.schema,
             relay_id=parts.relay_id,
             relay_name=config.relay_name,
@@ -70,7 +80,7 @@ class PollSource:
         self.pollers = [
             Poller(
                 config,
-                keep(claim_session(config, lane)),
+                claim(lane),
                 parts.connector,
                 self.leases,
                 parts.relay_id,
@@ -85,17 +95,22 @@ class PollSource:
             for lane in range(config.claim_lanes)
         ]
         self.scheduler = Scheduler(
-            keep(duty_session(config, "scheduler", INDEX_PLAN_SETTINGS)),
+            duty("scheduler", INDEX_PLAN_SETTINGS),
             config.schema,
             recheck=self._scheduler_recheck,
             on_promoted=self.wake,
         )
-        self.listener = WakeListener(
-            keep(duty_session(config, "listen")), config.schema, self._notified,
-            coalesce=config.poll_linger,
+        self.listener: WakeListener | ListenerShare = (
+            shared.listener_for(config.schema, self._notified)
+            if shared
+            else WakeListener(
+                keep(duty_session(config, "listen")), config.schema, self._notified,
+                coalesce=config.poll_linger,
+            )
         )
+        self.lookout = shared.lookout_for(config.schema, self._notified) if shared else None
         self.retention = RetentionTask(
-            keep(duty_session(config, "housekeeping", INDEX_PLAN_SETTINGS)),
+            duty("housekeeping", INDEX_PLAN_SETTINGS),
             config.schema,
             config.retention,
             RETENTION_EVERY,
@@ -133,6 +148,8 @@ class PollSource:
     async def run(self, stopping: asyncio.Event) -> None:
         self.leases.start()
         self.listener.start()
+        if self.lookout is not None:
+            self.lookout.start()
         self.retention.start()
         self.scheduler.start(stopping)
         await asyncio.gather(*(poller.run(stopping) for poller in self.pollers))
@@ -141,6 +158,8 @@ class PollSource:
         """Stop listening and purging, hand the leases back (others take the buckets at
         once, not after the TTL), close the lanes: each step within ``timeout``."""
         await bounded(self.listener.stop(), timeout, "listener")
+        if self.lookout is not None:
+            await self.lookout.stop()
         await bounded(self.retention.stop(), timeout, "retention")
         await bounded(self.scheduler.stop(), timeout, "scheduler")
         await bounded(self.leases.stop(), timeout, "lease keeper")
@@ -153,4 +172,9 @@ class PollSource:
         return {}
 
 
-POLL = SourceKind(preflight=lambda config: None, build=PollSource)
+POLL = SourceKind(
+    preflight=lambda config: None,
+    build=PollSource,
+    share=PollDatabase,
+    connections=poll_connections,
+)

@@ -21,6 +21,8 @@ HOSTILE = {
     "cdc_publication": [v for v in IDENTIFIERS if v],
     "cdc_table": ["a.b; DROP TABLE t", "messages", "A.b", "a.b.c", 'a."b"', ""],
     "amqp_exchange": ["a b", 'x;"', "é", "x" * 256, ""],
+    # a LIKE pattern goes to PostgreSQL as a bound parameter: only its shape is refused
+    "schema_pattern": ["", " ", "x" * 201, "tenant_\x00"],
 }
 # Words that make an option a name: a new one must be added to HOSTILE above.
 NAME_WORDS = ("schema", "slot", "publication", "exchange", "table", "channel", "queue")

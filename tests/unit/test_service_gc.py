@@ -11,6 +11,7 @@ RUN_A_SERVICE_THAT_REPORTS_THE_COLLECTOR = textwrap.dedent(
     import gc
 
     import relay.service
+    from relay.config import RelayConfig
 
     class ServiceThatReports:
         def __init__(self, config):
@@ -24,7 +25,7 @@ RUN_A_SERVICE_THAT_REPORTS_THE_COLLECTOR = textwrap.dedent(
 
     before = gc.get_threshold()[0]
     relay.service.RelayService = ServiceThatReports
-    asyncio.run(relay.service.run_service(None))
+    asyncio.run(relay.service.run_service(RelayConfig(dsn="postgresql://relay@db/app")))
     print(before)
     """
 )

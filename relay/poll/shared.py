@@ -1,0 +1,347 @@
+"""What the polling outboxes of one database share in a relay of many outboxes.
+
+A relay of one outbox keeps a connection per duty (relay.db). With many outboxes in a
+database that would be ``claim_lanes + 5`` connections per schema: 200 tenant schemas
+would hold more than PostgreSQL's default ``max_connections``. So the outboxes of a
+database share (docs/multi-tenant.md):
+
+- one connection per duty (leases, scheduler, housekeeping), each outbox's work taking
+  its turn on it (``DbSession.turn``), a unit of work at a time;
+- one LISTEN connection, listening on every outbox's channel;
+- a pool of claim connections: a claim lane takes one for a claim transaction and hands
+  it back when the batch is acknowledged, so the lanes of outboxes with work take turns,
+  first come first served, and a tenant with a backlog cannot starve one with ten
+  messages (it queues behind them after every batch);
+- the fallback look for work a NOTIFY did not announce: one query every --poll-interval
+  for all of them, which wakes those with messages to claim or delayed messages due,
+  instead of each outbox's lanes and scheduler polling on their own (200 idle tenants
+  polling each second cost more CPU than their traffic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from relay.backoff import full_jitter
+from relay.config import RelayConfig
+from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
+from relay.errors import RelayError
+from relay.poll.listener import channel_name, listen_statement
+from relay.poll.poller import claim_session
+from relay.sqlfiles import bind
+from relay.tasks import BackgroundTask
+
+log = logging.getLogger(__name__)
+
+# Claim connections a database's outboxes share when no --max-db-connections says
+# otherwise: two claim transactions in flight per lane count of one outbox, as a relay of
+# one outbox has, so outboxes with work overlap one's claim with another's publish.
+CLAIM_POOL_PER_LANE = 2
+
+
+def duty_connections(config: RelayConfig) -> int:
+    """The duties' connections besides the claim pool: leases, scheduler, listener, and
+    housekeeping when --retention keeps sent rows (the backlog sampler's is the fleet's)."""
+    return 4 if config.retention > 0 else 3
+
+
+def claim_pool_size(config: RelayConfig) -> int:
+    """Claim connections per database: what the cap leaves after the duties and the
+    sampler, or two per claim lane of one outbox."""
+    if config.max_db_connections:
+        return max(1, config.max_db_connections - duty_connections(config) - 1)
+    return CLAIM_POOL_PER_LANE * config.claim_lanes
+
+
+def poll_connections(config: RelayConfig, outboxes: int) -> int:
+    """A database's polling outboxes hold this many connections, however many they are."""
+    return duty_connections(config) + claim_pool_size(config)
+
+
+class ClaimPool:
+    """Claim connections taken for one claim transaction each, strictly in the order
+    asked: a connection handed back goes to the longest waiter, never to a lane that asks
+    again right after handing it back (asyncio.Queue would let that lane barge in and
+    send the waiter to the back of the line, and a busy outbox would starve the others)."""
+
+    def __init__(self, config: RelayConfig, size: int) -> None:
+        self.sessions = [claim_session(config, lane) for lane in range(size)]
+        self._free: list[DbSession] = list(self.sessions)
+        self._waiters: collections.deque[asyncio.Future[DbSession]] = collections.deque()
+
+    async def take(self) -> DbSession:
+        if self._free and not self._waiters:
+            return self._free.pop()
+        waiter: asyncio.Future[DbSession] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._hand_on(waiter.result())  # handed over just as it was cancelled
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    async def give_back(self, session: DbSession) -> None:
+        await session.discard_if_unusable()  # a failed batch's connection is not passed on
+        self._hand_on(session)
+
+    def _hand_on(self, session: DbSession) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(session)
+                return
+        self._free.append(session)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(session.close() for session in self.sessions))
+
+
+class PooledClaimSession(SharedSession):
+    """A claim lane's session: a pool connection from the first use until ``release``."""
+
+    def __init__(self, pool: ClaimPool) -> None:
+        super().__init__(pool.sessions[0])
+        self.duty = "claim"
+        self._pool = pool
+        self._held: DbSession | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._held is not None and self._held.connected
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._held is None:
+            self._held = await self._pool.take()
+        return await self._held.connection()
+
+    async def discard(self) -> None:
+        if self._held is not None:
+            await self._held.discard()
+
+    async def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            await self._pool.give_back(held)
+
+    async def close(self) -> None:
+        await self.release()
+
+
+class SharedListener:
+    """One LISTEN connection for every outbox of a database: a notification on an
+    outbox's channel wakes that outbox's lanes, at most once per ``coalesce`` seconds."""
+
+    SYNC_EVERY = 0.5  # how soon a newly added outbox's channel is listened to
+
+    def __init__(self, session: DbSession, coalesce: float) -> None:
+        self._session = session
+        self._coalesce = coalesce
+        self._wakes: dict[str, Callable[[], None]] = {}
+        self._listening: set[str] = set()
+        self._failures = 0
+        self._task = BackgroundTask("wake-listener", self._run)
+
+    def add(self, schema: str, wake: Callable[[], None]) -> None:
+        self._wakes[channel_name(schema)] = wake
+        self._task.start()
+
+    def remove(self, schema: str) -> None:
+        self._wakes.pop(channel_name(schema), None)
+
+    async def stop(self) -> None:
+        await self._task.stop()
+        await self._session.close()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except (RelayError, psycopg.Error) as exc:
+                await self._session.discard()
+                delay = full_jitter(self._failures, base=0.5, cap=15.0)
+                self._failures += 1
+                log.info("wake-up listener lost its connection (%s); polling meanwhile", exc)
+                await asyncio.sleep(delay)
+
+    async def _listen(self) -> None:
+        conn = await self._session.connection()
+        self._listening = set()
+        await self._follow(conn)
+        self._failures = 0
+        for every in list(self._wakes.values()):
+            every()  # notifications sent while not listening are lost: look once
+        while True:
+            # A packet's notifications at once (stop_after=1 ends after the packet).
+            notifies = conn.notifies(timeout=self.SYNC_EVERY, stop_after=1)
+            woken = {notification.channel async for notification in notifies}
+            for channel in woken:
+                if (wake := self._wakes.get(channel)) is not None:
+                    wake()
+            await self._follow(conn)
+            if woken and self._coalesce > 0:
+                await asyncio.sleep(self._coalesce)
+
+    async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """LISTEN to the channels of outboxes added, UNLISTEN those of outboxes gone."""
+        wanted = set(self._wakes)
+        for channel in wanted - self._listening:
+            await conn.execute(listen_statement("LISTEN", channel))
+        for channel in self._listening - wanted:
+            await conn.execute(listen_statement("UNLISTEN", channel))
+        self._listening = wanted
+
+
+class ListenerShare:
+    """One outbox's place on its database's SharedListener (WakeListener's shape)."""
+
+    def __init__(self, listener: SharedListener, schema: str, wake: Callable[[], None]) -> None:
+        self._listener = listener
+        self._schema = schema
+        self._wake = wake
+
+    def start(self) -> None:
+        self._listener.add(self._schema, self._wake)
+
+    async def stop(self) -> None:
+        self._listener.remove(self._schema)
+
+
+# An outbox of a database with a Lookout still looks for work on its own this often, in
+# case the shared look itself fails for a while.
+OWN_LOOK_EVERY = 30.0
+
+
+class Lookout:
+    """Every ``every`` seconds, one query over a database's outboxes: wakes each one with
+    work that no NOTIFY announced (a NOTIFY lost while the listener reconnected, rows
+    written while writers were told not to notify, delayed messages falling due)."""
+
+    def __init__(self, session: DbSession, every: float) -> None:
+        self._session = session
+        self._every = every
+        self._wakes: dict[str, Callable[[], None]] = {}
+        self._query: sql.Composed | None = None
+        self._failures = 0
+        self._task = BackgroundTask("lookout", self._run)
+
+    def add(self, schema: str, wake: Callable[[], None]) -> None:
+        self._wakes[schema] = wake
+        self._query = None
+        self._task.start()
+
+    def remove(self, schema: str) -> None:
+        self._wakes.pop(schema, None)
+        self._query = None
+
+    async def stop(self) -> None:
+        await self._task.stop()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            for wake in await self._with_work():
+                wake()
+
+    async def _with_work(self) -> list[Callable[[], None]]:
+        wakes = dict(self._wakes)
+        if not wakes:
+            return []
+        try:
+            async with self._session.turn() as conn:
+                cursor = await conn.execute(self._look(wakes))
+                found = {str(row[0]) for row in await cursor.fetchall()}
+        except (RelayError, psycopg.Error) as exc:
+            await self._session.discard()
+            self._failures += 1
+            level = logging.WARNING if self._failures == 1 else logging.DEBUG
+            log.log(level, "the shared look for work failed (%s); every outbox looks", exc)
+            return list(wakes.values())  # unsure: let each one look for itself
+        self._failures = 0
+        return [wake for schema, wake in wakes.items() if schema in found]
+
+    def _look(self, wakes: dict[str, Callable[[], None]]) -> sql.Composed:
+        if self._query is None:
+            self._query = sql.SQL(" UNION ALL ").join(
+                bind(
+                    "outboxes.sql",
+                    "has_work",
+                    outbox=sql.Literal(schema),
+                    schema=sql.Identifier(schema),
+                )
+                for schema in sorted(wakes)
+            )
+        return self._query
+
+
+class LookoutShare:
+    """One outbox's place on its database's Lookout."""
+
+    def __init__(self, lookout: Lookout, schema: str, wake: Callable[[], None]) -> None:
+        self._lookout = lookout
+        self._schema = schema
+        self._wake = wake
+
+    def start(self) -> None:
+        self._lookout.add(self._schema, self._wake)
+
+    async def stop(self) -> None:
+        self._lookout.remove(self._schema)
+
+
+class PollDatabase:
+    """The sessions and listener one database's polling outboxes share."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self._config = config
+        self._duties = {
+            duty: DbSession(
+                config.dsn,
+                duty,
+                connect_timeout=config.connect_timeout,
+                settings={
+                    "statement_timeout": str(int(config.lease_ttl * 1000)),
+                    **(INDEX_PLAN_SETTINGS if duty != "leases" else {}),
+                },
+            )
+            for duty in ("leases", "scheduler", "housekeeping")
+        }
+        self.pool = ClaimPool(config, claim_pool_size(config))
+        listen = DbSession(config.dsn, "listen", connect_timeout=config.connect_timeout)
+        self.listener = SharedListener(listen, config.poll_linger)
+        self.lookout = Lookout(self._duties["scheduler"], config.poll_interval)
+        self.sessions: list[DbSession] = [*self._duties.values(), *self.pool.sessions, listen]
+
+    def duty(self, name: str) -> DbSession:
+        return SharedSession(self._duties[name])
+
+    def claim_session(self) -> DbSession:
+        return PooledClaimSession(self.pool)
+
+    def listener_for(self, schema: str, wake: Callable[[], None]) -> ListenerShare:
+        return ListenerShare(self.listener, schema, wake)
+
+    def lookout_for(self, schema: str, wake: Callable[[], None]) -> LookoutShare:
+        return LookoutShare(self.lookout, schema, wake)
+
+    @staticmethod
+    def outbox_config(config: RelayConfig) -> RelayConfig:
+        """An outbox's own looks for work (its lanes' fallback poll, its scheduler's
+        recheck) become rare: the Lookout looks for all of them every --poll-interval."""
+        return replace(config, poll_interval=max(config.poll_interval, OWN_LOOK_EVERY))
+
+    async def close(self) -> None:
+        await self.lookout.stop()
+        await self.listener.stop()
+        await self.pool.close()
+        await asyncio.gather(*(session.close() for session in self._duties.values()))
