@@ -180,6 +180,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--light-runs", type=int, default=1, help="runs of the light-traffic workload (1)"
     )
+    parser.add_argument(
+        "--light-rates", help="outbox-relay's light-traffic rates, msg/s (10,100,1000)"
+    )
     parser.add_argument("--runs", type=int, help="runs per figure (median); default 3")
     parser.add_argument(
         "--writers",
@@ -296,8 +299,9 @@ def _suite(
     if "ceiling" in workloads and "drain" not in workloads:
         run_ceilings(stack, runs=plan.runs, messages=plan.drain_messages, record=_recorder(records))
     if "light" in workloads and "kafka" in brokers:
+        rates = tuple(float(r) for r in args.light_rates.split(",")) if args.light_rates else None
         run_light(stack, modes, logs, runs=args.light_runs, extra=args.relay_arg,
-                  record=_recorder(records))  # fmt: skip
+                  record=_recorder(records), relay_rates=rates)  # fmt: skip
     if "sustained" in workloads and "outbox-relay" in kinds:
         _writers_alone(stack, plan, args, records)
     for broker in brokers:
