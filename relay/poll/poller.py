@@ -39,7 +39,6 @@ from relay.outbox_rows import (
     message_row,
     plan_acknowledgement,
     register_claim_loaders,
-    register_claim_text_loaders,
     write_acknowledgement,
 )
 from relay.poll.leases import LeaseKeeper
@@ -54,9 +53,6 @@ log = logging.getLogger(__name__)
 # and claimed at once: commits that far apart (a service's usual trickle) rarely have
 # another right behind, and lingering only delayed the one.
 LONE_COMMIT_AFTER = 2
-# A lane whose last round claimed fewer rows than this claims in one simple query
-# (lock_and_claim_simply); a larger batch comes in binary through the pipeline.
-SIMPLE_CLAIM_UNDER = 16
 
 
 # READ COMMITTED whatever the server's default: the claim after the lock must take a
@@ -81,35 +77,6 @@ async def lock_and_claim(
         register_claim_loaders(cursor.adapters)
         await cursor.execute(query("claim_batch", schema), params)
     try:
-        return await cursor.fetchall()
-    finally:
-        await cursor.close()
-
-
-async def lock_and_claim_simply(
-    conn: AsyncConnection[Any], schema: str, params: Mapping[str, Any]
-) -> list[OutboxMessage]:
-    """What ``lock_and_claim`` does, as one simple-protocol query of three statements
-    (each still a statement, with a snapshot, of its own), the rows in text format.
-
-    For a lane whose rounds claim a few rows (light traffic): the pipeline's machinery
-    cost the relay more CPU than the round's rows, and a simple query is one send and
-    one read. Binary rows stay cheaper for a large batch, which ``lock_and_claim`` takes.
-    """
-    mogrify = AsyncClientCursor(conn).mogrify
-    statement = b";\n".join(
-        (
-            BEGIN_READ_COMMITTED,
-            mogrify(query("lock_leased_buckets", schema), params).encode(),
-            mogrify(query("claim_batch", schema), params).encode(),
-        )
-    )
-    cursor = conn.cursor(row_factory=message_row)
-    register_claim_text_loaders(cursor.adapters)
-    try:
-        await cursor.execute(statement, prepare=False)
-        cursor.nextset()  # past BEGIN
-        cursor.nextset()  # past the lock: the claim's rows
         return await cursor.fetchall()
     finally:
         await cursor.close()
@@ -220,7 +187,6 @@ class Poller:
         )
         self.stats = stats if stats is not None else PollerStats()  # shared by the lanes
         self._failures_in_a_row = 0
-        self._last_claimed = config.batch_size  # a relay starts on a backlog, if any
 
     @property
     def batch_deadline(self) -> float:
@@ -367,10 +333,7 @@ class Poller:
 
     async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
         params = self._claim_params if self._spread.spread else self._every_bucket
-        claim = lock_and_claim_simply if self._last_claimed < SIMPLE_CLAIM_UNDER else lock_and_claim
-        rows = await claim(conn, self._config.schema, params)
-        self._last_claimed = len(rows)
-        return rows
+        return await lock_and_claim(conn, self._config.schema, params)
 
     async def _publish_and_acknowledge(
         self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage]
