@@ -11,7 +11,8 @@ loopback (or uses --kafka-bootstrap / --amqp-url), then:
   transaction, no broker (benchmarks/ceiling.py); every drain is reported as a fraction
   of the claim+update one;
 - light: the relay idle, then at 10, 100 and 1,000 one-row transactions a second (Kafka):
-  its CPU per message and p50 next to a bare producer's (benchmarks/light.py);
+  its CPU per message and p50 next to a bare producer's, and the minimal relay's at 100
+  msg/s, the ceiling of that CPU (benchmarks/light.py, benchmarks/minimal_relay.py);
 
 and for each mode (poll; cdc when ``outbox-relay run --mode cdc`` works), each broker,
 and each relay (the installed ``outbox-relay`` command; the tutorial baseline of
