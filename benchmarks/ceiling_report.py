@@ -231,6 +231,14 @@ def drain_table(summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+LIGHT_RELAYS = {
+    "tutorial": "tutorial (sleeps 100 ms)",
+    "minimal": "minimal relay, the ceiling (librdkafka defaults, flush)",
+    "minimal-relay-kafka": "minimal relay (our librdkafka settings, flush)",
+    "minimal-relay-kafka-thread": "minimal relay (our librdkafka settings, report thread)",
+}
+
+
 def light_table(light: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| relay | mode | msg/s | relay CPU µs/msg | relay CPU, % of a core | p50 commit → "
@@ -238,7 +246,7 @@ def light_table(light: list[dict[str, Any]]) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in light:
-        relay = "tutorial (sleeps 100 ms)" if r["kind"] == "tutorial" else r["kind"]
+        relay = LIGHT_RELAYS.get(r["kind"], r["kind"])
         rate = "idle" if r["rate"] == 0 else _cell(r["rate"])
         reached = r.get("achieved_write_rate")
         if r["rate"] and reached is not None and reached < 0.95 * r["rate"]:

@@ -228,16 +228,22 @@ def _at_rate(
 
 def run_light(
     stack: Stack, modes: list[str], logs: Path, *, runs: int, extra: list[str], record: Any,
-    settings: LightSettings = QUICK_LIGHT,
+    settings: LightSettings = QUICK_LIGHT, relay_rates: tuple[float, ...] | None = None,
 ) -> None:  # fmt: skip
-    """Each mode of outbox-relay at every rate, and the tutorial relay idle and at 100
-    msg/s, ``runs`` times; one record per window through ``record(workload, case, run,
-    measure)`` (benchmarks.run's), each with the machine's share over the whole session."""
-    from benchmarks.processes import MachineShare
+    """Each mode of outbox-relay at every rate (or ``relay_rates``), each followed by one
+    variant of the minimal relay (the ceiling) idle and at 100 msg/s, then the other
+    variants and the tutorial relay likewise, ``runs`` times; one record per window
+    through ``record(workload, case, run, measure)`` (benchmarks.run's), each with the
+    machine's share over the whole session."""
+    from benchmarks.processes import MINIMAL_VARIANTS, MachineShare
 
-    cases: list[tuple[Case, tuple[float, ...] | None]] = [
-        (Case("outbox-relay", mode, "kafka"), None) for mode in modes
-    ]
+    minimal = [(Case(kind, "poll", "kafka"), (100.0,)) for kind in MINIMAL_VARIANTS]
+    cases: list[tuple[Case, tuple[float, ...] | None]] = []
+    for mode in modes:  # ours and a minimal relay alternate: the same minutes for both
+        cases.append((Case("outbox-relay", mode, "kafka"), relay_rates))
+        if minimal:
+            cases.append(minimal.pop(0))
+    cases += minimal
     cases.append((Case("tutorial", "poll", "kafka"), (100.0,)))
     for run in range(1, runs + 1):
         for case, rates in cases:

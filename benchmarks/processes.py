@@ -270,6 +270,23 @@ def tutorial_argv(dsn: str, target_args: list[str], progress: Path) -> list[str]
     ]  # fmt: skip
 
 
+# The minimal relay's variants (benchmarks/minimal_relay.py), by kind: its librdkafka
+# settings, and how it waits for delivery reports.
+MINIMAL_VARIANTS = {
+    "minimal": ("plain", "flush"),
+    "minimal-relay-kafka": ("relay", "flush"),
+    "minimal-relay-kafka-thread": ("relay", "thread"),
+}
+
+
+def minimal_argv(kind: str, dsn: str, target_args: list[str], progress: Path) -> list[str]:
+    settings, reports = MINIMAL_VARIANTS[kind]
+    return [
+        sys.executable, "-m", "benchmarks.minimal_relay", "--dsn", dsn, *target_args,
+        "--kafka-settings", settings, "--reports", reports, "--progress", str(progress),
+    ]  # fmt: skip
+
+
 def confirmed_by_naive(progress: Path) -> int | None:
     try:
         return int(progress.read_text() or 0)

@@ -11,7 +11,8 @@ loopback (or uses --kafka-bootstrap / --amqp-url), then:
   transaction, no broker (benchmarks/ceiling.py); every drain is reported as a fraction
   of the claim+update one;
 - light: the relay idle, then at 10, 100 and 1,000 one-row transactions a second (Kafka):
-  its CPU per message and p50 next to a bare producer's (benchmarks/light.py);
+  its CPU per message and p50 next to a bare producer's, and the minimal relay's at 100
+  msg/s, the ceiling of that CPU (benchmarks/light.py, benchmarks/minimal_relay.py);
 
 and for each mode (poll; cdc when ``outbox-relay run --mode cdc`` works), each broker,
 and each relay (the installed ``outbox-relay`` command; the tutorial baseline of
@@ -180,6 +181,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--light-runs", type=int, default=1, help="runs of the light-traffic workload (1)"
     )
+    parser.add_argument(
+        "--light-rates", help="outbox-relay's light-traffic rates, msg/s (10,100,1000)"
+    )
     parser.add_argument("--runs", type=int, help="runs per figure (median); default 3")
     parser.add_argument(
         "--writers",
@@ -296,8 +300,9 @@ def _suite(
     if "ceiling" in workloads and "drain" not in workloads:
         run_ceilings(stack, runs=plan.runs, messages=plan.drain_messages, record=_recorder(records))
     if "light" in workloads and "kafka" in brokers:
+        rates = tuple(float(r) for r in args.light_rates.split(",")) if args.light_rates else None
         run_light(stack, modes, logs, runs=args.light_runs, extra=args.relay_arg,
-                  record=_recorder(records))  # fmt: skip
+                  record=_recorder(records), relay_rates=rates)  # fmt: skip
     if "sustained" in workloads and "outbox-relay" in kinds:
         _writers_alone(stack, plan, args, records)
     for broker in brokers:

@@ -21,10 +21,12 @@ import psycopg
 from benchmarks import report
 from benchmarks.processes import (
     CONFIRM_HISTOGRAM,
+    MINIMAL_VARIANTS,
     RelayProcess,
     confirmed_by_naive,
     confirmed_by_relay,
     histogram_quantiles,
+    minimal_argv,
     naive_argv,
     relay_argv,
     relay_histogram,
@@ -37,7 +39,7 @@ from benchmarks.writers import Writers, preload, read_commit_log
 from tests.support.services import free_port
 
 # The baselines, which count their broker confirms in a file (outbox-relay: its metrics).
-BASELINES = ("naive", "tutorial")
+BASELINES = ("naive", "tutorial", *MINIMAL_VARIANTS)
 SAMPLE_EVERY = 0.04  # each sample reads the relay's /metrics: keep its cost below 1 %
 VERIFY_UP_TO = 200_000  # beyond this, reading the topic back takes Tansu minutes
 READY_TIMEOUT = 30.0
@@ -86,6 +88,10 @@ class Session:
     def argv(self) -> list[str]:
         if self.case.kind in BASELINES:
             self._progress.unlink(missing_ok=True)
+            if self.case.kind in MINIMAL_VARIANTS:
+                return minimal_argv(
+                    self.case.kind, self.dsn, self.target.relay_args(), self._progress
+                )
             argv = tutorial_argv if self.case.kind == "tutorial" else naive_argv
             return argv(self.dsn, self.target.relay_args(), self._progress)
         return relay_argv(
@@ -129,9 +135,11 @@ class Session:
         self.check_alive()
 
     def _ready(self) -> bool:
-        if self.case.kind in BASELINES:
+        if self.case.kind in MINIMAL_VARIANTS:  # it registers once it listens
+            sql = "SELECT count(*) FROM outbox.relays WHERE name = 'minimal-relay'"
+        elif self.case.kind in BASELINES:
             return True
-        if self.case.mode == "cdc":
+        elif self.case.mode == "cdc":
             sql = (
                 "SELECT count(*) FROM pg_replication_slots"
                 " WHERE database = current_database() AND active"

@@ -94,6 +94,21 @@ def test_light_traffic_is_summarized_per_rate_and_p50_is_held_against_the_same_r
     assert measured(found, "CDC p50") == 9.0
 
 
+def test_the_minimal_relay_has_rows_of_its_own_and_no_say_in_the_verdicts() -> None:
+    records = [
+        light("poll", 100, cpu_us_per_msg=1_100.0, p50_ms=4.0, bare_p50_ms=3.5),
+        {**light("poll", 100, cpu_us_per_msg=480.0, p50_ms=3.0, bare_p50_ms=3.5),
+         "kind": "minimal"},
+    ]  # fmt: skip
+    rows = ceiling_report.light_summary(records)
+    assert [r["kind"] for r in rows] == ["outbox-relay", "minimal"]
+    table = "\n".join(ceiling_report.light_table(rows))
+    label = "minimal relay, the ceiling (librdkafka defaults, flush)"
+    assert f"| {label} | polling | 100 | 480 |" in table
+    found = ceiling_report.verdicts([], rows, records)
+    assert measured(found, "polling relay CPU at 100 msg/s") == 1_100.0
+
+
 def test_a_target_not_measured_is_neither_met_nor_missed() -> None:
     found = ceiling_report.verdicts([], [], [])
     assert {t["met"] for t in found} == {None}
