@@ -327,7 +327,9 @@ def test_an_outbox_not_migrated_yet_waits_without_stopping_the_others(db_dsn, ka
     ready = orjson.loads(body)
     first_db = conninfo_to_dict(db_dsn)["dbname"]
     assert status == 200 and ready["outboxes_ready"] == 1, body
-    assert "no outbox schema 'tenant_b'" in ready["outbox"][f"{first_db}/tenant_b"], body
+    waiting = ready["outbox"][f"{first_db}/tenant_b"]
+    assert "no outbox schema 'tenant_b'" in waiting, body
+    assert "`outbox-relay migrate --schema tenant_b`" in waiting, body  # a command to copy
 
     migrate(db_dsn, "tenant_b")  # the tenant's migration lands while the relay runs
     write(db_dsn, "tenant_b", topic, "b", range(10))
