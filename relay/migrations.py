@@ -207,6 +207,8 @@ def applied_by_track(
 def require_schema(conn: psycopg.Connection[Any], schema: str, track: str = "outbox") -> int:
     """Raise SchemaMissingError unless the track's schema is installed and current."""
     hint = get_track(track).install_hint
+    if schema != "outbox":  # the command to copy names the schema it is about
+        hint = hint.replace("`outbox-relay migrate`", f"`outbox-relay migrate --schema {schema}`")
     done = applied_versions(conn, schema, track)
     if not done:
         raise SchemaMissingError(f"the database has no {track} schema {schema!r}; {hint} first")

@@ -302,3 +302,39 @@ def test_a_tenant_with_a_backlog_does_not_starve_one_with_ten_messages(db_dsn, k
     assert {e["n"] for e in got["b"]} == set(range(10))
     assert backlog_left > 0, "the quiet tenant's ten came only after the whole backlog"
     assert relay.terminate() == 0
+
+
+def test_an_outbox_not_migrated_yet_waits_without_stopping_the_others(db_dsn, kafka, relays):
+    migrate(db_dsn, "tenant_a")
+    topic = kafka.new_topic()
+    port = free_port()
+    relay = relays(
+        "--dsn",
+        db_dsn,
+        "--schema",
+        "tenant_a",
+        "--schema",
+        "tenant_b",
+        "--kafka-bootstrap",
+        kafka.bootstrap,
+        "--metrics-port",
+        str(port),
+        *FAST,
+    )
+    write(db_dsn, "tenant_a", topic, "a", range(10))
+    assert {e["n"] for e in received_by_outbox(kafka, topic, 10)["a"]} == set(range(10))
+    status, body = http_get(port, "/readyz")
+    ready = orjson.loads(body)
+    first_db = conninfo_to_dict(db_dsn)["dbname"]
+    assert status == 200 and ready["outboxes_ready"] == 1, body
+    waiting = ready["outbox"][f"{first_db}/tenant_b"]
+    assert "no outbox schema 'tenant_b'" in waiting, body
+    assert "`outbox-relay migrate --schema tenant_b`" in waiting, body  # a command to copy
+
+    migrate(db_dsn, "tenant_b")  # the tenant's migration lands while the relay runs
+    write(db_dsn, "tenant_b", topic, "b", range(10))
+    assert {e["n"] for e in received_by_outbox(kafka, topic, 10)["b"]} == set(range(10))
+    assert relay.terminate() == 0
+    log = relay.output()
+    assert log.count("cannot drain this outbox") == 1, log  # said once, not every retry
+    assert "Traceback" not in log
