@@ -262,6 +262,11 @@ def test_doctor_with_a_pattern_checks_each_outbox_it_finds(databases):
         f"== {name_b}/tenant_% ==\nFAIL outbox schema: no schema that matches the pattern "
         "'tenant_%' holds an outbox; run outbox-relay migrate\n"
     )
+    missing = missing_database(dsn_a)
+    code, out, _ = run("doctor", "--dsn", missing, "--schema-pattern", "tenant_%")
+    assert code == 1
+    assert out.startswith(f"== {conninfo_to_dict(missing)['dbname']}/tenant_% ==\nFAIL database: ")
+    assert len(out.splitlines()) == 2, out
 
 
 def test_doctor_refuses_one_outboxs_cdc_names_with_several_as_run_does():
