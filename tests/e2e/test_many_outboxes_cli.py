@@ -279,3 +279,15 @@ def test_doctor_refuses_one_outboxs_cdc_names_with_several_as_run_does():
         assert sentence in doctor.stderr and doctor.stdout == ""
     relay = outbox_relay("run", *many, "--mode", "cdc", "--cdc-slot", "mine")
     assert relay.returncode == 2 and sentence in relay.stderr
+
+
+def test_doctor_in_cdc_mode_checks_each_outboxs_own_slot(databases):
+    (name_a, dsn_a), _ = databases
+    both = ["--dsn", dsn_a, "--schema", "a", "--schema", "b"]
+    assert run("migrate", *both)[0] == 0
+    code, out, err = run("doctor", *both, "--mode", "cdc")
+    assert code == 0, out + err
+    assert out.count("ok   wal_level") == 2 and "FAIL" not in out
+    block_b = out.split(f"== {name_a}/b ==")[1]
+    assert "slot outbox_relay_b will be created" in block_b
+    assert "publication outbox_relay_b will be created for inserts into b.messages" in block_b
