@@ -1,5 +1,6 @@
-"""``migrate``, ``status`` and ``doctor`` over several outboxes: every database of ``--dsn`` with
-every schema of ``--schema`` and those ``--schema-pattern`` matches (docs/multi-tenant.md).
+"""``migrate``, ``status`` and ``doctor`` over several outboxes: every database of
+``--dsn`` with every schema of ``--schema`` and those ``--schema-pattern`` matches
+(docs/multi-tenant.md).
 
 Each outbox is worked on by itself: one that fails is named with its reason, and the
 others go on. The commands of one outbox keep their own output; these shapes are for
