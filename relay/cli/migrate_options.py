@@ -1,6 +1,6 @@
-"""The options of ``outbox-relay migrate`` and ``status`` that ``run`` has not, or says
-differently: which SQL ``migrate`` prints, and what ``--dsn`` and ``--schema-pattern``
-mean to a command that runs once."""
+"""The options of ``outbox-relay migrate``, ``status`` and ``doctor`` that ``run`` has
+not, or says differently: which SQL ``migrate`` prints, and what ``--dsn`` and
+``--schema-pattern`` mean to a command that runs once."""
 
 from __future__ import annotations
 
@@ -30,6 +30,17 @@ StatusDsnsOption = Annotated[
         show_default=False,
         help="PostgreSQL connection string (URL or key=value); give it again for each "
         "database to show.",
+    ),
+]
+DoctorDsnsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--dsn",
+        envvar="OUTBOX_RELAY_DSN",
+        metavar="DSN",
+        show_default=False,
+        help="PostgreSQL connection string (URL or key=value); give it again for each "
+        "database to check.",
     ),
 ]
 MigrateSchemaPatternOption = Annotated[

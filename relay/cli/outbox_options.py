@@ -77,6 +77,7 @@ def listed_schemas(ctx: typer.Context, given: list[str] | None) -> list[str]:
     text = _from_environment(ctx, "schema")
     return split_schemas(text) if text is not None else list(given or [])
 
+
 MaxDbConnectionsOption = Annotated[
     int,
     typer.Option(
