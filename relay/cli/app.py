@@ -14,7 +14,6 @@ import psycopg
 import typer
 
 from relay import config as defaults
-from relay.cdc.preflight import run_checks
 from relay.cdc.settings import CdcSettings
 from relay.cdc.status import cdc_status, format_cdc_status
 from relay.cli.cdc_options import (
@@ -36,8 +35,6 @@ from relay.cli.cdc_options import (
 from relay.cli.command import RelayTyper
 from relay.cli.common import (
     DsnFileOption,
-    DsnOption,
-    SchemaOption,
     VersionOption,
     relay_version,
 )
@@ -72,8 +69,15 @@ from relay.cli.drain_options import (
     drain_settings,
 )
 from relay.cli.inbox import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
-from relay.cli.many_outboxes import OutboxChoice, migrate_each, report_each, show_many_status
+from relay.cli.many_outboxes import (
+    OutboxChoice,
+    doctor_each,
+    migrate_each,
+    report_each,
+    show_many_status,
+)
 from relay.cli.migrate_options import (
+    DoctorDsnsOption,
     GrantsModeOption,
     MigrateDsnsOption,
     MigrateSchemaPatternOption,
@@ -119,7 +123,6 @@ from relay.formats.settings import ENVELOPE_NONE
 from relay.grants import render_grants
 from relay.logs import configure_logging
 from relay.migrations import applied_by_track, migrate, render_script
-from relay.names import check_schema_name
 from relay.outboxes import split_dsns
 from relay.secrets import read_secret_file, redact, secret_values, value_or_file
 from relay.status import collect_status, format_status
@@ -342,8 +345,10 @@ def status_command(
 @app.command("doctor")
 @clear_errors
 def doctor_command(
-    dsn: DsnOption = "",
-    schema: SchemaOption = defaults.DEFAULT_SCHEMA,
+    ctx: typer.Context,
+    dsn: DoctorDsnsOption = None,
+    schema: SchemasOption = None,
+    schema_pattern: StatusSchemaPatternOption = None,
     mode: Annotated[
         str,
         typer.Option(
@@ -357,8 +362,9 @@ def doctor_command(
     cdc_debezium: CdcDebeziumOption = False,
     cdc_debezium_option: CdcDebeziumOptionOption = None,
 ) -> None:
-    """Check, in plain words, that the database is ready for the relay in this mode."""
-    check_schema_name(schema)
+    """Check, in plain words, that the database is ready for the relay in this mode
+    (each outbox given, in a block of its own)."""
+    choice = _outbox_choice(ctx, dsn, dsn_file, schema, schema_pattern)
     settings = cdc_settings(
         slot=cdc_slot,
         publication=cdc_publication,
@@ -371,13 +377,7 @@ def doctor_command(
     )
     if mode not in defaults.MODES:
         raise ConfigError(f"the mode {mode!r} is unknown; choose poll or cdc")
-    if mode == "cdc" and (problems := settings.problems(schema)):
-        raise ConfigError(" ".join(problems))
-    config = RelayConfig(dsn=dsn_from(dsn, dsn_file), schema=schema, mode=mode, cdc=settings)
-    checks = run_checks(config.dsn, config)
-    for check in checks:
-        typer.echo(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
-    if not all(check.ok for check in checks):
+    if not doctor_each(choice, mode, settings, _connect, _scrub):
         raise typer.Exit(EXIT_FAILURE)
 
 

@@ -1,5 +1,6 @@
-"""``migrate`` and ``status`` over several outboxes: every database of ``--dsn`` with
-every schema of ``--schema`` and those ``--schema-pattern`` matches (docs/multi-tenant.md).
+"""``migrate``, ``status`` and ``doctor`` over several outboxes: every database of
+``--dsn`` with every schema of ``--schema`` and those ``--schema-pattern`` matches
+(docs/multi-tenant.md).
 
 Each outbox is worked on by itself: one that fails is named with its reason, and the
 others go on. The commands of one outbox keep their own output; these shapes are for
@@ -18,9 +19,12 @@ import psycopg
 import typer
 
 from relay import config as defaults
+from relay.cdc.preflight import Check, run_checks
+from relay.cdc.settings import CdcSettings
 from relay.cdc.status import cdc_status
 from relay.cli.common import relay_version
 from relay.cli.inbox import describe_migration
+from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError, translate_db_error
 from relay.migrations import migrate
 from relay.names import check_schema_name
@@ -110,6 +114,14 @@ class Databases:
         except RelayError as exc:
             self._down[dsn] = str(exc)
             raise
+
+    def down(self, dsn: str) -> str | None:
+        """Why ``dsn`` could not be reached, if it was tried and could not."""
+        return self._down.get(dsn)
+
+    def mark_down(self, dsn: str, why: str) -> None:
+        """``dsn`` was found unreachable elsewhere (``doctor`` connects by itself)."""
+        self._down.setdefault(dsn, why)
 
 
 def reason(exc: RelayError | psycopg.Error) -> str:
@@ -240,3 +252,77 @@ def show_many_status(
     else:
         typer.echo(format_many_status(shown, totals))
     return not totals["failed"]
+
+
+def show_checks(checks: Iterable[Check], scrub: Callable[[str], str]) -> bool:
+    """Print ``doctor``'s ``ok``/``FAIL`` lines; whether every check passed."""
+    passed = True
+    for check in checks:
+        passed = passed and check.ok
+        typer.echo(scrub(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}"))
+    return passed
+
+
+def doctor_each(
+    choice: OutboxChoice, mode: str, cdc: CdcSettings, connect: Connect, scrub: Callable[[str], str]
+) -> bool:
+    """``doctor``: the checks of the chosen outboxes printed; whether all passed. One
+    outbox is checked and printed as it always was, without a heading."""
+    if choice.many:
+        return _doctor_many(choice, mode, cdc, connect, scrub)
+    schema = choice.named_schemas[0]
+    if mode == "cdc" and (problems := cdc.problems(schema)):
+        raise ConfigError(" ".join(problems))
+    config = RelayConfig(
+        dsn=choice.dsns[0] if choice.dsns else "", schema=schema, mode=mode, cdc=cdc
+    )
+    return show_checks(run_checks(config.dsn, config), scrub)
+
+
+def _doctor_many(
+    choice: OutboxChoice,
+    mode: str,
+    cdc: CdcSettings,
+    connect: Connect,
+    scrub: Callable[[str], str],
+) -> bool:
+    """Check every chosen outbox as ``doctor`` checks one, in a block headed by its name
+    printed as soon as it is done; whether every check of every outbox passed. The flags
+    are judged as ``run`` judges them first, so ``doctor`` refuses what ``run`` refuses
+    (a slot named for several outboxes, in the same sentence)."""
+    choice.require_dsns()
+    config = RelayConfig(
+        dsn=choice.dsns[0],
+        dsns=choice.dsns if len(choice.dsns) > 1 else (),
+        schemas=choice.schemas,
+        schema_pattern=choice.pattern,
+        mode=mode,
+        cdc=cdc,
+    ).validate()
+    databases = Databases(connect)
+    passed = True
+    for outbox in _selected(choice, databases, schemas_like, _NO_OUTBOX):
+        if isinstance(outbox, Failure):
+            name, checks = outbox.name, [_pattern_check(outbox)]
+        else:
+            name, checks = outbox.name, _checks_of(outbox, config, databases)
+        typer.echo(f"== {name} ==")
+        passed = show_checks(checks, scrub) and passed
+    return passed
+
+
+def _pattern_check(failure: Failure) -> Check:
+    """A pattern that matched no outbox, or whose database could not be asked."""
+    unmatched = failure.reason == _NO_OUTBOX.format(failure.pattern)
+    return Check("outbox schema" if unmatched else "database", False, failure.reason)
+
+
+def _checks_of(outbox: OutboxAddress, config: RelayConfig, databases: Databases) -> list[Check]:
+    """``doctor``'s checks of one outbox. A database found unreachable is not tried
+    again for its other outboxes: each gets the same FAIL line without another wait."""
+    if (why := databases.down(outbox.dsn)) is not None:
+        return [Check("database", False, why)]
+    checks = run_checks(outbox.dsn, config.for_outbox(outbox))
+    if checks[0].name == "database" and not checks[0].ok:
+        databases.mark_down(outbox.dsn, checks[0].detail)
+    return checks

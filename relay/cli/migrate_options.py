@@ -1,6 +1,6 @@
-"""The options of ``outbox-relay migrate`` and ``status`` that ``run`` has not, or says
-differently: which SQL ``migrate`` prints, and what ``--dsn`` and ``--schema-pattern``
-mean to a command that runs once."""
+"""The options of ``outbox-relay migrate``, ``status`` and ``doctor`` that ``run`` has
+not, or says differently: which SQL ``migrate`` prints, and what ``--dsn`` and
+``--schema-pattern`` mean to a command that runs once."""
 
 from __future__ import annotations
 
@@ -8,50 +8,40 @@ from typing import Annotated
 
 import typer
 
+from relay.cli.outbox_options import dsns_option, schema_pattern_option
 from relay.grants import GRANT_MODES
 
 MigrateDsnsOption = Annotated[
     list[str] | None,
-    typer.Option(
-        "--dsn",
-        envvar="OUTBOX_RELAY_DSN",
-        metavar="DSN",
-        show_default=False,
-        help="PostgreSQL connection string; give it again for each database. With "
-        "--print: print only the migrations this database still needs.",
+    dsns_option(
+        "PostgreSQL connection string; give it again for each database. With "
+        "--print: print only the migrations this database still needs."
     ),
 ]
 StatusDsnsOption = Annotated[
     list[str] | None,
-    typer.Option(
-        "--dsn",
-        envvar="OUTBOX_RELAY_DSN",
-        metavar="DSN",
-        show_default=False,
-        help="PostgreSQL connection string (URL or key=value); give it again for each "
-        "database to show.",
+    dsns_option(
+        "PostgreSQL connection string (URL or key=value); give it again for each database to show."
+    ),
+]
+DoctorDsnsOption = Annotated[
+    list[str] | None,
+    dsns_option(
+        "PostgreSQL connection string (URL or key=value); give it again for each database to check."
     ),
 ]
 MigrateSchemaPatternOption = Annotated[
     str | None,
-    typer.Option(
-        "--schema-pattern",
-        envvar="OUTBOX_RELAY_SCHEMA_PATTERN",
-        metavar="LIKE",
-        show_default=False,
-        help="Also every schema of each database whose name matches this LIKE pattern "
-        "('tenant_%'), with an outbox or not yet.",
+    schema_pattern_option(
+        "Also every schema of each database whose name matches this LIKE pattern "
+        "('tenant_%'), with an outbox or not yet."
     ),
 ]
 StatusSchemaPatternOption = Annotated[
     str | None,
-    typer.Option(
-        "--schema-pattern",
-        envvar="OUTBOX_RELAY_SCHEMA_PATTERN",
-        metavar="LIKE",
-        show_default=False,
-        help="Also every schema of each database whose name matches this LIKE pattern "
-        "('tenant_%') and holds an outbox.",
+    schema_pattern_option(
+        "Also every schema of each database whose name matches this LIKE pattern "
+        "('tenant_%') and holds an outbox."
     ),
 ]
 PrintSqlOption = Annotated[

@@ -10,22 +10,36 @@ key=value DSN has spaces of its own and a URL may hold commas between its hosts.
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from relay import config as defaults
 from relay.outboxes import split_dsns, split_schemas
 
+
+def dsns_option(help_text: str) -> Any:
+    """``--dsn`` as a list, with the help of the command that takes it."""
+    return typer.Option(
+        "--dsn", envvar="OUTBOX_RELAY_DSN", metavar="DSN", show_default=False, help=help_text
+    )
+
+
+def schema_pattern_option(help_text: str) -> Any:
+    """``--schema-pattern``, with the help of the command that takes it."""
+    return typer.Option(
+        "--schema-pattern",
+        envvar="OUTBOX_RELAY_SCHEMA_PATTERN",
+        metavar="LIKE",
+        show_default=False,
+        help=help_text,
+    )
+
+
 DsnsOption = Annotated[
     list[str] | None,
-    typer.Option(
-        "--dsn",
-        envvar="OUTBOX_RELAY_DSN",
-        metavar="DSN",
-        show_default=False,
-        help="PostgreSQL connection string (URL or key=value); give it again for each "
-        "database to drain.",
+    dsns_option(
+        "PostgreSQL connection string (URL or key=value); give it again for each database to drain."
     ),
 ]
 SchemasOption = Annotated[
@@ -41,13 +55,9 @@ SchemasOption = Annotated[
 ]
 SchemaPatternOption = Annotated[
     str | None,
-    typer.Option(
-        "--schema-pattern",
-        envvar="OUTBOX_RELAY_SCHEMA_PATTERN",
-        metavar="LIKE",
-        show_default=False,
-        help="Also every schema whose name matches this LIKE pattern ('tenant_%') and "
-        "holds an outbox, in each database; looked for again while running.",
+    schema_pattern_option(
+        "Also every schema whose name matches this LIKE pattern ('tenant_%') and "
+        "holds an outbox, in each database; looked for again while running."
     ),
 ]
 
@@ -76,6 +86,7 @@ def listed_schemas(ctx: typer.Context, given: list[str] | None) -> list[str]:
     environment variable, split at commas and whitespace."""
     text = _from_environment(ctx, "schema")
     return split_schemas(text) if text is not None else list(given or [])
+
 
 MaxDbConnectionsOption = Annotated[
     int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -30,34 +30,38 @@ def listen_statement(verb: Literal["LISTEN", "UNLISTEN"], channel: str) -> sql.C
     return sql.SQL("{} {}").format(sql.SQL(verb), sql.Identifier(channel))
 
 
-class WakeListener:
-    """Calls ``wake`` when writers NOTIFY, at most once per ``coalesce`` seconds.
+class SharedListener:
+    """One LISTEN connection for the outboxes of a database: a notification on an
+    outbox's channel calls that outbox's ``wake``, at most once per ``coalesce`` seconds.
 
     Every notifying transaction sends one notification, so at a high commit rate handling
-    each on its own was a large share of the relay's CPU. After a wake-up the listener pauses
-    for ``coalesce`` (the poll linger, which the woken poller waits anyway), then reads
-    whatever arrived meanwhile in one go and wakes the pollers once for all of it.
+    each on its own was a large share of the relay's CPU. After a wake-up the listener
+    pauses for ``coalesce`` (the poll linger, which the woken poller waits anyway), then
+    reads whatever arrived meanwhile in one go and wakes each outbox once for all of it.
     """
 
-    def __init__(
-        self, session: DbSession, schema: str, wake: Callable[[], None], coalesce: float = 0.0
-    ) -> None:
-        self._session = session
-        self._channel = channel_name(schema)
-        self._wake = wake
-        self._coalesce = coalesce
-        self._task = BackgroundTask("wake-listener", self._run)
-        self._failures = 0
+    SYNC_EVERY = 0.5  # how soon a newly added outbox's channel is listened to
 
-    def start(self) -> None:
+    def __init__(self, session: DbSession, coalesce: float) -> None:
+        self._session = session
+        self._coalesce = coalesce
+        self._wakes: dict[str, Callable[[], None]] = {}
+        self._listening: set[str] = set()
+        self._failures = 0
+        self._task = BackgroundTask("wake-listener", self._run)
+
+    def add(self, schema: str, wake: Callable[[], None]) -> None:
+        self._wakes[channel_name(schema)] = wake
         self._task.start()
+
+    def remove(self, schema: str) -> None:
+        self._wakes.pop(channel_name(schema), None)
 
     async def stop(self) -> None:
         await self._task.stop()
         await self._session.close()
 
     async def _run(self) -> None:
-        self._failures = 0
         while True:
             try:
                 await self._listen()
@@ -70,12 +74,46 @@ class WakeListener:
 
     async def _listen(self) -> None:
         conn = await self._session.connection()
-        await conn.execute(listen_statement("LISTEN", self._channel))
-        self._failures = 0  # listening again: the next loss starts from a short backoff
-        self._wake()
+        self._listening = set()
+        await self._follow(conn)
+        self._failures = 0
+        for every in list(self._wakes.values()):
+            every()  # notifications sent while not listening are lost: look once
         while True:
-            async for _ in conn.notifies(stop_after=1):
-                pass  # it yields every notification of the packet: one wake-up covers all
-            self._wake()
-            if self._coalesce > 0:
+            # A packet's notifications at once (stop_after=1 ends after the packet).
+            notifies = conn.notifies(timeout=self.SYNC_EVERY, stop_after=1)
+            woken = {notification.channel async for notification in notifies}
+            for channel in woken:
+                if (wake := self._wakes.get(channel)) is not None:
+                    wake()
+            await self._follow(conn)
+            if woken and self._coalesce > 0:
                 await asyncio.sleep(self._coalesce)
+
+    async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """LISTEN to the channels of outboxes added, UNLISTEN those of outboxes gone."""
+        wanted = set(self._wakes)
+        for channel in wanted - self._listening:
+            await conn.execute(listen_statement("LISTEN", channel))
+        for channel in self._listening - wanted:
+            await conn.execute(listen_statement("UNLISTEN", channel))
+        self._listening = wanted
+
+
+class WakeListener:
+    """Calls ``wake`` when writers NOTIFY on one outbox's channel, at most once per
+    ``coalesce`` seconds: a SharedListener with one outbox (a relay of many outboxes
+    shares one per database, relay.poll.shared)."""
+
+    def __init__(
+        self, session: DbSession, schema: str, wake: Callable[[], None], coalesce: float = 0.0
+    ) -> None:
+        self._listener = SharedListener(session, coalesce)
+        self._schema = schema
+        self._wake = wake
+
+    def start(self) -> None:
+        self._listener.add(self._schema, self._wake)
+
+    async def stop(self) -> None:
+        await self._listener.stop()

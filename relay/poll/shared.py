@@ -30,11 +30,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from relay.backoff import full_jitter
 from relay.config import RelayConfig
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
 from relay.errors import RelayError
-from relay.poll.listener import channel_name, listen_statement
+from relay.poll.listener import SharedListener
 from relay.poll.poller import claim_session
 from relay.sqlfiles import bind
 from relay.tasks import BackgroundTask
@@ -136,70 +135,6 @@ class PooledClaimSession(SharedSession):
 
     async def close(self) -> None:
         await self.release()
-
-
-class SharedListener:
-    """One LISTEN connection for every outbox of a database: a notification on an
-    outbox's channel wakes that outbox's lanes, at most once per ``coalesce`` seconds."""
-
-    SYNC_EVERY = 0.5  # how soon a newly added outbox's channel is listened to
-
-    def __init__(self, session: DbSession, coalesce: float) -> None:
-        self._session = session
-        self._coalesce = coalesce
-        self._wakes: dict[str, Callable[[], None]] = {}
-        self._listening: set[str] = set()
-        self._failures = 0
-        self._task = BackgroundTask("wake-listener", self._run)
-
-    def add(self, schema: str, wake: Callable[[], None]) -> None:
-        self._wakes[channel_name(schema)] = wake
-        self._task.start()
-
-    def remove(self, schema: str) -> None:
-        self._wakes.pop(channel_name(schema), None)
-
-    async def stop(self) -> None:
-        await self._task.stop()
-        await self._session.close()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._listen()
-            except (RelayError, psycopg.Error) as exc:
-                await self._session.discard()
-                delay = full_jitter(self._failures, base=0.5, cap=15.0)
-                self._failures += 1
-                log.info("wake-up listener lost its connection (%s); polling meanwhile", exc)
-                await asyncio.sleep(delay)
-
-    async def _listen(self) -> None:
-        conn = await self._session.connection()
-        self._listening = set()
-        await self._follow(conn)
-        self._failures = 0
-        for every in list(self._wakes.values()):
-            every()  # notifications sent while not listening are lost: look once
-        while True:
-            # A packet's notifications at once (stop_after=1 ends after the packet).
-            notifies = conn.notifies(timeout=self.SYNC_EVERY, stop_after=1)
-            woken = {notification.channel async for notification in notifies}
-            for channel in woken:
-                if (wake := self._wakes.get(channel)) is not None:
-                    wake()
-            await self._follow(conn)
-            if woken and self._coalesce > 0:
-                await asyncio.sleep(self._coalesce)
-
-    async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """LISTEN to the channels of outboxes added, UNLISTEN those of outboxes gone."""
-        wanted = set(self._wakes)
-        for channel in wanted - self._listening:
-            await conn.execute(listen_statement("LISTEN", channel))
-        for channel in self._listening - wanted:
-            await conn.execute(listen_statement("UNLISTEN", channel))
-        self._listening = wanted
 
 
 class ListenerShare:

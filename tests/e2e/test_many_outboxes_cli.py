@@ -210,3 +210,84 @@ def test_print_and_print_grants_take_one_schema():
         assert "give one --schema" in result.stderr
     single = outbox_relay("migrate", "--print-grants", "relay", "--schema", "a")
     assert single.returncode == 0 and 'GRANT USAGE ON SCHEMA "a" TO "relay"' in single.stdout
+
+
+def test_doctor_checks_each_outbox_in_its_block_and_names_the_one_not_migrated(databases):
+    (name_a, dsn_a), _ = databases
+    missing = missing_database(dsn_a)
+    missing_name = conninfo_to_dict(missing)["dbname"]
+    assert run("migrate", "--dsn", dsn_a, "--schema", "a")[0] == 0
+
+    code, out, err = run("doctor", "--dsn", dsn_a, "--schema", "a", "--schema", "b")
+    assert code == 1, err
+    blocks = out.split("== ")[1:]
+    assert [block.split(" ==")[0] for block in blocks] == [f"{name_a}/a", f"{name_a}/b"]
+    assert "ok   database: connected to" in blocks[0]
+    assert "ok   outbox schema: schema 'a' is at version" in blocks[0]
+    assert "ok   database: connected to" in blocks[1]
+    assert "FAIL outbox schema: " in blocks[1] and "outbox-relay migrate" in blocks[1]
+
+    # a database that cannot be reached: one FAIL line for each of its outboxes, no password
+    pair = ["--dsn", missing, "--dsn", dsn_a, "--schema", "a", "--schema", "b"]
+    code, out, err = run("doctor", *pair)
+    assert code == 1, err
+    blocks = out.split("== ")[1:]
+    assert [block.split(" ==")[0] for block in blocks] == [
+        f"{missing_name}/a",
+        f"{missing_name}/b",
+        f"{name_a}/a",
+        f"{name_a}/b",
+    ]
+    for block in blocks[:2]:
+        assert block.count("\n") == 2, out  # the heading and one line
+        assert "\nFAIL database: cannot connect to PostgreSQL at " in block
+    assert out.count("FAIL") == 3 and "ok   outbox schema: schema 'a'" in blocks[2]
+
+
+def test_doctor_with_a_pattern_checks_each_outbox_it_finds(databases):
+    (name_a, dsn_a), (name_b, dsn_b) = databases
+    with psycopg.connect(dsn_a, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA tenant_3")  # not migrated: not an outbox the pattern finds
+    for schema in ("tenant_1", "tenant_2"):
+        assert run("migrate", "--dsn", dsn_a, "--schema", schema)[0] == 0
+    code, out, err = run("doctor", "--dsn", dsn_a, "--schema-pattern", "tenant_%")
+    assert code == 0, out + err
+    headings = [line for line in out.splitlines() if line.startswith("== ")]
+    assert headings == [f"== {name_a}/tenant_1 ==", f"== {name_a}/tenant_2 =="]
+    assert out.count("ok   outbox schema:") == 2 and "FAIL" not in out
+
+    code, out, _ = run("doctor", "--dsn", dsn_a, "--dsn", dsn_b, "--schema-pattern", "tenant_%")
+    assert code == 1
+    assert out.endswith(
+        f"== {name_b}/tenant_% ==\nFAIL outbox schema: no schema that matches the pattern "
+        "'tenant_%' holds an outbox; run outbox-relay migrate\n"
+    )
+    missing = missing_database(dsn_a)
+    code, out, _ = run("doctor", "--dsn", missing, "--schema-pattern", "tenant_%")
+    assert code == 1
+    assert out.startswith(f"== {conninfo_to_dict(missing)['dbname']}/tenant_% ==\nFAIL database: ")
+    assert len(out.splitlines()) == 2, out
+
+
+def test_doctor_refuses_one_outboxs_cdc_names_with_several_as_run_does():
+    many = ["--dsn", "host=127.0.0.1 dbname=nowhere", "--schema", "a", "--schema", "b"]
+    sentence = "--cdc-slot, --cdc-publication and --cdc-table name one outbox's;"
+    for flag in ("--cdc-slot", "--cdc-publication", "--cdc-table"):
+        value = "a.messages" if flag == "--cdc-table" else "mine"
+        doctor = outbox_relay("doctor", *many, "--mode", "cdc", flag, value)
+        assert doctor.returncode == 2, doctor.stdout + doctor.stderr
+        assert sentence in doctor.stderr and doctor.stdout == ""
+    relay = outbox_relay("run", *many, "--mode", "cdc", "--cdc-slot", "mine")
+    assert relay.returncode == 2 and sentence in relay.stderr
+
+
+def test_doctor_in_cdc_mode_checks_each_outboxs_own_slot(databases):
+    (name_a, dsn_a), _ = databases
+    both = ["--dsn", dsn_a, "--schema", "a", "--schema", "b"]
+    assert run("migrate", *both)[0] == 0
+    code, out, err = run("doctor", *both, "--mode", "cdc")
+    assert code == 0, out + err
+    assert out.count("ok   wal_level") == 2 and "FAIL" not in out
+    block_b = out.split(f"== {name_a}/b ==")[1]
+    assert "slot outbox_relay_b will be created" in block_b
+    assert "publication outbox_relay_b will be created for inserts into b.messages" in block_b
