@@ -10,6 +10,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from relay import enqueue
 from relay.connector import load_connector
@@ -82,12 +83,21 @@ def test_with_opentelemetry_the_relays_send_span_is_a_child_of_the_traceparent(
     finally:
         harness.cleanup()
     assert received[0].headers["traceparent"] == TRACEPARENT
-    [message_span] = [s for s in exporter.get_finished_spans() if s.parent is not None]
-    assert message_span.parent.trace_id == int(TRACEPARENT.split("-")[1], 16)
-    assert message_span.parent.span_id == int(TRACEPARENT.split("-")[2], 16)
+    spans = exporter.get_finished_spans()
+    trace_id, span_id = (int(part, 16) for part in TRACEPARENT.split("-")[1:3])
+    # Every try of the message is a child of its traceparent. A loaded machine can make
+    # the first produce to a new topic overrun the publish timeout: that try's spans end
+    # in an error and the message goes again, with spans of its own.
+    tries = [s for s in spans if s.parent is not None]
+    assert tries and all(
+        (s.parent.trace_id, s.parent.span_id) == (trace_id, span_id) for s in tries
+    )
+    [message_span] = [s for s in tries if s.status.status_code is not StatusCode.ERROR]
     assert message_span.name == f"send {topic}"
     assert message_span.attributes["messaging.system"] == "kafka"
     assert message_span.attributes["messaging.destination.name"] == topic
     assert message_span.attributes["messaging.message.id"] == received[0].message_id
-    [batch_span] = [s for s in exporter.get_finished_spans() if s.parent is None]
+    [batch_span] = [
+        s for s in spans if s.parent is None and s.status.status_code is not StatusCode.ERROR
+    ]
     assert [link.context.span_id for link in batch_span.links] == [message_span.parent.span_id]
