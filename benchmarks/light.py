@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import array
 import math
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
@@ -29,13 +28,12 @@ import psycopg
 from benchmarks.payloads import body_pool, event_key, event_text
 from benchmarks.stack import Stack, wait_until
 from benchmarks.workloads import Case, Session, percentiles
-from benchmarks.writers import read_commit_log
+from benchmarks.writers import WriterProcess, write_commit_log
 
 INSERT = "INSERT INTO outbox.messages (topic, key, payload) VALUES (%s, %s, %s::json)"
 SETTLE = 3.0  # seconds after the relay is ready (leases, the first empty polls)
 WRITER_RATE = 500.0  # msg/s per writer process, at most
 WRITER_NUMBERS = 1_000_000  # event numbers per writer: each writes first_n, first_n + 1, ...
-_spawn = mp.get_context("spawn")
 
 
 @dataclass(frozen=True)
@@ -96,38 +94,12 @@ def _write(spec: WriterSpec, committed: Any, stopping: Any) -> None:
             committed.value += 1
             n += 1
     producer.flush(10)
-    with open(spec.commit_log, "wb") as out:
-        array.array("q", [len(numbers)]).tofile(out)
-        numbers.tofile(out)
-        times.tofile(out)
+    write_commit_log(spec.commit_log, numbers, times)
 
 
-class LightWriter:
-    """One writer process at one rate; ``commits()`` once stopped: n -> COMMIT time."""
-
-    def __init__(self, spec: WriterSpec) -> None:
-        self._spec = spec
-        self._stopping = _spawn.Event()
-        self._committed = _spawn.Value("q", 0, lock=False)
-        self._process = _spawn.Process(
-            target=_write, args=(spec, self._committed, self._stopping), daemon=True
-        )
-        self._process.start()
-
-    def committed(self) -> int:
-        return int(self._committed.value)
-
-    def stop(self) -> dict[int, float]:
-        self._stopping.set()
-        self._process.join(20)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
-        if self._process.exitcode != 0:
-            raise RuntimeError(f"the light-traffic writer failed ({self._process.exitcode})")
-        commits = read_commit_log(self._spec.commit_log)
-        Path(self._spec.commit_log).unlink(missing_ok=True)
-        return commits
+def light_writer(spec: WriterSpec) -> WriterProcess:
+    """One writer process at one rate; ``stop()`` gives n -> COMMIT time."""
+    return WriterProcess(_write, spec, "the light-traffic writer")
 
 
 def light_traffic(
@@ -186,7 +158,7 @@ def _at_rate(
     session: Session, rate: float, specs: list[WriterSpec], settings: LightSettings,
     arrivals: dict[str, dict[int, float]],
 ) -> dict[str, Any]:  # fmt: skip
-    writers = [LightWriter(spec) for spec in specs]
+    writers = [light_writer(spec) for spec in specs]
 
     def committed() -> int:
         return sum(w.committed() for w in writers)

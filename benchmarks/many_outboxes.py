@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import array
 import math
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
@@ -60,11 +59,9 @@ from benchmarks.processes import (
     tree_cpu,
 )
 from benchmarks.stack import Stack, running_stack, service_pids, wait_until
-from benchmarks.writers import read_commit_log
+from benchmarks.writers import WriterProcess, write_commit_log
 from relay.migrations import migrate
 from tests.support.services import free_port
-
-_spawn = mp.get_context("spawn")
 
 
 def tenant(i: int) -> str:
@@ -149,36 +146,7 @@ def _write(spec: WriterSpec, committed: Any, stopping: Any) -> None:
             times.append(time.time())
             committed.value += 1
             n += 1
-    with open(spec.commit_log, "wb") as out:
-        array.array("q", [len(numbers)]).tofile(out)
-        numbers.tofile(out)
-        times.tofile(out)
-
-
-class Writer:
-    def __init__(self, spec: WriterSpec) -> None:
-        self.spec = spec
-        self._stopping = _spawn.Event()
-        self._committed = _spawn.Value("q", 0, lock=False)
-        self._process = _spawn.Process(
-            target=_write, args=(spec, self._committed, self._stopping), daemon=True
-        )
-        self._process.start()
-
-    def committed(self) -> int:
-        return int(self._committed.value)
-
-    def stop(self) -> set[int]:
-        self._stopping.set()
-        self._process.join(20)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
-        if self._process.exitcode != 0:
-            raise RuntimeError(f"a writer failed ({self._process.exitcode})")
-        numbers = set(read_commit_log(self.spec.commit_log))
-        Path(self.spec.commit_log).unlink(missing_ok=True)
-        return numbers
+    write_commit_log(spec.commit_log, numbers, times)
 
 
 def writer_specs(
@@ -295,7 +263,7 @@ def traffic_window(
     dsn: str, relay: RelayProcess, pg_pid: int, specs: list[WriterSpec], settings: Settings,
     arrivals: Arrivals,
 ) -> dict[str, Any]:  # fmt: skip
-    writers = [Writer(spec) for spec in specs]
+    writers = [WriterProcess(_write, spec, "a writer") for spec in specs]
     committed: set[int] = set()
     share = MachineShare()
     try:
@@ -314,7 +282,7 @@ def traffic_window(
         connections = relay_connections(dsn)
     finally:
         for writer in writers:
-            committed |= writer.stop()
+            committed.update(writer.stop())
     machine = share.stop()
     complete = wait_until(lambda: committed <= arrivals.numbers, 60, 0.2)
     elapsed, delivered = t_b - t_a, got_b - got_a

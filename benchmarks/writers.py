@@ -86,10 +86,48 @@ def _write(spec: WriterSpec, committed: Any, stopping: Any) -> None:
                 numbers.extend(batch)
                 times.extend([done] * len(batch))
     if spec.commit_log is not None:
-        with open(spec.commit_log, "wb") as out:
-            array.array("q", [len(numbers)]).tofile(out)
-            numbers.tofile(out)
-            times.tofile(out)
+        write_commit_log(spec.commit_log, numbers, times)
+
+
+def write_commit_log(
+    path: str | Path, numbers: array.array[int], times: array.array[float]
+) -> None:
+    """What a writer process committed, for the parent: event numbers and COMMIT times."""
+    with open(path, "wb") as out:
+        array.array("q", [len(numbers)]).tofile(out)
+        numbers.tofile(out)
+        times.tofile(out)
+
+
+class WriterProcess:
+    """A paced writer in a spawned process: ``target(spec, committed, stopping)`` counts
+    its commits in ``committed`` and leaves its commit log at ``spec.commit_log``."""
+
+    def __init__(self, target: Any, spec: Any, what: str) -> None:
+        self.spec = spec
+        self._what = what
+        self._stopping = _spawn.Event()
+        self._committed = _spawn.Value("q", 0, lock=False)
+        self._process = _spawn.Process(
+            target=target, args=(spec, self._committed, self._stopping), daemon=True
+        )
+        self._process.start()
+
+    def committed(self) -> int:
+        return int(self._committed.value)
+
+    def stop(self) -> dict[int, float]:
+        """Stop it; n -> COMMIT time of every event it committed."""
+        self._stopping.set()
+        self._process.join(20)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+        if self._process.exitcode != 0:
+            raise RuntimeError(f"{self._what} failed ({self._process.exitcode})")
+        commits = read_commit_log(self.spec.commit_log)
+        Path(self.spec.commit_log).unlink(missing_ok=True)
+        return commits
 
 
 def read_commit_log(path: str | Path) -> dict[int, float]:
