@@ -21,10 +21,10 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from relay.db import DbSession
-from relay.errors import RelayError
+from relay.errors import RelayError, RetryableError
 from relay.sqlfiles import query
 from relay.tasks import BackgroundTask, wait_any
 
@@ -106,22 +106,51 @@ class LeaseKeeper:
     async def tick(self) -> None:
         """One heartbeat: renew, then acquire or release to reach the fair share."""
         started = self._clock()
-        lapsed_for = started - self._valid_until if self.owned else 0.0
+        async with self._session.turn() as conn:
+            live, owned = await self.renew(conn)
+        self.renewed(started, live, owned)
+
+    def renewal(self) -> tuple[sql.Composed, dict[str, object]]:
+        """This tick's statement: heartbeat, live relays and renewal (renew_leases)."""
+        params = {
+            "relay_id": self._relay_id,
+            "ttl": self._ttl,
+            "name": self._relay_name,
+            "mode": self._mode,
+            "published": self._published(),
+        }
+        return query("renew_leases", self._schema), params
+
+    async def renew(self, conn: AsyncConnection[Any]) -> tuple[int, frozenset[int]]:
+        cursor = await conn.execute(*self.renewal())
+        return await self.rebalance(conn, await cursor.fetchone())
+
+    async def rebalance(
+        self, conn: AsyncConnection[Any], renewed: tuple[Any, ...] | None
+    ) -> tuple[int, frozenset[int]]:
+        """From renew_leases' row to the fair share: live relays and the buckets held.
+        Acquiring or releasing takes a statement of its own, only when the share is off."""
+        if renewed is None:
+            raise RetryableError("the lease renewal returned no row")
+        live, owned = int(renewed[0]), frozenset(renewed[1])
+        fair_share = math.ceil(BUCKETS / max(1, live))
         params = {"relay_id": self._relay_id, "ttl": self._ttl}
-        async with self._session.turn() as conn, conn.transaction():
-            await conn.execute(
-                query("heartbeat", self._schema),
-                {
-                    **params,
-                    "name": self._relay_name,
-                    "mode": self._mode,
-                    "published": self._published(),
-                },
+        if len(owned) > fair_share:
+            excess = sorted(owned)[fair_share:]
+            await conn.execute(query("release_leases", self._schema), {**params, "buckets": excess})
+            return live, owned - set(excess)
+        if len(owned) < fair_share:
+            cursor = await conn.execute(
+                query("acquire_leases", self._schema),
+                {**params, "wanted": fair_share - len(owned)},
             )
-            live = await self._scalar(conn, "count_live_relays", {"mode": self._mode})
-            fair_share = math.ceil(BUCKETS / max(1, live))
-            owned = await self._buckets(conn, "renew_leases", params)
-            owned = await self._rebalance(conn, owned, fair_share, params)
+            return live, owned | {int(row[0]) for row in await cursor.fetchall()}
+        return live, owned
+
+    def renewed(self, started: float, live: int, owned: frozenset[int]) -> None:
+        """A renewal that began at ``started`` (this clock) is committed: the leases are
+        valid from then, and a change of the buckets held is told."""
+        lapsed_for = started - self._valid_until if self.owned else 0.0
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
         if lapsed_for > 0:
             log.warning(
@@ -141,34 +170,3 @@ class LeaseKeeper:
             )
             self.owned = owned
             self._on_change()
-
-    async def _rebalance(
-        self,
-        conn: AsyncConnection[Any],
-        owned: frozenset[int],
-        fair_share: int,
-        params: dict[str, object],
-    ) -> frozenset[int]:
-        if len(owned) > fair_share:
-            excess = sorted(owned)[fair_share:]
-            await conn.execute(query("release_leases", self._schema), {**params, "buckets": excess})
-            return owned - set(excess)
-        if len(owned) < fair_share:
-            gained = await self._buckets(
-                conn, "acquire_leases", {**params, "wanted": fair_share - len(owned)}
-            )
-            return owned | gained
-        return owned
-
-    async def _buckets(
-        self, conn: AsyncConnection[Any], name: str, params: dict[str, object]
-    ) -> frozenset[int]:
-        cursor = await conn.execute(query(name, self._schema), params)
-        return frozenset(int(row[0]) for row in await cursor.fetchall())
-
-    async def _scalar(
-        self, conn: AsyncConnection[Any], name: str, params: dict[str, object]
-    ) -> int:
-        cursor = await conn.execute(query(name, self._schema), params)
-        row = await cursor.fetchone()
-        return int(row[0]) if row else 0

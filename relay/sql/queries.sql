@@ -116,14 +116,25 @@ SET heartbeat_at = now(), expires_at = excluded.expires_at, published = excluded
 -- name: prune_relays
 DELETE FROM {schema}.relays WHERE expires_at < now() - interval '1 hour';
 
--- name: count_live_relays
-SELECT count(*) FROM {schema}.relays WHERE expires_at > now() AND mode = %(mode)s;
-
 -- name: renew_leases
-UPDATE {schema}.bucket_leases
-SET expires_at = now() + make_interval(secs => %(ttl)s)
-WHERE relay_id = %(relay_id)s AND expires_at > now()
-RETURNING bucket;
+-- A lease tick in one statement (relay.poll.leases): this relay's heartbeat, the count of
+-- live relays of its mode, and its buckets renewed, as one sorted array. The parts share
+-- one snapshot, so the count cannot see this heartbeat: it counts the others and adds one.
+WITH heartbeat AS (
+  INSERT INTO {schema}.relays AS r (relay_id, name, mode, expires_at, published)
+  VALUES (%(relay_id)s, %(name)s, %(mode)s, now() + make_interval(secs => %(ttl)s),
+          %(published)s)
+  ON CONFLICT (relay_id) DO UPDATE
+  SET heartbeat_at = now(), expires_at = excluded.expires_at, published = excluded.published
+), renewed AS (
+  UPDATE {schema}.bucket_leases
+  SET expires_at = now() + make_interval(secs => %(ttl)s)
+  WHERE relay_id = %(relay_id)s AND expires_at > now()
+  RETURNING bucket
+)
+SELECT 1 + (SELECT count(*) FROM {schema}.relays
+            WHERE expires_at > now() AND mode = %(mode)s AND relay_id <> %(relay_id)s)::int,
+       (SELECT COALESCE(array_agg(bucket ORDER BY bucket), '{{}}') FROM renewed);
 
 -- name: acquire_leases
 UPDATE {schema}.bucket_leases AS l
