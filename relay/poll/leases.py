@@ -61,6 +61,7 @@ class LeaseKeeper:
         self._published = published
         self._clock = clock  # injectable, so a test can run the leases out
         self.owned: frozenset[int] = frozenset()
+        self._held: tuple[frozenset[int], str] = (self.owned, "{}")
         self._valid_until = 0.0
         self._task = BackgroundTask("lease-keeper", self._run)
         self._stopping = asyncio.Event()
@@ -118,8 +119,15 @@ class LeaseKeeper:
             "name": self._relay_name,
             "mode": self._mode,
             "published": self._published(),
+            "held": self._held_literal(),
         }
         return query("renew_leases", self._schema), params
+
+    def _held_literal(self) -> str:
+        """The buckets held, sorted, as an array literal (built again only on a change)."""
+        if self._held[0] is not self.owned:
+            self._held = (self.owned, "{" + ",".join(map(str, sorted(self.owned))) + "}")
+        return self._held[1]
 
     async def renew(self, conn: AsyncConnection[Any]) -> tuple[int, frozenset[int]]:
         cursor = await conn.execute(*self.renewal())
@@ -132,7 +140,8 @@ class LeaseKeeper:
         Acquiring or releasing takes a statement of its own, only when the share is off."""
         if renewed is None:
             raise RetryableError("the lease renewal returned no row")
-        live, owned = int(renewed[0]), frozenset(renewed[1])
+        live = int(renewed[0])
+        owned = self.owned if renewed[1] is None else frozenset(renewed[1])
         fair_share = math.ceil(BUCKETS / max(1, live))
         params = {"relay_id": self._relay_id, "ttl": self._ttl}
         if len(owned) > fair_share:

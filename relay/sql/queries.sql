@@ -118,8 +118,10 @@ DELETE FROM {schema}.relays WHERE expires_at < now() - interval '1 hour';
 
 -- name: renew_leases
 -- A lease tick in one statement (relay.poll.leases): this relay's heartbeat, the count of
--- live relays of its mode, and its buckets renewed, as one sorted array. The parts share
--- one snapshot, so the count cannot see this heartbeat: it counts the others and adds one.
+-- live relays of its mode, and its buckets renewed, as one sorted array, or NULL when
+-- they are the ones it held (%(held)s, sorted): the usual tick then returns two numbers,
+-- not 256 of them to compare. The parts share one snapshot, so the count cannot see this
+-- heartbeat: it counts the others and adds one.
 WITH heartbeat AS (
   INSERT INTO {schema}.relays AS r (relay_id, name, mode, expires_at, published)
   VALUES (%(relay_id)s, %(name)s, %(mode)s, now() + make_interval(secs => %(ttl)s),
@@ -134,7 +136,9 @@ WITH heartbeat AS (
 )
 SELECT 1 + (SELECT count(*) FROM {schema}.relays
             WHERE expires_at > now() AND mode = %(mode)s AND relay_id <> %(relay_id)s)::int,
-       (SELECT COALESCE(array_agg(bucket ORDER BY bucket), '{{}}') FROM renewed);
+       (SELECT NULLIF(COALESCE(array_agg(bucket ORDER BY bucket), '{{}}'),
+                      %(held)s::smallint[])
+        FROM renewed);
 
 -- name: acquire_leases
 UPDATE {schema}.bucket_leases AS l
