@@ -4,6 +4,8 @@ Keys hash into 256 buckets. Each relay heartbeats a row in ``relays`` and leases
 ``256 / live relays`` buckets in ``bucket_leases``, renewing them every ``ttl / 4``. A relay
 that dies stops renewing; its buckets expire after ``ttl`` and the others take them over.
 A relay that holds more than its fair share releases the excess when a new one joins.
+The outboxes of a database in a relay of many tick together, in one transaction
+(relay.poll.shared.LeaseTicker); each keeps its own leases and fair share.
 
 The local clock decides whether this relay may still publish: leases count as valid only
 until ``ttl`` after the renewal *started* (monotonic), minus a safety margin, so a relay
@@ -13,11 +15,12 @@ frozen past its lease never publishes work another relay may have taken.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 import psycopg
@@ -35,8 +38,17 @@ SAFETY_MARGIN = 0.2  # fraction of the TTL we refuse to use, for clock rate diff
 RELEASE_TIMEOUT = 5.0  # seconds to hand leases back at stop; they expire anyway
 
 
+class LeaseTicks(Protocol):
+    """What ticks the keepers of a database's outboxes together (relay.poll.shared)."""
+
+    def add(self, keeper: LeaseKeeper) -> None: ...
+
+    def remove(self, keeper: LeaseKeeper) -> None: ...
+
+
 class LeaseKeeper:
-    """Heartbeats this relay and keeps its fair share of bucket leases."""
+    """Heartbeats this relay and keeps its fair share of bucket leases: on its own task,
+    or, given ``ticks``, with the other outboxes of its database."""
 
     def __init__(
         self,
@@ -50,9 +62,10 @@ class LeaseKeeper:
         on_change: Callable[[], None],
         published: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
+        ticks: LeaseTicks | None = None,
     ) -> None:
         self._session = session
-        self._schema = schema
+        self.schema = self._schema = schema
         self._relay_id = relay_id
         self._relay_name = relay_name
         self._mode = mode
@@ -65,6 +78,9 @@ class LeaseKeeper:
         self._valid_until = 0.0
         self._task = BackgroundTask("lease-keeper", self._run)
         self._stopping = asyncio.Event()
+        self._ticks = ticks
+        # the outbox's context (its log lines name it), for what a shared ticker runs
+        self._context = contextvars.copy_context()
 
     @property
     def interval(self) -> float:
@@ -73,12 +89,21 @@ class LeaseKeeper:
     def holds_valid_leases(self) -> bool:
         return bool(self.owned) and self._clock() < self._valid_until
 
+    def now(self) -> float:
+        return self._clock()
+
     def start(self) -> None:
-        self._task.start()
+        self._context = contextvars.copy_context()
+        if self._ticks is not None:
+            self._ticks.add(self)
+        else:
+            self._task.start()
 
     async def stop(self) -> None:
         """Stop renewing and hand every bucket back at once (not after the TTL)."""
         self._stopping.set()
+        if self._ticks is not None:
+            self._ticks.remove(self)
         await self._task.stop(cancel=False)  # a renewal in progress finishes first
         self._valid_until = 0.0
         try:
@@ -93,23 +118,31 @@ class LeaseKeeper:
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
-            try:
-                # bounded: a connection that stopped answering is dropped, not waited on
-                async with asyncio.timeout(self._ttl / 2):
-                    await self.tick()
-            except Exception as exc:
-                # The leases run out by themselves if this keeps failing; publishing stops
-                # through holds_valid_leases(). Reconnect on the next tick.
-                log.warning("lease renewal failed: %s", exc or type(exc).__name__)
-                await self._session.discard()
+            await self.tick_alone()
             await wait_any(self._stopping, timeout=self.interval)
+
+    async def tick_alone(self) -> None:
+        """A tick of this outbox on its own, its failure logged (never raised)."""
+        try:
+            # bounded: a connection that stopped answering is dropped, not waited on
+            async with asyncio.timeout(self._ttl / 2):
+                await self.tick()
+        except Exception as exc:
+            # The leases run out by themselves if this keeps failing; publishing stops
+            # through holds_valid_leases(). Reconnect on the next tick.
+            self.in_context(log.warning, "lease renewal failed: %s", exc or type(exc).__name__)
+            await self._session.discard()
+
+    def in_context(self, call: Callable[..., None], *args: Any) -> None:
+        """``call`` as if from the outbox's own task (a shared ticker's calls name it)."""
+        self._context.run(call, *args)
 
     async def tick(self) -> None:
         """One heartbeat: renew, then acquire or release to reach the fair share."""
         started = self._clock()
         async with self._session.turn() as conn:
             live, owned = await self.renew(conn)
-        self.renewed(started, live, owned)
+        self.in_context(self.renewed, started, live, owned)
 
     def renewal(self) -> tuple[sql.Composed, dict[str, object]]:
         """This tick's statement: heartbeat, live relays and renewal (renew_leases)."""
@@ -159,6 +192,8 @@ class LeaseKeeper:
     def renewed(self, started: float, live: int, owned: frozenset[int]) -> None:
         """A renewal that began at ``started`` (this clock) is committed: the leases are
         valid from then, and a change of the buckets held is told."""
+        if self._stopping.is_set():
+            return  # stop() hands them back: they are not this relay's to use any more
         lapsed_for = started - self._valid_until if self.owned else 0.0
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
         if lapsed_for > 0:

@@ -69,6 +69,7 @@ class PollSource:
             ttl=config.lease_ttl,
             on_change=self._leases_changed(parts),
             published=lambda: self.stats.published,
+            ticks=shared.lease_ticker if shared else None,
         )
         self.wakeup_switch = WakeupSwitch(
             config.schema,
@@ -104,7 +105,9 @@ class PollSource:
             shared.listener_for(config.schema, self._notified)
             if shared
             else WakeListener(
-                keep(duty_session(config, "listen")), config.schema, self._notified,
+                keep(duty_session(config, "listen")),
+                config.schema,
+                self._notified,
                 coalesce=config.poll_linger,
             )
         )
