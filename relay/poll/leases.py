@@ -28,7 +28,7 @@ from psycopg import AsyncConnection, sql
 
 from relay.db import DbSession
 from relay.errors import RelayError, RetryableError
-from relay.sqlfiles import query
+from relay.sqlfiles import bind, query
 from relay.tasks import BackgroundTask, wait_any
 
 log = logging.getLogger(__name__)
@@ -144,17 +144,19 @@ class LeaseKeeper:
             live, owned = await self.renew(conn)
         self.in_context(self.renewed, started, live, owned)
 
-    def renewal(self) -> tuple[sql.Composed, dict[str, object]]:
-        """This tick's statement: heartbeat, live relays and renewal (renew_leases)."""
-        params = {
-            "relay_id": self._relay_id,
-            "ttl": self._ttl,
-            "name": self._relay_name,
-            "mode": self._mode,
-            "published": self._published(),
-            "held": self._held_literal(),
-        }
-        return query("renew_leases", self._schema), params
+    def renewal(self) -> sql.Composed:
+        """This tick's statement, its values bound: heartbeat, live relays, renewal."""
+        return bind(
+            "queries.sql",
+            "renew_leases",
+            schema=sql.Identifier(self._schema),
+            relay_id=sql.Literal(self._relay_id),
+            ttl=sql.Literal(self._ttl),
+            relay_name=sql.Literal(self._relay_name),
+            mode=sql.Literal(self._mode),
+            published=sql.Literal(self._published()),
+            held=sql.Literal(self._held_literal()),
+        )
 
     def _held_literal(self) -> str:
         """The buckets held, sorted, as an array literal (built again only on a change)."""
@@ -163,7 +165,7 @@ class LeaseKeeper:
         return self._held[1]
 
     async def renew(self, conn: AsyncConnection[Any]) -> tuple[int, frozenset[int]]:
-        cursor = await conn.execute(*self.renewal())
+        cursor = await conn.execute(self.renewal())
         return await self.rebalance(conn, await cursor.fetchone())
 
     async def rebalance(

@@ -297,13 +297,17 @@ class LeaseTicker:
     async def _tick_together(self, keepers: list[LeaseKeeper]) -> None:
         started = [keeper.now() for keeper in keepers]
         async with self._session.turn() as conn:
-            async with conn.transaction():
-                async with conn.pipeline():
-                    cursors = [await conn.execute(*keeper.renewal()) for keeper in keepers]
-                shares = [
-                    await keeper.rebalance(conn, await cursor.fetchone())
-                    for keeper, cursor in zip(keepers, cursors, strict=True)
-                ]
+            # one query of many statements: one transaction, one round trip, no statement
+            # of it parsed for parameters in Python
+            batch = sql.SQL(";\n").join(keeper.renewal() for keeper in keepers)
+            cursor = await conn.execute(batch)
+            rows = []
+            for _ in keepers:
+                rows.append(await cursor.fetchone())
+                cursor.nextset()
+            shares = [
+                await keeper.rebalance(conn, row) for keeper, row in zip(keepers, rows, strict=True)
+            ]
             # still in the turn: a keeper that stops hands its buckets back after this
             for keeper, began, (live, owned) in zip(keepers, started, shares, strict=True):
                 keeper.in_context(keeper.renewed, began, live, owned)
