@@ -7,8 +7,8 @@ database share (docs/multi-tenant.md):
 
 - one connection per duty (leases, scheduler, housekeeping), each outbox's work taking
   its turn on it (``DbSession.turn``), a unit of work at a time;
-- one lease tick for all of them (LeaseTicker): every outbox's renewal in one pipelined
-  transaction every ``--lease-ttl / 4``, not a transaction per outbox;
+- one lease tick for all of them (LeaseTicker): every outbox's renewal in one query
+  every ``--lease-ttl / 4``, not a transaction per outbox on a timer of its own;
 - one LISTEN connection, listening on every outbox's channel;
 - a pool of claim connections: a claim lane takes one for a claim transaction and hands
   it back when the batch is acknowledged, so the lanes of outboxes with work take turns,
@@ -240,9 +240,10 @@ class LookoutShare:
 
 class LeaseTicker:
     """The lease ticks of a database's outboxes, together, at the cadence of one
-    outbox's (``--lease-ttl / 4``): one transaction on the leases connection with every
-    outbox's renewal pipelined in it, so 200 outboxes cost a round trip and a commit a
-    tick instead of 200 of each. Each keeper's leases and fair share stay its own.
+    outbox's (``--lease-ttl / 4``): one query on the leases connection holding every
+    outbox's renewal statement (one implicit transaction), so 200 outboxes cost a round
+    trip and a commit a tick instead of 200 of each. Each keeper's leases, fair share
+    and validity clock stay its own.
 
     A tick that fails on a statement while the connection survives (one outbox's schema
     dropped or its privileges revoked) is done again outbox by outbox, each alone, so

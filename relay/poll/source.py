@@ -105,9 +105,7 @@ class PollSource:
             shared.listener_for(config.schema, self._notified)
             if shared
             else WakeListener(
-                keep(duty_session(config, "listen")),
-                config.schema,
-                self._notified,
+                keep(duty_session(config, "listen")), config.schema, self._notified,
                 coalesce=config.poll_linger,
             )
         )
