@@ -121,17 +121,19 @@ class LeaseKeeper:
             await self.tick_alone()
             await wait_any(self._stopping, timeout=self.interval)
 
-    async def tick_alone(self) -> None:
-        """A tick of this outbox on its own, its failure logged (never raised)."""
+    async def tick_alone(self) -> bool:
+        """A tick of this outbox on its own; a failure is logged (never raised): False."""
         try:
             # bounded: a connection that stopped answering is dropped, not waited on
             async with asyncio.timeout(self._ttl / 2):
                 await self.tick()
+            return True
         except Exception as exc:
             # The leases run out by themselves if this keeps failing; publishing stops
             # through holds_valid_leases(). Reconnect on the next tick.
             self.in_context(log.warning, "lease renewal failed: %s", exc or type(exc).__name__)
             await self._session.discard()
+            return False
 
     def in_context(self, call: Callable[..., None], *args: Any) -> None:
         """``call`` as if from the outbox's own task (a shared ticker's calls name it)."""

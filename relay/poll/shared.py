@@ -247,14 +247,16 @@ class LeaseTicker:
 
     A tick that fails on a statement while the connection survives (one outbox's schema
     dropped or its privileges revoked) is done again outbox by outbox, each alone, so
-    one outbox cannot make the others' leases lapse. A connection that failed is
-    dropped; every keeper's leases then lapse by themselves, as a relay of one outbox's
-    do, until a tick goes through."""
+    one outbox cannot make the others' leases lapse; an outbox that fails alone goes on
+    ticking alone, beside the others' query, until it succeeds. A connection that failed
+    is dropped; every keeper's leases then lapse by themselves, as a relay of one
+    outbox's do, until a tick goes through."""
 
     def __init__(self, session: DbSession, ttl: float) -> None:
         self._session = session
         self._ttl = ttl
         self._keepers: dict[str, LeaseKeeper] = {}
+        self._alone: set[LeaseKeeper] = set()  # failed alone last time: tried alone again
         self._due = asyncio.Event()
         self._task = BackgroundTask("lease-ticker", self._run)
 
@@ -266,6 +268,7 @@ class LeaseTicker:
     def remove(self, keeper: LeaseKeeper) -> None:
         if self._keepers.get(keeper.schema) is keeper:
             del self._keepers[keeper.schema]
+        self._alone.discard(keeper)
 
     async def stop(self) -> None:
         await self._task.stop()
@@ -275,11 +278,17 @@ class LeaseTicker:
         while True:
             await wait_any(self._due, timeout=self._ttl / 4)
             self._due.clear()
-            keepers = list(self._keepers.values())
-            if keepers and not await self._tick(keepers):
-                for keeper in keepers:
-                    if self._keepers.get(keeper.schema) is keeper:
-                        await keeper.tick_alone()
+            together = [k for k in self._keepers.values() if k not in self._alone]
+            alone = [k for k in self._keepers.values() if k in self._alone]
+            if together and not await self._tick(together):
+                alone += together
+            for keeper in alone:
+                if self._keepers.get(keeper.schema) is not keeper:
+                    continue  # stopped meanwhile
+                if await keeper.tick_alone():
+                    self._alone.discard(keeper)
+                else:
+                    self._alone.add(keeper)
 
     async def _tick(self, keepers: list[LeaseKeeper]) -> bool:
         """Tick them together; False when each should try alone (a statement failed on

@@ -165,7 +165,9 @@ def test_two_relays_share_each_outbox_and_a_frozen_ones_leases_lapse(db_dsn):
     asyncio.run(scenario())
 
 
-def test_an_outbox_whose_lease_renewal_fails_does_not_let_the_others_lapse(db_dsn):
+def test_an_outbox_whose_lease_renewal_fails_does_not_let_the_others_lapse(db_dsn, caplog):
+    """b's renewal fails from some tick on: a's leases stay valid, and b ticks alone from
+    then on, beside a's query, rather than failing every shared tick."""
     for schema in ("a", "b"):
         install_outbox(db_dsn, schema)
     config = relay_config(db_dsn, schemas=("a", "b"))
@@ -191,3 +193,6 @@ def test_an_outbox_whose_lease_renewal_fails_does_not_let_the_others_lapse(db_ds
             await asyncio.wait_for(task, 30)
 
     asyncio.run(scenario())
+    # once, or twice if b's source restarted meanwhile; not at every tick of the test
+    shared_failures = [r for r in caplog.records if "lease renewal of" in r.getMessage()]
+    assert len(shared_failures) <= 2, [r.getMessage() for r in shared_failures]
