@@ -27,9 +27,15 @@ from relay.cdc.preflight import require_ready
 from relay.cdc.publisher import CdcStats
 from relay.cdc.session import StreamSession
 from relay.cdc.settings import CdcSettings
-from relay.cdc.slots import current_database, drop_slot, ensure_publication, read_slot
+from relay.cdc.slots import (
+    current_database,
+    drop_slot,
+    ensure_publication,
+    read_slot,
+    start_streaming,
+)
 from relay.cdc.snapshot import SnapshotRequest
-from relay.cdc.stream import ReplicationStream, SlotInUseError
+from relay.cdc.stream import ReplicationStream
 from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.errors import ConfigError, PermanentError, RelayError
@@ -39,7 +45,6 @@ from relay.tasks import BackgroundTask, bounded, wait_any
 
 log = logging.getLogger(__name__)
 
-START_ATTEMPTS = 5
 
 
 class CdcRelay:
@@ -137,7 +142,7 @@ class CdcRelay:
             start_lsn = await self._prepare(stream, stopping)
             if start_lsn is None:
                 return
-            await self._start(stream, start_lsn)
+            await start_streaming(stream, self.leadership, self.names, start_lsn)
             outgoing = Outgoing()
             decoder = ChangeDecoder(self.names, self.outbox.mapping, outgoing,
                                     on_delayed=self.scheduler.poke)
@@ -191,24 +196,6 @@ class CdcRelay:
             request = SnapshotRequest(None, verdict.covered_xmin, lsn)
             return await self.outbox.snapshot_then_stream(request, stopping)
         return state.confirmed_lsn or 0
-
-    async def _start(self, stream: ReplicationStream, start_lsn: int) -> None:
-        """START_REPLICATION from ``start_lsn``: the relay's saved position, which may be
-        past the slot's (PostgreSQL moves a slot back to it; skipped commits were
-        published). A walsender left over from a previous leader is ended."""
-        for attempt in range(START_ATTEMPTS):
-            try:
-                await stream.start(self.names.slot, self.names.publication, start_lsn)
-                return
-            except SlotInUseError:
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-                slot = await read_slot(self.leadership, self.names)
-                if slot is not None and slot.active_pid is not None:
-                    log.warning("slot %s is still streamed by walsender %d (a previous "
-                                "leader); ending that session", self.names.slot, slot.active_pid)
-                    await self.leadership.end_session(slot.active_pid)
-                await asyncio.sleep(0.1 * (attempt + 1))
 
     async def _back_off(self, stopping: asyncio.Event, exc: RelayError) -> None:
         delay = full_jitter(self._failures, base=self.config.retry_base,

@@ -150,26 +150,8 @@ class StreamSession:
     # --- publishing ------------------------------------------------------------------
 
     async def _publish_loop(self, halt: Signal) -> None:
-        while True:
-            batch = await self._next_batch(halt)
-            if batch is None:
-                return
-            acknowledge = functools.partial(self._outgoing.acknowledge, batch)
-            delivered = await self._publisher.deliver(batch.items, halt, acknowledge)
-            self._space.set()
-            if not delivered:
-                return
-
-    async def _next_batch(self, halt: Signal) -> Batch | None:
-        outgoing = self._outgoing
-        # Events that came while the previous batch was with the broker have waited
-        # long enough: only a batch whose first event finds the queue empty lingers.
-        linger = 0.0 if outgoing.ready.is_set() else self._linger
-        while not outgoing.ready.is_set() and not halt.is_set():
-            await wait_signals(halt, outgoing.ready)
-        if outgoing.backlog < self._batch_size and linger > 0 and not halt.is_set():
-            await wait_signals(halt, timeout=linger)  # let the transactions behind join
-        return None if halt.is_set() else outgoing.take(self._batch_size)
+        await publish_batches(self._outgoing, self._publisher, halt, self._space,
+                              batch_size=self._batch_size, linger=self._linger)
 
     # --- confirming ------------------------------------------------------------------
 
@@ -210,3 +192,34 @@ class StreamSession:
             self._last_status = time.monotonic()
             log.debug("confirmed %s to the server", lsn_to_str(self.saved_lsn))
 
+
+
+async def publish_batches(
+    outgoing: Outgoing, publisher: BatchPublisher, halt: Signal, space: Signal,
+    *, batch_size: int, linger: float,
+) -> None:
+    """Deliver ``outgoing``'s batches in order until ``halt`` (or a batch cut short);
+    ``space`` is set after each, for a reader waiting for the backlog to shrink."""
+    while True:
+        batch = await _next_batch(outgoing, halt, batch_size, linger)
+        if batch is None:
+            return
+        acknowledge = functools.partial(outgoing.acknowledge, batch)
+        delivered = await publisher.deliver(batch.items, halt, acknowledge)
+        space.set()
+        if not delivered:
+            return
+
+
+async def _next_batch(
+    outgoing: Outgoing, halt: Signal, batch_size: int, linger: float
+) -> Batch | None:
+    # Events that came while the previous batch was with the broker have waited
+    # long enough: only a batch whose first event finds the queue empty lingers.
+    if outgoing.ready.is_set():
+        linger = 0.0
+    while not outgoing.ready.is_set() and not halt.is_set():
+        await wait_signals(halt, outgoing.ready)
+    if outgoing.backlog < batch_size and linger > 0 and not halt.is_set():
+        await wait_signals(halt, timeout=linger)  # let the transactions behind join
+    return None if halt.is_set() else outgoing.take(batch_size)
