@@ -176,7 +176,7 @@ class RelayConfig:
 
     def _fewest_connections(self) -> int:
         """Polling: leases, scheduler, listener, sampler, (housekeeping,) one to claim with;
-        CDC: one outbox's six and the sampler's."""
+        CDC: the slot's leader and stream, one outbox's four and the sampler's."""
         if self.mode == "cdc":
             return 7
         return 6 if self.retention > 0 else 5

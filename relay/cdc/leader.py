@@ -199,11 +199,12 @@ class Leadership:
             return
         self.schemas.remove(schema)
         self.states.pop(schema, None)
-        if self.is_leader:
-            try:
+        try:
+            if self.is_leader:
                 await self.execute(cdc_query("release_leadership", schema))
-            except RelayError as exc:
-                log.info("could not clear the CDC lease of %s: %s", schema, exc)
+            await self.execute(query("forget_relay", schema))
+        except RelayError as exc:
+            log.info("could not clear the CDC lease of %s: %s", schema, exc)
 
     async def _standby_round(self) -> str | None:
         """Heartbeat as a standby; end the leader's sessions once its lease ran out."""

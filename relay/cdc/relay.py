@@ -19,6 +19,7 @@ import psycopg
 from relay.backoff import full_jitter
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import lsn_to_str
+from relay.cdc.group import SharedSlotOutbox, SlotGroup
 from relay.cdc.guardrails import Action, assess
 from relay.cdc.leader import Leadership, leader_session
 from relay.cdc.outbox import OutboxCdc
@@ -40,7 +41,7 @@ from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.errors import ConfigError, PermanentError, RelayError
 from relay.health import HealthState
-from relay.source import SourceKind, SourceParts
+from relay.source import Source, SourceKind, SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
 
 log = logging.getLogger(__name__)
@@ -208,15 +209,18 @@ class CdcRelay:
 
 
 
-def _cdc_source(parts: SourceParts) -> CdcRelay:
+def _cdc_source(parts: SourceParts) -> Source:
+    if isinstance(parts.database, SlotGroup):
+        return SharedSlotOutbox(parts, parts.database)
     return CdcRelay(parts.config, parts.connector, relay_id=parts.relay_id, health=parts.health)
 
 
 def cdc_connections(config: RelayConfig, outboxes: int) -> int:
-    """Each outbox streams from a slot of its own: its leader, replication stream,
-    set-aside drain, housekeeping and scheduler connections, and the snapshot's while a
-    slot is first created."""
-    return 6 * outboxes
+    """A database's outboxes share the slot's leader and replication connections; each
+    has its set-aside drain, housekeeping and scheduler connections, and the snapshot's
+    while its pending rows are published."""
+    return 2 + 4 * outboxes
 
 
-CDC = SourceKind(preflight=require_ready, build=_cdc_source, connections=cdc_connections)
+CDC = SourceKind(preflight=require_ready, build=_cdc_source, share=SlotGroup,
+                 connections=cdc_connections)
