@@ -18,7 +18,6 @@ added to the publication and its pending rows are published before its stream st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, Literal
 
@@ -111,9 +110,9 @@ class SlotGroup:
         self.leadership: Leadership | None = None
         self._streaming: set[SharedSlotOutbox] = set()
         self._changed = asyncio.Event()  # the members changed: the session starts again
-        self._settled = asyncio.Condition()  # a session ended
+        self._session_over = asyncio.Event()  # the session streaming now has ended
         self._closing = asyncio.Event()
-        self._engine: asyncio.Task[None] | None = None
+        self._engine: BackgroundTask | None = None
         self._beat = BackgroundTask("cdc-health", self._beat_members)
         self._label = ""
         self._published = 0
@@ -137,25 +136,27 @@ class SlotGroup:
         self.members[member.schema] = member
         self._changed.set()
         self._beat.start()
-        if self._engine is None or self._engine.done():
-            self._engine = asyncio.create_task(self._run_engine(), name="cdc-slot-group")
+        if self._engine is None or not self._engine.running:
+            self._engine = BackgroundTask("cdc-slot-group", self._run_engine)
+            self._engine.start()
 
     async def leave(self, member: SharedSlotOutbox, *, timeout: float) -> None:
         """Take ``member`` out of the stream: its batch in flight finishes first."""
         if self.members.get(member.schema) is member:
             del self.members[member.schema]
         self._changed.set()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout), self._settled:
-                await self._settled.wait_for(lambda: member not in self._streaming)
+        if member in self._streaming:
+            await wait_any(self._session_over, timeout=timeout)
         if self.leadership is not None and member.schema not in self.members:
             await self.leadership.uncover(member.schema)
 
     async def close(self) -> None:
         self._closing.set()
         self._changed.set()
-        if self._engine is not None:
-            await bounded(self._engine, self.config.shutdown_timeout, "CDC slot group")
+        if self._engine is not None and not await self._engine.finished(
+            self.config.shutdown_timeout
+        ):
+            await self._engine.stop()
         await self._beat.stop()
         if self.leadership is not None:
             await bounded(self.leadership.release(forget=True), self.config.shutdown_timeout,
@@ -185,14 +186,8 @@ class SlotGroup:
             if not leadership.is_leader:
                 if leadership.lost.is_set():
                     await leadership.release()
-                leadership.schemas = sorted(self.members)
-                stop = asyncio.Event()
-                watcher = asyncio.ensure_future(self._watch_done(stop))
-                try:
-                    if not await leadership.acquire(stop):
-                        continue
-                finally:
-                    watcher.cancel()
+                if not await self._acquire(leadership):
+                    continue
             try:
                 await self._stream_once(leadership)
                 failures = 0
@@ -214,6 +209,18 @@ class SlotGroup:
             self._changed.clear()
             await wait_any(self._changed, self._closing, timeout=SETTLE_QUIET)
 
+    async def _acquire(self, leadership: Leadership) -> bool:
+        """Wait as a standby until this relay leads the slot for every outbox (True), or
+        until none is left here to lead it for."""
+        leadership.schemas = sorted(self.members)
+        stop = asyncio.Event()
+        watcher = BackgroundTask("cdc-slot-group-members", lambda: self._watch_done(stop))
+        watcher.start()
+        try:
+            return await leadership.acquire(stop)
+        finally:
+            await watcher.stop()
+
     async def _watch_done(self, stop: asyncio.Event) -> None:
         while not self._done():
             self._changed.clear()
@@ -223,13 +230,15 @@ class SlotGroup:
     async def _stream_once(self, leadership: Leadership) -> None:
         self._changed.clear()
         members = [self.members[schema] for schema in sorted(self.members)]
-        await self._cover(leadership, members)
-        stream = await ReplicationStream.connect(
-            self.config.dsn, connect_timeout=self.config.connect_timeout)
-        self._streaming = set(members)
+        self._streaming = set(members)  # until _settle: an outbox leaving waits for it
+        self._session_over = asyncio.Event()
         halt = asyncio.Event()
         companions: list[BackgroundTask] = []
+        stream: ReplicationStream | None = None
         try:
+            await self._cover(leadership, members)
+            stream = await ReplicationStream.connect(
+                self.config.dsn, connect_timeout=self.config.connect_timeout)
             for member in members:
                 await member.outbox.aside.load()  # before a snapshot: it sets aside too
             starts = await self._prepare(stream, leadership, members)
@@ -249,13 +258,13 @@ class SlotGroup:
             halt.set()
             for task in companions:
                 await task.stop(cancel=task.name != "cdc-set-aside")
-            await stream.close()
+            if stream is not None:
+                await stream.close()
             await self._settle()
 
     async def _settle(self) -> None:
-        async with self._settled:
-            self._streaming = set()
-            self._settled.notify_all()
+        self._streaming = set()
+        self._session_over.set()
 
     async def _cover(self, leadership: Leadership, members: list[SharedSlotOutbox]) -> None:
         """Hold the lease row of every outbox streamed, and of none other."""

@@ -272,7 +272,8 @@ class GroupSession:
                 lane.outgoing.add_mark(self.boundary_lsn, commit=False)
             target = lane.save_target(final=final)
             if target > lane.saved_lsn:
-                await self._leadership.guarded(lane.save_query, {"lsn": lsn_to_str(target)})
+                await self._leadership.guarded(lane.save_query, {"lsn": lsn_to_str(target)},
+                                               schema=lane.names.schema)
                 lane.saved_lsn, lane.last_save = target, time.monotonic()
         flushed = self.flushed_lsn
         position = (max(self.received_lsn, flushed), flushed)

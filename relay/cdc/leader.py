@@ -45,6 +45,8 @@ from relay.tasks import BackgroundTask, wait_any
 log = logging.getLogger(__name__)
 
 SAFETY_MARGIN = 0.2  # fraction of the TTL the leader refuses to use
+# A dropped outbox: its cdc_state (or its whole schema) is gone.
+SCHEMA_GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 
 
 def lock_key(slot: str) -> int:
@@ -159,7 +161,8 @@ class Leadership:
             row = await self._claim_row(conn, schema)
             if row is None:
                 return False
-            self.states[schema] = _state_of(row)
+            if schema in self.schemas:
+                self.states[schema] = _state_of(row)
         self.state = self.states.get(self._schema, CdcState())
         self._conn = conn
         self._leader = True
@@ -173,8 +176,29 @@ class Leadership:
     async def _claim_row(
         self, conn: psycopg.AsyncConnection[Any], schema: str
     ) -> tuple[Any, ...] | None:
-        cursor = await conn.execute(cdc_query("claim_leadership", schema), self._params)
+        try:
+            cursor = await conn.execute(cdc_query("claim_leadership", schema), self._params)
+        except SCHEMA_GONE as exc:
+            if not self._let_go_of(schema, exc):
+                raise
+            return self._lock_row(schema)
         return await cursor.fetchone()
+
+    def _lock_row(self, schema: str) -> tuple[Any, ...] | None:
+        """What a claim of a schema that was dropped meanwhile counts as: nothing to hold."""
+        return (None, None, False) if self.schemas else None
+
+    def _let_go_of(self, schema: str, exc: psycopg.Error) -> bool:
+        """An outbox sharing the slot was dropped (its schema, its cdc_state): stop
+        covering it, rather than lose the lead of the others. False for a slot of one."""
+        if not self._names.shared:
+            return False
+        if schema in self.schemas:
+            self.schemas.remove(schema)
+            self.states.pop(schema, None)
+            log.info("schema %s is gone (%s); the lead of slot %s no longer covers it",
+                     schema, str(exc).strip().splitlines()[0], self._names.slot)
+        return True
 
     async def cover(self, schema: str) -> CdcState:
         """While leading: take ``schema``'s lease row too (an outbox joined the slot)."""
@@ -201,8 +225,8 @@ class Leadership:
         self.states.pop(schema, None)
         try:
             if self.is_leader:
-                await self.execute(cdc_query("release_leadership", schema))
-            await self.execute(query("forget_relay", schema))
+                await self.execute(cdc_query("release_leadership", schema), schema=schema)
+            await self.execute(query("forget_relay", schema), schema=schema)
         except RelayError as exc:
             log.info("could not clear the CDC lease of %s: %s", schema, exc)
 
@@ -246,7 +270,7 @@ class Leadership:
     async def _renew(self) -> None:
         started = time.monotonic()
         for schema in list(self.schemas):
-            await self.guarded(cdc_query("renew_leadership", schema))
+            await self.guarded(cdc_query("renew_leadership", schema), schema=schema)
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
         await self._heartbeat_relay_row()
 
@@ -256,25 +280,34 @@ class Leadership:
             await self.execute(query("heartbeat", schema), {
                 "relay_id": self.relay_id, "name": self._relay_name, "mode": "cdc",
                 "ttl": self._ttl, "published": self._published(),
-            })
+            }, schema=schema)
 
     async def execute(
-        self, statement: sql.Composed, params: Mapping[str, Any] | None = None
+        self, statement: sql.Composed, params: Mapping[str, Any] | None = None,
+        *, schema: str | None = None,
     ) -> int:
-        """Run ``statement`` on the leader connection; return the rows it affected."""
+        """Run ``statement`` on the leader connection; return the rows it affected. A
+        statement of ``schema``'s, when that outbox was dropped from a shared slot,
+        affects nothing and leaves the session (and the lock) alone: -1."""
         conn = await self.connection()
         try:
             cursor = await conn.execute(statement, {**self._params, **(params or {})})
+        except SCHEMA_GONE as exc:
+            if schema is not None and self._let_go_of(schema, exc):
+                return -1
+            await self._session.discard()
+            raise translate_db_error(exc, "writing CDC state") from None
         except psycopg.Error as exc:
             await self._session.discard()
             raise translate_db_error(exc, "writing CDC state") from None
         return cursor.rowcount
 
     async def guarded(
-        self, statement: sql.Composed, params: Mapping[str, Any] | None = None
+        self, statement: sql.Composed, params: Mapping[str, Any] | None = None,
+        *, schema: str | None = None,
     ) -> None:
         """Run a leader-only write; LeaseLostError when another relay leads now."""
-        if await self.execute(statement, params) == 0:
+        if await self.execute(statement, params, schema=schema) == 0:
             self.lost.set()
             raise LeaseLostError(f"another relay took over slot {self._names.slot}")
 
@@ -318,15 +351,15 @@ class Leadership:
         await self._keeper.stop(cancel=False)
         try:
             if was_leader and not self.lost.is_set():
-                for schema in self.schemas:
-                    await self.execute(cdc_query("release_leadership", schema))
+                for schema in list(self.schemas):
+                    await self.execute(cdc_query("release_leadership", schema), schema=schema)
         except (RelayError, psycopg.Error) as exc:
             log.warning("could not clear the CDC lease on stop (it expires by itself): %s", exc)
         self._leader, self._conn = False, None
         if forget:
             try:
-                for schema in self.schemas:
-                    await self.execute(query("forget_relay", schema))
+                for schema in list(self.schemas):
+                    await self.execute(query("forget_relay", schema), schema=schema)
             except (RelayError, psycopg.Error) as exc:
                 log.warning("could not remove this relay from the relays table: %s", exc)
         await self._session.close()  # ends the session, and so releases the lock

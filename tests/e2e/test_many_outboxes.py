@@ -191,12 +191,15 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("mode", ["poll", "cdc"])
 def test_a_schema_pattern_picks_up_a_tenant_migrated_later_and_lets_a_dropped_one_go(
-    db_dsn, kafka, relays
+    db_dsn, kafka, relays, mode
 ):
     migrate(db_dsn, "tenant_a")
     topic = kafka.new_topic()
     relay = relays(
+        "--mode",
+        mode,
         "--dsn",
         db_dsn,
         "--schema-pattern",
