@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any, Literal
 
 import psycopg
@@ -112,6 +113,7 @@ class SlotGroup:
         self._changed = asyncio.Event()  # the members changed: the session starts again
         self._session_over = asyncio.Event()  # the session streaming now has ended
         self._closing = asyncio.Event()
+        self._leaving = asyncio.Lock()
         self._engine: BackgroundTask | None = None
         self._beat = BackgroundTask("cdc-health", self._beat_members)
         self._label = ""
@@ -147,8 +149,13 @@ class SlotGroup:
         self._changed.set()
         if member in self._streaming:
             await wait_any(self._session_over, timeout=timeout)
-        if self.leadership is not None and member.schema not in self.members:
-            await self.leadership.uncover(member.schema)
+        leadership = self.leadership
+        if leadership is None or member.schema in self.members:
+            return
+        async with self._leaving:  # one at a time on the leader connection
+            await leadership.uncover(member.schema)
+            if not self.members and not self._closing.is_set():
+                await leadership.release()  # no outbox left here: let another relay lead
 
     async def close(self) -> None:
         self._closing.set()
@@ -197,8 +204,6 @@ class SlotGroup:
                 log.exception("unexpected error while streaming")
                 failure = RelayError(f"{type(exc).__name__}: {exc}")
                 failures = await self._back_off(failures, failure)
-        if leadership.is_leader and not self._closing.is_set():
-            await leadership.release()  # no outbox left here: let another relay lead
 
     async def _settle_changes(self) -> None:
         """Outboxes join and leave in bursts (a relay starting, a pattern matching many
@@ -250,9 +255,7 @@ class SlotGroup:
                                    linger=self.settings.linger)
             log.info("streaming slot %s for %d outboxes from %s", members[0].names.slot,
                      len(members), lsn_to_str(min(starts.values())))
-            companions = [task for m in members for task in m.outbox.companions(halt)]
-            for task in companions:
-                task.start()
+            companions = self._start_companions(members, halt)
             await session.run(_either(self._changed, self._closing))
         finally:
             halt.set()
@@ -261,6 +264,21 @@ class SlotGroup:
             if stream is not None:
                 await stream.close()
             await self._settle()
+
+    def _start_companions(
+        self, members: list[SharedSlotOutbox], halt: asyncio.Event
+    ) -> list[BackgroundTask]:
+        """Each outbox's set-aside drain and scheduler, their lines naming the outbox."""
+        started = []
+        for member in members:
+            named = CURRENT_OUTBOX.set(member.label)  # the tasks copy the context now
+            try:
+                for task in member.outbox.companions(halt):
+                    task.start()
+                    started.append(task)
+            finally:
+                CURRENT_OUTBOX.reset(named)
+        return started
 
     async def _settle(self) -> None:
         self._streaming = set()
@@ -298,6 +316,11 @@ class SlotGroup:
         for member in members:
             state = await leadership.refresh_state(member.schema)
             verdict = assess(slot, state, database, names.slot)
+            if slot is not None and state.confirmed_lsn is None:
+                # Not a surprise when the slot is shared: this outbox joins it now.
+                verdict = replace(verdict, level=logging.INFO, message=(
+                    f"joining slot {names.slot}; this outbox's pending rows are published "
+                    "first (those written while it joins may arrive twice)"))
             _log_as(member, verdict.level, verdict.message)
             verdicts[member.schema] = (verdict, state)
         stopping = _either(self._closing)
