@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from struct import Struct
-from typing import Final
+from typing import Any, Final
 
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import PrimaryKeepalive, lsn_to_str, parse_copy_data, wal_data_payload
@@ -37,20 +37,14 @@ from relay.cdc.publisher import BatchPublisher
 from relay.cdc.queries import cdc_query
 from relay.cdc.session import (
     BACKLOG_BATCHES,
-    IDLE_SAVE_BYTES,
-    IDLE_SAVE_INTERVAL,
     MIN_BACKLOG,
-    READ_BATCH,
-    SAVE_INTERVAL,
-    STATUS_INTERVAL,
-    YIELD_EVERY,
+    SessionLoops,
     publish_batches,
+    save_target,
 )
 from relay.cdc.settings import CdcNames
-from relay.cdc.signals import Signal, wait_signals
+from relay.cdc.signals import Signal
 from relay.cdc.stream import ReplicationStream
-from relay.errors import LeaseLostError
-from relay.tasks import wait_any
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +70,12 @@ class Lane:
         self.save_query = cdc_query("save_progress", self.names.schema)
 
     def save_target(self, *, final: bool) -> int:
-        outgoing = self.outgoing
-        if final or outgoing.confirmed_commit_lsn > self.saved_lsn:
-            return max(outgoing.confirmed_lsn, self.saved_lsn)
-        advance = outgoing.confirmed_lsn - self.saved_lsn
-        waited = time.monotonic() - self.last_save
-        if advance >= IDLE_SAVE_BYTES or (advance > 0 and waited >= IDLE_SAVE_INTERVAL):
-            return outgoing.confirmed_lsn
-        return self.saved_lsn
+        if final:
+            return max(self.outgoing.confirmed_lsn, self.saved_lsn)
+        return save_target(self.outgoing, self.saved_lsn, self.last_save)
 
 
-class GroupSession:
+class GroupSession(SessionLoops):
     def __init__(
         self,
         stream: ReplicationStream,
@@ -122,55 +111,25 @@ class GroupSession:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Stream until ``stopping`` (then drain the batches in flight) or a failure."""
-        halt = Signal()
-        reader = asyncio.create_task(self._read_loop(), name="cdc-reader")
-        publishers = [
-            asyncio.create_task(publish_batches(
+        await self._run_loops(stopping, self._leadership.lost, self._publishers)
+
+    def _publishers(self, halt: Signal) -> dict[str, Coroutine[Any, Any, None]]:
+        return {
+            f"cdc-publisher {lane.names.schema}": publish_batches(
                 lane.outgoing, lane.publisher, halt, lane.space,
                 batch_size=self._batch_size, linger=self._linger,
-            ), name=f"cdc-publisher {lane.names.schema}")
+            )
             for lane in self._lanes
-        ]
-        progress = asyncio.create_task(self._progress_loop(), name="cdc-progress")
-        tasks = {reader, progress, *publishers}
-        ended = asyncio.ensure_future(wait_any(stopping, self._leadership.lost))
-        try:
-            done, _ = await asyncio.wait(tasks | {ended}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done & tasks:
-                task.result()
-            halt.set()
-            reader.cancel()
-            await asyncio.gather(*publishers)
-            self._closing.set()
-            await progress
-            if self._leadership.lost.is_set():
-                raise LeaseLostError("another relay took over the slot")
-            await self._save_and_report(final=True)
-        finally:
-            for task in (*tasks, ended):
-                task.cancel()
-            await asyncio.gather(*tasks, ended, return_exceptions=True)
+        }
 
     # --- reading ---------------------------------------------------------------------
 
-    def _backlog_full(self) -> Lane | None:
-        return next((lane for lane in self._lanes
+    def _no_space(self) -> Signal | None:
+        """One outbox far behind its broker stops the reading for all: the stream has
+        one order, and every waiting event costs memory."""
+        full = next((lane for lane in self._lanes
                      if lane.outgoing.backlog >= self._max_backlog), None)
-
-    async def _read_loop(self) -> None:
-        since_yield = 0
-        while True:
-            if (full := self._backlog_full()) is not None:
-                full.space.clear()
-                await wait_signals(full.space, timeout=STATUS_INTERVAL)
-                continue
-            frames = await self._stream.read_frames(STATUS_INTERVAL, READ_BATCH)
-            for frame in frames:
-                self._take(frame)
-            since_yield += len(frames)
-            if since_yield >= YIELD_EVERY:
-                since_yield = 0
-                await asyncio.sleep(0)
+        return None if full is None else full.space
 
     def _take(self, frame: memoryview) -> None:
         wal_data = wal_data_payload(frame)
@@ -252,16 +211,7 @@ class GroupSession:
     # --- confirming ------------------------------------------------------------------
 
     async def _progress_loop(self) -> None:
-        while not self._closing.is_set():
-            self._progressed.clear()
-            reply = self._reply_wanted.is_set()
-            self._reply_wanted.clear()
-            await self._save_and_report(reply=reply)
-            await wait_signals(self._progressed, self._reply_wanted, self._closing,
-                               timeout=min(STATUS_INTERVAL, IDLE_SAVE_INTERVAL))
-            since_save = time.monotonic() - self._last_save
-            if since_save < SAVE_INTERVAL and not self._reply_wanted.is_set():
-                await wait_signals(self._closing, timeout=SAVE_INTERVAL - since_save)
+        await self._progress_loop_on(self._progressed)
 
     async def _save_and_report(self, *, reply: bool = False, final: bool = False) -> None:
         self._last_save = time.monotonic()
@@ -275,11 +225,4 @@ class GroupSession:
                 await self._leadership.guarded(lane.save_query, {"lsn": lsn_to_str(target)},
                                                schema=lane.names.schema)
                 lane.saved_lsn, lane.last_save = target, time.monotonic()
-        flushed = self.flushed_lsn
-        position = (max(self.received_lsn, flushed), flushed)
-        due = time.monotonic() - self._last_status >= STATUS_INTERVAL
-        if position != self._reported or due or reply or final:
-            await self._stream.send_status(*position)
-            self._reported = position
-            self._last_status = time.monotonic()
-            log.debug("confirmed %s to the server", lsn_to_str(flushed))
+        await self._report(self.received_lsn, self.flushed_lsn, reply=reply, final=final)

@@ -106,10 +106,9 @@ def test_the_service_assembles_a_source_without_asking_which_mode():
 
 def test_background_tasks_start_through_relay_tasks():
     """Start, cancel and gather are written once (relay.tasks); the drain's own task in
-    the service and the CDC sessions' loops (a slot's own, or one shared by several
-    outboxes), which end together, are the only other places that create tasks."""
-    allowed = {"relay/tasks.py", "relay/service.py", "relay/cdc/session.py",
-               "relay/cdc/group_session.py"}
+    the service and the CDC session's loops, which end together, are the only other
+    places that create tasks."""
+    allowed = {"relay/tasks.py", "relay/service.py", "relay/cdc/session.py"}
     offenders = [
         str(path.relative_to(ROOT))
         for package in ("relay", "connectors")
