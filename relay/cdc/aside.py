@@ -94,7 +94,7 @@ class AsideStore:
     ) -> None:
         self._session = session
         self._schema = names.schema
-        self._fence = {"lock_key": aside_lock_key(names.slot), "slot": names.slot,
+        self._fence = {"lock_key": aside_lock_key(names.own_name), "slot": names.slot,
                        "leader_id": leader_id}  # fmt: skip
         self.policy = policy
         self._retention = retention

@@ -191,12 +191,15 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("mode", ["poll", "cdc"])
 def test_a_schema_pattern_picks_up_a_tenant_migrated_later_and_lets_a_dropped_one_go(
-    db_dsn, kafka, relays
+    db_dsn, kafka, relays, mode
 ):
     migrate(db_dsn, "tenant_a")
     topic = kafka.new_topic()
     relay = relays(
+        "--mode",
+        mode,
         "--dsn",
         db_dsn,
         "--schema-pattern",
@@ -254,13 +257,24 @@ def test_cdc_mode_streams_every_outbox_of_a_database(db_dsn, kafka, relays):
     got = received_by_outbox(kafka, topic, 100)
     for schema in SCHEMAS:
         assert_complete_and_in_key_order(got[schema], range(50))
+    with psycopg.connect(db_dsn) as conn:
+        # One WAL sender streams one slot whose publication covers both tables.
+        senders = conn.execute(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE 'outbox-relay%'"
+        ).fetchone()
+        published = conn.execute(
+            "SELECT schemaname FROM pg_publication_tables WHERE pubname = 'outbox_relay__shared'"
+            " ORDER BY 1"
+        ).fetchall()
+    assert senders == (1,)
+    assert [p[0] for p in published] == list(SCHEMAS)
     assert relay.terminate() == 0
     with psycopg.connect(db_dsn) as conn:
         slots = conn.execute(
             "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
             " ORDER BY 1"
         ).fetchall()
-    assert [s[0] for s in slots] == ["outbox_relay_tenant_a", "outbox_relay_tenant_b"]
+    assert [s[0] for s in slots] == ["outbox_relay__shared"]
 
 
 def pending(dsn: str, schema: str) -> int:

@@ -12,7 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.config import RelayConfig
 from relay.fleet_health import FleetHealth, LabelledOutboxMetrics, OutboxProbe
 from relay.health import HealthState
-from relay.outboxes import database_labels, outbox_addresses, split_dsns, split_schemas
+from relay.outboxes import (
+    OutboxAddress,
+    database_labels,
+    outbox_addresses,
+    split_dsns,
+    split_schemas,
+)
 from relay.poll.shared import ClaimPool, claim_pool_size, poll_connections
 
 DSN_A = "postgresql://relay:pw@db-a:5432/orders"
@@ -52,10 +58,29 @@ def test_a_list_of_outboxes_is_checked_in_plain_sentences():
 
 
 def test_cdc_names_of_one_outbox_are_refused_for_several():
-    config = RelayConfig(dsn=DSN_A, schemas=("eu", "us"), mode="cdc", cdc=_cdc(slot="one"))
-    assert any("name one outbox's" in p for p in config.problems())
+    config = RelayConfig(dsn=DSN_A, schemas=("eu", "us"), mode="cdc", cdc=_cdc(table="eu.t"))
+    assert any("name one outbox's table" in p for p in config.problems())
     single = RelayConfig(dsn=DSN_A, schemas=("eu",), mode="cdc", cdc=_cdc(slot="one"))
     assert single.problems() == []
+
+
+def test_the_outboxes_of_a_database_share_one_slot_and_publication_in_cdc_mode():
+    config = RelayConfig(dsn=DSN_A, schemas=("eu", "us"), mode="cdc")
+    names = {
+        config.for_outbox(OutboxAddress("db", schema, DSN_A)).cdc.resolve(schema)
+        for schema in ("eu", "us")
+    }
+    assert {(n.slot, n.publication, n.own_name) for n in names} == {
+        ("outbox_relay__shared", "outbox_relay__shared", "outbox_relay__shared/eu"),
+        ("outbox_relay__shared", "outbox_relay__shared", "outbox_relay__shared/us"),
+    }
+    named = RelayConfig(dsn=DSN_A, schemas=("eu", "us"), mode="cdc",
+                        cdc=_cdc(slot="tenants", publication="tenants"))
+    assert named.problems() == []
+    one = named.for_outbox(OutboxAddress("db", "eu", DSN_A)).cdc.resolve("eu")
+    assert (one.slot, one.publication) == ("tenants", "tenants")
+    alone = RelayConfig(dsn=DSN_A, schema="eu", mode="cdc").cdc.resolve("eu")
+    assert (alone.slot, alone.own_name) == ("outbox_relay_eu", "outbox_relay_eu")
 
 
 def _cdc(**names):
