@@ -28,7 +28,7 @@ from relay.backoff import full_jitter
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.group_session import GroupSession, Lane
-from relay.cdc.guardrails import Action, Verdict, assess
+from relay.cdc.guardrails import Action, SlotInfo, Verdict, assess
 from relay.cdc.leader import CdcState, Leadership, leader_session
 from relay.cdc.outbox import OutboxCdc
 from relay.cdc.outgoing import Outgoing
@@ -315,12 +315,7 @@ class SlotGroup:
         verdicts: dict[str, tuple[Verdict, CdcState]] = {}
         for member in members:
             state = await leadership.refresh_state(member.schema)
-            verdict = assess(slot, state, database, names.slot)
-            if slot is not None and state.confirmed_lsn is None:
-                # Not a surprise when the slot is shared: this outbox joins it now.
-                verdict = replace(verdict, level=logging.INFO, message=(
-                    f"joining slot {names.slot}; this outbox's pending rows are published "
-                    "first (those written while it joins may arrive twice)"))
+            verdict = shared_verdict(assess(slot, state, database, names.slot), slot, state)
             _log_as(member, verdict.level, verdict.message)
             verdicts[member.schema] = (verdict, state)
         stopping = _either(self._closing)
@@ -396,6 +391,32 @@ class _AnyEvent(asyncio.Event):
     async def wait(self) -> Literal[True]:
         await wait_any(*self._events)
         return True
+
+
+def shared_verdict(verdict: Verdict, slot: SlotInfo | None, state: CdcState) -> Verdict:
+    """``assess``'s verdict for one outbox of a slot its database's outboxes share.
+
+    Two cases read differently there. An outbox with no record joins the slot: news,
+    not a warning. An outbox the slot has moved past was not streamed for a while (left
+    out of the relay's outboxes, then back): the others streamed on, so the slot is not
+    someone else's doing. Recreating it would republish every outbox's rows; this outbox
+    alone republishes the rows its watermark does not cover instead."""
+    if slot is None or slot.wal_status == "lost":
+        return verdict  # gone or lost for every outbox: (re)create it
+    if state.confirmed_lsn is None:
+        return replace(verdict, level=logging.INFO, message=(
+            f"joining slot {slot.name}; this outbox's pending rows are published first "
+            "(those written while it joins may arrive twice)"))
+    if verdict.action is not Action.CREATE:
+        return verdict
+    return Verdict(
+        Action.SNAPSHOT, logging.WARNING,
+        f"slot {slot.name} has moved on to {lsn_to_str(slot.confirmed_flush or 0)} since "
+        f"this outbox was last streamed ({lsn_to_str(state.confirmed_lsn)}): republishing "
+        "its rows newer than that; events it wrote with emit() in between are not in the "
+        "slot any more",
+        covered_xmin=state.covered_xmin, snapshot_lsn=slot.confirmed_flush,
+    )
 
 
 def _log_as(member: SharedSlotOutbox, level: int, message: str) -> None:
