@@ -30,7 +30,7 @@ from relay.cdc.frames import lsn_to_str
 from relay.cdc.group_session import GroupSession, Lane
 from relay.cdc.guardrails import Action, SlotInfo, Verdict, assess
 from relay.cdc.leader import CdcState, Leadership, leader_session
-from relay.cdc.outbox import OutboxCdc
+from relay.cdc.outbox import OutboxCdc, OutboxSessions, aside_session, scheduler_session
 from relay.cdc.outgoing import Outgoing
 from relay.cdc.publisher import CdcStats
 from relay.cdc.settings import CdcNames
@@ -44,15 +44,19 @@ from relay.cdc.slots import (
 from relay.cdc.snapshot import SnapshotRequest
 from relay.cdc.stream import ReplicationStream
 from relay.config import RelayConfig
-from relay.db import DbSession
+from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
 from relay.errors import ConfigError, PermanentError, RelayError
 from relay.logs import CURRENT_OUTBOX
+from relay.shared_sessions import OWN_LOOK_EVERY, ClaimPool, Lookout, PooledClaimSession
 from relay.source import SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
 
 log = logging.getLogger(__name__)
 
 BEAT_EVERY = 1.0
+ASIDE_POOL = 2  # set-aside rounds of different outboxes in flight at once
+# leader, stream, scheduler, housekeeping, snapshot and the set-aside pool
+CDC_SHARED_CONNECTIONS = 5 + ASIDE_POOL
 SETTLE_QUIET = 0.3  # no outbox joined or left for this long: start streaming
 SETTLE_MAX = 5.0  # however many keep coming
 
@@ -73,7 +77,8 @@ class SharedSlotOutbox:
         self.label = CURRENT_OUTBOX.get() or config.schema
         self._group = group
         leadership = group.leadership_for(parts, self)
-        self.outbox = OutboxCdc(config, parts.connector, self.names, leadership, self.stats)
+        self.outbox = OutboxCdc(config, parts.connector, self.names, leadership, self.stats,
+                                group.sessions_for())
 
     @property
     def schema(self) -> str:
@@ -90,9 +95,11 @@ class SharedSlotOutbox:
         retention = self.outbox.retention(stopping)
         retention.start()
         self._group.join(self)
+        self._group.lookout.add(self.schema, self.outbox.wake)
         try:
             await stopping.wait()
         finally:
+            self._group.lookout.remove(self.schema)
             await self._group.leave(self, timeout=self.config.shutdown_timeout)
             await retention.stop()
 
@@ -106,7 +113,24 @@ class SlotGroup:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self.settings = config.cdc
-        self.sessions: list[DbSession] = []
+        connect = config.connect_timeout
+        # The outboxes' own pieces take turns on these (their duties' statements are
+        # short), and a round of set-aside rows takes a pool connection for its
+        # transaction: connections grow with databases, not schemas.
+        self._duties = {
+            "scheduler": scheduler_session(config),
+            "housekeeping": DbSession(config.dsn, "cdc-housekeeping", connect_timeout=connect,
+                                      settings=INDEX_PLAN_SETTINGS),
+            "snapshot": DbSession(config.dsn, "cdc-snapshot", connect_timeout=connect),
+        }
+        self._aside_pool = ClaimPool([
+            aside_session(config, self.settings.takeover_ttl) for _ in range(ASIDE_POOL)
+        ])
+        # One look per --poll-interval for every outbox's set-aside rows and due delayed
+        # messages, in place of each outbox's own looks (then OWN_LOOK_EVERY apart).
+        self.lookout = Lookout(self._duties["scheduler"], config.poll_interval,
+                               look="has_cdc_work")
+        self.sessions: list[DbSession] = [*self._duties.values(), *self._aside_pool.sessions]
         self.members: dict[str, SharedSlotOutbox] = {}
         self.leadership: Leadership | None = None
         self._streaming: set[SharedSlotOutbox] = set()
@@ -133,6 +157,16 @@ class SlotGroup:
             )
             self._label = member.label.rpartition("/")[0] or member.label
         return self.leadership
+
+    def sessions_for(self) -> OutboxSessions:
+        """An outbox's turns on the database's connections."""
+        return OutboxSessions(
+            aside=PooledClaimSession(self._aside_pool),
+            snapshot=SharedSession(self._duties["snapshot"]),
+            housekeeping=SharedSession(self._duties["housekeeping"]),
+            scheduler=SharedSession(self._duties["scheduler"]),
+            look_every=OWN_LOOK_EVERY,
+        )
 
     def join(self, member: SharedSlotOutbox) -> None:
         self.members[member.schema] = member
@@ -165,9 +199,12 @@ class SlotGroup:
         ):
             await self._engine.stop()
         await self._beat.stop()
+        await self.lookout.stop()
         if self.leadership is not None:
             await bounded(self.leadership.release(forget=True), self.config.shutdown_timeout,
                           "CDC leadership")
+        await self._aside_pool.close()
+        await asyncio.gather(*(session.close() for session in self._duties.values()))
 
     async def _beat_members(self) -> None:
         """/healthz of each outbox: green while the group's event loop answers."""
@@ -355,10 +392,10 @@ class SlotGroup:
                 start = await member.outbox.snapshot_then_stream(request, stopping)
             finally:
                 CURRENT_OUTBOX.reset(named)
-                await member.outbox.close_snapshot()
             if start is None:
                 return None
             starts[member.schema] = start
+        await self._duties["snapshot"].close()  # needed again only when a slot is made
         return starts
 
     async def _back_off(self, failures: int, exc: RelayError) -> int:
