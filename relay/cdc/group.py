@@ -141,7 +141,6 @@ class SlotGroup:
         self._engine: BackgroundTask | None = None
         self._beat = BackgroundTask("cdc-health", self._beat_members)
         self._label = ""
-        self._published = 0
 
     def leadership_for(self, parts: SourceParts, member: SharedSlotOutbox) -> Leadership:
         """The group's lead, made for the first outbox that joins."""
