@@ -176,9 +176,9 @@ class RelayConfig:
 
     def _fewest_connections(self) -> int:
         """Polling: leases, scheduler, listener, sampler, (housekeeping,) one to claim with;
-        CDC: the slot's leader and stream, one outbox's four and the sampler's."""
+        CDC: the seven its outboxes share (relay.cdc.group) and the sampler's."""
         if self.mode == "cdc":
-            return 7
+            return 8
         return 6 if self.retention > 0 else 5
 
     def _cdc_problems(self) -> list[str]:

@@ -28,9 +28,9 @@ from relay.backoff import full_jitter
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.group_session import GroupSession, Lane
-from relay.cdc.guardrails import Action, Verdict, assess
+from relay.cdc.guardrails import Action, SlotInfo, Verdict, assess
 from relay.cdc.leader import CdcState, Leadership, leader_session
-from relay.cdc.outbox import OutboxCdc
+from relay.cdc.outbox import OutboxCdc, OutboxSessions, aside_session, scheduler_session
 from relay.cdc.outgoing import Outgoing
 from relay.cdc.publisher import CdcStats
 from relay.cdc.settings import CdcNames
@@ -44,15 +44,19 @@ from relay.cdc.slots import (
 from relay.cdc.snapshot import SnapshotRequest
 from relay.cdc.stream import ReplicationStream
 from relay.config import RelayConfig
-from relay.db import DbSession
+from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
 from relay.errors import ConfigError, PermanentError, RelayError
 from relay.logs import CURRENT_OUTBOX
+from relay.shared_sessions import OWN_LOOK_EVERY, ClaimPool, Lookout, PooledClaimSession
 from relay.source import SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
 
 log = logging.getLogger(__name__)
 
 BEAT_EVERY = 1.0
+ASIDE_POOL = 2  # set-aside rounds of different outboxes in flight at once
+# leader, stream, scheduler, housekeeping, snapshot and the set-aside pool
+CDC_SHARED_CONNECTIONS = 5 + ASIDE_POOL
 SETTLE_QUIET = 0.3  # no outbox joined or left for this long: start streaming
 SETTLE_MAX = 5.0  # however many keep coming
 
@@ -73,7 +77,8 @@ class SharedSlotOutbox:
         self.label = CURRENT_OUTBOX.get() or config.schema
         self._group = group
         leadership = group.leadership_for(parts, self)
-        self.outbox = OutboxCdc(config, parts.connector, self.names, leadership, self.stats)
+        self.outbox = OutboxCdc(config, parts.connector, self.names, leadership, self.stats,
+                                group.sessions_for())
 
     @property
     def schema(self) -> str:
@@ -90,9 +95,11 @@ class SharedSlotOutbox:
         retention = self.outbox.retention(stopping)
         retention.start()
         self._group.join(self)
+        self._group.lookout.add(self.schema, self.outbox.wake)
         try:
             await stopping.wait()
         finally:
+            self._group.lookout.remove(self.schema)
             await self._group.leave(self, timeout=self.config.shutdown_timeout)
             await retention.stop()
 
@@ -106,7 +113,24 @@ class SlotGroup:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self.settings = config.cdc
-        self.sessions: list[DbSession] = []
+        connect = config.connect_timeout
+        # The outboxes' own pieces take turns on these (their duties' statements are
+        # short), and a round of set-aside rows takes a pool connection for its
+        # transaction: connections grow with databases, not schemas.
+        self._duties = {
+            "scheduler": scheduler_session(config),
+            "housekeeping": DbSession(config.dsn, "cdc-housekeeping", connect_timeout=connect,
+                                      settings=INDEX_PLAN_SETTINGS),
+            "snapshot": DbSession(config.dsn, "cdc-snapshot", connect_timeout=connect),
+        }
+        self._aside_pool = ClaimPool([
+            aside_session(config, self.settings.takeover_ttl) for _ in range(ASIDE_POOL)
+        ])
+        # One look per --poll-interval for every outbox's set-aside rows and due delayed
+        # messages, in place of each outbox's own looks (then OWN_LOOK_EVERY apart).
+        self.lookout = Lookout(self._duties["scheduler"], config.poll_interval,
+                               look="has_cdc_work")
+        self.sessions: list[DbSession] = [*self._duties.values(), *self._aside_pool.sessions]
         self.members: dict[str, SharedSlotOutbox] = {}
         self.leadership: Leadership | None = None
         self._streaming: set[SharedSlotOutbox] = set()
@@ -117,7 +141,6 @@ class SlotGroup:
         self._engine: BackgroundTask | None = None
         self._beat = BackgroundTask("cdc-health", self._beat_members)
         self._label = ""
-        self._published = 0
 
     def leadership_for(self, parts: SourceParts, member: SharedSlotOutbox) -> Leadership:
         """The group's lead, made for the first outbox that joins."""
@@ -133,6 +156,16 @@ class SlotGroup:
             )
             self._label = member.label.rpartition("/")[0] or member.label
         return self.leadership
+
+    def sessions_for(self) -> OutboxSessions:
+        """An outbox's turns on the database's connections."""
+        return OutboxSessions(
+            aside=PooledClaimSession(self._aside_pool),
+            snapshot=SharedSession(self._duties["snapshot"]),
+            housekeeping=SharedSession(self._duties["housekeeping"]),
+            scheduler=SharedSession(self._duties["scheduler"]),
+            look_every=OWN_LOOK_EVERY,
+        )
 
     def join(self, member: SharedSlotOutbox) -> None:
         self.members[member.schema] = member
@@ -165,9 +198,12 @@ class SlotGroup:
         ):
             await self._engine.stop()
         await self._beat.stop()
+        await self.lookout.stop()
         if self.leadership is not None:
             await bounded(self.leadership.release(forget=True), self.config.shutdown_timeout,
                           "CDC leadership")
+        await self._aside_pool.close()
+        await asyncio.gather(*(session.close() for session in self._duties.values()))
 
     async def _beat_members(self) -> None:
         """/healthz of each outbox: green while the group's event loop answers."""
@@ -315,12 +351,7 @@ class SlotGroup:
         verdicts: dict[str, tuple[Verdict, CdcState]] = {}
         for member in members:
             state = await leadership.refresh_state(member.schema)
-            verdict = assess(slot, state, database, names.slot)
-            if slot is not None and state.confirmed_lsn is None:
-                # Not a surprise when the slot is shared: this outbox joins it now.
-                verdict = replace(verdict, level=logging.INFO, message=(
-                    f"joining slot {names.slot}; this outbox's pending rows are published "
-                    "first (those written while it joins may arrive twice)"))
+            verdict = shared_verdict(assess(slot, state, database, names.slot), slot, state)
             _log_as(member, verdict.level, verdict.message)
             verdicts[member.schema] = (verdict, state)
         stopping = _either(self._closing)
@@ -360,10 +391,10 @@ class SlotGroup:
                 start = await member.outbox.snapshot_then_stream(request, stopping)
             finally:
                 CURRENT_OUTBOX.reset(named)
-                await member.outbox.close_snapshot()
             if start is None:
                 return None
             starts[member.schema] = start
+        await self._duties["snapshot"].close()  # needed again only when a slot is made
         return starts
 
     async def _back_off(self, failures: int, exc: RelayError) -> int:
@@ -396,6 +427,32 @@ class _AnyEvent(asyncio.Event):
     async def wait(self) -> Literal[True]:
         await wait_any(*self._events)
         return True
+
+
+def shared_verdict(verdict: Verdict, slot: SlotInfo | None, state: CdcState) -> Verdict:
+    """``assess``'s verdict for one outbox of a slot its database's outboxes share.
+
+    Two cases read differently there. An outbox with no record joins the slot: news,
+    not a warning. An outbox the slot has moved past was not streamed for a while (left
+    out of the relay's outboxes, then back): the others streamed on, so the slot is not
+    someone else's doing. Recreating it would republish every outbox's rows; this outbox
+    alone republishes the rows its watermark does not cover instead."""
+    if slot is None or slot.wal_status == "lost":
+        return verdict  # gone or lost for every outbox: (re)create it
+    if state.confirmed_lsn is None:
+        return replace(verdict, level=logging.INFO, message=(
+            f"joining slot {slot.name}; this outbox's pending rows are published first "
+            "(those written while it joins may arrive twice)"))
+    if verdict.action is not Action.CREATE:
+        return verdict
+    return Verdict(
+        Action.SNAPSHOT, logging.WARNING,
+        f"slot {slot.name} has moved on to {lsn_to_str(slot.confirmed_flush or 0)} since "
+        f"this outbox was last streamed ({lsn_to_str(state.confirmed_lsn)}): republishing "
+        "its rows newer than that; events it wrote with emit() in between are not in the "
+        "slot any more",
+        covered_xmin=state.covered_xmin, snapshot_lsn=slot.confirmed_flush,
+    )
 
 
 def _log_as(member: SharedSlotOutbox, level: int, message: str) -> None:

@@ -11,12 +11,13 @@ many, the outboxes of a database share one slot, one stream and one lead
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
 
-from relay.cdc.aside import AsideDrain, AsideStore
+from relay.cdc.aside import ASIDE_EVERY, AsideDrain, AsideStore
 from relay.cdc.debezium import DebeziumMapping
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.leader import CdcState, Leadership
@@ -54,21 +55,54 @@ def aside_session(config: RelayConfig, ttl: float) -> DbSession:
     )
 
 
+@dataclass(frozen=True)
+class OutboxSessions:
+    """The connections an outbox's pieces work on: its own (a relay of one outbox), or
+    turns on its database's (relay.cdc.group). ``look_every``, when a shared look wakes
+    them, is how long the set-aside drain and the scheduler go without looking for work
+    on their own; None: as often as a relay of one outbox looks."""
+
+    aside: DbSession
+    snapshot: DbSession
+    housekeeping: DbSession
+    scheduler: DbSession
+    look_every: float | None = None
+
+    @classmethod
+    def own(cls, config: RelayConfig) -> OutboxSessions:
+        connect = config.connect_timeout
+        return cls(
+            aside=aside_session(config, config.cdc.takeover_ttl),
+            snapshot=DbSession(config.dsn, "cdc-snapshot", connect_timeout=connect),
+            housekeeping=DbSession(config.dsn, "cdc-housekeeping", connect_timeout=connect,
+                                   settings=INDEX_PLAN_SETTINGS),
+            scheduler=scheduler_session(config),
+        )
+
+
+def scheduler_session(config: RelayConfig) -> DbSession:
+    return DbSession(config.dsn, "cdc-scheduler", connect_timeout=config.connect_timeout,
+                     settings={**INDEX_PLAN_SETTINGS,
+                               "statement_timeout": str(int(config.lease_ttl * 1000))})
+
+
 class OutboxCdc:
     """The pieces of one outbox's CDC that do not depend on who streams its slot."""
 
     def __init__(
         self, config: RelayConfig, connector: Connector, names: CdcNames,
-        leadership: Leadership, stats: CdcStats,
+        leadership: Leadership, stats: CdcStats, sessions: OutboxSessions | None = None,
     ) -> None:
         self.config = config
         self.names = names
         self.stats = stats
         self._leadership = leadership
+        sessions = sessions or OutboxSessions.own(config)
+        self._look_every = sessions.look_every
         ttl = config.cdc.takeover_ttl
         parker = OutboxParker(leadership.execute, cdc_query("park", names.schema))
         self.aside = AsideStore(
-            aside_session(config, ttl), names, failure_policy(config),
+            sessions.aside, names, failure_policy(config),
             leader_id=leadership.relay_id, retention=config.retention,
             batch_size=config.batch_size, deadline=ttl,
         )
@@ -81,21 +115,20 @@ class OutboxCdc:
             else OutboxTableMapping(names.table)
         )
         self._snapshot = Snapshot(
-            DbSession(config.dsn, "cdc-snapshot", connect_timeout=config.connect_timeout),
-            names, self.mapping, self.publisher, batch_size=config.batch_size,
-            mark_sent=None if names.debezium else self._mark_sent,
+            sessions.snapshot, names, self.mapping, self.publisher,
+            batch_size=config.batch_size, mark_sent=None if names.debezium else self._mark_sent,
         )
-        self._retention_session = DbSession(config.dsn, "cdc-housekeeping",
-                                            connect_timeout=config.connect_timeout,
-                                            settings=INDEX_PLAN_SETTINGS)
+        self._retention_session = sessions.housekeeping
         # Delayed messages wait in the scheduled table, not in the slot: the leader moves
         # each into the outbox when due and streams that insert (docs/cdc.md).
-        self.scheduler = Scheduler(
-            DbSession(config.dsn, "cdc-scheduler", connect_timeout=config.connect_timeout,
-                      settings={**INDEX_PLAN_SETTINGS,
-                                "statement_timeout": str(int(config.lease_ttl * 1000))}),
-            names.schema, recheck=lambda: config.poll_interval,
-        )
+        recheck = sessions.look_every or config.poll_interval
+        self.scheduler = Scheduler(sessions.scheduler, names.schema, recheck=lambda: recheck)
+
+    def wake(self) -> None:
+        """Set-aside rows may be claimed, or delayed messages are due (a shared look
+        found them)."""
+        self.aside.wake.set()
+        self.scheduler.poke()
 
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
         status = cdc_status(conn, self.names.schema, self.names.slot)
@@ -111,7 +144,7 @@ class OutboxCdc:
         """While its slot streams: publish set-aside messages as they come due and move
         delayed messages into the outbox as they fall due (only the leader does either)."""
         drain = AsideDrain(self.aside, self.publisher.publish, self._leadership.valid,
-                           self._count_published)
+                           self._count_published, every=self._look_every or ASIDE_EVERY)
         return [
             BackgroundTask("cdc-set-aside", lambda: drain.run(halt)),
             BackgroundTask("cdc-scheduler", lambda: self.scheduler.run(halt)),
@@ -134,10 +167,6 @@ class OutboxCdc:
         if schema == leadership.schemas[0]:
             leadership.state = state
         return request.position
-
-    async def close_snapshot(self) -> None:
-        """The snapshot's connection is needed only while a snapshot runs."""
-        await self._snapshot.close()
 
     async def close(self, timeout: float) -> None:
         await bounded(self._snapshot.close(), timeout, "CDC snapshot session")

@@ -19,7 +19,7 @@ import psycopg
 from relay.backoff import full_jitter
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import lsn_to_str
-from relay.cdc.group import SharedSlotOutbox, SlotGroup
+from relay.cdc.group import CDC_SHARED_CONNECTIONS, SharedSlotOutbox, SlotGroup
 from relay.cdc.guardrails import Action, assess
 from relay.cdc.leader import Leadership, leader_session
 from relay.cdc.outbox import OutboxCdc
@@ -216,10 +216,10 @@ def _cdc_source(parts: SourceParts) -> Source:
 
 
 def cdc_connections(config: RelayConfig, outboxes: int) -> int:
-    """A database's outboxes share the slot's leader and replication connections; each
-    has its set-aside drain, housekeeping and scheduler connections, and the snapshot's
-    while its pending rows are published."""
-    return 2 + 4 * outboxes
+    """A database's outboxes share every connection (relay.cdc.group), however many
+    they are: the slot's leader and replication stream, the scheduler's, housekeeping,
+    the snapshot's while pending rows are published, and the set-aside pool."""
+    return CDC_SHARED_CONNECTIONS
 
 
 CDC = SourceKind(preflight=require_ready, build=_cdc_source, share=SlotGroup,

@@ -80,8 +80,10 @@ def write(dsn: str, schema: str, topic: str, label: str, numbers: range) -> None
             )
 
 
-def received_by_outbox(kafka: KafkaHarness, topic: str, count: int) -> dict[str, list[dict]]:
-    got = kafka.read(topic, count, timeout=60)
+def received_by_outbox(
+    kafka: KafkaHarness, topic: str, count: int, timeout: float = 60
+) -> dict[str, list[dict]]:
+    got = kafka.read(topic, count, timeout=timeout)
     by_outbox: dict[str, list[dict]] = defaultdict(list)
     for message in got:
         event = orjson.loads(message.value or b"{}")
@@ -275,6 +277,38 @@ def test_cdc_mode_streams_every_outbox_of_a_database(db_dsn, kafka, relays):
             " ORDER BY 1"
         ).fetchall()
     assert [s[0] for s in slots] == ["outbox_relay__shared"]
+
+
+def test_an_outbox_left_out_of_a_shared_slot_for_a_while_catches_up_alone(
+    db_dsn, kafka, relays
+):
+    migrate(db_dsn, *SCHEMAS)
+    topic = kafka.new_topic()
+    cdc = ["--mode", "cdc", "--dsn", db_dsn, "--kafka-bootstrap", kafka.bootstrap,
+           "--metrics-port", "0", *FAST]
+    both = relays(*cdc, "--schema", "tenant_a", "--schema", "tenant_b")
+    for schema in SCHEMAS:
+        write(db_dsn, schema, topic, schema, range(10))
+    assert len(received_by_outbox(kafka, topic, 20)) == 2
+    assert both.terminate() == 0
+    only_a = relays(*cdc, "--schema", "tenant_a", "--schema", "tenant_c")
+    migrate(db_dsn, "tenant_c")
+    write(db_dsn, "tenant_a", topic, "tenant_a", range(10, 20))
+    write(db_dsn, "tenant_b", topic, "tenant_b", range(10, 20))  # nobody streams b now
+    assert {e["n"] for e in received_by_outbox(kafka, topic, 10)["tenant_a"]} == set(range(10, 20))
+    assert only_a.terminate() == 0  # the slot has moved past b's last position
+    again = relays(*cdc, "--schema", "tenant_a", "--schema", "tenant_b")
+    write(db_dsn, "tenant_b", topic, "tenant_b", range(20, 30))
+    got: dict[str, set[int]] = defaultdict(set)
+    deadline = time.monotonic() + 60
+    while not set(range(10, 30)) <= got["tenant_b"] and time.monotonic() < deadline:
+        for outbox, events in received_by_outbox(kafka, topic, 1000, timeout=3).items():
+            got[outbox] |= {e["n"] for e in events}
+    assert got["tenant_b"] >= set(range(10, 30))  # b's gap republished from its table
+    assert "tenant_a" not in got  # a was not republished: the slot was not made again
+    assert "republishing its rows newer than that" in again.output()
+    assert "dropped replication slot" not in again.output()
+    assert again.terminate() == 0
 
 
 def pending(dsn: str, schema: str) -> int:

@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 from uuid import uuid4
 
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.envelope import encode_envelope
+from relay.cdc.group import shared_verdict
 from relay.cdc.group_session import GroupSession, Lane
+from relay.cdc.guardrails import Action, SlotInfo, assess
+from relay.cdc.leader import CdcState
 from relay.cdc.mapping import OutboxTableMapping
 from relay.cdc.outgoing import Mark, Outgoing
 from relay.cdc.settings import CdcSettings, TableName
@@ -146,3 +150,34 @@ def test_an_outbox_in_the_middle_of_a_transaction_does_not_follow_the_stream():
     asyncio.run(group._save_and_report())
     assert leadership.saved == []  # a is idle, but a transaction is being read
     assert stream.statuses[-1][1] == 0
+
+
+def slot_at(flush: int, wal_status: str = "reserved") -> SlotInfo:
+    return SlotInfo("outbox_relay__shared", "pgoutput", "logical", "db", None, wal_status,
+                    flush, flush)
+
+
+def test_an_outbox_back_in_a_shared_slot_republishes_its_own_rows_without_a_new_slot():
+    state = CdcState(confirmed_lsn=100, covered_xmin="42", snapshot_done=True)
+    slot = slot_at(500)
+    verdict = shared_verdict(assess(slot, state, "db", slot.name), slot, state)
+    assert (verdict.action, verdict.drop_slot) == (Action.SNAPSHOT, False)
+    assert (verdict.covered_xmin, verdict.snapshot_lsn) == ("42", 500)
+    assert "emit()" in verdict.message  # what cannot come back is said
+
+
+def test_a_shared_slot_that_is_lost_or_missing_is_made_again_for_every_outbox():
+    state = CdcState(confirmed_lsn=100, covered_xmin="42", snapshot_done=True)
+    lost = slot_at(50, "lost")
+    for slot in (lost, None):
+        verdict = shared_verdict(assess(slot, state, "db", "outbox_relay__shared"), slot, state)
+        assert verdict.action is Action.CREATE
+
+
+def test_an_outbox_joining_a_shared_slot_is_news_not_a_warning():
+    slot, state = slot_at(500), CdcState()
+    verdict = shared_verdict(assess(slot, state, "db", slot.name), slot, state)
+    assert (verdict.action, verdict.level) == (Action.SNAPSHOT, logging.INFO)
+    in_order = CdcState(confirmed_lsn=500, covered_xmin="42", snapshot_done=True)
+    assert shared_verdict(assess(slot, in_order, "db", slot.name), slot, in_order).action \
+        is Action.STREAM

@@ -19,7 +19,9 @@ from relay.outboxes import (
     split_dsns,
     split_schemas,
 )
-from relay.poll.shared import ClaimPool, claim_pool_size, poll_connections
+from relay.poll.poller import claim_session
+from relay.poll.shared import claim_pool_size, poll_connections
+from relay.shared_sessions import ClaimPool
 
 DSN_A = "postgresql://relay:pw@db-a:5432/orders"
 DSN_B = "postgresql://relay:pw@db-b:5432/billing"
@@ -142,7 +144,7 @@ def test_metrics_of_every_outbox_are_one_family_with_database_and_schema_labels(
 
 def test_the_claim_pool_hands_a_returned_connection_to_the_longest_waiter():
     async def scenario() -> list[str]:
-        pool = ClaimPool(RelayConfig(dsn=DSN_A), 1)
+        pool = ClaimPool([claim_session(RelayConfig(dsn=DSN_A), 0)])
         held = await pool.take()
         order: list[str] = []
 
@@ -170,7 +172,7 @@ def test_the_claim_pool_hands_a_returned_connection_to_the_longest_waiter():
 
 def test_a_waiter_cancelled_after_being_handed_a_connection_passes_it_on():
     async def scenario() -> bool:
-        pool = ClaimPool(RelayConfig(dsn=DSN_A), 1)
+        pool = ClaimPool([claim_session(RelayConfig(dsn=DSN_A), 0)])
         held = await pool.take()
         cancelled = asyncio.create_task(pool.take())
         after = asyncio.create_task(pool.take())
