@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import orjson
-import psycopg
 import typer
 
 from relay import config as defaults
@@ -68,6 +64,15 @@ from relay.cli.drain_options import (
     ShutdownTimeoutOption,
     drain_settings,
 )
+from relay.cli.guard import (
+    EXIT_FAILURE,
+    clear_errors,
+    connect,
+    connect_either,
+    dsns_from,
+    known_secrets,
+    scrub,
+)
 from relay.cli.inbox import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
 from relay.cli.many_outboxes import (
     OutboxChoice,
@@ -115,19 +120,15 @@ from relay.cli.run_options import (
 )
 from relay.config import RelayConfig
 from relay.connector import connector_factory
-from relay.db import connection_failure
-from relay.dsn import check_dsn, secrets_in
 from relay.durations import parse_duration
-from relay.errors import ConfigError, RelayError, translate_db_error
+from relay.errors import ConfigError
 from relay.formats.settings import ENVELOPE_NONE
 from relay.grants import render_grants
 from relay.logs import configure_logging
 from relay.migrations import applied_by_track, migrate, render_script
-from relay.outboxes import split_dsns
-from relay.secrets import read_secret_file, redact, secret_values, value_or_file
+from relay.secrets import secret_values
 from relay.status import collect_status, format_status
 
-log = logging.getLogger(__name__)
 app = RelayTyper(
     name="outbox-relay",
     help="Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ.",
@@ -135,12 +136,6 @@ app = RelayTyper(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERNAL = 70
-_secrets: list[str] = []
 
 
 def _env(name: str) -> str:
@@ -150,91 +145,6 @@ def _env(name: str) -> str:
 @app.callback()
 def main_options(version: VersionOption = False) -> None:
     """Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ."""
-
-
-def dsns_from(dsns: list[str], dsn_file: str | None) -> list[str]:
-    """The DSNs of --dsn, or those of --dsn-file (one per line; not both); their
-    passwords are scrubbed from output."""
-    if dsn_file:
-        if dsns:
-            raise ConfigError("give either --dsn or --dsn-file, not both")
-        dsns = split_dsns(read_secret_file(dsn_file, "DSN", "--dsn-file"))
-    for dsn in dsns:
-        _secrets.extend(secrets_in(dsn))
-    for dsn in dsns:
-        check_dsn(dsn)
-    return dsns
-
-
-def dsn_from(dsn: str, dsn_file: str | None) -> str:
-    """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
-    chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
-    _secrets.extend(secrets_in(chosen or ""))
-    if chosen and chosen.strip():
-        check_dsn(chosen)
-    return chosen or ""
-
-
-def _scrub(text: str) -> str:
-    return redact(text, _secrets)
-
-
-def fail(message: str, code: int = EXIT_FAILURE) -> None:
-    text = redact(message, _secrets)
-    typer.echo(f"outbox-relay: error: {text}", err=True)
-    raise typer.Exit(code)
-
-
-def _texts(values: Any) -> list[str]:
-    """Every string among the command's arguments, those in lists (--dsn) too."""
-    found: list[str] = []
-    for value in values:
-        if isinstance(value, str):
-            found.append(value)
-        elif isinstance(value, list | tuple):
-            found.extend(item for item in value if isinstance(item, str))
-    return found
-
-
-def clear_errors(command: F) -> F:
-    """Turn every failure into one scrubbed line on stderr and an exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _secrets[:] = secrets_in(*_texts(kwargs.values()))
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except ConfigError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except RelayError as exc:
-            fail(str(exc))
-        except psycopg.Error as exc:  # connect failures were translated in _connect already
-            fail(str(translate_db_error(exc, "PostgreSQL refused the command")))
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            log.debug("internal error", exc_info=True)
-            fail(f"internal error ({type(exc).__name__}): {exc}", EXIT_INTERNAL)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def connect_either(dsn: str, dsn_file: str | None) -> psycopg.Connection[Any]:
-    """Connect with --dsn or --dsn-file (the sub-command groups' ``Connect``)."""
-    return _connect(dsn_from(dsn, dsn_file))
-
-
-def _connect(
-    dsn: str, timeout: float = defaults.DEFAULT_CONNECT_TIMEOUT
-) -> psycopg.Connection[Any]:
-    if not dsn.strip():
-        raise ConfigError("the database DSN is empty; pass --dsn or set OUTBOX_RELAY_DSN")
-    try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout)))
-    except psycopg.Error as exc:
-        raise connection_failure(dsn, exc) from None
 
 
 @app.command("migrate")
@@ -266,12 +176,12 @@ def migrate_command(
         sys.stdout.write(_printed_migrations(schema_name, tracks, choice.dsns))
         return
     if not choice.many:
-        with _connect(choice.dsns[0] if choice.dsns else "") as conn:
+        with connect(choice.dsns[0] if choice.dsns else "") as conn:
             applied = migrate(conn, choice.named_schemas[0], tracks=tracks)
         typer.echo(describe_migration(choice.named_schemas[0], applied, tracks))
         return
     choice.require_dsns()
-    if not report_each(migrate_each(choice, tracks, _connect), _scrub):
+    if not report_each(migrate_each(choice, tracks, connect), scrub):
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -296,7 +206,7 @@ def _printed_migrations(schema: str, tracks: tuple[str, ...], dsns: tuple[str, .
     """Every migration; with a DSN, only those that database still needs."""
     if not dsns:
         return render_script(schema, tracks=tracks)
-    with _connect(dsns[0]) as conn:
+    with connect(dsns[0]) as conn:
         done = applied_by_track(conn, schema, tracks)
     return render_script(schema, tracks=tracks, applied=done)
 
@@ -323,13 +233,13 @@ def status_command(
                 "--cdc-slot names one outbox's slot; with several outboxes leave it out"
             )
         choice.require_dsns()
-        if not show_many_status(choice, _connect, _scrub, as_json=as_json):
+        if not show_many_status(choice, connect, scrub, as_json=as_json):
             raise typer.Exit(EXIT_FAILURE)
         return
     schema_name = choice.named_schemas[0]
     if cdc_slot is not None and (problems := CdcSettings(slot=cdc_slot).problems(schema_name)):
         raise ConfigError(" ".join(problems))
-    with _connect(choice.dsns[0] if choice.dsns else "") as conn:
+    with connect(choice.dsns[0] if choice.dsns else "") as conn:
         status = collect_status(conn, schema_name)
         cdc = cdc_status(conn, schema_name, cdc_slot)
     if cdc["exists"] or cdc_slot:
@@ -377,7 +287,7 @@ def doctor_command(
     )
     if mode not in defaults.MODES:
         raise ConfigError(f"the mode {mode!r} is unknown; choose poll or cdc")
-    if not doctor_each(choice, mode, settings, _connect, _scrub):
+    if not doctor_each(choice, mode, settings, connect, scrub):
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -522,9 +432,9 @@ def run_command(
         ),
     ).validate()
     factory = connector_factory(config.connector)
-    _secrets.extend(secret_values(config.connector_options, factory.settings.is_secret))
+    known_secrets.extend(secret_values(config.connector_options, factory.settings.is_secret))
     factory.settings.parse(config.connector_options)  # every problem before connecting
-    configure_logging(log_level, _secrets, log_format=config.log_format)
+    configure_logging(log_level, known_secrets, log_format=config.log_format)
     from relay.service import preflight, run_service
 
     if not config.many_outboxes:
