@@ -153,9 +153,14 @@ class SlotGroup:
                 relay_name=parts.config.relay_name, ttl=ttl,
                 heartbeat_interval=self.settings.heartbeat_interval,
                 published=lambda: sum(m.published for m in self.members.values()),
+                published_of=self._published_of,
             )
             self._label = member.label.rpartition("/")[0] or member.label
         return self.leadership
+
+    def _published_of(self, schema: str) -> int:
+        member = self.members.get(schema)
+        return member.published if member is not None else 0
 
     def sessions_for(self) -> OutboxSessions:
         """An outbox's turns on the database's connections."""

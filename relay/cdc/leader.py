@@ -97,6 +97,7 @@ class Leadership:
         ttl: float,
         heartbeat_interval: float,
         published: Callable[[], int],
+        published_of: Callable[[str], int] | None = None,
     ) -> None:
         self._session = session
         self._names = names
@@ -108,6 +109,8 @@ class Leadership:
         self._ttl = ttl
         self._heartbeat_interval = heartbeat_interval
         self._published = published
+        # Each outbox's own count for its relays row, where the lead covers several.
+        self._published_of = published_of or (lambda _schema: published())
         key = lock_key(names.slot)
         self._params: dict[str, Any] = {
             "slot": names.slot, "leader_id": relay_id, "relay_id": relay_id,
@@ -279,7 +282,7 @@ class Leadership:
         for schema in list(self.schemas):
             await self.execute(query("heartbeat", schema), {
                 "relay_id": self.relay_id, "name": self._relay_name, "mode": "cdc",
-                "ttl": self._ttl, "published": self._published(),
+                "ttl": self._ttl, "published": self._published_of(schema),
             }, schema=schema)
 
     async def execute(

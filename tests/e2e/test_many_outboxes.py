@@ -270,6 +270,11 @@ def test_cdc_mode_streams_every_outbox_of_a_database(db_dsn, kafka, relays):
         ).fetchall()
     assert senders == (1,)
     assert [p[0] for p in published] == list(SCHEMAS)
+    # `status` counts each outbox's own messages, not the slot's (20 and 50).
+    write(db_dsn, "tenant_b", topic, "tenant_b", range(50, 80))
+    received_by_outbox(kafka, topic, 30)
+    wait_for(lambda: published_counts(db_dsn) == {"tenant_a": 50, "tenant_b": 80}, 15,
+             "each outbox's relays row to count its own messages")
     assert relay.terminate() == 0
     with psycopg.connect(db_dsn) as conn:
         slots = conn.execute(
@@ -309,6 +314,16 @@ def test_an_outbox_left_out_of_a_shared_slot_for_a_while_catches_up_alone(
     assert "republishing its rows newer than that" in again.output()
     assert "dropped replication slot" not in again.output()
     assert again.terminate() == 0
+
+
+def published_counts(dsn: str) -> dict[str, int]:
+    result = outbox_relay("status", "--json", "--dsn", dsn, "--schema", SCHEMAS[0],
+                          "--schema", SCHEMAS[1])
+    assert result.returncode == 0, result.stderr
+    return {
+        outbox["schema"]: sum(r["published"] for r in outbox["relays"] if r["alive"])
+        for outbox in orjson.loads(result.stdout)["outboxes"]
+    }
 
 
 def pending(dsn: str, schema: str) -> int:
