@@ -88,9 +88,10 @@ def _create_database(pg_dsn: str) -> str:
     return pg_dsn.rpartition("/")[0] + "/" + name
 
 
-def settle(dsn: str, relay: RelayProcess, schemas: list[str], timeout: float) -> float:
-    """Wait until every schema has a live lease and the relay's connection count held
-    still for 5 s; return the seconds it took from now."""
+def settle(dsn: str, relay: RelayProcess, schemas: list[str], settings: Settings) -> float:
+    """Wait until every schema has a live lease (polling: a bucket's; CDC: the slot's)
+    and the relay's connection count held still for 5 s; return the seconds it took."""
+    timeout, mode = settings.settle_timeout, settings.mode
     started = time.monotonic()
     last, since = -1, time.monotonic()
     while time.monotonic() - started < timeout:
@@ -99,13 +100,13 @@ def settle(dsn: str, relay: RelayProcess, schemas: list[str], timeout: float) ->
         count = sum(relay_connections(dsn).values())
         if count != last:
             last, since = count, time.monotonic()
-        leased = schemas_with_leases(dsn, schemas)
+        leased = schemas_with_leases(dsn, schemas, mode)
         if count and (leased is None or leased == len(schemas)) and time.monotonic() - since >= 5:
             return time.monotonic() - started
         time.sleep(1)
     raise RuntimeError(
         f"not settled in {timeout:.0f}s: {last} connections, "
-        f"{schemas_with_leases(dsn, schemas)} of {len(schemas)} schemas leased\n"
+        f"{schemas_with_leases(dsn, schemas, mode)} of {len(schemas)} schemas leased\n"
         f"{relay.log_tail()}"
     )
 
@@ -172,6 +173,7 @@ class Settings:
     warmup: float
     rate: float
     settle_timeout: float
+    mode: str = "poll"
 
 
 class Arrivals:
@@ -209,12 +211,12 @@ def run_case(
     """Start the relay, settle, an idle window, a traffic window at each rate; stop it."""
     stack, dsn = bench.stack, bench.dsn
     target_args = ["--connector", "kafka", "--kafka-bootstrap", stack.kafka_bootstrap or ""]
-    argv = relay_argv("poll", dsn, target_args, extra, free_port())
+    argv = relay_argv(bench.settings.mode, dsn, target_args, extra, free_port())
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(argv[1:])}", flush=True)
     relay = RelayProcess(f"many-{name}", argv, bench.logs)
     pg_pid = service_pids(stack)["ThrowawayPostgres"]
     try:
-        settled = settle(dsn, relay, schemas, bench.settings.settle_timeout)
+        settled = settle(dsn, relay, schemas, bench.settings)
         print(f"  settled in {settled:.1f}s; idle ...", flush=True)
         figures: dict[str, Any] = {"case": name, "outboxes": len(schemas), "settle_s": settled}
         figures["idle"] = idle_window(dsn, relay, pg_pid, bench.settings.idle_seconds)
@@ -336,6 +338,7 @@ def main() -> None:
         "--max-connections", type=int, default=0,
         help="the cluster's max_connections (default: 10 per schema + 100)",
     )  # fmt: skip
+    parser.add_argument("--mode", choices=("poll", "cdc"), default="poll")
     parser.add_argument("--relay-arg", action="append", default=[], help="passed to run")
     parser.add_argument(
         "--idle-only", action="store_true",
@@ -346,7 +349,9 @@ def main() -> None:
     if not 1 <= args.busy <= args.schemas:
         parser.error("--busy must be between 1 and --schemas")
     rate = 0.0 if args.idle_only else args.rate
-    settings = Settings(args.idle_seconds, args.window, args.warmup, rate, args.settle_timeout)
+    settings = Settings(
+        args.idle_seconds, args.window, args.warmup, rate, args.settle_timeout, args.mode
+    )
     max_connections = args.max_connections or 10 * args.schemas + 100
     result = run(args.schemas, args.busy, args.rounds, settings, max_connections, args.relay_arg)
     text = markdown(result)

@@ -67,23 +67,31 @@ def cpu_by_name(
     return {n: round(v / seconds * 100, 2) for n, v in sorted(spent.items()) if v > 0}
 
 
-def schemas_with_leases(dsn: str, schemas: list[str]) -> int | None:
-    """How many of ``schemas`` hold a live bucket lease; None when the outboxes have no
-    lease table (a relay design without one: settling then rests on the connections)."""
+# Where a mode's live leases are: a bucket's (polling), the slot's (CDC).
+LEASES = {
+    "poll": ("bucket_leases", "expires_at"),
+    "cdc": ("cdc_state", "lease_expires_at"),
+}
+
+
+def schemas_with_leases(dsn: str, schemas: list[str], mode: str = "poll") -> int | None:
+    """How many of ``schemas`` hold a live lease; None when the outboxes have no lease
+    table (a relay design without one: settling then rests on the connections)."""
+    table, column = LEASES[mode]
     with psycopg.connect(dsn, autocommit=True) as conn:
         have = {
             row[0]
             for row in conn.execute(
                 "SELECT table_schema FROM information_schema.tables"
-                " WHERE table_name = 'bucket_leases' AND table_schema = ANY(%s)",
-                (schemas,),
+                " WHERE table_name = %s AND table_schema = ANY(%s)",
+                (table, schemas),
             )
         }
         if len(have) < len(schemas):
             return None
         parts = [
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM {}.bucket_leases WHERE expires_at > now())")
-            .format(sql.Identifier(s))
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} > now())")
+            .format(sql.Identifier(s, table), sql.Identifier(column))
             for s in schemas
         ]  # fmt: skip
         query = sql.SQL("SELECT count(*) FILTER (WHERE e) FROM ({}) AS t(e)").format(

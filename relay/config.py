@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from relay.cdc.settings import CdcSettings
+from relay.cdc.settings import SHARED_NAME, CdcSettings
 from relay.dsn import dsn_problems
 from relay.durations import AGE, PG_TIMEOUT, TIMER, DurationRange
 from relay.errors import ConfigError
@@ -120,10 +120,16 @@ class RelayConfig:
         return len(self.databases) * len(self.named_schemas) > 1 or bool(self.schema_pattern)
 
     def for_outbox(self, outbox: OutboxAddress) -> RelayConfig:
-        """The configuration of one outbox's source: this one, for that database and schema."""
+        """The configuration of one outbox's source: this one, for that database and
+        schema; in CDC mode its slot and publication are its database's shared ones."""
         return replace(
-            self, dsn=outbox.dsn, schema=outbox.schema, dsns=(), schemas=(), schema_pattern=None
+            self, dsn=outbox.dsn, schema=outbox.schema, dsns=(), schemas=(),
+            schema_pattern=None, cdc=self._outbox_cdc,
         )
+
+    @property
+    def _outbox_cdc(self) -> CdcSettings:
+        return replace(self.cdc, shared=True) if self.many_outboxes else self.cdc
 
     def problems(self) -> list[str]:
         """Every problem with this configuration, each as one plain sentence."""
@@ -170,9 +176,9 @@ class RelayConfig:
 
     def _fewest_connections(self) -> int:
         """Polling: leases, scheduler, listener, sampler, (housekeeping,) one to claim with;
-        CDC: one outbox's six and the sampler's."""
+        CDC: the seven its outboxes share (relay.cdc.group) and the sampler's."""
         if self.mode == "cdc":
-            return 7
+            return 8
         return 6 if self.retention > 0 else 5
 
     def _cdc_problems(self) -> list[str]:
@@ -180,13 +186,14 @@ class RelayConfig:
         found = [
             problem
             for schema in schemas
-            for problem in self.cdc.problems(schema, publish_timeout=self.publish_timeout)
+            for problem in self._outbox_cdc.problems(schema, publish_timeout=self.publish_timeout)
         ]
         if self.many_outboxes and self.cdc.names_one_outbox():
             found.append(
-                "--cdc-slot, --cdc-publication and --cdc-table name one outbox's; with "
-                "several outboxes leave them out: each outbox then gets a slot and a "
-                "publication named outbox_relay_<schema> (docs/multi-tenant.md)."
+                "--cdc-table and --cdc-debezium name one outbox's table; with several "
+                "outboxes leave them out: each database's outboxes then stream through one "
+                f"slot and one publication, {SHARED_NAME} unless --cdc-slot and "
+                "--cdc-publication name them (docs/multi-tenant.md)."
             )
         return list(dict.fromkeys(found))
 

@@ -94,7 +94,7 @@ class AsideStore:
     ) -> None:
         self._session = session
         self._schema = names.schema
-        self._fence = {"lock_key": aside_lock_key(names.slot), "slot": names.slot,
+        self._fence = {"lock_key": aside_lock_key(names.own_name), "slot": names.slot,
                        "leader_id": leader_id}  # fmt: skip
         self.policy = policy
         self._retention = retention
@@ -122,6 +122,8 @@ class AsideStore:
         except BaseException as exc:
             await self._session.discard()
             raise _translated(exc, "reading the set-aside messages") from None
+        finally:
+            await self._session.release()  # a pooled connection goes back after each use
 
     async def settle(self, messages: Sequence[OutboxMessage], ack: Acknowledgement) -> None:
         """Set ``messages`` aside in this order and write ``ack`` for them (its positions
@@ -140,6 +142,8 @@ class AsideStore:
         except BaseException as exc:
             await self._session.discard()  # never ROLLBACK down a connection that hangs
             raise _translated(exc, "setting failed messages aside") from None
+        finally:
+            await self._session.release()
         self.held.update(m.key for m in messages if m.key is not None)
         self.wake.set()
 
@@ -156,6 +160,8 @@ class AsideStore:
         except BaseException as exc:
             await self._session.discard()
             raise _translated(exc, "publishing set-aside messages") from None
+        finally:
+            await self._session.release()
         due = None if row is None or row[0] is None else float(row[0])
         return AsideRound(done.claimed, done.delivered, done.outage, due)
 
@@ -215,8 +221,11 @@ class AsideDrain:
         publish: Publish,
         may_publish: Callable[[], bool],
         on_delivered: Callable[[int], None],
+        *,
+        every: float = ASIDE_EVERY,
     ) -> None:
         self._store = store
+        self._every = every  # the longest wait between rounds
         self._publish = publish
         self._may_publish = may_publish
         self._on_delivered = on_delivered
@@ -243,8 +252,8 @@ class AsideDrain:
         if done.claimed >= self._store.batch_size:
             return 0.0
         if done.next_due is None:
-            return ASIDE_EVERY
-        return min(ASIDE_EVERY, max(MIN_WAIT, done.next_due))
+            return self._every
+        return min(self._every, max(MIN_WAIT, done.next_due))
 
     async def _back_off(self, halt: asyncio.Event, why: str) -> None:
         policy = self._store.policy

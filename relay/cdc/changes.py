@@ -255,7 +255,7 @@ class ChangeDecoder:
             self._sink.add_mark(message.lsn + 1, commit=True)
 
     def _unmappable(self, raw: bytes, error: str) -> None:
-        ident = uuid.uuid5(ID_NAMESPACE, f"{self._names.slot}:{self._position}:{self._ordinal}")
+        ident = uuid.uuid5(ID_NAMESPACE, f"{self._names.own_name}:{self._position}:{self._ordinal}")
         log.error("event %s at WAL position %X cannot be published (%s); parking it",
                   ident, self._position, error)
         self._sink.add(Unmappable(ident, raw, error, self._position))

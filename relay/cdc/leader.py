@@ -11,6 +11,10 @@ publishing by then (leases count only for ``ttl * 0.8`` after a renewal began).
 
 Everything the leader writes to ``cdc_state`` is guarded by its leader id, so a deposed
 leader that wakes up can change nothing; it finds out and stops.
+
+Where several outboxes of a database share one slot (relay.cdc.group), the lead is the
+slot's: the leader connection holds the one lock and keeps a lease row in every
+outbox's ``cdc_state`` (``schemas``), each outbox's own record of its position.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from relay.tasks import BackgroundTask, wait_any
 log = logging.getLogger(__name__)
 
 SAFETY_MARGIN = 0.2  # fraction of the TTL the leader refuses to use
+# A dropped outbox: its cdc_state (or its whole schema) is gone.
+SCHEMA_GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
 
 
 def lock_key(slot: str) -> int:
@@ -91,15 +97,20 @@ class Leadership:
         ttl: float,
         heartbeat_interval: float,
         published: Callable[[], int],
+        published_of: Callable[[str], int] | None = None,
     ) -> None:
         self._session = session
         self._names = names
         self._schema = names.schema
+        # The outboxes whose cdc_state rows this lead covers; the first answers standbys.
+        self.schemas: list[str] = [names.schema]
         self.relay_id = relay_id
         self._relay_name = relay_name
         self._ttl = ttl
         self._heartbeat_interval = heartbeat_interval
         self._published = published
+        # Each outbox's own count for its relays row, where the lead covers several.
+        self._published_of = published_of or (lambda _schema: published())
         key = lock_key(names.slot)
         self._params: dict[str, Any] = {
             "slot": names.slot, "leader_id": relay_id, "relay_id": relay_id,
@@ -107,6 +118,7 @@ class Leadership:
             "lock_key": key, "lock_hi": (key >> 32) & 0xFFFF_FFFF, "lock_lo": key & 0xFFFF_FFFF,
         }
         self.state = CdcState()
+        self.states: dict[str, CdcState] = {}  # per schema, read when the lead was taken
         self.lost = asyncio.Event()
         self._leader = False
         self._conn: psycopg.AsyncConnection[Any] | None = None  # the one holding the lock
@@ -147,13 +159,14 @@ class Leadership:
     async def _try_claim(self) -> bool:
         started = time.monotonic()
         conn = await self._session.connection()
-        cursor = await conn.execute(cdc_query("claim_leadership", self._schema), self._params)
-        row = await cursor.fetchone()
-        if row is None:
-            return False
-        confirmed, covered, done = row
-        self.state = CdcState(None if confirmed is None else str_to_lsn(confirmed),
-                              covered, bool(done))
+        for schema in list(self.schemas):
+            # The first claim takes the slot's lock; the session holds it for the others.
+            row = await self._claim_row(conn, schema)
+            if row is None:
+                return False
+            if schema in self.schemas:
+                self.states[schema] = _state_of(row)
+        self.state = self.states.get(self._schema, CdcState())
         self._conn = conn
         self._leader = True
         self.lost.clear()
@@ -163,12 +176,69 @@ class Leadership:
         log.info("relay %s leads CDC on slot %s", self._relay_name, self._names.slot)
         return True
 
+    async def _claim_row(
+        self, conn: psycopg.AsyncConnection[Any], schema: str
+    ) -> tuple[Any, ...] | None:
+        try:
+            cursor = await conn.execute(cdc_query("claim_leadership", schema), self._params)
+        except SCHEMA_GONE as exc:
+            if not self._let_go_of(schema, exc):
+                raise
+            return self._lock_row(schema)
+        return await cursor.fetchone()
+
+    def _lock_row(self, schema: str) -> tuple[Any, ...] | None:
+        """What a claim of a schema that was dropped meanwhile counts as: nothing to hold."""
+        return (None, None, False) if self.schemas else None
+
+    def _let_go_of(self, schema: str, exc: psycopg.Error) -> bool:
+        """An outbox sharing the slot was dropped (its schema, its cdc_state): stop
+        covering it, rather than lose the lead of the others. False for a slot of one."""
+        if not self._names.shared:
+            return False
+        if schema in self.schemas:
+            self.schemas.remove(schema)
+            self.states.pop(schema, None)
+            log.info("schema %s is gone (%s); the lead of slot %s no longer covers it",
+                     schema, str(exc).strip().splitlines()[0], self._names.slot)
+        return True
+
+    async def cover(self, schema: str) -> CdcState:
+        """While leading: take ``schema``'s lease row too (an outbox joined the slot)."""
+        conn = await self.connection()
+        try:
+            row = await self._claim_row(conn, schema)
+        except psycopg.Error as exc:
+            await self._session.discard()
+            raise translate_db_error(exc, f"taking the lead of {schema}'s CDC state") from None
+        if row is None:  # the lock is this session's: only a lost session lands here
+            self.lost.set()
+            raise LeaseLostError(f"the lead of slot {self._names.slot} was lost")
+        if schema not in self.schemas:
+            self.schemas.append(schema)
+        self.states[schema] = state = _state_of(row)
+        return state
+
+    async def uncover(self, schema: str) -> None:
+        """Give ``schema``'s lease row up (its outbox left the slot); a schema that is
+        gone already has nothing to give up."""
+        if schema not in self.schemas:
+            return
+        self.schemas.remove(schema)
+        self.states.pop(schema, None)
+        try:
+            if self.is_leader:
+                await self.execute(cdc_query("release_leadership", schema), schema=schema)
+            await self.execute(query("forget_relay", schema), schema=schema)
+        except RelayError as exc:
+            log.info("could not clear the CDC lease of %s: %s", schema, exc)
+
     async def _standby_round(self) -> str | None:
         """Heartbeat as a standby; end the leader's sessions once its lease ran out."""
         await self._heartbeat_relay_row()
         conn = await self._session.connection()
         async with conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(cdc_query("leadership_holder", self._schema), self._params)
+            await cursor.execute(cdc_query("leadership_holder", self.schemas[0]), self._params)
             holder = await cursor.fetchone()
         if holder is None:
             return None
@@ -202,51 +272,64 @@ class Leadership:
 
     async def _renew(self) -> None:
         started = time.monotonic()
-        await self.guarded(cdc_query("renew_leadership", self._schema))
+        for schema in list(self.schemas):
+            await self.guarded(cdc_query("renew_leadership", schema), schema=schema)
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
         await self._heartbeat_relay_row()
 
     async def _heartbeat_relay_row(self) -> None:
-        """The ``relays`` row, so ``outbox-relay status`` lists CDC relays too."""
-        await self.execute(query("heartbeat", self._schema), {
-            "relay_id": self.relay_id, "name": self._relay_name, "mode": "cdc",
-            "ttl": self._ttl, "published": self._published(),
-        })
+        """The ``relays`` rows, so ``outbox-relay status`` lists CDC relays too."""
+        for schema in list(self.schemas):
+            await self.execute(query("heartbeat", schema), {
+                "relay_id": self.relay_id, "name": self._relay_name, "mode": "cdc",
+                "ttl": self._ttl, "published": self._published_of(schema),
+            }, schema=schema)
 
     async def execute(
-        self, statement: sql.Composed, params: Mapping[str, Any] | None = None
+        self, statement: sql.Composed, params: Mapping[str, Any] | None = None,
+        *, schema: str | None = None,
     ) -> int:
-        """Run ``statement`` on the leader connection; return the rows it affected."""
+        """Run ``statement`` on the leader connection; return the rows it affected. A
+        statement of ``schema``'s, when that outbox was dropped from a shared slot,
+        affects nothing and leaves the session (and the lock) alone: -1."""
         conn = await self.connection()
         try:
             cursor = await conn.execute(statement, {**self._params, **(params or {})})
+        except SCHEMA_GONE as exc:
+            if schema is not None and self._let_go_of(schema, exc):
+                return -1
+            await self._session.discard()
+            raise translate_db_error(exc, "writing CDC state") from None
         except psycopg.Error as exc:
             await self._session.discard()
             raise translate_db_error(exc, "writing CDC state") from None
         return cursor.rowcount
 
     async def guarded(
-        self, statement: sql.Composed, params: Mapping[str, Any] | None = None
+        self, statement: sql.Composed, params: Mapping[str, Any] | None = None,
+        *, schema: str | None = None,
     ) -> None:
         """Run a leader-only write; LeaseLostError when another relay leads now."""
-        if await self.execute(statement, params) == 0:
+        if await self.execute(statement, params, schema=schema) == 0:
             self.lost.set()
             raise LeaseLostError(f"another relay took over slot {self._names.slot}")
 
-    async def refresh_state(self) -> CdcState:
-        """Read ``cdc_state`` again (it moves on while this relay streams)."""
+    async def refresh_state(self, schema: str | None = None) -> CdcState:
+        """Read ``cdc_state`` again (it moves on while this relay streams), of this
+        lead's outbox or of ``schema``'s."""
+        schema = schema or self._schema
         conn = await self.connection()
         try:
-            cursor = await conn.execute(cdc_query("state", self._schema), self._params)
+            cursor = await conn.execute(cdc_query("state", schema), self._params)
             row = await cursor.fetchone()
         except psycopg.Error as exc:
             await self._session.discard()
             raise translate_db_error(exc, "reading CDC state") from None
-        if row is not None:
-            confirmed, covered, done = row[0], row[1], row[2]
-            self.state = CdcState(None if confirmed is None else str_to_lsn(confirmed),
-                                  covered, bool(done))
-        return self.state
+        state = self.states.get(schema, CdcState()) if row is None else _state_of(row)
+        self.states[schema] = state
+        if schema == self._schema:
+            self.state = state
+        return state
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         """The leader's own connection while leading (never a new one: a new session would
@@ -271,13 +354,20 @@ class Leadership:
         await self._keeper.stop(cancel=False)
         try:
             if was_leader and not self.lost.is_set():
-                await self.execute(cdc_query("release_leadership", self._schema))
+                for schema in list(self.schemas):
+                    await self.execute(cdc_query("release_leadership", schema), schema=schema)
         except (RelayError, psycopg.Error) as exc:
             log.warning("could not clear the CDC lease on stop (it expires by itself): %s", exc)
         self._leader, self._conn = False, None
         if forget:
             try:
-                await self.execute(query("forget_relay", self._schema))
+                for schema in list(self.schemas):
+                    await self.execute(query("forget_relay", schema), schema=schema)
             except (RelayError, psycopg.Error) as exc:
                 log.warning("could not remove this relay from the relays table: %s", exc)
         await self._session.close()  # ends the session, and so releases the lock
+
+
+def _state_of(row: tuple[Any, ...] | Any) -> CdcState:
+    confirmed, covered, done = row[0], row[1], row[2]
+    return CdcState(None if confirmed is None else str_to_lsn(confirmed), covered, bool(done))

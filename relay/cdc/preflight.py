@@ -179,6 +179,10 @@ def _publication_check(conn: psycopg.Connection[Any], names: CdcNames) -> Check:
         return Check("publication", True,
                      f"publication {names.publication} publishes inserts into "
                      f"{', '.join(tables)}")
+    if names.shared and rows[0][0]:
+        return Check("publication", True,
+                     f"{names.table} will be added to publication {names.publication}, which "
+                     f"this database's outboxes share (it has {len(tables)} tables)")
     return Check("publication", False,
                  f"publication {names.publication} exists but does not publish inserts into "
                  f"{names.table} (it has: {', '.join(tables) or 'no tables'}); run "

@@ -17,56 +17,35 @@ from uuid import UUID, uuid4
 import psycopg
 
 from relay.backoff import full_jitter
-from relay.cdc.aside import AsideDrain, AsideStore
 from relay.cdc.changes import ChangeDecoder
-from relay.cdc.debezium import DebeziumMapping
 from relay.cdc.frames import lsn_to_str
+from relay.cdc.group import CDC_SHARED_CONNECTIONS, SharedSlotOutbox, SlotGroup
 from relay.cdc.guardrails import Action, assess
-from relay.cdc.leader import CdcState, Leadership, leader_session
-from relay.cdc.mapping import OutboxTableMapping, RowMapping
+from relay.cdc.leader import Leadership, leader_session
+from relay.cdc.outbox import OutboxCdc
 from relay.cdc.outgoing import Outgoing
 from relay.cdc.preflight import require_ready
-from relay.cdc.publisher import BatchPublisher, CdcStats, OutboxParker
-from relay.cdc.queries import cdc_query
-from relay.cdc.retention import run_retention
+from relay.cdc.publisher import CdcStats
 from relay.cdc.session import StreamSession
 from relay.cdc.settings import CdcSettings
-from relay.cdc.slots import current_database, drop_slot, ensure_publication, read_slot
-from relay.cdc.snapshot import Snapshot, SnapshotRequest
-from relay.cdc.status import cdc_status
-from relay.cdc.stream import ReplicationStream, SlotInUseError
+from relay.cdc.slots import (
+    current_database,
+    drop_slot,
+    ensure_publication,
+    read_slot,
+    start_streaming,
+)
+from relay.cdc.snapshot import SnapshotRequest
+from relay.cdc.stream import ReplicationStream
 from relay.config import RelayConfig
 from relay.connector import Connector
-from relay.db import INDEX_PLAN_SETTINGS, DbSession
 from relay.errors import ConfigError, PermanentError, RelayError
 from relay.health import HealthState
-from relay.outbox_rows import FailurePolicy
-from relay.scheduler import Scheduler
-from relay.source import SourceKind, SourceParts
+from relay.source import Source, SourceKind, SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
 
 log = logging.getLogger(__name__)
 
-START_ATTEMPTS = 5
-
-
-def failure_policy(config: RelayConfig) -> FailurePolicy:
-    return FailurePolicy(
-        retry_base=config.retry_base, retry_cap=config.retry_cap,
-        max_attempts=config.max_attempts, on_poison=config.on_poison,
-    )
-
-
-def aside_session(config: RelayConfig, ttl: float) -> DbSession:
-    """The set-aside rows' connection: like a claim lane's, a transaction (claim,
-    publish, acknowledge) ends within the takeover TTL, or PostgreSQL ends it."""
-    ttl_ms = str(int(ttl * 1000))
-    return DbSession(
-        config.dsn, "cdc-set-aside", connect_timeout=config.connect_timeout,
-        settings={"idle_in_transaction_session_timeout": ttl_ms, "statement_timeout": ttl_ms,
-                  "lock_timeout": str(int(config.publish_timeout * 1000)),
-                  **INDEX_PLAN_SETTINGS},
-    )
 
 
 class CdcRelay:
@@ -96,36 +75,10 @@ class CdcRelay:
             heartbeat_interval=self.settings.heartbeat_interval,
             published=lambda: self.stats.published,
         )
-        parker = OutboxParker(self.leadership.execute, cdc_query("park", names.schema))
-        self.aside = AsideStore(
-            aside_session(config, ttl), names, failure_policy(config),
-            leader_id=self.leadership.relay_id, retention=config.retention,
-            batch_size=config.batch_size, deadline=ttl,
-        )
-        self.publisher = BatchPublisher(
-            connector, parker, self.aside, timeout=config.publish_timeout,
-            may_publish=self.leadership.valid, stats=self.stats,
-        )
-        self._mapping: RowMapping = (
-            DebeziumMapping(names.table, names.routing) if names.routing is not None
-            else OutboxTableMapping(names.table)
-        )
-        self._snapshot = Snapshot(
-            DbSession(config.dsn, "cdc-snapshot", connect_timeout=config.connect_timeout),
-            names, self._mapping, self.publisher, batch_size=config.batch_size,
-            mark_sent=None if names.debezium else self._mark_sent,
-        )
-        self._retention_session = DbSession(config.dsn, "cdc-housekeeping",
-                                            connect_timeout=config.connect_timeout,
-                                            settings=INDEX_PLAN_SETTINGS)
-        # Delayed messages wait in the scheduled table, not in the slot: the leader moves
-        # each into the outbox when due and streams that insert (docs/cdc.md).
-        self.scheduler = Scheduler(
-            DbSession(config.dsn, "cdc-scheduler", connect_timeout=config.connect_timeout,
-                      settings={**INDEX_PLAN_SETTINGS,
-                                "statement_timeout": str(int(config.lease_ttl * 1000))}),
-            names.schema, recheck=lambda: config.poll_interval,
-        )
+        self.outbox = OutboxCdc(config, connector, names, self.leadership, self.stats)
+        self.aside = self.outbox.aside
+        self.publisher = self.outbox.publisher
+        self.scheduler = self.outbox.scheduler
         self.streaming = asyncio.Event()  # set while this relay streams
         self._failures = 0
 
@@ -138,17 +91,11 @@ class CdcRelay:
         return self.stats.published
 
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
-        status = cdc_status(conn, self.names.schema, self.names.slot)
-        return {"cdc": {"slot": status["slot"], "lag_bytes": status["lag_bytes"]}}
+        return self.outbox.sample(conn)
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Lead (or wait to) and stream until ``stopping`` is set."""
-        background = [
-            BackgroundTask("cdc-health", self._beat),
-            # Set-aside rows live in the relay's own table even in Debezium mode.
-            BackgroundTask("cdc-retention", lambda: run_retention(
-                self._retention_session, self.names, self.config.retention, stopping)),
-        ]
+        background = [BackgroundTask("cdc-health", self._beat), self.outbox.retention(stopping)]
         for task in background:
             task.start()
         try:
@@ -185,10 +132,7 @@ class CdcRelay:
         """Give up the lead (a standby takes over at once) and close every connection,
         each step within ``timeout`` seconds."""
         await bounded(self.leadership.release(forget=True), timeout, "CDC leadership")
-        await bounded(self._snapshot.close(), timeout, "CDC snapshot session")
-        await bounded(self._retention_session.close(), timeout, "CDC retention session")
-        await bounded(self.aside.close(), timeout, "CDC set-aside session")
-        await bounded(self.scheduler.stop(), timeout, "CDC scheduler")
+        await self.outbox.close(timeout)
 
     async def _stream_once(self, stopping: asyncio.Event) -> None:
         stream = await ReplicationStream.connect(
@@ -199,9 +143,9 @@ class CdcRelay:
             start_lsn = await self._prepare(stream, stopping)
             if start_lsn is None:
                 return
-            await self._start(stream, start_lsn)
+            await start_streaming(stream, self.leadership, self.names, start_lsn)
             outgoing = Outgoing()
-            decoder = ChangeDecoder(self.names, self._mapping, outgoing,
+            decoder = ChangeDecoder(self.names, self.outbox.mapping, outgoing,
                                     on_delayed=self.scheduler.poke)
             session = StreamSession(
                 stream, decoder, outgoing,
@@ -223,12 +167,7 @@ class CdcRelay:
         messages into the outbox as they fall due. Only the leader does either, while it
         streams: a standby learns of none."""
         halt = asyncio.Event()
-        drain = AsideDrain(self.aside, self.publisher.publish, self.leadership.valid,
-                           self._count_published)
-        companions = [
-            BackgroundTask("cdc-set-aside", lambda: drain.run(halt)),
-            BackgroundTask("cdc-scheduler", lambda: self.scheduler.run(halt)),
-        ]
+        companions = self.outbox.companions(halt)
         for task in companions:
             task.start()
         try:
@@ -252,51 +191,12 @@ class CdcRelay:
                 await drop_slot(leadership, names, slot)
             consistent, exported = await stream.create_slot(names.slot)
             request = SnapshotRequest(exported, verdict.covered_xmin, consistent)
-            return await self._snapshot_then_stream(request, stopping)
+            return await self.outbox.snapshot_then_stream(request, stopping)
         if verdict.action is Action.SNAPSHOT:
             lsn = state.confirmed_lsn or verdict.snapshot_lsn or 0
             request = SnapshotRequest(None, verdict.covered_xmin, lsn)
-            return await self._snapshot_then_stream(request, stopping)
+            return await self.outbox.snapshot_then_stream(request, stopping)
         return state.confirmed_lsn or 0
-
-    async def _snapshot_then_stream(
-        self, request: SnapshotRequest, stopping: asyncio.Event
-    ) -> int | None:
-        leadership, schema = self.leadership, self.names.schema
-        await leadership.guarded(cdc_query("begin_snapshot", schema),
-                                 {"lsn": lsn_to_str(request.position)})
-        xmin = await self._snapshot.run(request, stopping)
-        if xmin is None:
-            return None
-        await leadership.guarded(cdc_query("finish_snapshot", schema), {"covered": xmin})
-        leadership.state = CdcState(request.position, xmin, True)
-        return request.position
-
-    async def _start(self, stream: ReplicationStream, start_lsn: int) -> None:
-        """START_REPLICATION from ``start_lsn``: the relay's saved position, which may be
-        past the slot's (PostgreSQL moves a slot back to it; skipped commits were
-        published). A walsender left over from a previous leader is ended."""
-        for attempt in range(START_ATTEMPTS):
-            try:
-                await stream.start(self.names.slot, self.names.publication, start_lsn)
-                return
-            except SlotInUseError:
-                if attempt == START_ATTEMPTS - 1:
-                    raise
-                slot = await read_slot(self.leadership, self.names)
-                if slot is not None and slot.active_pid is not None:
-                    log.warning("slot %s is still streamed by walsender %d (a previous "
-                                "leader); ending that session", self.names.slot, slot.active_pid)
-                    await self.leadership.end_session(slot.active_pid)
-                await asyncio.sleep(0.1 * (attempt + 1))
-
-    def _count_published(self, delivered: int) -> None:
-        self.stats.published += delivered
-
-    async def _mark_sent(self, ids: list[UUID]) -> None:
-        if ids:
-            await self.leadership.execute(cdc_query("mark_sent", self.names.schema),
-                                          {"ids": ids})
 
     async def _back_off(self, stopping: asyncio.Event, exc: RelayError) -> None:
         delay = full_jitter(self._failures, base=self.config.retry_base,
@@ -309,15 +209,18 @@ class CdcRelay:
 
 
 
-def _cdc_source(parts: SourceParts) -> CdcRelay:
+def _cdc_source(parts: SourceParts) -> Source:
+    if isinstance(parts.database, SlotGroup):
+        return SharedSlotOutbox(parts, parts.database)
     return CdcRelay(parts.config, parts.connector, relay_id=parts.relay_id, health=parts.health)
 
 
 def cdc_connections(config: RelayConfig, outboxes: int) -> int:
-    """Each outbox streams from a slot of its own: its leader, replication stream,
-    set-aside drain, housekeeping and scheduler connections, and the snapshot's while a
-    slot is first created."""
-    return 6 * outboxes
+    """A database's outboxes share every connection (relay.cdc.group), however many
+    they are: the slot's leader and replication stream, the scheduler's, housekeeping,
+    the snapshot's while pending rows are published, and the set-aside pool."""
+    return CDC_SHARED_CONNECTIONS
 
 
-CDC = SourceKind(preflight=require_ready, build=_cdc_source, connections=cdc_connections)
+CDC = SourceKind(preflight=require_ready, build=_cdc_source, share=SlotGroup,
+                 connections=cdc_connections)

@@ -31,10 +31,10 @@ async def purge_published(session: DbSession, names: CdcNames, retention: float)
     total = await purge_sent(session, names.schema, retention)
     if names.debezium:
         return total
-    conn = await session.connection()
     params = {"retention": retention, "limit": PURGE_CHUNK, "slot": names.slot}
     for _ in range(PURGE_CHUNKS_PER_ROUND):
-        cursor = await conn.execute(cdc_query("purge_published", names.schema), params)
+        async with session.turn() as conn:  # a chunk at a time: others may share it
+            cursor = await conn.execute(cdc_query("purge_published", names.schema), params)
         total += cursor.rowcount
         if cursor.rowcount < PURGE_CHUNK:
             break

@@ -23,6 +23,8 @@ import asyncio
 import functools
 import logging
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import PrimaryKeepalive, lsn_to_str, parse_copy_data, wal_data_payload
@@ -50,7 +52,120 @@ YIELD_EVERY = 256  # frames read in a row before the reader lets the other tasks
 READ_BATCH = 128
 
 
-class StreamSession:
+class SessionLoops:
+    """The reading and progress loops of a streaming session, of one outbox's slot or of
+    one shared by several. Reading: frames in batches, paused while the broker is behind.
+    Progress: save, then tell the server, at most every ``SAVE_INTERVAL`` while events
+    flow, at least every ``STATUS_INTERVAL``, and at once when the server asks. A session
+    sets ``_stream`` and the signals, and says how a frame is taken, which queue is too
+    full to read on (``_no_space``) and what saving is (``_save_and_report``)."""
+
+    _stream: ReplicationStream
+    _reply_wanted: Signal
+    _closing: Signal
+    _last_save: float
+    _last_status: float
+    _reported: tuple[int, int]
+
+    async def _save_and_report(self, *, reply: bool = False, final: bool = False) -> None:
+        raise NotImplementedError
+
+    def _take(self, frame: memoryview) -> None:
+        raise NotImplementedError
+
+    async def _progress_loop(self) -> None:
+        raise NotImplementedError
+
+    async def _run_loops(
+        self,
+        stopping: asyncio.Event,
+        lost: asyncio.Event,
+        publishing: Callable[[Signal], dict[str, Coroutine[Any, Any, None]]],
+    ) -> None:
+        """Read, publish and confirm until ``stopping``, ``lost`` or a failure; then
+        finish the batches in flight (a publish call is never cut off halfway) and, unless
+        the lead was lost, save and report where they left the stream."""
+        halt = Signal()  # stop taking batches: stopping, or the lead is lost
+        reader = asyncio.create_task(self._read_loop(), name="cdc-reader")
+        publishers = [asyncio.create_task(work, name=name)
+                      for name, work in publishing(halt).items()]
+        progress = asyncio.create_task(self._progress_loop(), name="cdc-progress")
+        tasks = {reader, progress, *publishers}
+        ended = asyncio.ensure_future(wait_any(stopping, lost))
+        try:
+            done, _ = await asyncio.wait(tasks | {ended}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & tasks:
+                task.result()  # a failure: raise it (the finally cancels the rest)
+            halt.set()
+            reader.cancel()
+            await asyncio.gather(*publishers)  # each finishes the batch in flight
+            self._closing.set()
+            await progress  # between statements: the leader connection stays usable
+            if lost.is_set():
+                raise LeaseLostError("another relay took over the slot")
+            await self._save_and_report(final=True)
+        finally:
+            for task in (*tasks, ended):
+                task.cancel()
+            await asyncio.gather(*tasks, ended, return_exceptions=True)
+
+    def _no_space(self) -> Signal | None:
+        """The signal of a queue too full to read more for, if one is."""
+        raise NotImplementedError
+
+    async def _read_loop(self) -> None:
+        since_yield = 0
+        while True:
+            if (space := self._no_space()) is not None:
+                space.clear()
+                await wait_signals(space, timeout=STATUS_INTERVAL)
+                continue
+            # Frames in batches: one await per batch, not per change.
+            frames = await self._stream.read_frames(STATUS_INTERVAL, READ_BATCH)
+            for frame in frames:
+                self._take(frame)
+            since_yield += len(frames)
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)  # a busy stream never waits: let the others run
+
+    async def _progress_loop_on(self, progressed: Signal) -> None:
+        while not self._closing.is_set():
+            progressed.clear()
+            reply = self._reply_wanted.is_set()
+            self._reply_wanted.clear()
+            await self._save_and_report(reply=reply)
+            await wait_signals(progressed, self._reply_wanted, self._closing,
+                               timeout=min(STATUS_INTERVAL, IDLE_SAVE_INTERVAL))
+            since_save = time.monotonic() - self._last_save
+            if since_save < SAVE_INTERVAL and not self._reply_wanted.is_set():
+                await wait_signals(self._closing, timeout=SAVE_INTERVAL - since_save)
+
+    async def _report(self, received: int, flushed: int, *, reply: bool, final: bool) -> None:
+        """Tell the server what was received and what may be forgotten, when it moved,
+        when it is due, or when asked."""
+        position = (max(received, flushed), flushed)
+        due = time.monotonic() - self._last_status >= STATUS_INTERVAL
+        if position != self._reported or due or reply or final:
+            await self._stream.send_status(*position)
+            self._reported = position
+            self._last_status = time.monotonic()
+            log.debug("confirmed %s to the server", lsn_to_str(flushed))
+
+
+def save_target(outgoing: Outgoing, saved_lsn: int, last_save: float) -> int:
+    """How far to save now: a delivered commit at once; an idle advance (other tables'
+    writes, keepalives) when it is large or has waited long enough."""
+    if outgoing.confirmed_commit_lsn > saved_lsn:
+        return outgoing.confirmed_lsn
+    advance = outgoing.confirmed_lsn - saved_lsn
+    waited = time.monotonic() - last_save
+    if advance >= IDLE_SAVE_BYTES or (advance > 0 and waited >= IDLE_SAVE_INTERVAL):
+        return outgoing.confirmed_lsn
+    return saved_lsn
+
+
+class StreamSession(SessionLoops):
     def __init__(
         self,
         stream: ReplicationStream,
@@ -87,47 +202,13 @@ class StreamSession:
         Losing the lead also ends the session: the batch in flight is finished (a publish
         call is never cut off halfway), nothing more is published or confirmed.
         """
-        halt = Signal()  # stop taking batches: stopping, or the lead is lost
-        reader = asyncio.create_task(self._read_loop(), name="cdc-reader")
-        publisher = asyncio.create_task(self._publish_loop(halt), name="cdc-publisher")
-        progress = asyncio.create_task(self._progress_loop(), name="cdc-progress")
-        tasks = {reader, publisher, progress}
-        ended = asyncio.ensure_future(wait_any(stopping, self._leadership.lost))
-        try:
-            done, _ = await asyncio.wait(tasks | {ended}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done & tasks:
-                task.result()  # a failure: raise it (the finally cancels the rest)
-            halt.set()
-            reader.cancel()
-            await publisher  # finishes (or gives up on) the batch in flight
-            self._closing.set()
-            await progress  # between statements: the leader connection stays usable
-            if self._leadership.lost.is_set():
-                raise LeaseLostError("another relay took over the slot")
-            await self._save_and_report(final=True)
-        finally:
-            for task in (*tasks, ended):
-                task.cancel()
-            await asyncio.gather(*tasks, ended, return_exceptions=True)
+        await self._run_loops(stopping, self._leadership.lost,
+                              lambda halt: {"cdc-publisher": self._publish_loop(halt)})
 
     # --- reading ---------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        outgoing = self._outgoing
-        since_yield = 0
-        while True:
-            if outgoing.backlog >= self._max_backlog:
-                self._space.clear()
-                await wait_signals(self._space, timeout=STATUS_INTERVAL)
-                continue
-            # Frames in batches: one await per batch, not per change.
-            frames = await self._stream.read_frames(STATUS_INTERVAL, READ_BATCH)
-            for frame in frames:
-                self._take(frame)
-            since_yield += len(frames)
-            if since_yield >= YIELD_EVERY:
-                since_yield = 0
-                await asyncio.sleep(0)  # a busy stream never waits: let the others run
+    def _no_space(self) -> Signal | None:
+        return self._space if self._outgoing.backlog >= self._max_backlog else None
 
     def _take(self, frame: memoryview) -> None:
         wal_data = wal_data_payload(frame)
@@ -150,63 +231,52 @@ class StreamSession:
     # --- publishing ------------------------------------------------------------------
 
     async def _publish_loop(self, halt: Signal) -> None:
-        while True:
-            batch = await self._next_batch(halt)
-            if batch is None:
-                return
-            acknowledge = functools.partial(self._outgoing.acknowledge, batch)
-            delivered = await self._publisher.deliver(batch.items, halt, acknowledge)
-            self._space.set()
-            if not delivered:
-                return
-
-    async def _next_batch(self, halt: Signal) -> Batch | None:
-        outgoing = self._outgoing
-        # Events that came while the previous batch was with the broker have waited
-        # long enough: only a batch whose first event finds the queue empty lingers.
-        linger = 0.0 if outgoing.ready.is_set() else self._linger
-        while not outgoing.ready.is_set() and not halt.is_set():
-            await wait_signals(halt, outgoing.ready)
-        if outgoing.backlog < self._batch_size and linger > 0 and not halt.is_set():
-            await wait_signals(halt, timeout=linger)  # let the transactions behind join
-        return None if halt.is_set() else outgoing.take(self._batch_size)
+        await publish_batches(self._outgoing, self._publisher, halt, self._space,
+                              batch_size=self._batch_size, linger=self._linger)
 
     # --- confirming ------------------------------------------------------------------
 
     async def _progress_loop(self) -> None:
-        outgoing = self._outgoing
-        while not self._closing.is_set():
-            outgoing.progressed.clear()
-            reply = self._reply_wanted.is_set()
-            self._reply_wanted.clear()
-            await self._save_and_report(reply=reply)
-            await wait_signals(outgoing.progressed, self._reply_wanted, self._closing,
-                               timeout=min(STATUS_INTERVAL, IDLE_SAVE_INTERVAL))
-            since_save = time.monotonic() - self._last_save
-            if since_save < SAVE_INTERVAL and not self._reply_wanted.is_set():
-                await wait_signals(self._closing, timeout=SAVE_INTERVAL - since_save)
-
-    def _save_target(self) -> int:
-        outgoing = self._outgoing
-        if outgoing.confirmed_commit_lsn > self.saved_lsn:
-            return outgoing.confirmed_lsn
-        idle_advance = outgoing.confirmed_lsn - self.saved_lsn
-        waited = time.monotonic() - self._last_save
-        if idle_advance >= IDLE_SAVE_BYTES or (idle_advance > 0 and waited >= IDLE_SAVE_INTERVAL):
-            return outgoing.confirmed_lsn
-        return self.saved_lsn
+        await self._progress_loop_on(self._outgoing.progressed)
 
     async def _save_and_report(self, *, reply: bool = False, final: bool = False) -> None:
-        target = max(self._save_target(), self._outgoing.confirmed_lsn if final else 0)
+        outgoing = self._outgoing
+        target = save_target(outgoing, self.saved_lsn, self._last_save)
+        target = max(target, outgoing.confirmed_lsn if final else 0)
         if target > self.saved_lsn:
             await self._leadership.guarded(self._save_query, {"lsn": lsn_to_str(target)})
             self.saved_lsn = target
             self._last_save = time.monotonic()
-        position = (max(self.received_lsn, self.saved_lsn), self.saved_lsn)
-        due = time.monotonic() - self._last_status >= STATUS_INTERVAL
-        if position != self._reported or due or reply or final:
-            await self._stream.send_status(*position)
-            self._reported = position
-            self._last_status = time.monotonic()
-            log.debug("confirmed %s to the server", lsn_to_str(self.saved_lsn))
+        await self._report(self.received_lsn, self.saved_lsn, reply=reply, final=final)
 
+
+
+async def publish_batches(
+    outgoing: Outgoing, publisher: BatchPublisher, halt: Signal, space: Signal,
+    *, batch_size: int, linger: float,
+) -> None:
+    """Deliver ``outgoing``'s batches in order until ``halt`` (or a batch cut short);
+    ``space`` is set after each, for a reader waiting for the backlog to shrink."""
+    while True:
+        batch = await _next_batch(outgoing, halt, batch_size, linger)
+        if batch is None:
+            return
+        acknowledge = functools.partial(outgoing.acknowledge, batch)
+        delivered = await publisher.deliver(batch.items, halt, acknowledge)
+        space.set()
+        if not delivered:
+            return
+
+
+async def _next_batch(
+    outgoing: Outgoing, halt: Signal, batch_size: int, linger: float
+) -> Batch | None:
+    # Events that came while the previous batch was with the broker have waited
+    # long enough: only a batch whose first event finds the queue empty lingers.
+    if outgoing.ready.is_set():
+        linger = 0.0
+    while not outgoing.ready.is_set() and not halt.is_set():
+        await wait_signals(halt, outgoing.ready)
+    if outgoing.backlog < batch_size and linger > 0 and not halt.is_set():
+        await wait_signals(halt, timeout=linger)  # let the transactions behind join
+    return None if halt.is_set() else outgoing.take(batch_size)

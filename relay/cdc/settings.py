@@ -30,6 +30,9 @@ HEARTBEAT_RANGE = DurationRange(MIN_TIMEOUT, MAX_TIMEOUT, zero="off")
 # statement_timeout, both int milliseconds.
 TAKEOVER_RANGE = DurationRange(MIN_TAKEOVER_TTL, MAX_TIMEOUT, reason=PG_TIMEOUT.reason)
 NAME_PREFIX = "outbox_relay_"
+# The slot and publication a database's outboxes share in a relay of many (two
+# underscores: no schema's derived name can be it unless the schema is "_shared").
+SHARED_NAME = "outbox_relay__shared"
 MESSAGE_PREFIX = "outbox-relay:"
 HEARTBEAT_PREFIX = "outbox-relay-heartbeat"
 # --cdc-snapshot: which rows of a Debezium table the first start publishes. The relay's
@@ -69,6 +72,13 @@ class CdcNames:
     debezium: bool
     routing: DebeziumRouting | None = None  # set when debezium
     snapshot_existing: bool = False  # a Debezium table's rows are published on first start
+    shared: bool = False  # the slot is the database's, shared with its other outboxes
+
+    @property
+    def own_name(self) -> str:
+        """This outbox's name for its own locks and derived ids: the slot's, or the
+        slot's and the schema's when the slot is shared."""
+        return f"{self.slot}/{self.schema}" if self.shared else self.slot
 
     @property
     def message_prefix(self) -> str:
@@ -99,14 +109,20 @@ class CdcSettings:
     linger: float = DEFAULT_LINGER
     snapshot: str = SNAPSHOT_NONE
     debezium_options: Mapping[str, str] = field(default_factory=dict)
+    # Several outboxes of one database stream through one slot and one publication,
+    # named SHARED_NAME unless given (docs/multi-tenant.md).
+    shared: bool = False
 
     def names_one_outbox(self) -> bool:
-        """A slot, publication or table named outright: they belong to one outbox."""
-        return any((self.slot, self.publication, self.table))
+        """A table named outright, or a Debezium mapping: they belong to one outbox."""
+        return self.table is not None or self.debezium
+
+    def _default_name(self, schema: str) -> str:
+        return SHARED_NAME if self.shared else f"{NAME_PREFIX}{schema}"
 
     def resolve(self, schema: str) -> CdcNames:
         """The names for outbox ``schema``; call ``problems()`` first."""
-        derived = f"{NAME_PREFIX}{schema}"
+        derived = self._default_name(schema)
         table = parse_table_name(self.table) if self.table else TableName(schema, "messages")
         if table is None:
             raise ValueError(f"not a schema.table name: {self.table!r}")
@@ -118,6 +134,7 @@ class CdcSettings:
             debezium=self.debezium,
             routing=parse_routing(self.debezium_options) if self.debezium else None,
             snapshot_existing=self.debezium and self.snapshot == SNAPSHOT_EXISTING,
+            shared=self.shared,
         )
 
     def problems(
@@ -128,13 +145,13 @@ class CdcSettings:
         With ``publish_timeout`` it also checks that a leader's lease outlives a publish.
         """
         found: list[str] = []
-        slot = self.slot or f"{NAME_PREFIX}{schema}"
+        slot = self.slot or self._default_name(schema)
         if not _SLOT_NAME.fullmatch(slot):
             found.append(
                 f"The replication slot name {slot!r} is not valid: use at most 63 lowercase "
                 "letters, digits and underscores (pass --cdc-slot for a long schema name)."
             )
-        publication = self.publication or f"{NAME_PREFIX}{schema}"
+        publication = self.publication or self._default_name(schema)
         if not is_plain_identifier(publication):
             found.append(
                 f"The publication name {publication!r} is not a plain identifier of at most "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -12,7 +14,8 @@ from relay.cdc.frames import str_to_lsn
 from relay.cdc.guardrails import SlotInfo
 from relay.cdc.leader import Leadership
 from relay.cdc.queries import cdc_query, cdc_query_with_names
-from relay.cdc.settings import CdcNames
+from relay.cdc.settings import CdcNames, TableName
+from relay.cdc.stream import ReplicationStream, SlotInUseError
 from relay.errors import PermanentError, translate_db_error
 
 log = logging.getLogger(__name__)
@@ -86,3 +89,55 @@ async def drop_slot(leadership: Leadership, names: CdcNames, slot: SlotInfo) -> 
         await leadership.end_session(slot.active_pid)
     await leadership.execute(cdc_query("drop_slot", names.schema), {"slot": slot.name})
     log.warning("dropped replication slot %s", slot.name)
+
+
+async def ensure_shared_publication(
+    leadership: Leadership, publication: str, tables: Sequence[TableName]
+) -> None:
+    """Create the publication a database's outboxes share, or add the tables it lacks;
+    refuse one that publishes no inserts, rather than change someone else's publication."""
+    schema = tables[0].schema
+    conn = await leadership.connection()
+    try:
+        cursor = await conn.execute(cdc_query("publication_tables", schema),
+                                    {"publication": publication})
+        rows = await cursor.fetchall()
+        if rows and not rows[0][0]:
+            raise PermanentError(
+                f"publication {publication} exists but does not publish inserts; choose "
+                "another with --cdc-publication")
+        present = {(row[1], row[2]) for row in rows}
+        for table in tables:
+            if (table.schema, table.name) in present:
+                continue
+            name = "add_publication_table" if present else "create_publication"
+            await conn.execute(cdc_query_with_names(name, schema, table=table,
+                                                    publication=publication))
+            present.add((table.schema, table.name))
+            log.info("publication %s now publishes inserts into %s", publication, table)
+    except psycopg.Error as exc:
+        raise translate_db_error(exc, f"preparing publication {publication}") from None
+
+
+START_ATTEMPTS = 5
+
+
+async def start_streaming(
+    stream: ReplicationStream, leadership: Leadership, names: CdcNames, start_lsn: int
+) -> None:
+    """START_REPLICATION from ``start_lsn``: the relay's saved position, which may be
+    past the slot's (PostgreSQL moves a slot back to it; skipped commits were
+    published). A walsender left over from a previous leader is ended."""
+    for attempt in range(START_ATTEMPTS):
+        try:
+            await stream.start(names.slot, names.publication, start_lsn)
+            return
+        except SlotInUseError:
+            if attempt == START_ATTEMPTS - 1:
+                raise
+            slot = await read_slot(leadership, names)
+            if slot is not None and slot.active_pid is not None:
+                log.warning("slot %s is still streamed by walsender %d (a previous "
+                            "leader); ending that session", names.slot, slot.active_pid)
+                await leadership.end_session(slot.active_pid)
+            await asyncio.sleep(0.1 * (attempt + 1))

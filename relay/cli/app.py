@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
 import sys
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import orjson
-import psycopg
 import typer
 
 from relay import config as defaults
@@ -19,54 +14,30 @@ from relay.cdc.status import cdc_status, format_cdc_status
 from relay.cli.cdc_options import (
     HEARTBEAT_DEFAULT,
     LINGER_DEFAULT,
-    SNAPSHOT_DEFAULT,
     TAKEOVER_DEFAULT,
     CdcDebeziumOption,
     CdcDebeziumOptionOption,
-    CdcHeartbeatOption,
-    CdcLingerOption,
     CdcPublicationOption,
     CdcSlotOption,
-    CdcSnapshotOption,
     CdcTableOption,
-    CdcTakeoverOption,
     cdc_settings,
 )
 from relay.cli.command import RelayTyper
 from relay.cli.common import (
     DsnFileOption,
     VersionOption,
+    env_var,
     relay_version,
-)
-from relay.cli.connector_options import (
-    AmqpExchangeOption,
-    AmqpUrlFileOption,
-    AmqpUrlOption,
-    ConnectorOption,
-    ConnectorOptionFile,
-    KafkaBootstrapOption,
-    KafkaOptionFileOption,
-    KafkaOptionOption,
-    gather_connector_options,
 )
 from relay.cli.connectors import build_connectors_command
 from relay.cli.dead_letters import build_dead_letters_app
-from relay.cli.drain_options import (
-    DEFAULT_LEASE_TTL,
-    DEFAULT_POLL_INTERVAL,
-    DEFAULT_POLL_LINGER,
-    DEFAULT_PUBLISH_TIMEOUT,
-    DEFAULT_RETENTION,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    BatchSizeOption,
-    ClaimLanesOption,
-    LeaseTtlOption,
-    PollIntervalOption,
-    PollLingerOption,
-    PublishTimeoutOption,
-    RetentionOption,
-    ShutdownTimeoutOption,
-    drain_settings,
+from relay.cli.guard import (
+    EXIT_FAILURE,
+    clear_errors,
+    connect,
+    connect_either,
+    dsns_from,
+    scrub,
 )
 from relay.cli.inbox import InboxOnlyOption, build_inbox_app, describe_migration, migration_tracks
 from relay.cli.many_outboxes import (
@@ -87,47 +58,16 @@ from relay.cli.migrate_options import (
     StatusSchemaPatternOption,
 )
 from relay.cli.outbox_options import (
-    DEFAULT_DISCOVER_EVERY,
-    DiscoverEveryOption,
-    DsnsOption,
-    MaxDbConnectionsOption,
-    SchemaPatternOption,
     SchemasOption,
     listed_dsns,
     listed_schemas,
 )
-from relay.cli.run_options import (
-    DEFAULT_RETRY_BASE,
-    DEFAULT_RETRY_CAP,
-    CloudEventsModeOption,
-    CloudEventsSourceOption,
-    EnvelopeOption,
-    LogFormatOption,
-    MaxAttemptsOption,
-    MetricsHostOption,
-    MetricsPortOption,
-    OnPoisonOption,
-    RetryBaseOption,
-    RetryCapOption,
-    TopicTemplateOption,
-    format_settings,
-    operability_settings,
-)
-from relay.config import RelayConfig
-from relay.connector import connector_factory
-from relay.db import connection_failure
-from relay.dsn import check_dsn, secrets_in
-from relay.durations import parse_duration
-from relay.errors import ConfigError, RelayError, translate_db_error
-from relay.formats.settings import ENVELOPE_NONE
+from relay.cli.run_command import run_command
+from relay.errors import ConfigError
 from relay.grants import render_grants
-from relay.logs import configure_logging
 from relay.migrations import applied_by_track, migrate, render_script
-from relay.outboxes import split_dsns
-from relay.secrets import read_secret_file, redact, secret_values, value_or_file
 from relay.status import collect_status, format_status
 
-log = logging.getLogger(__name__)
 app = RelayTyper(
     name="outbox-relay",
     help="Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ.",
@@ -136,105 +76,10 @@ app = RelayTyper(
     pretty_exceptions_enable=False,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERNAL = 70
-_secrets: list[str] = []
-
-
-def _env(name: str) -> str:
-    return f"OUTBOX_RELAY_{name}"
-
 
 @app.callback()
 def main_options(version: VersionOption = False) -> None:
     """Relay transactional outbox events from PostgreSQL to Kafka or RabbitMQ."""
-
-
-def dsns_from(dsns: list[str], dsn_file: str | None) -> list[str]:
-    """The DSNs of --dsn, or those of --dsn-file (one per line; not both); their
-    passwords are scrubbed from output."""
-    if dsn_file:
-        if dsns:
-            raise ConfigError("give either --dsn or --dsn-file, not both")
-        dsns = split_dsns(read_secret_file(dsn_file, "DSN", "--dsn-file"))
-    for dsn in dsns:
-        _secrets.extend(secrets_in(dsn))
-    for dsn in dsns:
-        check_dsn(dsn)
-    return dsns
-
-
-def dsn_from(dsn: str, dsn_file: str | None) -> str:
-    """--dsn or the content of --dsn-file (not both); its password is scrubbed from output."""
-    chosen = value_or_file(dsn, dsn_file, what="DSN", flag="--dsn", file_flag="--dsn-file")
-    _secrets.extend(secrets_in(chosen or ""))
-    if chosen and chosen.strip():
-        check_dsn(chosen)
-    return chosen or ""
-
-
-def _scrub(text: str) -> str:
-    return redact(text, _secrets)
-
-
-def fail(message: str, code: int = EXIT_FAILURE) -> None:
-    text = redact(message, _secrets)
-    typer.echo(f"outbox-relay: error: {text}", err=True)
-    raise typer.Exit(code)
-
-
-def _texts(values: Any) -> list[str]:
-    """Every string among the command's arguments, those in lists (--dsn) too."""
-    found: list[str] = []
-    for value in values:
-        if isinstance(value, str):
-            found.append(value)
-        elif isinstance(value, list | tuple):
-            found.extend(item for item in value if isinstance(item, str))
-    return found
-
-
-def clear_errors(command: F) -> F:
-    """Turn every failure into one scrubbed line on stderr and an exit code."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _secrets[:] = secrets_in(*_texts(kwargs.values()))
-        try:
-            return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort):
-            raise
-        except ConfigError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except RelayError as exc:
-            fail(str(exc))
-        except psycopg.Error as exc:  # connect failures were translated in _connect already
-            fail(str(translate_db_error(exc, "PostgreSQL refused the command")))
-        except KeyboardInterrupt:
-            raise typer.Exit(130) from None
-        except Exception as exc:
-            log.debug("internal error", exc_info=True)
-            fail(f"internal error ({type(exc).__name__}): {exc}", EXIT_INTERNAL)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def connect_either(dsn: str, dsn_file: str | None) -> psycopg.Connection[Any]:
-    """Connect with --dsn or --dsn-file (the sub-command groups' ``Connect``)."""
-    return _connect(dsn_from(dsn, dsn_file))
-
-
-def _connect(
-    dsn: str, timeout: float = defaults.DEFAULT_CONNECT_TIMEOUT
-) -> psycopg.Connection[Any]:
-    if not dsn.strip():
-        raise ConfigError("the database DSN is empty; pass --dsn or set OUTBOX_RELAY_DSN")
-    try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, round(timeout)))
-    except psycopg.Error as exc:
-        raise connection_failure(dsn, exc) from None
 
 
 @app.command("migrate")
@@ -266,12 +111,12 @@ def migrate_command(
         sys.stdout.write(_printed_migrations(schema_name, tracks, choice.dsns))
         return
     if not choice.many:
-        with _connect(choice.dsns[0] if choice.dsns else "") as conn:
+        with connect(choice.dsns[0] if choice.dsns else "") as conn:
             applied = migrate(conn, choice.named_schemas[0], tracks=tracks)
         typer.echo(describe_migration(choice.named_schemas[0], applied, tracks))
         return
     choice.require_dsns()
-    if not report_each(migrate_each(choice, tracks, _connect), _scrub):
+    if not report_each(migrate_each(choice, tracks, connect), scrub):
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -296,7 +141,7 @@ def _printed_migrations(schema: str, tracks: tuple[str, ...], dsns: tuple[str, .
     """Every migration; with a DSN, only those that database still needs."""
     if not dsns:
         return render_script(schema, tracks=tracks)
-    with _connect(dsns[0]) as conn:
+    with connect(dsns[0]) as conn:
         done = applied_by_track(conn, schema, tracks)
     return render_script(schema, tracks=tracks, applied=done)
 
@@ -309,7 +154,8 @@ def status_command(
     schema: SchemasOption = None,
     schema_pattern: StatusSchemaPatternOption = None,
     as_json: Annotated[
-        bool, typer.Option("--json", envvar=_env("STATUS_JSON"), help="Print JSON instead of text.")
+        bool,
+        typer.Option("--json", envvar=env_var("STATUS_JSON"), help="Print JSON instead of text."),
     ] = False,
     dsn_file: DsnFileOption = None,
     cdc_slot: CdcSlotOption = None,
@@ -323,13 +169,13 @@ def status_command(
                 "--cdc-slot names one outbox's slot; with several outboxes leave it out"
             )
         choice.require_dsns()
-        if not show_many_status(choice, _connect, _scrub, as_json=as_json):
+        if not show_many_status(choice, connect, scrub, as_json=as_json):
             raise typer.Exit(EXIT_FAILURE)
         return
     schema_name = choice.named_schemas[0]
     if cdc_slot is not None and (problems := CdcSettings(slot=cdc_slot).problems(schema_name)):
         raise ConfigError(" ".join(problems))
-    with _connect(choice.dsns[0] if choice.dsns else "") as conn:
+    with connect(choice.dsns[0] if choice.dsns else "") as conn:
         status = collect_status(conn, schema_name)
         cdc = cdc_status(conn, schema_name, cdc_slot)
     if cdc["exists"] or cdc_slot:
@@ -352,7 +198,7 @@ def doctor_command(
     mode: Annotated[
         str,
         typer.Option(
-            "--mode", envvar=_env("MODE"), metavar="poll|cdc", help="Check for this mode."
+            "--mode", envvar=env_var("MODE"), metavar="poll|cdc", help="Check for this mode."
         ),
     ] = defaults.DEFAULT_MODE,
     dsn_file: DsnFileOption = None,
@@ -377,161 +223,11 @@ def doctor_command(
     )
     if mode not in defaults.MODES:
         raise ConfigError(f"the mode {mode!r} is unknown; choose poll or cdc")
-    if not doctor_each(choice, mode, settings, _connect, _scrub):
+    if not doctor_each(choice, mode, settings, connect, scrub):
         raise typer.Exit(EXIT_FAILURE)
 
 
-@app.command("run")
-@clear_errors
-def run_command(
-    ctx: typer.Context,
-    dsn: DsnsOption = None,
-    dsn_file: DsnFileOption = None,
-    schema: SchemasOption = None,
-    schema_pattern: SchemaPatternOption = None,
-    max_db_connections: MaxDbConnectionsOption = 0,
-    discover_every: DiscoverEveryOption = DEFAULT_DISCOVER_EVERY,
-    mode: Annotated[
-        str,
-        typer.Option(
-            "--mode",
-            envvar=_env("MODE"),
-            metavar="poll|cdc",
-            help="poll (leases + SKIP LOCKED) or cdc (logical replication, pgoutput).",
-        ),
-    ] = defaults.DEFAULT_MODE,
-    connector: Annotated[
-        str,
-        typer.Option(
-            "--connector",
-            envvar=_env("CONNECTOR"),
-            metavar="NAME",
-            help="Connector name: kafka, rabbitmq or an installed one "
-            "(`outbox-relay connectors` lists them).",
-        ),
-    ] = defaults.DEFAULT_CONNECTOR,
-    connector_option: ConnectorOption = None,
-    connector_option_file: ConnectorOptionFile = None,
-    kafka_bootstrap: KafkaBootstrapOption = None,
-    kafka_option: KafkaOptionOption = None,
-    kafka_option_file: KafkaOptionFileOption = None,
-    amqp_url: AmqpUrlOption = None,
-    amqp_url_file: AmqpUrlFileOption = None,
-    max_message_bytes: Annotated[
-        int,
-        typer.Option(
-            "--max-message-bytes",
-            envvar=_env("MAX_MESSAGE_BYTES"),
-            metavar="BYTES",
-            help="Park messages larger than this (payload, key, topic and headers) unsent.",
-        ),
-    ] = defaults.DEFAULT_MAX_MESSAGE_BYTES,
-    amqp_exchange: AmqpExchangeOption = None,
-    batch_size: BatchSizeOption = defaults.DEFAULT_BATCH_SIZE,
-    claim_lanes: ClaimLanesOption = defaults.DEFAULT_CLAIM_LANES,
-    publish_timeout: PublishTimeoutOption = DEFAULT_PUBLISH_TIMEOUT,
-    lease_ttl: LeaseTtlOption = DEFAULT_LEASE_TTL,
-    poll_interval: PollIntervalOption = DEFAULT_POLL_INTERVAL,
-    poll_linger: PollLingerOption = DEFAULT_POLL_LINGER,
-    retention: RetentionOption = DEFAULT_RETENTION,
-    shutdown_timeout: ShutdownTimeoutOption = DEFAULT_SHUTDOWN_TIMEOUT,
-    log_level: Annotated[
-        str,
-        typer.Option(
-            "--log-level",
-            envvar=_env("LOG_LEVEL"),
-            metavar="LEVEL",
-            help="debug, info, warning or error.",
-        ),
-    ] = "info",
-    retry_base: RetryBaseOption = DEFAULT_RETRY_BASE,
-    retry_cap: RetryCapOption = DEFAULT_RETRY_CAP,
-    max_attempts: MaxAttemptsOption = defaults.DEFAULT_MAX_ATTEMPTS,
-    on_poison: OnPoisonOption = defaults.DEFAULT_ON_POISON,
-    metrics_host: MetricsHostOption = defaults.DEFAULT_METRICS_HOST,
-    metrics_port: MetricsPortOption = defaults.DEFAULT_METRICS_PORT,
-    log_format: LogFormatOption = defaults.DEFAULT_LOG_FORMAT,
-    cdc_slot: CdcSlotOption = None,
-    cdc_publication: CdcPublicationOption = None,
-    cdc_table: CdcTableOption = None,
-    cdc_debezium: CdcDebeziumOption = False,
-    cdc_heartbeat: CdcHeartbeatOption = HEARTBEAT_DEFAULT,
-    cdc_takeover_ttl: CdcTakeoverOption = TAKEOVER_DEFAULT,
-    cdc_linger: CdcLingerOption = LINGER_DEFAULT,
-    cdc_snapshot: CdcSnapshotOption = SNAPSHOT_DEFAULT,
-    cdc_debezium_option: CdcDebeziumOptionOption = None,
-    topic_template: TopicTemplateOption = None,
-    envelope: EnvelopeOption = ENVELOPE_NONE,
-    cloudevents_source: CloudEventsSourceOption = None,
-    cloudevents_mode: CloudEventsModeOption = None,
-) -> None:
-    """Run the relay until SIGTERM or SIGINT."""
-    if log_level.lower() not in ("debug", "info", "warning", "error"):
-        raise ConfigError(
-            f"the log level {log_level!r} is unknown; use debug, info, warning or error"
-        )
-    dsns = dsns_from(listed_dsns(ctx, dsn), dsn_file)
-    schemas = listed_schemas(ctx, schema)
-    config = RelayConfig(
-        dsn=dsns[0] if dsns else "",
-        dsns=tuple(dsns) if len(dsns) > 1 else (),
-        schema=schemas[0] if schemas else defaults.DEFAULT_SCHEMA,
-        schemas=tuple(schemas),
-        schema_pattern=schema_pattern,
-        max_db_connections=max_db_connections,
-        discover_every=parse_duration(discover_every, "schema discovery interval"),
-        mode=mode,
-        connector=connector,
-        connector_options=gather_connector_options(ctx),
-        max_message_bytes=max_message_bytes,
-        cdc=cdc_settings(
-            slot=cdc_slot,
-            publication=cdc_publication,
-            table=cdc_table,
-            debezium=cdc_debezium,
-            heartbeat=cdc_heartbeat,
-            takeover_ttl=cdc_takeover_ttl,
-            linger=cdc_linger,
-            snapshot=cdc_snapshot,
-            debezium_options=cdc_debezium_option,
-        ),
-        formats=format_settings(
-            topic_template=topic_template,
-            envelope=envelope,
-            cloudevents_source=cloudevents_source,
-            cloudevents_mode=cloudevents_mode,
-        ),
-        **drain_settings(
-            batch_size=batch_size,
-            claim_lanes=claim_lanes,
-            publish_timeout=publish_timeout,
-            lease_ttl=lease_ttl,
-            poll_interval=poll_interval,
-            poll_linger=poll_linger,
-            retention=retention,
-            shutdown_timeout=shutdown_timeout,
-        ),
-        **operability_settings(
-            retry_base=retry_base,
-            retry_cap=retry_cap,
-            max_attempts=max_attempts,
-            on_poison=on_poison,
-            metrics_host=metrics_host,
-            metrics_port=metrics_port,
-            log_format=log_format,
-        ),
-    ).validate()
-    factory = connector_factory(config.connector)
-    _secrets.extend(secret_values(config.connector_options, factory.settings.is_secret))
-    factory.settings.parse(config.connector_options)  # every problem before connecting
-    configure_logging(log_level, _secrets, log_format=config.log_format)
-    from relay.service import preflight, run_service
-
-    if not config.many_outboxes:
-        preflight(config)  # with several, each outbox waits for its own database instead
-    asyncio.run(run_service(config))
-
-
+app.command("run")(run_command)
 build_connectors_command(app, clear_errors)
 app.add_typer(build_inbox_app(clear_errors, connect_either), name="inbox")
 app.add_typer(build_dead_letters_app(clear_errors, connect_either), name="dead-letters")

@@ -64,3 +64,8 @@ VersionOption = Annotated[
         "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
     ),
 ]
+
+
+def env_var(name: str) -> str:
+    """The ``OUTBOX_RELAY_*`` variable that also sets the flag ``name`` stands for."""
+    return f"OUTBOX_RELAY_{name}"

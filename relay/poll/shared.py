@@ -23,23 +23,19 @@ database share (docs/multi-tenant.md):
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from relay.config import RelayConfig
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
-from relay.errors import RelayError
 from relay.logs import CURRENT_OUTBOX
 from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import SharedListener
 from relay.poll.poller import claim_session
-from relay.sqlfiles import bind
+from relay.shared_sessions import OWN_LOOK_EVERY, ClaimPool, Lookout, PooledClaimSession
 from relay.tasks import BackgroundTask, wait_any
 
 log = logging.getLogger(__name__)
@@ -69,78 +65,6 @@ def poll_connections(config: RelayConfig, outboxes: int) -> int:
     return duty_connections(config) + claim_pool_size(config)
 
 
-class ClaimPool:
-    """Claim connections taken for one claim transaction each, strictly in the order
-    asked: a connection handed back goes to the longest waiter, never to a lane that asks
-    again right after handing it back (asyncio.Queue would let that lane barge in and
-    send the waiter to the back of the line, and a busy outbox would starve the others)."""
-
-    def __init__(self, config: RelayConfig, size: int) -> None:
-        self.sessions = [claim_session(config, lane) for lane in range(size)]
-        self._free: list[DbSession] = list(self.sessions)
-        self._waiters: collections.deque[asyncio.Future[DbSession]] = collections.deque()
-
-    async def take(self) -> DbSession:
-        if self._free and not self._waiters:
-            return self._free.pop()
-        waiter: asyncio.Future[DbSession] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._hand_on(waiter.result())  # handed over just as it was cancelled
-            else:
-                self._waiters.remove(waiter)
-            raise
-
-    async def give_back(self, session: DbSession) -> None:
-        await session.discard_if_unusable()  # a failed batch's connection is not passed on
-        self._hand_on(session)
-
-    def _hand_on(self, session: DbSession) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(session)
-                return
-        self._free.append(session)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(session.close() for session in self.sessions))
-
-
-class PooledClaimSession(SharedSession):
-    """A claim lane's session: a pool connection from the first use until ``release``."""
-
-    def __init__(self, pool: ClaimPool) -> None:
-        super().__init__(pool.sessions[0])
-        self.duty = "claim"
-        self._pool = pool
-        self._held: DbSession | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._held is not None and self._held.connected
-
-    async def connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._held is None:
-            self._held = await self._pool.take()
-        return await self._held.connection()
-
-    async def discard(self) -> None:
-        if self._held is not None:
-            await self._held.discard()
-
-    async def release(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            await self._pool.give_back(held)
-
-    async def close(self) -> None:
-        await self.release()
-
-
 class ListenerShare:
     """One outbox's place on its database's SharedListener (WakeListener's shape)."""
 
@@ -154,73 +78,6 @@ class ListenerShare:
 
     async def stop(self) -> None:
         self._listener.remove(self._schema)
-
-
-# An outbox of a database with a Lookout still looks for work on its own this often, in
-# case the shared look itself fails for a while.
-OWN_LOOK_EVERY = 30.0
-
-
-class Lookout:
-    """Every ``every`` seconds, one query over a database's outboxes: wakes each one with
-    work that no NOTIFY announced (a NOTIFY lost while the listener reconnected, rows
-    written while writers were told not to notify, delayed messages falling due)."""
-
-    def __init__(self, session: DbSession, every: float) -> None:
-        self._session = session
-        self._every = every
-        self._wakes: dict[str, Callable[[], None]] = {}
-        self._query: sql.Composed | None = None
-        self._failures = 0
-        self._task = BackgroundTask("lookout", self._run)
-
-    def add(self, schema: str, wake: Callable[[], None]) -> None:
-        self._wakes[schema] = wake
-        self._query = None
-        self._task.start()
-
-    def remove(self, schema: str) -> None:
-        self._wakes.pop(schema, None)
-        self._query = None
-
-    async def stop(self) -> None:
-        await self._task.stop()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._every)
-            for wake in await self._with_work():
-                wake()
-
-    async def _with_work(self) -> list[Callable[[], None]]:
-        wakes = dict(self._wakes)
-        if not wakes:
-            return []
-        try:
-            async with self._session.turn() as conn:
-                cursor = await conn.execute(self._look(wakes))
-                found = {str(row[0]) for row in await cursor.fetchall()}
-        except (RelayError, psycopg.Error) as exc:
-            await self._session.discard()
-            self._failures += 1
-            level = logging.WARNING if self._failures == 1 else logging.DEBUG
-            log.log(level, "the shared look for work failed (%s); every outbox looks", exc)
-            return list(wakes.values())  # unsure: let each one look for itself
-        self._failures = 0
-        return [wake for schema, wake in wakes.items() if schema in found]
-
-    def _look(self, wakes: dict[str, Callable[[], None]]) -> sql.Composed:
-        if self._query is None:
-            self._query = sql.SQL(" UNION ALL ").join(
-                bind(
-                    "outboxes.sql",
-                    "has_work",
-                    outbox=sql.Literal(schema),
-                    schema=sql.Identifier(schema),
-                )
-                for schema in sorted(wakes)
-            )
-        return self._query
 
 
 class LookoutShare:
@@ -340,7 +197,7 @@ class PollDatabase:
             )
             for duty in ("leases", "scheduler", "housekeeping")
         }
-        self.pool = ClaimPool(config, claim_pool_size(config))
+        self.pool = ClaimPool([claim_session(config, n) for n in range(claim_pool_size(config))])
         listen = DbSession(config.dsn, "listen", connect_timeout=config.connect_timeout)
         self.listener = SharedListener(listen, config.poll_linger)
         self.lookout = Lookout(self._duties["scheduler"], config.poll_interval)

@@ -169,6 +169,10 @@ WHERE p.pubname = %(publication)s;
 -- name: create_publication
 CREATE PUBLICATION {publication} FOR TABLE {table} WITH (publish = 'insert');
 
+-- name: add_publication_table
+-- An outbox joins the slot its database's other outboxes stream (relay.cdc.group).
+ALTER PUBLICATION {publication} ADD TABLE {table};
+
 -- name: state
 SELECT confirmed_lsn::text AS confirmed_lsn, covered_xmin::text AS covered_xmin,
        snapshot_done, leader_name, leader_pid, lease_expires_at > now() AS leader_alive,

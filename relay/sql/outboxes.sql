@@ -30,3 +30,16 @@ SELECT {outbox}::text WHERE EXISTS (
     SELECT 1 FROM {schema}.messages
     WHERE sent_at IS NULL AND parked_at IS NULL AND available_at <= now()
   ) OR EXISTS (SELECT 1 FROM {schema}.scheduled WHERE available_at <= now())
+
+-- name: has_cdc_work
+-- has_work for an outbox streamed from a slot (relay.cdc.group): its rows are published
+-- from the stream, so only set-aside rows that may be claimed now and delayed messages
+-- that are due are work for it to look for.
+SELECT {outbox}::text WHERE EXISTS (
+    SELECT 1 FROM {schema}.messages m
+    WHERE m.set_aside_at IS NOT NULL AND m.sent_at IS NULL AND m.parked_at IS NULL
+      AND m.available_at <= now()
+      AND NOT EXISTS (
+        SELECT 1 FROM {schema}.key_holds h WHERE h.key = m.key AND h.held_until > now()
+      )
+  ) OR EXISTS (SELECT 1 FROM {schema}.scheduled WHERE available_at <= now())

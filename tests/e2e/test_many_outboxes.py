@@ -80,8 +80,10 @@ def write(dsn: str, schema: str, topic: str, label: str, numbers: range) -> None
             )
 
 
-def received_by_outbox(kafka: KafkaHarness, topic: str, count: int) -> dict[str, list[dict]]:
-    got = kafka.read(topic, count, timeout=60)
+def received_by_outbox(
+    kafka: KafkaHarness, topic: str, count: int, timeout: float = 60
+) -> dict[str, list[dict]]:
+    got = kafka.read(topic, count, timeout=timeout)
     by_outbox: dict[str, list[dict]] = defaultdict(list)
     for message in got:
         event = orjson.loads(message.value or b"{}")
@@ -191,12 +193,15 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("mode", ["poll", "cdc"])
 def test_a_schema_pattern_picks_up_a_tenant_migrated_later_and_lets_a_dropped_one_go(
-    db_dsn, kafka, relays
+    db_dsn, kafka, relays, mode
 ):
     migrate(db_dsn, "tenant_a")
     topic = kafka.new_topic()
     relay = relays(
+        "--mode",
+        mode,
         "--dsn",
         db_dsn,
         "--schema-pattern",
@@ -254,13 +259,71 @@ def test_cdc_mode_streams_every_outbox_of_a_database(db_dsn, kafka, relays):
     got = received_by_outbox(kafka, topic, 100)
     for schema in SCHEMAS:
         assert_complete_and_in_key_order(got[schema], range(50))
+    with psycopg.connect(db_dsn) as conn:
+        # One WAL sender streams one slot whose publication covers both tables.
+        senders = conn.execute(
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE 'outbox-relay%'"
+        ).fetchone()
+        published = conn.execute(
+            "SELECT schemaname FROM pg_publication_tables WHERE pubname = 'outbox_relay__shared'"
+            " ORDER BY 1"
+        ).fetchall()
+    assert senders == (1,)
+    assert [p[0] for p in published] == list(SCHEMAS)
+    # `status` counts each outbox's own messages, not the slot's (20 and 50).
+    write(db_dsn, "tenant_b", topic, "tenant_b", range(50, 80))
+    received_by_outbox(kafka, topic, 30)
+    wait_for(lambda: published_counts(db_dsn) == {"tenant_a": 50, "tenant_b": 80}, 15,
+             "each outbox's relays row to count its own messages")
     assert relay.terminate() == 0
     with psycopg.connect(db_dsn) as conn:
         slots = conn.execute(
             "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
             " ORDER BY 1"
         ).fetchall()
-    assert [s[0] for s in slots] == ["outbox_relay_tenant_a", "outbox_relay_tenant_b"]
+    assert [s[0] for s in slots] == ["outbox_relay__shared"]
+
+
+def test_an_outbox_left_out_of_a_shared_slot_for_a_while_catches_up_alone(
+    db_dsn, kafka, relays
+):
+    migrate(db_dsn, *SCHEMAS)
+    topic = kafka.new_topic()
+    cdc = ["--mode", "cdc", "--dsn", db_dsn, "--kafka-bootstrap", kafka.bootstrap,
+           "--metrics-port", "0", *FAST]
+    both = relays(*cdc, "--schema", "tenant_a", "--schema", "tenant_b")
+    for schema in SCHEMAS:
+        write(db_dsn, schema, topic, schema, range(10))
+    assert len(received_by_outbox(kafka, topic, 20)) == 2
+    assert both.terminate() == 0
+    only_a = relays(*cdc, "--schema", "tenant_a", "--schema", "tenant_c")
+    migrate(db_dsn, "tenant_c")
+    write(db_dsn, "tenant_a", topic, "tenant_a", range(10, 20))
+    write(db_dsn, "tenant_b", topic, "tenant_b", range(10, 20))  # nobody streams b now
+    assert {e["n"] for e in received_by_outbox(kafka, topic, 10)["tenant_a"]} == set(range(10, 20))
+    assert only_a.terminate() == 0  # the slot has moved past b's last position
+    again = relays(*cdc, "--schema", "tenant_a", "--schema", "tenant_b")
+    write(db_dsn, "tenant_b", topic, "tenant_b", range(20, 30))
+    got: dict[str, set[int]] = defaultdict(set)
+    deadline = time.monotonic() + 60
+    while not set(range(10, 30)) <= got["tenant_b"] and time.monotonic() < deadline:
+        for outbox, events in received_by_outbox(kafka, topic, 1000, timeout=3).items():
+            got[outbox] |= {e["n"] for e in events}
+    assert got["tenant_b"] >= set(range(10, 30))  # b's gap republished from its table
+    assert "tenant_a" not in got  # a was not republished: the slot was not made again
+    assert "republishing its rows newer than that" in again.output()
+    assert "dropped replication slot" not in again.output()
+    assert again.terminate() == 0
+
+
+def published_counts(dsn: str) -> dict[str, int]:
+    result = outbox_relay("status", "--json", "--dsn", dsn, "--schema", SCHEMAS[0],
+                          "--schema", SCHEMAS[1])
+    assert result.returncode == 0, result.stderr
+    return {
+        outbox["schema"]: sum(r["published"] for r in outbox["relays"] if r["alive"])
+        for outbox in orjson.loads(result.stdout)["outboxes"]
+    }
 
 
 def pending(dsn: str, schema: str) -> int:

@@ -271,17 +271,15 @@ def test_doctor_with_a_pattern_checks_each_outbox_it_finds(databases):
 
 def test_doctor_refuses_one_outboxs_cdc_names_with_several_as_run_does():
     many = ["--dsn", "host=127.0.0.1 dbname=nowhere", "--schema", "a", "--schema", "b"]
-    sentence = "--cdc-slot, --cdc-publication and --cdc-table name one outbox's;"
-    for flag in ("--cdc-slot", "--cdc-publication", "--cdc-table"):
-        value = "a.messages" if flag == "--cdc-table" else "mine"
-        doctor = outbox_relay("doctor", *many, "--mode", "cdc", flag, value)
-        assert doctor.returncode == 2, doctor.stdout + doctor.stderr
-        assert sentence in doctor.stderr and doctor.stdout == ""
-    relay = outbox_relay("run", *many, "--mode", "cdc", "--cdc-slot", "mine")
+    sentence = "--cdc-table and --cdc-debezium name one outbox's table;"
+    doctor = outbox_relay("doctor", *many, "--mode", "cdc", "--cdc-table", "a.messages")
+    assert doctor.returncode == 2, doctor.stdout + doctor.stderr
+    assert sentence in doctor.stderr and doctor.stdout == ""
+    relay = outbox_relay("run", *many, "--mode", "cdc", "--cdc-table", "a.messages")
     assert relay.returncode == 2 and sentence in relay.stderr
 
 
-def test_doctor_in_cdc_mode_checks_each_outboxs_own_slot(databases):
+def test_doctor_in_cdc_mode_checks_the_slot_each_outbox_shares(databases):
     (name_a, dsn_a), _ = databases
     both = ["--dsn", dsn_a, "--schema", "a", "--schema", "b"]
     assert run("migrate", *both)[0] == 0
@@ -289,5 +287,7 @@ def test_doctor_in_cdc_mode_checks_each_outboxs_own_slot(databases):
     assert code == 0, out + err
     assert out.count("ok   wal_level") == 2 and "FAIL" not in out
     block_b = out.split(f"== {name_a}/b ==")[1]
-    assert "slot outbox_relay_b will be created" in block_b
-    assert "publication outbox_relay_b will be created for inserts into b.messages" in block_b
+    assert "slot outbox_relay__shared will be created" in block_b
+    assert (
+        "publication outbox_relay__shared will be created for inserts into b.messages" in block_b
+    )

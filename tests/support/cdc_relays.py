@@ -64,10 +64,7 @@ class RunningCdcRelay:
             await leadership._keeper.stop()  # cancelled mid-renewal, as a kill would
             self.task = None
             await leadership._session.discard()  # no unlock, no lease release
-            await self.relay._snapshot.close()
-            await self.relay._retention_session.close()
-            await self.relay.aside.close()
-            await self.relay.scheduler.stop()
+            await self.relay.outbox.close(timeout=10.0)
 
 
 class ThreadedCdcRelay:

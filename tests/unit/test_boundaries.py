@@ -106,7 +106,7 @@ def test_the_service_assembles_a_source_without_asking_which_mode():
 
 def test_background_tasks_start_through_relay_tasks():
     """Start, cancel and gather are written once (relay.tasks); the drain's own task in
-    the service and the CDC session's three loops, which end together, are the only other
+    the service and the CDC session's loops, which end together, are the only other
     places that create tasks."""
     allowed = {"relay/tasks.py", "relay/service.py", "relay/cdc/session.py"}
     offenders = [

@@ -12,8 +12,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay.config import RelayConfig
 from relay.fleet_health import FleetHealth, LabelledOutboxMetrics, OutboxProbe
 from relay.health import HealthState
-from relay.outboxes import database_labels, outbox_addresses, split_dsns, split_schemas
-from relay.poll.shared import ClaimPool, claim_pool_size, poll_connections
+from relay.outboxes import (
+    OutboxAddress,
+    database_labels,
+    outbox_addresses,
+    split_dsns,
+    split_schemas,
+)
+from relay.poll.poller import claim_session
+from relay.poll.shared import claim_pool_size, poll_connections
+from relay.shared_sessions import ClaimPool
 
 DSN_A = "postgresql://relay:pw@db-a:5432/orders"
 DSN_B = "postgresql://relay:pw@db-b:5432/billing"
@@ -52,10 +60,29 @@ def test_a_list_of_outboxes_is_checked_in_plain_sentences():
 
 
 def test_cdc_names_of_one_outbox_are_refused_for_several():
-    config = RelayConfig(dsn=DSN_A, schemas=("eu", "us"), mode="cdc", cdc=_cdc(slot="one"))
-    assert any("name one outbox's" in p for p in config.problems())
+    config = RelayConfig(dsn=DSN_A, schemas=("eu", "us"), mode="cdc", cdc=_cdc(table="eu.t"))
+    assert any("name one outbox's table" in p for p in config.problems())
     single = RelayConfig(dsn=DSN_A, schemas=("eu",), mode="cdc", cdc=_cdc(slot="one"))
     assert single.problems() == []
+
+
+def test_the_outboxes_of_a_database_share_one_slot_and_publication_in_cdc_mode():
+    config = RelayConfig(dsn=DSN_A, schemas=("eu", "us"), mode="cdc")
+    names = {
+        config.for_outbox(OutboxAddress("db", schema, DSN_A)).cdc.resolve(schema)
+        for schema in ("eu", "us")
+    }
+    assert {(n.slot, n.publication, n.own_name) for n in names} == {
+        ("outbox_relay__shared", "outbox_relay__shared", "outbox_relay__shared/eu"),
+        ("outbox_relay__shared", "outbox_relay__shared", "outbox_relay__shared/us"),
+    }
+    named = RelayConfig(dsn=DSN_A, schemas=("eu", "us"), mode="cdc",
+                        cdc=_cdc(slot="tenants", publication="tenants"))
+    assert named.problems() == []
+    one = named.for_outbox(OutboxAddress("db", "eu", DSN_A)).cdc.resolve("eu")
+    assert (one.slot, one.publication) == ("tenants", "tenants")
+    alone = RelayConfig(dsn=DSN_A, schema="eu", mode="cdc").cdc.resolve("eu")
+    assert (alone.slot, alone.own_name) == ("outbox_relay_eu", "outbox_relay_eu")
 
 
 def _cdc(**names):
@@ -117,7 +144,7 @@ def test_metrics_of_every_outbox_are_one_family_with_database_and_schema_labels(
 
 def test_the_claim_pool_hands_a_returned_connection_to_the_longest_waiter():
     async def scenario() -> list[str]:
-        pool = ClaimPool(RelayConfig(dsn=DSN_A), 1)
+        pool = ClaimPool([claim_session(RelayConfig(dsn=DSN_A), 0)])
         held = await pool.take()
         order: list[str] = []
 
@@ -145,7 +172,7 @@ def test_the_claim_pool_hands_a_returned_connection_to_the_longest_waiter():
 
 def test_a_waiter_cancelled_after_being_handed_a_connection_passes_it_on():
     async def scenario() -> bool:
-        pool = ClaimPool(RelayConfig(dsn=DSN_A), 1)
+        pool = ClaimPool([claim_session(RelayConfig(dsn=DSN_A), 0)])
         held = await pool.take()
         cancelled = asyncio.create_task(pool.take())
         after = asyncio.create_task(pool.take())

@@ -1,0 +1,183 @@
+"""A slot several outboxes share: the session takes the stream apart by outbox
+(relay.cdc.group_session), on pgoutput messages built byte by byte."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from uuid import uuid4
+
+from relay.cdc.changes import ChangeDecoder
+from relay.cdc.envelope import encode_envelope
+from relay.cdc.group import shared_verdict
+from relay.cdc.group_session import GroupSession, Lane
+from relay.cdc.guardrails import Action, SlotInfo, assess
+from relay.cdc.leader import CdcState
+from relay.cdc.mapping import OutboxTableMapping
+from relay.cdc.outgoing import Mark, Outgoing
+from relay.cdc.settings import CdcSettings, TableName
+from relay.model import OutboxMessage
+from tests.unit.test_cdc_changes import COLUMNS, insert_bytes
+
+
+def relation(relation_id: int, schema: str, table: str = "messages") -> bytes:
+    out = b"R" + struct.pack("!I", relation_id) + f"{schema}\0{table}\0".encode() + b"d"
+    out += struct.pack("!H", len(COLUMNS))
+    for name, oid in COLUMNS:
+        out += b"\0" + name.encode() + b"\0" + struct.pack("!Ii", oid, -1)
+    return out
+
+
+def begin(final_lsn: int) -> bytes:
+    return b"B" + struct.pack("!QqI", final_lsn, 0, 7)
+
+
+def commit(final_lsn: int, end_lsn: int) -> bytes:
+    return b"C" + struct.pack("!BQQq", 0, final_lsn, end_lsn, 0)
+
+
+def message(prefix: str, content: bytes, lsn: int, *, transactional: bool = True) -> bytes:
+    head = b"M" + struct.pack("!BQ", int(transactional), lsn) + prefix.encode() + b"\0"
+    return head + struct.pack("!I", len(content)) + content
+
+
+def lane(schema: str, start_lsn: int) -> Lane:
+    names = CdcSettings(shared=True).resolve(schema)
+    outgoing = Outgoing()
+    mapping = OutboxTableMapping(TableName(schema, "messages"))
+    decoder = ChangeDecoder(names, mapping, outgoing)
+    return Lane(names, decoder, outgoing, publisher=None, start_lsn=start_lsn)  # type: ignore[arg-type]
+
+
+def queued(lane: Lane) -> list[object]:
+    return [
+        ("event", item.position) if isinstance(item, OutboxMessage) else item
+        for item in lane.outgoing._queue
+    ]
+
+
+class FakeLeadership:
+    """Records the positions saved (the real one writes cdc_state)."""
+
+    def __init__(self) -> None:
+        self.saved: list[tuple[str, str]] = []
+        self.lost = asyncio.Event()
+
+    async def guarded(self, statement, params, *, schema=None):
+        self.saved.append((schema, params["lsn"]))
+
+
+class FakeStream:
+    def __init__(self) -> None:
+        self.statuses: list[tuple[int, int]] = []
+
+    async def send_status(self, written: int, flushed: int) -> None:
+        self.statuses.append((written, flushed))
+
+
+def session(*lanes: Lane) -> tuple[GroupSession, FakeLeadership, FakeStream]:
+    leadership, stream = FakeLeadership(), FakeStream()
+    group = GroupSession(stream, lanes, leadership, batch_size=10, linger=0)  # type: ignore[arg-type]
+    return group, leadership, stream
+
+
+def test_each_outbox_gets_its_own_changes_and_the_commits_of_its_transactions():
+    a, b = lane("a", 0), lane("b", 0)
+    group, _, _ = session(a, b)
+    for payload in (relation(1, "a"), relation(2, "b"), relation(3, "c"), relation(4, "a", "other"),
+                    begin(500), insert_bytes(1), insert_bytes(3), insert_bytes(4), commit(500, 510),
+                    begin(600), insert_bytes(2), insert_bytes(1), commit(600, 610),
+                    begin(700), insert_bytes(3), commit(700, 710)):
+        group._route(payload)
+    assert queued(a) == [("event", 500), Mark(510, True), ("event", 600), Mark(610, True)]
+    assert queued(b) == [("event", 600), Mark(610, True)]
+    assert group.boundary_lsn == 710
+
+
+def test_a_transaction_an_outbox_published_before_is_skipped_for_it_alone():
+    a, b = lane("a", 0), lane("b", 1000)  # b saved 1000 in an earlier session
+    group, _, _ = session(a, b)
+    for payload in (relation(1, "a"), relation(2, "b"),
+                    begin(900), insert_bytes(1), insert_bytes(2), commit(900, 910),
+                    begin(1000), insert_bytes(2), commit(1000, 1010)):
+        group._route(payload)
+    assert queued(a) == [("event", 900), Mark(910, True)]
+    assert queued(b) == [("event", 1000), Mark(1010, True)]
+
+
+def test_logical_messages_go_to_the_outbox_of_their_prefix():
+    a, b = lane("a", 0), lane("b", 0)
+    group, _, _ = session(a, b)
+    envelope = encode_envelope(
+        OutboxMessage(id=uuid4(), topic="t", key="k", payload=b'{"n": 1}'), body_kind="json")
+    for payload in (begin(500), message("outbox-relay:b", envelope, 505),
+                    message("outbox-relay:c", envelope, 506), commit(500, 510),
+                    message("outbox-relay:a", envelope, 520, transactional=False)):
+        group._route(payload)
+    assert queued(b) == [("event", 500), Mark(510, True)]
+    assert queued(a) == [("event", 520), Mark(521, True)]
+
+
+def test_the_slot_is_confirmed_to_where_every_outbox_has_saved():
+    a, b = lane("a", 0), lane("b", 0)
+    group, leadership, stream = session(a, b)
+    for payload in (relation(1, "a"), relation(2, "b"),
+                    begin(500), insert_bytes(1), commit(500, 510),
+                    begin(600), insert_bytes(2), commit(600, 610)):
+        group._route(payload)
+    batch = a.outgoing.take(10)  # a's event delivered; b's still waits for the broker
+    assert batch is not None
+    a.outgoing.acknowledge(batch, 1)
+    asyncio.run(group._save_and_report())
+    # Nothing of a waits any more: it follows the stream to the last commit read (610).
+    assert leadership.saved == [("a", "0/262")]
+    assert stream.statuses[-1][1] == 0  # b has saved nothing: the slot stays
+    batch = b.outgoing.take(10)
+    assert batch is not None
+    b.outgoing.acknowledge(batch, 1)
+    asyncio.run(group._save_and_report())
+    assert leadership.saved[1:] == [("b", "0/262")]
+    assert stream.statuses[-1][1] == 610
+
+
+def test_an_outbox_in_the_middle_of_a_transaction_does_not_follow_the_stream():
+    a, b = lane("a", 0), lane("b", 0)
+    group, leadership, stream = session(a, b)
+    for payload in (relation(1, "a"), relation(2, "b"),
+                    begin(500), insert_bytes(2), commit(500, 510), begin(600)):
+        group._route(payload)
+    asyncio.run(group._save_and_report())
+    assert leadership.saved == []  # a is idle, but a transaction is being read
+    assert stream.statuses[-1][1] == 0
+
+
+def slot_at(flush: int, wal_status: str = "reserved") -> SlotInfo:
+    return SlotInfo("outbox_relay__shared", "pgoutput", "logical", "db", None, wal_status,
+                    flush, flush)
+
+
+def test_an_outbox_back_in_a_shared_slot_republishes_its_own_rows_without_a_new_slot():
+    state = CdcState(confirmed_lsn=100, covered_xmin="42", snapshot_done=True)
+    slot = slot_at(500)
+    verdict = shared_verdict(assess(slot, state, "db", slot.name), slot, state)
+    assert (verdict.action, verdict.drop_slot) == (Action.SNAPSHOT, False)
+    assert (verdict.covered_xmin, verdict.snapshot_lsn) == ("42", 500)
+    assert "emit()" in verdict.message  # what cannot come back is said
+
+
+def test_a_shared_slot_that_is_lost_or_missing_is_made_again_for_every_outbox():
+    state = CdcState(confirmed_lsn=100, covered_xmin="42", snapshot_done=True)
+    lost = slot_at(50, "lost")
+    for slot in (lost, None):
+        verdict = shared_verdict(assess(slot, state, "db", "outbox_relay__shared"), slot, state)
+        assert verdict.action is Action.CREATE
+
+
+def test_an_outbox_joining_a_shared_slot_is_news_not_a_warning():
+    slot, state = slot_at(500), CdcState()
+    verdict = shared_verdict(assess(slot, state, "db", slot.name), slot, state)
+    assert (verdict.action, verdict.level) == (Action.SNAPSHOT, logging.INFO)
+    in_order = CdcState(confirmed_lsn=500, covered_xmin="42", snapshot_done=True)
+    assert shared_verdict(assess(slot, in_order, "db", slot.name), slot, in_order).action \
+        is Action.STREAM
