@@ -340,12 +340,17 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--mode", choices=("poll", "cdc"), default="poll")
     parser.add_argument("--relay-arg", action="append", default=[], help="passed to run")
+    parser.add_argument(
+        "--idle-only", action="store_true",
+        help="the idle windows only, no traffic (what the idle cost's levers change)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="JSON here, markdown next to it")
     args = parser.parse_args()
     if not 1 <= args.busy <= args.schemas:
         parser.error("--busy must be between 1 and --schemas")
+    rate = 0.0 if args.idle_only else args.rate
     settings = Settings(
-        args.idle_seconds, args.window, args.warmup, args.rate, args.settle_timeout, args.mode
+        args.idle_seconds, args.window, args.warmup, rate, args.settle_timeout, args.mode
     )
     max_connections = args.max_connections or 10 * args.schemas + 100
     result = run(args.schemas, args.busy, args.rounds, settings, max_connections, args.relay_arg)
@@ -398,9 +403,9 @@ def one_round(bench: Bench, schemas: int, busy: int, extra: list[str]) -> dict[s
     rate rises, so only equal rates compare)."""
     names, rate = [tenant(i) for i in range(schemas)], bench.settings.rate
     pattern = ["--schema-pattern", PATTERN, *extra]
-    fleet = run_case(bench, "fleet", names, names[:busy], [rate], pattern)
-    reached = fleet["traffic"][0]["achieved_write_rate"]
-    rates = [rate] if reached >= SHORT_OF_RATE * rate else [rate, reached]
+    fleet = run_case(bench, "fleet", names, names[:busy], [rate] if rate else [], pattern)
+    reached = fleet["traffic"][0]["achieved_write_rate"] if rate else 0.0
+    rates = [] if not rate else [rate] if reached >= SHORT_OF_RATE * rate else [rate, reached]
     single = run_case(bench, "single", names[:1], names[:1], rates, ["--schema", names[0], *extra])
     return {"fleet": fleet, "single": single}
 

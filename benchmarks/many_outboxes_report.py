@@ -36,6 +36,8 @@ def _ratio(fleet: dict[str, Any], single: dict[str, Any]) -> float | None:
 def verdicts(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians over the rounds (connections and memory: the most seen)."""
     fleets = [r["fleet"] for r in rounds]
+    if not fleets[0]["traffic"]:  # --idle-only
+        return idle_verdicts(fleets)
     measured = {
         "idle_cpu_pct_of_core": _median([f["idle"]["relay_cpu_pct_of_core"] for f in fleets]),
         "pg_connections": max(
@@ -69,6 +71,20 @@ def verdicts(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def idle_verdicts(fleets: list[dict[str, Any]]) -> dict[str, Any]:
+    """The targets a run without traffic measures."""
+    measured = {
+        "idle_cpu_pct_of_core": _median([f["idle"]["relay_cpu_pct_of_core"] for f in fleets]),
+        "pg_connections": max(f["idle"]["pg_connections"] for f in fleets),
+        "rss_mb": max(f["vm_hwm_mb"] for f in fleets),
+    }
+    return {
+        name: {"measured": value, "target": TARGETS[name], "met": value <= TARGETS[name]}
+        for name, value in measured.items()
+        if value is not None
+    }
+
+
 def markdown(result: dict[str, Any]) -> str:
     first = result["rounds"][0]["fleet"]
     lines = [
@@ -82,7 +98,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|",
     ]
     verdict = result["verdicts"]
-    for name in TARGETS:
+    for name in (name for name in TARGETS if name in verdict):
         v = verdict[name]
         note = f" ({v['note']})" if v.get("note") else ""
         met = "yes" if v["met"] else "NO"
@@ -102,6 +118,13 @@ def markdown(result: dict[str, Any]) -> str:
     for i, one in enumerate(result["rounds"], 1):
         for case in (one["fleet"], one["single"]):
             idle = case["idle"]
+            if not case["traffic"]:
+                lines.append(
+                    f"| {i} | {case['case']} ({case['outboxes']}) "
+                    f"| {idle['relay_cpu_pct_of_core']} | {idle['postgres_cpu_pct_of_core']} "
+                    f"| {idle['pg_connections']} | {idle['vm_rss_mb']} "
+                    f"| | | | | | | | | {case['vm_hwm_mb']} | {idle.get('machine_busy_pct')} |"
+                )
             for busy in case["traffic"]:
                 lines.append(
                     f"| {i} | {case['case']} ({case['outboxes']}) "
@@ -123,7 +146,8 @@ def markdown(result: dict[str, Any]) -> str:
                     f"- PostgreSQL transactions/s idle, {case['case']}: "
                     f"{case['idle']['pg_transactions_per_s']}"
                 )
-    lines.append(f"- traffic: {_by_name(first['traffic'][0]['postgres_cpu_by_name'])}")
+    if first["traffic"]:
+        lines.append(f"- traffic: {_by_name(first['traffic'][0]['postgres_cpu_by_name'])}")
     return "\n".join(lines) + "\n"
 
 

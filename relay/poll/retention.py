@@ -15,7 +15,6 @@ from relay.tasks import BackgroundTask
 log = logging.getLogger(__name__)
 
 
-
 class RetentionTask:
     def __init__(self, session: DbSession, schema: str, retention: float, every: float) -> None:
         self._session = session

@@ -69,6 +69,7 @@ class PollSource:
             ttl=config.lease_ttl,
             on_change=self._leases_changed(parts),
             published=lambda: self.stats.published,
+            ticks=shared.lease_ticker if shared else None,
         )
         self.wakeup_switch = WakeupSwitch(
             config.schema,

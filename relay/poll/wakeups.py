@@ -93,9 +93,7 @@ class WakeupSwitch:
         """Writers are quiet and this lane found rows lately: poll again soon."""
         return not self.listening and self._idle[lane] < IDLE_ROUNDS
 
-    async def before_waiting(
-        self, conn: AsyncConnection[Any], lane: int, round_epoch: int
-    ) -> bool:
+    async def before_waiting(self, conn: AsyncConnection[Any], lane: int, round_epoch: int) -> bool:
         """A lane whose last round began at ``round_epoch`` is about to wait for a NOTIFY.
         True: writers were quiet since that round began, so look for work once more."""
         if not self.listening and await self._change(conn, listening=True):

@@ -116,14 +116,31 @@ SET heartbeat_at = now(), expires_at = excluded.expires_at, published = excluded
 -- name: prune_relays
 DELETE FROM {schema}.relays WHERE expires_at < now() - interval '1 hour';
 
--- name: count_live_relays
-SELECT count(*) FROM {schema}.relays WHERE expires_at > now() AND mode = %(mode)s;
-
 -- name: renew_leases
-UPDATE {schema}.bucket_leases
-SET expires_at = now() + make_interval(secs => %(ttl)s)
-WHERE relay_id = %(relay_id)s AND expires_at > now()
-RETURNING bucket;
+-- A lease tick in one statement (relay.poll.leases): this relay's heartbeat, the count of
+-- live relays of its mode, and its buckets renewed, as one sorted array, or NULL when
+-- they are the ones it held ({held}, sorted): the usual tick then returns two numbers,
+-- not 256 of them to compare. The parts share one snapshot, so the count cannot see this
+-- heartbeat: it counts the others and adds one.
+-- Its values are bound as literals (relay.sqlfiles.bind), not sent as parameters: the
+-- outboxes of a database send theirs together, as one query of many statements
+-- (relay.poll.shared.LeaseTicker), which only the simple query protocol takes.
+WITH heartbeat AS (
+  INSERT INTO {schema}.relays AS r (relay_id, name, mode, expires_at, published)
+  VALUES ({relay_id}, {relay_name}, {mode}, now() + make_interval(secs => {ttl}), {published})
+  ON CONFLICT (relay_id) DO UPDATE
+  SET heartbeat_at = now(), expires_at = excluded.expires_at, published = excluded.published
+), renewed AS (
+  UPDATE {schema}.bucket_leases
+  SET expires_at = now() + make_interval(secs => {ttl})
+  WHERE relay_id = {relay_id} AND expires_at > now()
+  RETURNING bucket
+)
+SELECT 1 + (SELECT count(*) FROM {schema}.relays
+            WHERE expires_at > now() AND mode = {mode} AND relay_id <> {relay_id})::int,
+       (SELECT NULLIF(COALESCE(array_agg(bucket ORDER BY bucket), '{{}}'),
+                      {held}::smallint[])
+        FROM renewed);
 
 -- name: acquire_leases
 UPDATE {schema}.bucket_leases AS l

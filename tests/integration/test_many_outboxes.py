@@ -4,11 +4,15 @@ database share a claim pool and take turns on it (relay.poll.shared)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psycopg
 import pytest
 
 from relay.fleet_service import FleetService
+from relay.poll.leases import LeaseKeeper
+from relay.poll.shared import PollDatabase
+from relay.poll.source import PollSource
 from tests.support.fakes import InMemoryConnector
 from tests.support.relays import eventually, install_outbox, relay_config
 
@@ -99,3 +103,96 @@ def test_one_look_per_poll_interval_finds_what_no_notify_announced(db_dsn):
 
     # within the poll interval and a little: the outboxes' own looks are 30 s apart
     assert asyncio.run(scenario()) < 3.0
+
+
+def keepers(service: FleetService) -> dict[str, LeaseKeeper]:
+    """Each outbox's lease keeper, by schema (while its source runs)."""
+    return {
+        runner.address.schema: runner.source.leases
+        for runner in service.runners.values()
+        if isinstance(runner.source, PollSource)
+    }
+
+
+def leased(service: FleetService, schema: str) -> frozenset[int]:
+    keeper = keepers(service).get(schema)
+    return keeper.owned if keeper is not None and keeper.holds_valid_leases() else frozenset()
+
+
+def test_two_relays_share_each_outbox_and_a_frozen_ones_leases_lapse(db_dsn):
+    """The outboxes of a database renew their leases together (relay.poll.shared's
+    LeaseTicker), yet each outbox is shared out on its own, and the leases of a relay
+    whose ticks stop lapse by themselves and go to the other."""
+    for schema in ("a", "b"):
+        install_outbox(db_dsn, schema)
+    config = relay_config(db_dsn, schemas=("a", "b"))
+
+    async def scenario() -> None:
+        first = FleetService(config, connector=InMemoryConnector())
+        second = FleetService(config, connector=InMemoryConnector())
+        tasks = [asyncio.create_task(service.run()) for service in (first, second)]
+        try:
+            await eventually(
+                lambda: all(
+                    len(leased(service, schema)) == 128
+                    for service in (first, second)
+                    for schema in ("a", "b")
+                ),
+                15,
+                "an even split of each outbox",
+            )
+            for schema in ("a", "b"):
+                assert not leased(first, schema) & leased(second, schema)
+            frozen = keepers(second)
+            for database in second.databases.values():
+                assert isinstance(database.share, PollDatabase)
+                await database.share.lease_ticker.stop()  # no renewal, no hand-back
+            await eventually(
+                lambda: not any(keeper.holds_valid_leases() for keeper in frozen.values()),
+                config.lease_ttl,
+                "the frozen relay to stop trusting its leases",
+            )
+            await eventually(
+                lambda: all(len(leased(first, schema)) == 256 for schema in ("a", "b")),
+                3 * config.lease_ttl,
+                "the live relay to take every bucket of each outbox",
+            )
+        finally:
+            for service in (first, second):
+                service.request_stop()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    asyncio.run(scenario())
+
+
+def test_an_outbox_whose_lease_renewal_fails_does_not_let_the_others_lapse(db_dsn, caplog):
+    """b's renewal fails from some tick on: a's leases stay valid, and b ticks alone from
+    then on, beside a's query, rather than failing every shared tick."""
+    for schema in ("a", "b"):
+        install_outbox(db_dsn, schema)
+    config = relay_config(db_dsn, schemas=("a", "b"))
+
+    async def scenario() -> None:
+        service = FleetService(config, connector=InMemoryConnector())
+        task = asyncio.create_task(service.run())
+        try:
+            await eventually(
+                lambda: all(len(leased(service, schema)) == 256 for schema in ("a", "b")),
+                15,
+                "both outboxes leased",
+            )
+            with psycopg.connect(db_dsn, autocommit=True) as conn:
+                conn.execute("ALTER TABLE b.bucket_leases RENAME TO bucket_leases_gone")
+            await eventually(lambda: not leased(service, "b"), 2 * config.lease_ttl, "b lapsed")
+            until = time.monotonic() + 2 * config.lease_ttl
+            while time.monotonic() < until:  # a's renewals go on through b's failures
+                assert len(leased(service, "a")) == 256
+                await asyncio.sleep(0.05)
+        finally:
+            service.request_stop()
+            await asyncio.wait_for(task, 30)
+
+    asyncio.run(scenario())
+    # once, or twice if b's source restarted meanwhile; not at every tick of the test
+    shared_failures = [r for r in caplog.records if "lease renewal of" in r.getMessage()]
+    assert len(shared_failures) <= 2, [r.getMessage() for r in shared_failures]
