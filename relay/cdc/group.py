@@ -24,11 +24,11 @@ from typing import Any, Literal
 
 import psycopg
 
-from relay.backoff import full_jitter
+from relay.backoff import SessionBackoff
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.group_session import GroupSession, Lane
-from relay.cdc.guardrails import Action, SlotInfo, Verdict, assess
+from relay.cdc.guardrails import Action, SlotInfo, Verdict, assess, undecodable
 from relay.cdc.leader import CdcState, Leadership, leader_session
 from relay.cdc.outbox import OutboxCdc, OutboxSessions, aside_session, scheduler_session
 from relay.cdc.outgoing import Outgoing
@@ -42,7 +42,7 @@ from relay.cdc.slots import (
     start_streaming,
 )
 from relay.cdc.snapshot import SnapshotRequest
-from relay.cdc.stream import ReplicationStream
+from relay.cdc.stream import ReplicationStream, SlotMissingError
 from relay.config import RelayConfig
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
 from relay.errors import ConfigError, PermanentError, RelayError
@@ -141,6 +141,9 @@ class SlotGroup:
         self._engine: BackgroundTask | None = None
         self._beat = BackgroundTask("cdc-health", self._beat_members)
         self._label = ""
+        self._backoff = SessionBackoff(base=config.retry_base, cap=config.retry_cap)
+        self._session_started = False
+        self._undecodable = False  # as relay.cdc.relay.CdcRelay's
 
     def leadership_for(self, parts: SourceParts, member: SharedSlotOutbox) -> Leadership:
         """The group's lead, made for the first outbox that joins."""
@@ -226,7 +229,6 @@ class SlotGroup:
         CURRENT_OUTBOX.set(self._label)  # the group's lines name its database
         leadership = self.leadership
         assert leadership is not None
-        failures = 0
         while not self._done():
             await self._settle_changes()
             if self._done():
@@ -236,15 +238,17 @@ class SlotGroup:
                     await leadership.release()
                 if not await self._acquire(leadership):
                     continue
+            self._session_started = False
             try:
                 await self._stream_once(leadership)
-                failures = 0
             except RelayError as exc:
-                failures = await self._back_off(failures, exc)
+                # The slot was there at the start, and the stream then found something
+                # missing: what it cannot decode (guardrails.undecodable).
+                self._undecodable = isinstance(exc, SlotMissingError) and self._session_started
+                await self._back_off(exc)
             except Exception as exc:  # a bug, not an outage: keep the traceback, keep going
                 log.exception("unexpected error while streaming")
-                failure = RelayError(f"{type(exc).__name__}: {exc}")
-                failures = await self._back_off(failures, failure)
+                await self._back_off(RelayError(f"{type(exc).__name__}: {exc}"))
 
     async def _settle_changes(self) -> None:
         """Outboxes join and leave in bursts (a relay starting, a pattern matching many
@@ -296,6 +300,8 @@ class SlotGroup:
                                    linger=self.settings.linger)
             log.info("streaming slot %s for %d outboxes from %s", members[0].names.slot,
                      len(members), lsn_to_str(min(starts.values())))
+            self._session_started = True
+            self._backoff.started()
             companions = self._start_companions(members, halt)
             await session.run(_either(self._changed, self._closing))
         finally:
@@ -357,8 +363,11 @@ class SlotGroup:
         for member in members:
             state = await leadership.refresh_state(member.schema)
             verdict = shared_verdict(assess(slot, state, database, names.slot), slot, state)
+            if self._undecodable and slot is not None:
+                verdict = undecodable(names.slot, names.publication, state)
             _log_as(member, verdict.level, verdict.message)
             verdicts[member.schema] = (verdict, state)
+        self._undecodable = False
         stopping = _either(self._closing)
         if any(verdict.action is Action.CREATE for verdict, _ in verdicts.values()):
             if slot is not None and any(v.drop_slot for v, _ in verdicts.values()):
@@ -402,13 +411,12 @@ class SlotGroup:
         await self._duties["snapshot"].close()  # needed again only when a slot is made
         return starts
 
-    async def _back_off(self, failures: int, exc: RelayError) -> int:
-        delay = full_jitter(failures, base=self.config.retry_base, cap=self.config.retry_cap)
+    async def _back_off(self, exc: RelayError) -> None:
+        delay = self._backoff.next_delay()
         level = logging.ERROR if isinstance(exc, PermanentError) else logging.WARNING
         log.log(level, "CDC streaming stopped (%s: %s); retrying in %.1fs",
                 type(exc).__name__, exc, delay)
         await wait_any(self._closing, timeout=delay)
-        return failures + 1
 
 
 def _either(*events: asyncio.Event) -> asyncio.Event:

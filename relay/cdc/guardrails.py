@@ -129,6 +129,20 @@ def _compare_positions(slot: SlotInfo, state: CdcState, slot_name: str) -> Verdi
                    f"replication slot {slot_name} is in order at {lsn_to_str(flushed)}")
 
 
+def undecodable(slot_name: str, publication: str, state: CdcState) -> Verdict:
+    """The slot exists but failed to decode while streaming: its publication is younger
+    than the point it decodes from (pgoutput looks the publication up as of each change,
+    so one created, or dropped and created again, after the slot cannot be read), and it
+    never will be. Made again, after the outbox rows its watermark does not cover."""
+    return Verdict(
+        Action.CREATE, logging.ERROR,
+        f"replication slot {slot_name} cannot be decoded with publication {publication} "
+        "(created after the slot, or dropped and created again since). Recreating the slot "
+        f"and republishing outbox rows newer than the last confirmed position; {_LOSS_NOTE}",
+        drop_slot=True, covered_xmin=state.covered_xmin,
+    )
+
+
 def _check_ownership(slot: SlotInfo, database: str) -> None:
     if slot.slot_type != "logical" or slot.plugin != "pgoutput":
         raise PermanentError(

@@ -16,11 +16,11 @@ from uuid import UUID, uuid4
 
 import psycopg
 
-from relay.backoff import full_jitter
+from relay.backoff import SessionBackoff
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.group import CDC_SHARED_CONNECTIONS, SharedSlotOutbox, SlotGroup
-from relay.cdc.guardrails import Action, assess
+from relay.cdc.guardrails import Action, assess, undecodable
 from relay.cdc.leader import Leadership, leader_session
 from relay.cdc.outbox import OutboxCdc
 from relay.cdc.outgoing import Outgoing
@@ -36,7 +36,7 @@ from relay.cdc.slots import (
     start_streaming,
 )
 from relay.cdc.snapshot import SnapshotRequest
-from relay.cdc.stream import ReplicationStream
+from relay.cdc.stream import ReplicationStream, SlotMissingError
 from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.errors import ConfigError, PermanentError, RelayError
@@ -80,7 +80,10 @@ class CdcRelay:
         self.publisher = self.outbox.publisher
         self.scheduler = self.outbox.scheduler
         self.streaming = asyncio.Event()  # set while this relay streams
-        self._failures = 0
+        self._backoff = SessionBackoff(base=config.retry_base, cap=config.retry_cap)
+        # The slot failed to decode while streaming (a publication younger than its
+        # start): the next start makes it again (guardrails.undecodable).
+        self._undecodable = False
 
     @property
     def relay_id(self) -> UUID:
@@ -121,6 +124,9 @@ class CdcRelay:
             try:
                 await self._stream_once(stopping)
             except RelayError as exc:
+                # The slot was there at the start, and the stream then found something
+                # missing: what it cannot decode (guardrails.undecodable).
+                self._undecodable = isinstance(exc, SlotMissingError) and self.streaming.is_set()
                 await self._back_off(stopping, exc)
             except Exception as exc:  # a bug, not an outage: keep the traceback, keep going
                 log.exception("unexpected error while streaming")
@@ -155,7 +161,7 @@ class CdcRelay:
             )
             log.info("streaming slot %s from %s", self.names.slot, lsn_to_str(start_lsn))
             self.streaming.set()
-            self._failures = 0  # the backoff starts small again after a good start
+            self._backoff.started()
             await self._stream_with_companions(session, stopping)
         finally:
             await stream.close()
@@ -185,6 +191,9 @@ class CdcRelay:
         state = await leadership.refresh_state()
         slot = await read_slot(leadership, names)
         verdict = assess(slot, state, await current_database(leadership), names.slot)
+        if self._undecodable and slot is not None:
+            verdict = undecodable(names.slot, names.publication, state)
+        self._undecodable = False
         log.log(verdict.level, verdict.message)
         if verdict.action is Action.CREATE:
             if verdict.drop_slot and slot is not None:
@@ -199,9 +208,7 @@ class CdcRelay:
         return state.confirmed_lsn or 0
 
     async def _back_off(self, stopping: asyncio.Event, exc: RelayError) -> None:
-        delay = full_jitter(self._failures, base=self.config.retry_base,
-                            cap=self.config.retry_cap)
-        self._failures += 1
+        delay = self._backoff.next_delay()
         level = logging.ERROR if isinstance(exc, PermanentError) else logging.WARNING
         log.log(level, "CDC streaming stopped (%s: %s); retrying in %.1fs",
                 type(exc).__name__, exc, delay)

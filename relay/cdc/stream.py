@@ -144,7 +144,7 @@ class ReplicationStream:
                 await self._wait(readable=True, timeout=min(remaining, READ_WAIT))
                 pgconn.consume_input()
         except psycopg.Error as exc:
-            self._failure = DatabaseUnavailableError(f"the replication stream broke: {exc}")
+            self._failure = self._failed_with(exc)
         except RelayError as exc:  # the server ended the stream
             self._failure = exc
         if not frames:
@@ -175,7 +175,7 @@ class ReplicationStream:
                                                              reply=reply))
             await self._flush()
         except psycopg.Error as exc:
-            raise DatabaseUnavailableError(f"the replication stream broke: {exc}") from None
+            raise self._failed_with(exc) from None
 
     async def close(self) -> None:
         """Drop the connection without ending the stream politely: whatever was not
@@ -184,6 +184,20 @@ class ReplicationStream:
         if not self._conn.closed:
             with contextlib.suppress(psycopg.Error):  # it may have failed already
                 await self._conn.close()
+
+    def _failed_with(self, exc: psycopg.Error) -> RelayError:
+        """The server's own error when it ended the stream with one (its SQLSTATE says
+        what it is), else a broken connection."""
+        pgconn = self._pgconn
+        with contextlib.suppress(psycopg.Error):
+            pgconn.consume_input()  # the error message may still be in the socket
+        with contextlib.suppress(psycopg.Error):
+            while pgconn.get_copy_data(1)[0] > 0:
+                pass  # frames before the error: the stream is over, they go again
+            result = pgconn.get_result()
+            if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+                return _result_error("the replication stream", result)
+        return DatabaseUnavailableError(f"the replication stream broke: {exc}")
 
     def _stream_ended(self) -> RelayError:
         result = self._pgconn.get_result()

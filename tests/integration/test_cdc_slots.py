@@ -83,6 +83,42 @@ def test_a_dropped_slot_is_reported_and_recreated_without_losing_outbox_rows(
     assert set(republished) <= set(early) | set(missed) | set(later)
 
 
+def test_a_publication_younger_than_its_slot_gets_a_new_slot_not_a_retry_loop(
+    db_dsn, caplog, monkeypatch
+):
+    """pgoutput reads the publication as of each change it decodes: changes written while
+    the publication did not exist (dropped, then made again) can never be read from that
+    slot."""
+    monkeypatch.setattr(session, "IDLE_SAVE_INTERVAL", 0.3)
+    install_outbox(db_dsn)
+
+    async def scenario():
+        async with RunningCdcRelay(cdc_config(db_dsn)) as first:
+            await first.streaming()
+            early = await asyncio.to_thread(write, db_dsn, 10)
+            await eventually(lambda: set(early) <= set(first.published_ids()), 10, "early")
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute("DROP PUBLICATION outbox_relay_outbox")
+        missed = await asyncio.to_thread(write, db_dsn, 20, start=10)  # no publication
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute("CREATE PUBLICATION outbox_relay_outbox FOR TABLE outbox.messages "
+                         "WITH (publish = 'insert')")
+        with caplog.at_level(logging.WARNING, logger="relay.cdc"):
+            async with RunningCdcRelay(cdc_config(db_dsn)) as second:
+                await eventually(lambda: set(missed) <= set(second.published_ids()), 20,
+                                 "the rows written after the publication was made again")
+                later = await asyncio.to_thread(write, db_dsn, 5, start=30)
+                await eventually(lambda: set(later) <= set(second.published_ids()), 10,
+                                 "new rows, from the new slot")
+        return missed, later
+
+    asyncio.run(scenario())
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot be decoded with publication" in m for m in messages), messages
+    # One failed start, then the new slot: no retry loop at the base delay.
+    assert sum("CDC streaming stopped" in m for m in messages) <= 2, messages
+
+
 def test_an_invalidated_slot_is_reported_and_recreated_without_losing_outbox_rows(caplog):
     settings = {"max_slot_wal_keep_size": "32MB", "max_wal_size": "64MB",
                 "min_wal_size": "32MB", "wal_keep_size": "0"}
