@@ -23,6 +23,21 @@ SET lease_expires_at = now() + make_interval(secs => %(ttl)s), updated_at = now(
 WHERE slot_name = %(slot)s AND leader_id = %(leader_id)s
 RETURNING true;
 
+-- name: renew_lead_of_outbox
+-- One outbox's part of a shared slot's renewal (relay.cdc.leader): its relays row and its
+-- lease row, returning true if the lease is still this relay's. Values bound as literals:
+-- the outboxes of the slot renew together, as one query of many statements.
+WITH heartbeat AS (
+  INSERT INTO {schema}.relays AS r (relay_id, name, mode, expires_at, published)
+  VALUES ({relay_id}, {relay_name}, 'cdc', now() + make_interval(secs => {ttl}), {published})
+  ON CONFLICT (relay_id) DO UPDATE
+  SET heartbeat_at = now(), expires_at = excluded.expires_at, published = excluded.published
+)
+UPDATE {schema}.cdc_state
+SET lease_expires_at = now() + make_interval(secs => {ttl}), updated_at = now()
+WHERE slot_name = {slot} AND leader_id = {relay_id}
+RETURNING true;
+
 -- name: release_leadership
 UPDATE {schema}.cdc_state
 SET lease_expires_at = '-infinity', leader_pid = NULL, updated_at = now()
