@@ -88,6 +88,13 @@ def _create_database(pg_dsn: str) -> str:
     return pg_dsn.rpartition("/")[0] + "/" + name
 
 
+def drop_slots(dsn: str) -> None:
+    """The benchmark database's replication slots (the relay stopped: none is active)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                     " WHERE database = current_database()")
+
+
 def settle(dsn: str, relay: RelayProcess, schemas: list[str], settings: Settings) -> float:
     """Wait until every schema has a live lease (polling: a bucket's; CDC: the slot's)
     and the relay's connection count held still for 5 s; return the seconds it took."""
@@ -406,6 +413,8 @@ def one_round(bench: Bench, schemas: int, busy: int, extra: list[str]) -> dict[s
     fleet = run_case(bench, "fleet", names, names[:busy], [rate] if rate else [], pattern)
     reached = fleet["traffic"][0]["achieved_write_rate"] if rate else 0.0
     rates = [] if not rate else [rate] if reached >= SHORT_OF_RATE * rate else [rate, reached]
+    if bench.settings.mode == "cdc":
+        drop_slots(bench.dsn)  # the single relay makes its own, after its own publication
     single = run_case(bench, "single", names[:1], names[:1], rates, ["--schema", names[0], *extra])
     return {"fleet": fleet, "single": single}
 
