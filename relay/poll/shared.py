@@ -26,6 +26,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from psycopg import sql
 
@@ -65,34 +66,28 @@ def poll_connections(config: RelayConfig, outboxes: int) -> int:
     return duty_connections(config) + claim_pool_size(config)
 
 
-class ListenerShare:
-    """One outbox's place on its database's SharedListener (WakeListener's shape)."""
+class Shared(Protocol):
+    """What a database's outboxes take a place on: the listener, the lookout."""
 
-    def __init__(self, listener: SharedListener, schema: str, wake: Callable[[], None]) -> None:
-        self._listener = listener
+    def add(self, schema: str, wake: Callable[[], None]) -> None: ...
+
+    def remove(self, schema: str) -> None: ...
+
+
+class OutboxPlace:
+    """One outbox's place on something its database's outboxes share, in WakeListener's
+    shape (``start``/``stop``), so a source need not know whether it is shared."""
+
+    def __init__(self, shared: Shared, schema: str, wake: Callable[[], None]) -> None:
+        self._shared = shared
         self._schema = schema
         self._wake = wake
 
     def start(self) -> None:
-        self._listener.add(self._schema, self._wake)
+        self._shared.add(self._schema, self._wake)
 
     async def stop(self) -> None:
-        self._listener.remove(self._schema)
-
-
-class LookoutShare:
-    """One outbox's place on its database's Lookout."""
-
-    def __init__(self, lookout: Lookout, schema: str, wake: Callable[[], None]) -> None:
-        self._lookout = lookout
-        self._schema = schema
-        self._wake = wake
-
-    def start(self) -> None:
-        self._lookout.add(self._schema, self._wake)
-
-    async def stop(self) -> None:
-        self._lookout.remove(self._schema)
+        self._shared.remove(self._schema)
 
 
 class LeaseTicker:
@@ -210,11 +205,11 @@ class PollDatabase:
     def claim_session(self) -> DbSession:
         return PooledClaimSession(self.pool)
 
-    def listener_for(self, schema: str, wake: Callable[[], None]) -> ListenerShare:
-        return ListenerShare(self.listener, schema, wake)
+    def listener_for(self, schema: str, wake: Callable[[], None]) -> OutboxPlace:
+        return OutboxPlace(self.listener, schema, wake)
 
-    def lookout_for(self, schema: str, wake: Callable[[], None]) -> LookoutShare:
-        return LookoutShare(self.lookout, schema, wake)
+    def lookout_for(self, schema: str, wake: Callable[[], None]) -> OutboxPlace:
+        return OutboxPlace(self.lookout, schema, wake)
 
     @staticmethod
     def outbox_config(config: RelayConfig) -> RelayConfig:

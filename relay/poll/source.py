@@ -19,7 +19,7 @@ from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import WakeListener
 from relay.poll.poller import Poller, PollerStats, claim_session
 from relay.poll.retention import RetentionTask
-from relay.poll.shared import ListenerShare, PollDatabase, poll_connections
+from relay.poll.shared import OutboxPlace, PollDatabase, poll_connections
 from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import WakeupSwitch
 from relay.scheduler import QUIET_RECHECK, Scheduler
@@ -101,7 +101,7 @@ class PollSource:
             recheck=self._scheduler_recheck,
             on_promoted=self.wake,
         )
-        self.listener: WakeListener | ListenerShare = (
+        self.listener: WakeListener | OutboxPlace = (
             shared.listener_for(config.schema, self._notified)
             if shared
             else WakeListener(
