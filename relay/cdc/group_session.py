@@ -37,6 +37,7 @@ from relay.cdc.publisher import BatchPublisher
 from relay.cdc.queries import cdc_query
 from relay.cdc.session import (
     BACKLOG_BATCHES,
+    IDLE_SAVE_BYTES,
     MIN_BACKLOG,
     SessionLoops,
     publish_batches,
@@ -97,6 +98,7 @@ class GroupSession(SessionLoops):
         self._begin: Begin | None = None
         self._touched: list[Lane] = []
         self.received_lsn = self.boundary_lsn = min(lane.start_lsn for lane in lanes)
+        self._followed_lsn = self.boundary_lsn  # the boundary idle outboxes last followed
         self._reported = (-1, -1)
         self._last_status = self._last_save = 0.0
         self._progressed = Signal()  # any lane's confirmed position moved
@@ -140,14 +142,26 @@ class GroupSession(SessionLoops):
             return
         parsed = parse_copy_data(frame)
         if isinstance(parsed, PrimaryKeepalive):
-            self.received_lsn = max(self.received_lsn, parsed.wal_end)
-            for lane in self._lanes:
-                lane.outgoing.add_mark(parsed.wal_end, commit=False)
-            if parsed.reply_requested:
-                self._reply_wanted.set()
+            self._keepalive(parsed)
             return
         self.received_lsn = max(self.received_lsn, parsed.wal_end)
         self._route(bytes(parsed.payload))
+
+    def _keepalive(self, keepalive: PrimaryKeepalive) -> None:
+        """A busy outbox queues the keepalive's WAL end behind its events, as a slot of its
+        own would. An idle one follows it when positions are saved (``_save_and_report``):
+        the server sends a keepalive after nearly every transaction under traffic, and
+        marking each of hundreds of idle outboxes for each was most of the stream's CPU."""
+        self.received_lsn = max(self.received_lsn, keepalive.wal_end)
+        for lane in self._lanes:
+            if not lane.outgoing.idle:
+                lane.outgoing.add_mark(keepalive.wal_end, commit=False)
+        if self._begin is None:
+            self.boundary_lsn = max(self.boundary_lsn, keepalive.wal_end)
+            if self.boundary_lsn - self._followed_lsn >= IDLE_SAVE_BYTES:
+                self._progressed.set()  # a large advance is saved at once
+        if keepalive.reply_requested:
+            self._reply_wanted.set()
 
     def _route(self, data: bytes) -> None:
         """Hand one pgoutput message to the outbox it belongs to, if any."""
@@ -215,10 +229,12 @@ class GroupSession(SessionLoops):
 
     async def _save_and_report(self, *, reply: bool = False, final: bool = False) -> None:
         self._last_save = time.monotonic()
+        if self._begin is None:
+            self._followed_lsn = self.boundary_lsn
         for lane in self._lanes:
             if lane.outgoing.idle and self._begin is None:
                 # Nothing of this outbox waits, and the reader is between transactions:
-                # everything up to the last commit read is this outbox's past too.
+                # everything up to the last commit or keepalive read is its past too.
                 lane.outgoing.add_mark(self.boundary_lsn, commit=False)
             target = lane.save_target(final=final)
             if target > lane.saved_lsn:

@@ -152,6 +152,27 @@ def test_an_outbox_in_the_middle_of_a_transaction_does_not_follow_the_stream():
     assert stream.statuses[-1][1] == 0
 
 
+def keepalive(wal_end: int) -> memoryview:
+    return memoryview(b"k" + struct.pack("!QqB", wal_end, 0, 0))
+
+
+def test_a_keepalive_queues_behind_a_busy_outbox_and_an_idle_one_follows_it_when_saving():
+    a, b = lane("a", 0), lane("b", 0)
+    group, leadership, stream = session(a, b)
+    for payload in (relation(1, "a"), begin(500), insert_bytes(1), commit(500, 510)):
+        group._route(payload)
+    group._take(keepalive(2000))
+    assert queued(a) == [("event", 500), Mark(2000, True)]  # behind its event, merged
+    assert queued(b) == [] and b.outgoing.confirmed_lsn == 0  # not marked one by one
+    asyncio.run(group._save_and_report())
+    assert b.outgoing.confirmed_lsn == 2000 and leadership.saved == [("b", "0/7D0")]
+    assert stream.statuses[-1][1] == 0  # a's event still waits for the broker
+    group._route(begin(3000))
+    group._take(keepalive(4000))  # in the middle of a transaction: no boundary
+    asyncio.run(group._save_and_report())
+    assert b.outgoing.confirmed_lsn == 2000 and group.boundary_lsn == 2000
+
+
 def slot_at(flush: int, wal_status: str = "reserved") -> SlotInfo:
     return SlotInfo("outbox_relay__shared", "pgoutput", "logical", "db", None, wal_status,
                     flush, flush)
