@@ -97,6 +97,10 @@ class GroupSession(SessionLoops):
         self._max_backlog = max(batch_size * BACKLOG_BATCHES, MIN_BACKLOG)
         self._begin: Begin | None = None
         self._touched: list[Lane] = []
+        # The outboxes that may have events waiting: given events since a keepalive last
+        # found them idle. Keepalives come after nearly every transaction under traffic,
+        # so they look at these, not at every outbox of the slot.
+        self._active: dict[int, Lane] = {}
         self.received_lsn = self.boundary_lsn = min(lane.start_lsn for lane in lanes)
         self._followed_lsn = self.boundary_lsn  # the boundary idle outboxes last followed
         self._reported = (-1, -1)
@@ -153,8 +157,10 @@ class GroupSession(SessionLoops):
         the server sends a keepalive after nearly every transaction under traffic, and
         marking each of hundreds of idle outboxes for each was most of the stream's CPU."""
         self.received_lsn = max(self.received_lsn, keepalive.wal_end)
-        for lane in self._lanes:
-            if not lane.outgoing.idle:
+        for key, lane in list(self._active.items()):
+            if lane.outgoing.idle:
+                del self._active[key]
+            else:
                 lane.outgoing.add_mark(keepalive.wal_end, commit=False)
         if self._begin is None:
             self.boundary_lsn = max(self.boundary_lsn, keepalive.wal_end)
@@ -198,6 +204,7 @@ class GroupSession(SessionLoops):
         assert isinstance(commit, Commit)
         for lane in self._touched:
             lane.decoder.apply(commit)
+            self._active[id(lane)] = lane
         self._begin, self._touched = None, []
         self.boundary_lsn = max(self.boundary_lsn, commit.end_lsn)
 
@@ -221,6 +228,7 @@ class GroupSession(SessionLoops):
                 lane.decoder.apply(message)
         elif message.lsn >= lane.start_lsn:
             lane.decoder.apply(message)
+            self._active[id(lane)] = lane
 
     # --- confirming ------------------------------------------------------------------
 

@@ -173,6 +173,17 @@ def test_a_keepalive_queues_behind_a_busy_outbox_and_an_idle_one_follows_it_when
     assert b.outgoing.confirmed_lsn == 2000 and group.boundary_lsn == 2000
 
 
+def test_a_keepalive_queues_behind_an_outbox_that_an_emit_outside_a_transaction_made_busy():
+    a, b = lane("a", 0), lane("b", 0)
+    group, _, _ = session(a, b)
+    envelope = encode_envelope(
+        OutboxMessage(id=uuid4(), topic="t", key="k", payload=b'{"n": 1}'), body_kind="json")
+    group._route(message("outbox-relay:b", envelope, 520, transactional=False))
+    group._take(keepalive(2000))
+    assert queued(b) == [("event", 520), Mark(2000, True)]
+    assert queued(a) == []
+
+
 def slot_at(flush: int, wal_status: str = "reserved") -> SlotInfo:
     return SlotInfo("outbox_relay__shared", "pgoutput", "logical", "db", None, wal_status,
                     flush, flush)
