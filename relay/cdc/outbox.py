@@ -159,6 +159,9 @@ class OutboxCdc:
         await leadership.guarded(cdc_query("begin_snapshot", schema),
                                  {"lsn": lsn_to_str(request.position)})
         xmin = await self._snapshot.run(request, stopping)
+        # Needed again only when a slot is made or lost: do not hold a connection for it.
+        # (A slot shared by several outboxes closes its snapshot session itself.)
+        await self._snapshot.close()
         if xmin is None:
             return None
         await leadership.guarded(cdc_query("finish_snapshot", schema), {"covered": xmin})

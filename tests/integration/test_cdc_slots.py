@@ -48,6 +48,26 @@ def test_an_idle_relay_lets_the_slot_follow_other_tables_writes(db_dsn, monkeypa
     assert slot["retained"] < 16 * MB
 
 
+def snapshot_connections(dsn):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity "
+                            "WHERE application_name LIKE '%%cdc-snapshot%%'").fetchone()[0]
+
+
+def test_the_snapshot_lets_its_connection_go_once_the_pending_rows_are_published(db_dsn):
+    install_outbox(db_dsn)
+    pending = write(db_dsn, 20)  # before the slot exists: the first start publishes them
+
+    async def scenario():
+        async with RunningCdcRelay(cdc_config(db_dsn)) as running:
+            await running.streaming()
+            await eventually(lambda: set(pending) <= set(running.published_ids()), 10,
+                             "the pending rows")
+            return await asyncio.to_thread(snapshot_connections, db_dsn)
+
+    assert asyncio.run(scenario()) == 0
+
+
 def test_a_dropped_slot_is_reported_and_recreated_without_losing_outbox_rows(
     db_dsn, caplog, monkeypatch
 ):
