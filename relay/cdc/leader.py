@@ -14,7 +14,11 @@ leader that wakes up can change nothing; it finds out and stops.
 
 Where several outboxes of a database share one slot (relay.cdc.group), the lead is the
 slot's: the leader connection holds the one lock and keeps a lease row in every
-outbox's ``cdc_state`` (``schemas``), each outbox's own record of its position.
+outbox's ``cdc_state`` (``schemas``), each outbox's own record of its position. A
+standby reads the lease row of each outbox it selects: the leader covers an outbox when
+that row is its lock holder's. One it does not cover is streamed by nobody while that
+leader lives (relays sharing a slot selected different outboxes): ``on_standby`` hears
+of it every round (relay.cdc.cover says so).
 """
 
 from __future__ import annotations
@@ -62,6 +66,15 @@ class CdcState:
     confirmed_lsn: int | None = None
     covered_xmin: str | None = None
     snapshot_done: bool = False
+
+
+@dataclass(frozen=True)
+class StandbyView:
+    """What a standby saw of the slot's lead in one round: who leads, and which of the
+    outboxes selected here its lead does not cover (nobody streams them)."""
+
+    leader: str
+    uncovered: tuple[str, ...] = ()
 
 
 def leader_session(config: RelayConfig, ttl: float) -> DbSession:
@@ -125,6 +138,8 @@ class Leadership:
         self._valid_until = 0.0
         self._keeper = BackgroundTask("cdc-leadership", self._keep)
         self._quit = asyncio.Event()  # ends _keep between statements, never inside one
+        # Told each standby round what the lead covers; None once this relay leads.
+        self.on_standby: Callable[[StandbyView | None], None] = lambda _view: None
 
     @property
     def interval(self) -> float:
@@ -145,10 +160,11 @@ class Leadership:
             try:
                 if await self._try_claim():
                     return True
-                holder = await self._standby_round()
+                view = await self._standby_round()
+                self.on_standby(view)
                 if not announced:
                     log.info("standby: relay %s streams slot %s; taking over if it stops",
-                             holder or "?", self._names.slot)
+                             view.leader if view else "?", self._names.slot)
                     announced = True
             except (RelayError, psycopg.Error) as exc:
                 log.warning("standby check failed (will retry): %s", exc)
@@ -174,6 +190,7 @@ class Leadership:
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
         self._keeper.start()
         log.info("relay %s leads CDC on slot %s", self._relay_name, self._names.slot)
+        self.on_standby(None)
         return True
 
     async def _claim_row(
@@ -233,21 +250,42 @@ class Leadership:
         except RelayError as exc:
             log.info("could not clear the CDC lease of %s: %s", schema, exc)
 
-    async def _standby_round(self) -> str | None:
-        """Heartbeat as a standby; end the leader's sessions once its lease ran out."""
+    async def _standby_round(self) -> StandbyView | None:
+        """Heartbeat as a standby; see which outboxes selected here the lead covers; end
+        the leader's sessions once its lease ran out. None: no session holds the lock."""
         await self._heartbeat_relay_row()
-        conn = await self._session.connection()
-        async with conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(cdc_query("leadership_holder", self.schemas[0]), self._params)
-            holder = await cursor.fetchone()
-        if holder is None:
+        holders = await self._holders()
+        lock_pid = next((h["lock_pid"] for h in holders.values() if h["lock_pid"]), None)
+        if lock_pid is None:
             return None
-        if holder["expired"] and (holder["lock_pid"] or holder["walsender_pid"]):
+        # Rows of the lock holder's: the outboxes it covers. Another row (a previous
+        # leader's, or none) says nothing about this leader, so never ends its sessions.
+        covered = {schema: h for schema, h in holders.items() if h["leader_pid"] == lock_pid}
+        leader = next((str(h["leader_name"]) for h in covered.values()),
+                      f"(unknown: its session has pid {lock_pid})")
+        expired = next((h for h in covered.values() if h["expired"]), None)
+        if expired is not None:
             log.warning("relay %s stopped renewing its lease on slot %s; ending its sessions "
-                        "to take over", holder["leader_name"], self._names.slot)
-            for pid in {holder["lock_pid"], holder["walsender_pid"]} - {None}:
+                        "to take over", leader, self._names.slot)
+            for pid in {expired["lock_pid"], expired["walsender_pid"]} - {None}:
                 await self.end_session(pid)
-        return str(holder["leader_name"])
+        return StandbyView(leader, tuple(s for s in holders if s not in covered))
+
+    async def _holders(self) -> dict[str, dict[str, Any]]:
+        """Each selected outbox's lease row, with the slot's lock holder and walsender
+        (an outbox dropped meanwhile has none to read)."""
+        conn = await self._session.connection()
+        holders: dict[str, dict[str, Any]] = {}
+        async with conn.cursor(row_factory=dict_row) as cursor:
+            for schema in list(self.schemas):
+                try:
+                    await cursor.execute(cdc_query("leadership_holder", schema), self._params)
+                except SCHEMA_GONE:
+                    continue
+                row = await cursor.fetchone()
+                if row is not None:
+                    holders[schema] = row
+        return holders
 
     async def end_session(self, pid: int) -> None:
         await self.execute(cdc_query("end_session", self._schema), {"pid": pid})
