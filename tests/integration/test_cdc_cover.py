@@ -53,13 +53,13 @@ def test_a_standby_of_an_outbox_the_leader_does_not_select_reports_it_and_fences
         standby.health.database_answered()
         standby.health.beat(60)
         await standby.__aenter__()
+        await asyncio.sleep(TTL * 2)  # rounds of a standby that once would fence the leader
+        assert leader.relay.leadership.is_leader and not leader.relay.leadership.lost.is_set()
+        assert not standby.relay.streaming.is_set()
         await eventually(lambda: ready(standby.health)[1] is not None, 10, "the report")
         ok, reason = ready(standby.health)
         assert not ok and reason is not None
         assert "not streamed" in reason and SLOT in reason, reason
-        await asyncio.sleep(TTL * 2)  # rounds of a standby that once would fence the leader
-        assert leader.relay.leadership.is_leader and not leader.relay.leadership.lost.is_set()
-        assert not standby.relay.streaming.is_set()
         await leader.stop()  # now the standby leads, and its outbox is served
         await standby.streaming(15)
         await eventually(lambda: ready(standby.health)[1] is None, 5, "the report cleared")
