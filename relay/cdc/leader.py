@@ -59,6 +59,13 @@ def lock_key(slot: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def slot_params(slot: str) -> dict[str, Any]:
+    """The slot and its lock, as the queries of cdc.sql take them."""
+    key = lock_key(slot)
+    return {"slot": slot, "lock_key": key,
+            "lock_hi": (key >> 32) & 0xFFFF_FFFF, "lock_lo": key & 0xFFFF_FFFF}
+
+
 @dataclass(frozen=True)
 class CdcState:
     """What ``cdc_state`` says about the slot when this relay became leader."""
@@ -124,11 +131,9 @@ class Leadership:
         self._published = published
         # Each outbox's own count for its relays row, where the lead covers several.
         self._published_of = published_of or (lambda _schema: published())
-        key = lock_key(names.slot)
         self._params: dict[str, Any] = {
-            "slot": names.slot, "leader_id": relay_id, "relay_id": relay_id,
-            "name": relay_name, "ttl": ttl,
-            "lock_key": key, "lock_hi": (key >> 32) & 0xFFFF_FFFF, "lock_lo": key & 0xFFFF_FFFF,
+            "leader_id": relay_id, "relay_id": relay_id, "name": relay_name, "ttl": ttl,
+            **slot_params(names.slot),
         }
         self.state = CdcState()
         self.states: dict[str, CdcState] = {}  # per schema, read when the lead was taken

@@ -117,6 +117,13 @@ def test_a_standby_names_the_outbox_the_leader_of_the_slot_does_not_stream(
         time.sleep(3)  # several standby rounds: said once, not every round
         assert second.output().count(NOT_COVERED) == 1, second.output()
         assert rows(db_dsn, "tenant_c") == 10  # nobody streams c: its rows stay
+        doctor = outbox_relay("doctor", "--dsn", db_dsn, "--schema", "tenant_a", "--schema",
+                              "tenant_c", "--mode", "cdc")
+        assert doctor.returncode == 1, doctor.stdout
+        blocks = dict(block.split(" ==\n", 1) for block in doctor.stdout.split("== ")[1:])
+        assert "ok   slot lead: relay" in blocks[f"{database}/tenant_a"], doctor.stdout
+        assert "FAIL slot lead: the relay leading slot outbox_relay__shared" in (
+            blocks[f"{database}/tenant_c"]), doctor.stdout
 
         assert first.terminate() == 0  # the leader stops: the standby takes the slot over
         second.wait_for_log(LEADS, 30)
