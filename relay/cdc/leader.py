@@ -143,6 +143,7 @@ class Leadership:
         self._valid_until = 0.0
         self._keeper = BackgroundTask("cdc-leadership", self._keep)
         self._quit = asyncio.Event()  # ends _keep between statements, never inside one
+        self._gone: set[str] = set()  # selected outboxes found dropped by the last round
         # Told each standby round what the lead covers; None once this relay leads.
         self.on_standby: Callable[[StandbyView | None], None] = lambda _view: None
 
@@ -259,38 +260,56 @@ class Leadership:
         """Heartbeat as a standby; see which outboxes selected here the lead covers; end
         the leader's sessions once its lease ran out. None: no session holds the lock."""
         await self._heartbeat_relay_row()
-        holders = await self._holders()
-        lock_pid = next((h["lock_pid"] for h in holders.values() if h["lock_pid"]), None)
+        held, leases = await self._holders()
+        lock_pid = held.get("lock_pid")
         if lock_pid is None:
             return None
         # Rows of the lock holder's: the outboxes it covers. Another row (a previous
         # leader's, or none) says nothing about this leader, so never ends its sessions.
-        covered = {schema: h for schema, h in holders.items() if h["leader_pid"] == lock_pid}
-        leader = next((str(h["leader_name"]) for h in covered.values()),
+        covered = {schema: row for schema, row in leases.items()
+                   if row["leader_pid"] == lock_pid}
+        leader = next((str(row["leader_name"]) for row in covered.values()),
                       f"(unknown: its session has pid {lock_pid})")
-        expired = next((h for h in covered.values() if h["expired"]), None)
-        if expired is not None:
+        if any(row["expired"] for row in covered.values()):
             log.warning("relay %s stopped renewing its lease on slot %s; ending its sessions "
                         "to take over", leader, self._names.slot)
-            for pid in {expired["lock_pid"], expired["walsender_pid"]} - {None}:
+            for pid in {lock_pid, held.get("walsender_pid")} - {None}:
                 await self.end_session(pid)
-        return StandbyView(leader, tuple(s for s in holders if s not in covered))
+        return StandbyView(leader, tuple(s for s in self.schemas
+                                         if s not in covered and s not in self._gone))
 
-    async def _holders(self) -> dict[str, dict[str, Any]]:
-        """Each selected outbox's lease row, with the slot's lock holder and walsender
-        (an outbox dropped meanwhile has none to read)."""
+    async def _holders(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The slot's lock holder and walsender, and the lease row of each selected
+        outbox that has one: two queries however many outboxes."""
         conn = await self._session.connection()
-        holders: dict[str, dict[str, Any]] = {}
+        schemas = list(self.schemas)
         async with conn.cursor(row_factory=dict_row) as cursor:
-            for schema in list(self.schemas):
-                try:
-                    await cursor.execute(cdc_query("leadership_holder", schema), self._params)
-                except SCHEMA_GONE:
-                    continue
-                row = await cursor.fetchone()
-                if row is not None:
-                    holders[schema] = row
-        return holders
+            await cursor.execute(cdc_query("slot_holder", self._schema), self._params)
+            held = await cursor.fetchone() or {}
+            try:
+                await cursor.execute(sql.SQL("\nUNION ALL\n").join(
+                    bind("cdc.sql", "lease_of_outbox", schema=sql.Identifier(schema),
+                         schema_name=sql.Literal(schema)) for schema in schemas), self._params)
+                rows = await cursor.fetchall()
+                self._gone = set()
+            except SCHEMA_GONE:  # an outbox dropped meanwhile: read each alone
+                rows = await self._leases_one_by_one(cursor, schemas)
+        return held, {row["schema_name"]: row for row in rows}
+
+    async def _leases_one_by_one(
+        self, cursor: psycopg.AsyncCursor[dict[str, Any]], schemas: list[str]
+    ) -> list[dict[str, Any]]:
+        rows, self._gone = [], set()
+        for schema in schemas:
+            try:
+                await cursor.execute(bind("cdc.sql", "lease_of_outbox",
+                                          schema=sql.Identifier(schema),
+                                          schema_name=sql.Literal(schema)), self._params)
+            except SCHEMA_GONE:
+                self._gone.add(schema)
+                continue
+            rows.extend(await cursor.fetchall())
+        return rows
 
     async def end_session(self, pid: int) -> None:
         await self.execute(cdc_query("end_session", self._schema), {"pid": pid})

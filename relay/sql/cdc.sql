@@ -61,6 +61,25 @@ FROM (
 ) AS held
 LEFT JOIN {schema}.cdc_state s ON s.slot_name = %(slot)s;
 
+-- name: slot_holder
+-- For a standby: the session holding the slot's lock and the slot's walsender (to end
+-- if the leader's lease ran out).
+SELECT (SELECT l.pid FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = %(lock_hi)s::bigint::oid AND l.objid = %(lock_lo)s::bigint::oid
+        LIMIT 1) AS lock_pid,
+       (SELECT r.active_pid FROM pg_replication_slots r WHERE r.slot_name = %(slot)s)
+         AS walsender_pid;
+
+-- name: lease_of_outbox
+-- One outbox's lease row, whose it is and whether it ran out: a standby reads every
+-- outbox's in one query, these joined by UNION ALL (relay.cdc.leader).
+SELECT {schema_name}::text AS schema_name, s.leader_name, s.leader_pid,
+       s.lease_expires_at < now() AS expired
+FROM {schema}.cdc_state s
+WHERE s.slot_name = %(slot)s
+
 -- name: end_session
 SELECT pg_terminate_backend(%(pid)s, 5000);
 

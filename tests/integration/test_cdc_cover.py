@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from uuid import uuid4
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from relay.cdc.leader import Leadership, StandbyView, leader_session
 from relay.health import HealthState
 from tests.support.cdc_relays import FAST_CDC, RunningCdcRelay, cdc_config, eventually
 from tests.support.relays import install_outbox
@@ -66,3 +68,39 @@ def test_a_standby_of_an_outbox_the_leader_does_not_select_reports_it_and_fences
         await standby.stop()
 
     asyncio.run(scenario())
+
+
+def _leadership(dsn: str, schemas: list[str], name: str) -> Leadership:
+    settings = replace(FAST_CDC, slot=SLOT, shared=True)
+    config = cdc_config(dsn, schema=schemas[0])
+    leadership = Leadership(
+        leader_session(config, TTL), settings.resolve(schemas[0]), relay_id=uuid4(),
+        relay_name=name, ttl=TTL, heartbeat_interval=0, published=lambda: 0,
+    )
+    leadership.schemas = list(schemas)
+    return leadership
+
+
+def test_a_standby_reads_every_lease_at_once_and_skips_an_outbox_dropped_meanwhile(db_dsn):
+    for schema in ("tenant_a", "tenant_b", "tenant_c"):
+        install_outbox(db_dsn, schema)
+
+    async def scenario() -> list[StandbyView | None]:
+        leader = _leadership(db_dsn, ["tenant_a", "tenant_b"], "leader:1")
+        standby = _leadership(db_dsn, ["tenant_a", "tenant_c", "tenant_gone"], "standby:2")
+        views = []
+        try:
+            assert await leader._try_claim()
+            views.append(await standby._standby_round())  # tenant_gone never was
+            standby.schemas = ["tenant_a", "tenant_b", "tenant_c"]
+            views.append(await standby._standby_round())
+            await leader.release()
+            views.append(await standby._standby_round())  # nobody holds the lock
+        finally:
+            await leader.release()
+            await standby.release(forget=True)
+        return views
+
+    views = asyncio.run(scenario())
+    assert views == [StandbyView("leader:1", ("tenant_c",)),
+                     StandbyView("leader:1", ("tenant_c",)), None]
