@@ -64,6 +64,8 @@ def _state(probe: OutboxProbe) -> str:
     detail = verdict.detail
     if not detail["started"]:
         return "starting"
+    if "unready" in detail:
+        return str(detail["unready"])
     if detail["broker_circuit"] == "open":
         return "broker circuit open"
     return "database: no recent answer"

@@ -9,7 +9,8 @@ that the loop's components update.
   or batch the loop promises its next beat; a promise broken by more than ``slack``
   seconds means the loop is stuck, and a restart may help.
 - ``/readyz`` (readiness): 200 when PostgreSQL answered recently (any duty's successful
-  round trip) and the connector's circuit is not open.
+  round trip), the connector's circuit is not open, and nothing keeps the outbox from
+  being drained (``unready``: e.g. a CDC standby whose slot's leader does not stream it).
 - ``/metrics``: the Prometheus text format of the relay's registry.
 """
 
@@ -75,6 +76,8 @@ class HealthState:
         self._db_answered_at: float | None = None
         self.circuit: Callable[[], str] = lambda: "closed"
         self.started = False
+        # Why nobody drains this outbox though everything here answers (None: nothing).
+        self.unready: str | None = None
 
     def beat(self, next_within: float, loop: str = "drain") -> None:
         """``loop`` is alive, and promises to beat again within ``next_within`` seconds.
@@ -108,13 +111,16 @@ class HealthState:
         answered = self._db_answered_at
         db_ok = answered is not None and now - answered <= self._db_stale_after
         circuit = self.circuit()
-        ok = db_ok and circuit != "open" and self.started
-        detail = {
+        unready = self.unready
+        ok = db_ok and circuit != "open" and self.started and unready is None
+        detail: dict[str, Any] = {
             "database": "ok" if db_ok else "no recent answer",
             "database_answered_seconds_ago": None if answered is None else round(now - answered, 1),
             "broker_circuit": circuit,
             "started": self.started,
         }
+        if unready is not None:
+            detail["unready"] = unready
         return Verdict(ok, detail)
 
 

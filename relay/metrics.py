@@ -117,6 +117,12 @@ class RelayMetrics:
             ["slot"],
             registry=r,
         )
+        self.cdc_not_streamed = Gauge(
+            "outbox_relay_cdc_not_streamed",
+            "1 while this relay waits as a CDC standby and the relay leading the slot does "
+            "not select this outbox: nobody streams it (docs/multi-tenant.md).",
+            registry=r,
+        )
         self.backlog_sampled = Gauge(
             "outbox_relay_backlog_sampled_timestamp_seconds",
             "When the backlog figures were last read from the database.",

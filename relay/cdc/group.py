@@ -26,6 +26,7 @@ import psycopg
 
 from relay.backoff import SessionBackoff
 from relay.cdc.changes import ChangeDecoder
+from relay.cdc.cover import CoverReport, CoverTarget
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.group_session import GroupSession, Lane
 from relay.cdc.guardrails import Action, SlotInfo, Verdict, assess, undecodable
@@ -73,6 +74,7 @@ class SharedSlotOutbox:
         self.config = config
         self.names: CdcNames = config.cdc.resolve(config.schema)
         self.health = parts.health
+        self.metrics = parts.metrics
         self.stats = CdcStats()
         self.label = CURRENT_OUTBOX.get() or config.schema
         self._group = group
@@ -133,6 +135,7 @@ class SlotGroup:
         self.sessions: list[DbSession] = [*self._duties.values(), *self._aside_pool.sessions]
         self.members: dict[str, SharedSlotOutbox] = {}
         self.leadership: Leadership | None = None
+        self.cover: CoverReport | None = None  # a standby's word on outboxes nobody streams
         self._streaming: set[SharedSlotOutbox] = set()
         self._changed = asyncio.Event()  # the members changed: the session starts again
         self._session_over = asyncio.Event()  # the session streaming now has ended
@@ -158,6 +161,8 @@ class SlotGroup:
                 published=lambda: sum(m.published for m in self.members.values()),
                 published_of=self._published_of,
             )
+            self.cover = CoverReport(member.names.slot)
+            self.leadership.on_standby = self.cover.update
             self._label = member.label.rpartition("/")[0] or member.label
         return self.leadership
 
@@ -177,6 +182,8 @@ class SlotGroup:
 
     def join(self, member: SharedSlotOutbox) -> None:
         self.members[member.schema] = member
+        if self.cover is not None:
+            self.cover.add(member.schema, CoverTarget(member.label, member.health, member.metrics))
         self._changed.set()
         self._beat.start()
         if self._engine is None or not self._engine.running:
@@ -187,6 +194,8 @@ class SlotGroup:
         """Take ``member`` out of the stream: its batch in flight finishes first."""
         if self.members.get(member.schema) is member:
             del self.members[member.schema]
+            if self.cover is not None:
+                self.cover.remove(member.schema)
         self._changed.set()
         if member in self._streaming:
             await wait_any(self._session_over, timeout=timeout)

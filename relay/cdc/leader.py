@@ -14,7 +14,11 @@ leader that wakes up can change nothing; it finds out and stops.
 
 Where several outboxes of a database share one slot (relay.cdc.group), the lead is the
 slot's: the leader connection holds the one lock and keeps a lease row in every
-outbox's ``cdc_state`` (``schemas``), each outbox's own record of its position.
+outbox's ``cdc_state`` (``schemas``), each outbox's own record of its position. A
+standby reads the lease row of each outbox it selects: the leader covers an outbox when
+that row is its lock holder's. One it does not cover is streamed by nobody while that
+leader lives (relays sharing a slot selected different outboxes): ``on_standby`` hears
+of it every round (relay.cdc.cover says so).
 """
 
 from __future__ import annotations
@@ -55,6 +59,13 @@ def lock_key(slot: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def slot_params(slot: str) -> dict[str, Any]:
+    """The slot and its lock, as the queries of cdc.sql take them."""
+    key = lock_key(slot)
+    return {"slot": slot, "lock_key": key,
+            "lock_hi": (key >> 32) & 0xFFFF_FFFF, "lock_lo": key & 0xFFFF_FFFF}
+
+
 @dataclass(frozen=True)
 class CdcState:
     """What ``cdc_state`` says about the slot when this relay became leader."""
@@ -62,6 +73,15 @@ class CdcState:
     confirmed_lsn: int | None = None
     covered_xmin: str | None = None
     snapshot_done: bool = False
+
+
+@dataclass(frozen=True)
+class StandbyView:
+    """What a standby saw of the slot's lead in one round: who leads, and which of the
+    outboxes selected here its lead does not cover (nobody streams them)."""
+
+    leader: str
+    uncovered: tuple[str, ...] = ()
 
 
 def leader_session(config: RelayConfig, ttl: float) -> DbSession:
@@ -111,11 +131,9 @@ class Leadership:
         self._published = published
         # Each outbox's own count for its relays row, where the lead covers several.
         self._published_of = published_of or (lambda _schema: published())
-        key = lock_key(names.slot)
         self._params: dict[str, Any] = {
-            "slot": names.slot, "leader_id": relay_id, "relay_id": relay_id,
-            "name": relay_name, "ttl": ttl,
-            "lock_key": key, "lock_hi": (key >> 32) & 0xFFFF_FFFF, "lock_lo": key & 0xFFFF_FFFF,
+            "leader_id": relay_id, "relay_id": relay_id, "name": relay_name, "ttl": ttl,
+            **slot_params(names.slot),
         }
         self.state = CdcState()
         self.states: dict[str, CdcState] = {}  # per schema, read when the lead was taken
@@ -125,6 +143,9 @@ class Leadership:
         self._valid_until = 0.0
         self._keeper = BackgroundTask("cdc-leadership", self._keep)
         self._quit = asyncio.Event()  # ends _keep between statements, never inside one
+        self._gone: set[str] = set()  # selected outboxes found dropped by the last round
+        # Told each standby round what the lead covers; None once this relay leads.
+        self.on_standby: Callable[[StandbyView | None], None] = lambda _view: None
 
     @property
     def interval(self) -> float:
@@ -145,10 +166,11 @@ class Leadership:
             try:
                 if await self._try_claim():
                     return True
-                holder = await self._standby_round()
+                view = await self._standby_round()
+                self.on_standby(view)
                 if not announced:
                     log.info("standby: relay %s streams slot %s; taking over if it stops",
-                             holder or "?", self._names.slot)
+                             view.leader if view else "?", self._names.slot)
                     announced = True
             except (RelayError, psycopg.Error) as exc:
                 log.warning("standby check failed (will retry): %s", exc)
@@ -174,6 +196,7 @@ class Leadership:
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
         self._keeper.start()
         log.info("relay %s leads CDC on slot %s", self._relay_name, self._names.slot)
+        self.on_standby(None)
         return True
 
     async def _claim_row(
@@ -233,21 +256,60 @@ class Leadership:
         except RelayError as exc:
             log.info("could not clear the CDC lease of %s: %s", schema, exc)
 
-    async def _standby_round(self) -> str | None:
-        """Heartbeat as a standby; end the leader's sessions once its lease ran out."""
+    async def _standby_round(self) -> StandbyView | None:
+        """Heartbeat as a standby; see which outboxes selected here the lead covers; end
+        the leader's sessions once its lease ran out. None: no session holds the lock."""
         await self._heartbeat_relay_row()
-        conn = await self._session.connection()
-        async with conn.cursor(row_factory=dict_row) as cursor:
-            await cursor.execute(cdc_query("leadership_holder", self.schemas[0]), self._params)
-            holder = await cursor.fetchone()
-        if holder is None:
+        held, leases = await self._holders()
+        lock_pid = held.get("lock_pid")
+        if lock_pid is None:
             return None
-        if holder["expired"] and (holder["lock_pid"] or holder["walsender_pid"]):
+        # Rows of the lock holder's: the outboxes it covers. Another row (a previous
+        # leader's, or none) says nothing about this leader, so never ends its sessions.
+        covered = {schema: row for schema, row in leases.items()
+                   if row["leader_pid"] == lock_pid}
+        leader = next((str(row["leader_name"]) for row in covered.values()),
+                      f"(unknown: its session has pid {lock_pid})")
+        if any(row["expired"] for row in covered.values()):
             log.warning("relay %s stopped renewing its lease on slot %s; ending its sessions "
-                        "to take over", holder["leader_name"], self._names.slot)
-            for pid in {holder["lock_pid"], holder["walsender_pid"]} - {None}:
+                        "to take over", leader, self._names.slot)
+            for pid in {lock_pid, held.get("walsender_pid")} - {None}:
                 await self.end_session(pid)
-        return str(holder["leader_name"])
+        return StandbyView(leader, tuple(s for s in self.schemas
+                                         if s not in covered and s not in self._gone))
+
+    async def _holders(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The slot's lock holder and walsender, and the lease row of each selected
+        outbox that has one: two queries however many outboxes."""
+        conn = await self._session.connection()
+        schemas = list(self.schemas)
+        async with conn.cursor(row_factory=dict_row) as cursor:
+            await cursor.execute(cdc_query("slot_holder", self._schema), self._params)
+            held = await cursor.fetchone() or {}
+            try:
+                await cursor.execute(sql.SQL("\nUNION ALL\n").join(
+                    bind("cdc.sql", "lease_of_outbox", schema=sql.Identifier(schema),
+                         schema_name=sql.Literal(schema)) for schema in schemas), self._params)
+                rows = await cursor.fetchall()
+                self._gone = set()
+            except SCHEMA_GONE:  # an outbox dropped meanwhile: read each alone
+                rows = await self._leases_one_by_one(cursor, schemas)
+        return held, {row["schema_name"]: row for row in rows}
+
+    async def _leases_one_by_one(
+        self, cursor: psycopg.AsyncCursor[dict[str, Any]], schemas: list[str]
+    ) -> list[dict[str, Any]]:
+        rows, self._gone = [], set()
+        for schema in schemas:
+            try:
+                await cursor.execute(bind("cdc.sql", "lease_of_outbox",
+                                          schema=sql.Identifier(schema),
+                                          schema_name=sql.Literal(schema)), self._params)
+            except SCHEMA_GONE:
+                self._gone.add(schema)
+                continue
+            rows.extend(await cursor.fetchall())
+        return rows
 
     async def end_session(self, pid: int) -> None:
         await self.execute(cdc_query("end_session", self._schema), {"pid": pid})

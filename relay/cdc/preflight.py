@@ -3,7 +3,9 @@ in plain words what to change when it cannot.
 
 ``run_checks(dsn, config)`` checks the connection and the outbox schema for both modes,
 and for CDC mode also the server settings, the role, free slots and senders, the
-publication, the captured table and the slot. It never changes anything.
+publication, the captured table and the slot; ``doctor`` also asks whether the relay
+leading the slot now streams this outbox (``run`` does not: its outbox waits as a
+standby then, and says so). It never changes anything.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from relay.cdc.leader import slot_params
 from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcNames
 from relay.cdc.stream import replication_conninfo
@@ -34,8 +37,9 @@ class Check:
     detail: str
 
 
-def run_checks(dsn: str, config: RelayConfig) -> list[Check]:
-    """Every check for ``config.mode``; the first failed connection ends the list."""
+def run_checks(dsn: str, config: RelayConfig, *, lead: bool = False) -> list[Check]:
+    """Every check for ``config.mode``; the first failed connection ends the list.
+    ``lead``: in CDC mode, also whether the slot's leader (if any) covers the outbox."""
     timeout = max(1, round(config.connect_timeout))
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=timeout)
@@ -46,6 +50,8 @@ def run_checks(dsn: str, config: RelayConfig) -> list[Check]:
         checks.append(_schema_check(conn, config.schema))
         if config.mode == "cdc":
             checks.extend(_cdc_checks(conn, dsn, config))
+            if lead and checks[1].ok and not config.cdc.problems(config.schema):
+                checks.append(_lead_check(conn, config.cdc.resolve(config.schema)))
     return checks
 
 
@@ -187,6 +193,28 @@ def _publication_check(conn: psycopg.Connection[Any], names: CdcNames) -> Check:
                  f"publication {names.publication} exists but does not publish inserts into "
                  f"{names.table} (it has: {', '.join(tables) or 'no tables'}); run "
                  f"ALTER PUBLICATION {names.publication} ADD TABLE {names.table}")
+
+
+def _lead_check(conn: psycopg.Connection[Any], names: CdcNames) -> Check:
+    """Relays sharing a slot must select the same outboxes: one led by a relay that does
+    not select this outbox streams it for nobody (docs/multi-tenant.md)."""
+    try:
+        with conn.cursor(row_factory=dict_row) as cursor:
+            row = cursor.execute(cdc_query("leadership_holder", names.schema),
+                                 slot_params(names.slot)).fetchone() or {}
+    except psycopg.errors.UndefinedTable:  # a schema older than CDC's: checked above
+        return Check("slot lead", True, "no relay has streamed this outbox yet")
+    lock_pid = row.get("lock_pid")
+    if lock_pid is None:
+        return Check("slot lead", True, f"no relay leads slot {names.slot} now")
+    if row.get("leader_pid") == lock_pid:
+        return Check("slot lead", True,
+                     f"relay {row['leader_name']} leads slot {names.slot} and streams this outbox")
+    return Check("slot lead", False,
+                 f"the relay leading slot {names.slot} (its session has pid {lock_pid}) does not "
+                 "select this outbox, so nobody streams it while that relay leads; relays that "
+                 "share a slot must select the same outboxes of the database "
+                 "(docs/multi-tenant.md)")
 
 
 def _replication_connection_check(dsn: str, config: RelayConfig) -> Check:

@@ -18,6 +18,7 @@ import psycopg
 
 from relay.backoff import SessionBackoff
 from relay.cdc.changes import ChangeDecoder
+from relay.cdc.cover import CoverReport, CoverTarget
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.group import CDC_SHARED_CONNECTIONS, SharedSlotOutbox, SlotGroup
 from relay.cdc.guardrails import Action, assess, undecodable
@@ -41,6 +42,7 @@ from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.errors import ConfigError, PermanentError, RelayError
 from relay.health import HealthState
+from relay.metrics import RelayMetrics
 from relay.source import Source, SourceKind, SourceParts
 from relay.tasks import BackgroundTask, bounded, wait_any
 
@@ -59,6 +61,7 @@ class CdcRelay:
         *,
         relay_id: UUID | None = None,
         health: HealthState | None = None,
+        metrics: RelayMetrics | None = None,
     ) -> None:
         self.config = config
         self._health = health or HealthState()
@@ -75,6 +78,10 @@ class CdcRelay:
             heartbeat_interval=self.settings.heartbeat_interval,
             published=lambda: self.stats.published,
         )
+        # A slot named with --cdc-slot may be led by a relay of another outbox.
+        cover = CoverReport(names.slot)
+        cover.add(names.schema, CoverTarget(None, self._health, metrics))
+        self.leadership.on_standby = cover.update
         self.outbox = OutboxCdc(config, connector, names, self.leadership, self.stats)
         self.aside = self.outbox.aside
         self.publisher = self.outbox.publisher
@@ -219,7 +226,8 @@ class CdcRelay:
 def _cdc_source(parts: SourceParts) -> Source:
     if isinstance(parts.database, SlotGroup):
         return SharedSlotOutbox(parts, parts.database)
-    return CdcRelay(parts.config, parts.connector, relay_id=parts.relay_id, health=parts.health)
+    return CdcRelay(parts.config, parts.connector, relay_id=parts.relay_id, health=parts.health,
+                    metrics=parts.metrics)
 
 
 def cdc_connections(config: RelayConfig, outboxes: int) -> int:

@@ -276,7 +276,7 @@ def doctor_each(
     config = RelayConfig(
         dsn=choice.dsns[0] if choice.dsns else "", schema=schema, mode=mode, cdc=cdc
     )
-    return show_checks(run_checks(config.dsn, config), scrub)
+    return show_checks(run_checks(config.dsn, config, lead=True), scrub)
 
 
 def _doctor_many(
@@ -322,7 +322,7 @@ def _checks_of(outbox: OutboxAddress, config: RelayConfig, databases: Databases)
     again for its other outboxes: each gets the same FAIL line without another wait."""
     if (why := databases.down(outbox.dsn)) is not None:
         return [Check("database", False, why)]
-    checks = run_checks(outbox.dsn, config.for_outbox(outbox))
+    checks = run_checks(outbox.dsn, config.for_outbox(outbox), lead=True)
     if checks[0].name == "database" and not checks[0].ok:
         databases.mark_down(outbox.dsn, checks[0].detail)
     return checks

@@ -44,18 +44,41 @@ SET lease_expires_at = '-infinity', leader_pid = NULL, updated_at = now()
 WHERE slot_name = %(slot)s AND leader_id = %(leader_id)s;
 
 -- name: leadership_holder
--- For a standby: who streams, whether its lease ran out, and which sessions to end if
--- so (the lock holder and the slot's walsender).
-SELECT s.leader_name, s.lease_expires_at < now() AS expired,
-       (SELECT l.pid FROM pg_locks l
+-- For a standby, of one outbox it selects: the session holding the slot's lock and the
+-- slot's walsender (to end if the leader's lease ran out), and this outbox's lease row:
+-- the leader covers the outbox when that row is its lock holder's (leader_pid). One row,
+-- whether the outbox has a lease row or not.
+SELECT s.leader_name, s.leader_pid, s.lease_expires_at < now() AS expired,
+       held.lock_pid, held.walsender_pid
+FROM (
+  SELECT (SELECT l.pid FROM pg_locks l
+          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND l.classid = %(lock_hi)s::bigint::oid AND l.objid = %(lock_lo)s::bigint::oid
+          LIMIT 1) AS lock_pid,
+         (SELECT r.active_pid FROM pg_replication_slots r WHERE r.slot_name = %(slot)s)
+           AS walsender_pid
+) AS held
+LEFT JOIN {schema}.cdc_state s ON s.slot_name = %(slot)s;
+
+-- name: slot_holder
+-- For a standby: the session holding the slot's lock and the slot's walsender (to end
+-- if the leader's lease ran out).
+SELECT (SELECT l.pid FROM pg_locks l
         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           AND l.classid = %(lock_hi)s::bigint::oid AND l.objid = %(lock_lo)s::bigint::oid
         LIMIT 1) AS lock_pid,
        (SELECT r.active_pid FROM pg_replication_slots r WHERE r.slot_name = %(slot)s)
-         AS walsender_pid
+         AS walsender_pid;
+
+-- name: lease_of_outbox
+-- One outbox's lease row, whose it is and whether it ran out: a standby reads every
+-- outbox's in one query, these joined by UNION ALL (relay.cdc.leader).
+SELECT {schema_name}::text AS schema_name, s.leader_name, s.leader_pid,
+       s.lease_expires_at < now() AS expired
 FROM {schema}.cdc_state s
-WHERE s.slot_name = %(slot)s;
+WHERE s.slot_name = %(slot)s
 
 -- name: end_session
 SELECT pg_terminate_backend(%(pid)s, 5000);

@@ -13,6 +13,7 @@ from relay.cdc.relay import CdcRelay
 from relay.cdc.settings import CdcSettings
 from relay.config import RelayConfig
 from relay.connector import Connector
+from relay.health import HealthState
 from tests.support.fakes import InMemoryConnector
 from tests.support.relays import eventually, relay_config
 
@@ -27,9 +28,10 @@ class RunningCdcRelay:
     """A CdcRelay in a task on the current loop, with an in-memory broker."""
 
     def __init__(self, config: RelayConfig, connector: Connector | None = None,
-                 settings: CdcSettings = FAST_CDC) -> None:
+                 settings: CdcSettings = FAST_CDC, health: HealthState | None = None) -> None:
         self.connector: Any = connector or InMemoryConnector()
-        self.relay = CdcRelay(config, self.connector, settings)
+        self.health = health or HealthState()
+        self.relay = CdcRelay(config, self.connector, settings, health=self.health)
         self.stopping = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
