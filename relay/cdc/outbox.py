@@ -27,7 +27,7 @@ from relay.cdc.queries import cdc_query
 from relay.cdc.retention import run_retention
 from relay.cdc.settings import CdcNames
 from relay.cdc.snapshot import Snapshot, SnapshotRequest
-from relay.cdc.status import cdc_status
+from relay.cdc.status import slot_lag
 from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession
@@ -131,8 +131,7 @@ class OutboxCdc:
         self.scheduler.poke()
 
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
-        status = cdc_status(conn, self.names.schema, self.names.slot)
-        return {"cdc": {"slot": status["slot"], "lag_bytes": status["lag_bytes"]}}
+        return {"cdc": slot_lag(conn, self.names.schema, self.names.slot)}
 
     def retention(self, stopping: asyncio.Event) -> BackgroundTask:
         """Its housekeeping, run by every relay, leader or not: set-aside rows live in
