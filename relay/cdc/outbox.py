@@ -137,7 +137,8 @@ class OutboxCdc:
         """Its housekeeping, run by every relay, leader or not: set-aside rows live in
         the relay's own table even in Debezium mode."""
         return BackgroundTask("cdc-retention", lambda: run_retention(
-            self._retention_session, self.names, self.config.retention, stopping))
+            self._retention_session, self.names, self.config.retention, stopping,
+            self._handled))
 
     def companions(self, halt: asyncio.Event) -> list[BackgroundTask]:
         """While its slot streams: publish set-aside messages as they come due and move
@@ -172,6 +173,12 @@ class OutboxCdc:
         await bounded(self._retention_session.close(), timeout, "CDC retention session")
         await bounded(self.aside.close(), timeout, "CDC set-aside session")
         await bounded(self.scheduler.stop(), timeout, "CDC scheduler")
+
+    def _handled(self) -> int:
+        """Messages this outbox published, set aside or parked: each is a row that
+        retention will have to delete."""
+        stats = self.stats
+        return stats.published + stats.set_aside + stats.parked + stats.dead_lettered
 
     def _count_published(self, delivered: int) -> None:
         self.stats.published += delivered
