@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Hashable
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -83,6 +84,7 @@ class SharedSlotOutbox:
         leadership = group.leadership_for(parts, self)
         self.outbox = OutboxCdc(config, parts.connector, self.names, leadership, self.stats,
                                 group.sessions_for())
+        self.outgoing: Outgoing | None = None  # its queue while its slot streams
 
     @property
     def schema(self) -> str:
@@ -94,6 +96,15 @@ class SharedSlotOutbox:
 
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
         return self._group.slot_figures(conn, self.outbox)
+
+    def activity(self) -> Hashable | None:
+        """While this relay streams the outbox: the messages it handled, and whether any
+        wait (the stream brings every insert here first). None otherwise: a standby sees
+        nothing of the inserts."""
+        leadership, outgoing = self._group.leadership, self.outgoing
+        if outgoing is None or leadership is None or not leadership.is_leader:
+            return None
+        return (self.outbox.handled(), outgoing.idle, id(outgoing))
 
     async def run(self, stopping: asyncio.Event) -> None:
         retention = self.outbox.retention(stopping)
@@ -357,7 +368,7 @@ class SlotGroup:
     def _lanes(self, members: list[SharedSlotOutbox], starts: dict[str, int]) -> list[Lane]:
         lanes = []
         for member in members:
-            outgoing = Outgoing()
+            outgoing = member.outgoing = Outgoing()
             decoder = ChangeDecoder(member.names, member.outbox.mapping, outgoing,
                                     on_delayed=member.outbox.scheduler.poke)
             lanes.append(Lane(member.names, decoder, outgoing, member.outbox.publisher,

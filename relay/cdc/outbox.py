@@ -138,7 +138,7 @@ class OutboxCdc:
         the relay's own table even in Debezium mode."""
         return BackgroundTask("cdc-retention", lambda: run_retention(
             self._retention_session, self.names, self.config.retention, stopping,
-            self._handled))
+            self.handled))
 
     def companions(self, halt: asyncio.Event) -> list[BackgroundTask]:
         """While its slot streams: publish set-aside messages as they come due and move
@@ -174,7 +174,7 @@ class OutboxCdc:
         await bounded(self.aside.close(), timeout, "CDC set-aside session")
         await bounded(self.scheduler.stop(), timeout, "CDC scheduler")
 
-    def _handled(self) -> int:
+    def handled(self) -> int:
         """Messages this outbox published, set aside or parked: each is a row that
         retention will have to delete."""
         stats = self.stats
