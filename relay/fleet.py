@@ -173,7 +173,8 @@ class OutboxRunner:
                 database=self.database.share,
             )
         )
-        sampled = SampleTarget(self.address.schema, self.metrics, self.health, self.source.sample)
+        sampled = SampleTarget(self.address.schema, self.metrics, self.health, self.source.sample,
+                               self.source.activity)
         self.database.sampler.add(sampled)
         try:
             await self.source.run(self.stopping)

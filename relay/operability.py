@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,9 @@ from relay.tasks import BackgroundTask, result_within
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY = 5.0
+# An outbox whose figures showed nothing pending and no held keys, and of which the relay
+# has seen nothing since (SampleTarget.activity), is read this often, not every round.
+QUIET_SAMPLE_EVERY = 30.0
 # The figures a source adds to the backlog's (CDC: the slot's lag), read on the sampler's
 # connection.
 SourceFigures = Callable[[psycopg.Connection[Any]], dict[str, Any]]
@@ -44,6 +47,8 @@ class SampleTarget:
     metrics: RelayMetrics
     health: HealthState
     source_figures: SourceFigures
+    # What the relay has seen of the outbox lately (relay.source.Source.activity).
+    activity: Callable[[], Hashable | None] = lambda: None
 
 
 class BacklogSampler:
@@ -65,6 +70,8 @@ class BacklogSampler:
         self._in_flight: asyncio.Future[dict[str, Any]] | None = None
         self._task = BackgroundTask("backlog-sampler", self._run)
         self._failures = 0
+        # Outboxes found quiet: their activity then, and when their figures were read.
+        self._quiet: dict[str, tuple[Hashable, float]] = {}
 
     def add(self, target: SampleTarget) -> None:
         self._targets[target.schema] = target
@@ -72,6 +79,7 @@ class BacklogSampler:
 
     def remove(self, schema: str) -> None:
         self._targets.pop(schema, None)
+        self._quiet.pop(schema, None)
 
     def start(self) -> None:
         self._task.start()
@@ -90,7 +98,11 @@ class BacklogSampler:
         if self._in_flight is not None and not self._in_flight.done():
             return  # the previous sample is still stuck on the database
         targets = list(self._targets.values())
-        self._in_flight = _in_daemon_thread(lambda: self._read(targets))
+        now = time.monotonic()
+        activity = {target.schema: target.activity() for target in targets}
+        skipped = {schema for schema, seen in activity.items() if self._still_quiet(
+            schema, seen, now)}
+        self._in_flight = _in_daemon_thread(lambda: self._read(targets, skipped))
         try:
             # Left running on a timeout: the next round sees it still in flight.
             found = await result_within(self._in_flight, self._every)
@@ -104,23 +116,46 @@ class BacklogSampler:
             elif figures is not None:
                 self._failures = 0
                 _publish(target, figures)
+                self._note_quiet(target.schema, activity[target.schema], figures, now)
+
+    def _still_quiet(self, schema: str, seen: Hashable | None, now: float) -> bool:
+        """Skip this round's backlog statements for ``schema``? Only while nothing the
+        relay sees of it changed and its figures were read lately."""
+        quiet = self._quiet.get(schema)
+        if seen is None or quiet is None:
+            return False
+        then, read_at = quiet
+        return then == seen and now - read_at < QUIET_SAMPLE_EVERY
+
+    def _note_quiet(
+        self, schema: str, seen: Hashable | None, figures: dict[str, Any], now: float
+    ) -> None:
+        if "pending" not in figures:
+            return  # skipped this round: it stays as it was
+        if seen is not None and figures["pending"] == 0 and figures["held_keys"] == 0:
+            self._quiet[schema] = (seen, now)
+        else:
+            self._quiet.pop(schema, None)
 
     def _sample_failed(self, exc: BaseException) -> None:
         self._failures += 1
         level = logging.WARNING if self._failures == 1 else logging.DEBUG
         log.log(level, "could not read the backlog figures: %s", exc or type(exc).__name__)
 
-    def _read(self, targets: Sequence[SampleTarget]) -> dict[str, Any]:
+    def _read(
+        self, targets: Sequence[SampleTarget], skipped: Collection[str] = ()
+    ) -> dict[str, Any]:
         """Runs in the sampler's own thread, on its connection: each outbox's figures, or
-        the error of its statements (a schema just dropped) while the connection lives."""
+        the error of its statements (a schema just dropped) while the connection lives.
+        Of the ``skipped`` (quiet) ones, only the source's figures (CDC: the slot's lag,
+        one read for all the outboxes of a slot)."""
         found: dict[str, Any] = {}
         with self._connection.use() as conn:
             for target in targets:
                 try:
-                    found[target.schema] = {
-                        **sample_backlog(conn, target.schema),
-                        **target.source_figures(conn),
-                    }
+                    backlog = {} if target.schema in skipped else sample_backlog(
+                        conn, target.schema)
+                    found[target.schema] = {**backlog, **target.source_figures(conn)}
                 except psycopg.Error as exc:
                     if conn.closed or conn.broken:
                         raise
@@ -130,14 +165,15 @@ class BacklogSampler:
 
 def _publish(target: SampleTarget, figures: dict[str, Any]) -> None:
     m = target.metrics
-    m.pending.set(figures["pending"])
-    m.oldest_pending_age.set(figures["oldest_pending_age_seconds"] or 0.0)
-    m.dead_letters.set(figures["dead_letters"])
-    m.held_keys.set(figures["held_keys"])
+    if "pending" in figures:  # not for a quiet outbox skipped this round
+        m.pending.set(figures["pending"])
+        m.oldest_pending_age.set(figures["oldest_pending_age_seconds"] or 0.0)
+        m.dead_letters.set(figures["dead_letters"])
+        m.held_keys.set(figures["held_keys"])
+        m.backlog_sampled.set(time.time())
     if "cdc" in figures:
         cdc = figures["cdc"]
         m.set_cdc_slot_lag(cdc["slot"], cdc["lag_bytes"])
-    m.backlog_sampled.set(time.time())
     target.health.database_answered()
 
 

@@ -9,7 +9,7 @@ assembles one: it knows nothing of leases, lanes or slots.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
@@ -57,6 +57,12 @@ class Source(Protocol):
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
         """Figures of this source for the backlog gauges, read on the sampler's own
         connection in the sampler's thread (never on the publish path)."""
+        ...
+
+    def activity(self) -> Hashable | None:
+        """What this relay has seen of the outbox's messages lately, as a value that
+        changes whenever they may have (relay.operability.BacklogSampler); None when it
+        cannot tell (it does not see every insert)."""
         ...
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Hashable
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -60,6 +62,9 @@ ASIDE_POOL = 2  # set-aside rounds of different outboxes in flight at once
 CDC_SHARED_CONNECTIONS = 5 + ASIDE_POOL
 SETTLE_QUIET = 0.3  # no outbox joined or left for this long: start streaming
 SETTLE_MAX = 5.0  # however many keep coming
+# The outboxes share the slot, so its lag is read once for a sampler's round of them
+# (a round of a database's outboxes takes well under this), not once per outbox.
+SLOT_FIGURES_FRESH = 1.0
 
 
 class SharedSlotOutbox:
@@ -81,6 +86,7 @@ class SharedSlotOutbox:
         leadership = group.leadership_for(parts, self)
         self.outbox = OutboxCdc(config, parts.connector, self.names, leadership, self.stats,
                                 group.sessions_for())
+        self.outgoing: Outgoing | None = None  # its queue while its slot streams
 
     @property
     def schema(self) -> str:
@@ -91,7 +97,16 @@ class SharedSlotOutbox:
         return self.stats.published
 
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
-        return self.outbox.sample(conn)
+        return self._group.slot_figures(conn, self.outbox)
+
+    def activity(self) -> Hashable | None:
+        """While this relay streams the outbox: the messages it handled, and whether any
+        wait (the stream brings every insert here first). None otherwise: a standby sees
+        nothing of the inserts."""
+        leadership, outgoing = self._group.leadership, self.outgoing
+        if outgoing is None or leadership is None or not leadership.is_leader:
+            return None
+        return (self.outbox.handled(), outgoing.idle, id(outgoing))
 
     async def run(self, stopping: asyncio.Event) -> None:
         retention = self.outbox.retention(stopping)
@@ -147,6 +162,7 @@ class SlotGroup:
         self._backoff = SessionBackoff(base=config.retry_base, cap=config.retry_cap)
         self._session_started = False
         self._undecodable = False  # as relay.cdc.relay.CdcRelay's
+        self._slot_figures: tuple[float, dict[str, Any]] | None = None
 
     def leadership_for(self, parts: SourceParts, member: SharedSlotOutbox) -> Leadership:
         """The group's lead, made for the first outbox that joins."""
@@ -169,6 +185,16 @@ class SlotGroup:
     def _published_of(self, schema: str) -> int:
         member = self.members.get(schema)
         return member.published if member is not None else 0
+
+    def slot_figures(self, conn: psycopg.Connection[Any], outbox: OutboxCdc) -> dict[str, Any]:
+        """The slot's lag for the backlog sampler (its thread): read by the first outbox
+        of a round, the same figures for the others."""
+        read_at, figures = self._slot_figures or (-SLOT_FIGURES_FRESH, {})
+        if time.monotonic() - read_at >= SLOT_FIGURES_FRESH:
+            read_at = time.monotonic()
+            figures = outbox.sample(conn)
+            self._slot_figures = (read_at, figures)
+        return figures
 
     def sessions_for(self) -> OutboxSessions:
         """An outbox's turns on the database's connections."""
@@ -351,7 +377,7 @@ class SlotGroup:
     def _lanes(self, members: list[SharedSlotOutbox], starts: dict[str, int]) -> list[Lane]:
         lanes = []
         for member in members:
-            outgoing = Outgoing()
+            outgoing = member.outgoing = Outgoing()
             decoder = ChangeDecoder(member.names, member.outbox.mapping, outgoing,
                                     on_delayed=member.outbox.scheduler.poke)
             lanes.append(Lane(member.names, decoder, outgoing, member.outbox.publisher,

@@ -239,6 +239,7 @@ class GroupSession(SessionLoops):
         self._last_save = time.monotonic()
         if self._begin is None:
             self._followed_lsn = self.boundary_lsn
+        due = []
         for lane in self._lanes:
             if lane.outgoing.idle and self._begin is None:
                 # Nothing of this outbox waits, and the reader is between transactions:
@@ -246,7 +247,23 @@ class GroupSession(SessionLoops):
                 lane.outgoing.add_mark(self.boundary_lsn, commit=False)
             target = lane.save_target(final=final)
             if target > lane.saved_lsn:
-                await self._leadership.guarded(lane.save_query, {"lsn": lsn_to_str(target)},
-                                               schema=lane.names.schema)
-                lane.saved_lsn, lane.last_save = target, time.monotonic()
+                due.append((lane, target))
+        await self._save(due)
         await self._report(self.received_lsn, self.flushed_lsn, reply=reply, final=final)
+
+    async def _save(self, due: list[tuple[Lane, int]]) -> None:
+        """Save each lane's position: in one query when several are due (idle outboxes
+        come due together, every IDLE_SAVE_INTERVAL), one by one when that query failed
+        on a connection still fit (an outbox dropped: its statement is let go alone)."""
+        leadership = self._leadership
+        if len(due) > 1 and await leadership.guarded_together(
+            [(lane.save_query, {"lsn": lsn_to_str(target)}) for lane, target in due]
+        ):
+            saved_at = time.monotonic()
+            for lane, target in due:
+                lane.saved_lsn, lane.last_save = target, saved_at
+            return
+        for lane, target in due:
+            await leadership.guarded(lane.save_query, {"lsn": lsn_to_str(target)},
+                                     schema=lane.names.schema)
+            lane.saved_lsn, lane.last_save = target, time.monotonic()

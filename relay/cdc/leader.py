@@ -27,13 +27,13 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import sql
+from psycopg import AsyncClientCursor, sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
@@ -408,6 +408,36 @@ class Leadership:
         if await self.execute(statement, params, schema=schema) == 0:
             self.lost.set()
             raise LeaseLostError(f"another relay took over slot {self._names.slot}")
+
+    async def guarded_together(
+        self, writes: Sequence[tuple[sql.Composed, Mapping[str, Any]]]
+    ) -> bool:
+        """Leader-only writes of several outboxes (each returning a row while this relay
+        leads) as one query: one round trip and one commit where one each would be
+        hundreds. False when one failed on a connection still fit (an outbox dropped,
+        likely): the query wrote nothing, and the caller writes them one by one.
+        LeaseLostError, as ``guarded``, when another relay leads now."""
+        conn = await self.connection()
+        try:
+            async with AsyncClientCursor(conn) as binder:
+                text = ";\n".join(binder.mogrify(statement, {**self._params, **params})
+                                   for statement, params in writes)
+            # Bound client-side and without parameters: psycopg sends the statements as
+            # one simple query, which PostgreSQL runs as one transaction.
+            cursor = await conn.execute(text.encode(conn.info.encoding))
+            written = []
+            for _ in writes:
+                written.append(await cursor.fetchone())
+                cursor.nextset()
+        except psycopg.Error as exc:
+            if conn.closed or conn.broken:
+                await self._session.discard()
+                raise translate_db_error(exc, "writing CDC state") from None
+            return False
+        if any(row is None for row in written):
+            self.lost.set()
+            raise LeaseLostError(f"another relay took over slot {self._names.slot}")
+        return True
 
     async def refresh_state(self, schema: str | None = None) -> CdcState:
         """Read ``cdc_state`` again (it moves on while this relay streams), of this

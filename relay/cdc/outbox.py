@@ -27,7 +27,7 @@ from relay.cdc.queries import cdc_query
 from relay.cdc.retention import run_retention
 from relay.cdc.settings import CdcNames
 from relay.cdc.snapshot import Snapshot, SnapshotRequest
-from relay.cdc.status import cdc_status
+from relay.cdc.status import slot_lag
 from relay.config import RelayConfig
 from relay.connector import Connector
 from relay.db import INDEX_PLAN_SETTINGS, DbSession
@@ -131,14 +131,14 @@ class OutboxCdc:
         self.scheduler.poke()
 
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
-        status = cdc_status(conn, self.names.schema, self.names.slot)
-        return {"cdc": {"slot": status["slot"], "lag_bytes": status["lag_bytes"]}}
+        return {"cdc": slot_lag(conn, self.names.schema, self.names.slot)}
 
     def retention(self, stopping: asyncio.Event) -> BackgroundTask:
         """Its housekeeping, run by every relay, leader or not: set-aside rows live in
         the relay's own table even in Debezium mode."""
         return BackgroundTask("cdc-retention", lambda: run_retention(
-            self._retention_session, self.names, self.config.retention, stopping))
+            self._retention_session, self.names, self.config.retention, stopping,
+            self.handled))
 
     def companions(self, halt: asyncio.Event) -> list[BackgroundTask]:
         """While its slot streams: publish set-aside messages as they come due and move
@@ -176,6 +176,12 @@ class OutboxCdc:
         await bounded(self._retention_session.close(), timeout, "CDC retention session")
         await bounded(self.aside.close(), timeout, "CDC set-aside session")
         await bounded(self.scheduler.stop(), timeout, "CDC scheduler")
+
+    def handled(self) -> int:
+        """Messages this outbox published, set aside or parked: each is a row that
+        retention will have to delete."""
+        stats = self.stats
+        return stats.published + stats.set_aside + stats.parked + stats.dead_lettered
 
     def _count_published(self, delivered: int) -> None:
         self.stats.published += delivered

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -102,6 +103,9 @@ class CdcRelay:
 
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
         return self.outbox.sample(conn)
+
+    def activity(self) -> Hashable | None:
+        return None  # one outbox: its figures are read every round anyway
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Lead (or wait to) and stream until ``stopping`` is set."""

@@ -40,6 +40,14 @@ def cdc_status(
     }
 
 
+def slot_lag(conn: psycopg.Connection[Any], schema: str, slot: str) -> dict[str, Any]:
+    """What the metrics sampler shows of a slot: its name and its lag (None: no slot).
+    One statement, where ``cdc_status`` also reads the outbox's ``cdc_state``."""
+    with conn.cursor(row_factory=dict_row) as cursor:
+        found = cursor.execute(cdc_query("slot_status", schema), {"slot": slot}).fetchone()
+    return {"slot": slot, "lag_bytes": found["lag_bytes"] if found else None}
+
+
 def format_cdc_status(status: dict[str, Any]) -> str:
     if not status["exists"]:
         return f"cdc slot:            {status['slot']} (missing)"

@@ -8,7 +8,7 @@ when ``--retention`` keeps them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import psycopg
@@ -171,6 +171,9 @@ class PollSource:
 
     def sample(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
         return {}
+
+    def activity(self) -> Hashable | None:
+        return None  # polling does not see inserts as they come
 
 
 POLL = SourceKind(

@@ -198,6 +198,17 @@ WHERE seq IN (
   FOR UPDATE SKIP LOCKED
 );
 
+-- name: retention_due
+-- Seconds until the oldest row retention could delete is older than %(retention)s: a
+-- sent row by its sent_at, a captured one by its created_at (zero or less: one is, and
+-- waits for the watermark; NULL: none). Each side reads one index's first entry.
+SELECT EXTRACT(epoch FROM least(
+  (SELECT min(sent_at) FROM {schema}.messages WHERE sent_at IS NOT NULL),
+  (SELECT created_at FROM {schema}.messages
+   WHERE sent_at IS NULL AND parked_at IS NULL AND set_aside_at IS NULL
+   ORDER BY seq LIMIT 1)
+) + make_interval(secs => %(retention)s) - now())::float8;
+
 -- name: publication_tables
 SELECT p.pubinsert, t.schemaname, t.tablename
 FROM pg_publication p

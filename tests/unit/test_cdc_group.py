@@ -8,6 +8,7 @@ import logging
 import struct
 from uuid import uuid4
 
+from relay.cdc import session as session_module
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.envelope import encode_envelope
 from relay.cdc.group import shared_verdict
@@ -60,12 +61,26 @@ def queued(lane: Lane) -> list[object]:
 class FakeLeadership:
     """Records the positions saved (the real one writes cdc_state)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, together_fails: bool = False) -> None:
         self.saved: list[tuple[str, str]] = []
+        self.queries = 0  # what went to the database: one a query of several statements
+        self.together_fails = together_fails
         self.lost = asyncio.Event()
 
     async def guarded(self, statement, params, *, schema=None):
+        self.queries += 1
         self.saved.append((schema, params["lsn"]))
+
+    async def guarded_together(self, writes):
+        self.queries += 1
+        if self.together_fails:  # one statement failed: the query wrote nothing
+            return False
+        self.saved.extend((_schema_of(statement), params["lsn"]) for statement, params in writes)
+        return True
+
+
+def _schema_of(statement) -> str:
+    return statement.as_string(None).split('"')[1]  # UPDATE "a".cdc_state ...
 
 
 class FakeStream:
@@ -139,6 +154,33 @@ def test_the_slot_is_confirmed_to_where_every_outbox_has_saved():
     asyncio.run(group._save_and_report())
     assert leadership.saved[1:] == [("b", "0/262")]
     assert stream.statuses[-1][1] == 610
+
+
+def idle_lanes_past_their_save_interval() -> tuple[GroupSession, FakeLeadership, FakeStream]:
+    lanes = [lane(schema, 0) for schema in ("a", "b", "c")]
+    group, leadership, stream = session(*lanes)
+    group._route(begin(500))
+    group._route(commit(500, 4096))  # another table's transaction: no outbox's
+    return group, leadership, stream
+
+
+def test_idle_outboxes_save_their_positions_in_one_query(monkeypatch):
+    monkeypatch.setattr(session_module, "IDLE_SAVE_INTERVAL", 0.0)
+    group, leadership, stream = idle_lanes_past_their_save_interval()
+    asyncio.run(group._save_and_report())
+    assert leadership.queries == 1
+    assert leadership.saved == [("a", "0/1000"), ("b", "0/1000"), ("c", "0/1000")]
+    assert stream.statuses[-1][1] == 4096
+
+
+def test_outboxes_save_one_by_one_when_their_query_fails(monkeypatch):
+    monkeypatch.setattr(session_module, "IDLE_SAVE_INTERVAL", 0.0)
+    group, leadership, stream = idle_lanes_past_their_save_interval()
+    leadership.together_fails = True  # a dropped outbox's statement, say
+    asyncio.run(group._save_and_report())
+    assert leadership.queries == 4
+    assert leadership.saved == [("a", "0/1000"), ("b", "0/1000"), ("c", "0/1000")]
+    assert stream.statuses[-1][1] == 4096
 
 
 def test_an_outbox_in_the_middle_of_a_transaction_does_not_follow_the_stream():
