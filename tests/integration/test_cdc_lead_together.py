@@ -15,7 +15,7 @@ from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcSettings
 from relay.db import DbSession
 from relay.errors import LeaseLostError
-from tests.support.relays import install_outbox
+from tests.support.relays import execute, install_outbox
 
 pytestmark = pytest.mark.integration
 
@@ -53,12 +53,12 @@ def test_the_outboxes_positions_are_written_together_all_or_nothing(db_dsn):
                 await lead.cover(schema)
             together = await lead.guarded_together(saves("0/10"))
             first = await asyncio.to_thread(confirmed, db_dsn)
-            with psycopg.connect(db_dsn, autocommit=True) as conn:
-                conn.execute("DROP SCHEMA tenant_c CASCADE")
+            # In a thread: DROP SCHEMA may wait for the leader's own transaction.
+            await asyncio.to_thread(execute, db_dsn, "DROP SCHEMA tenant_c CASCADE")
             after_drop = await lead.guarded_together(saves("0/20"))
             unchanged = await asyncio.to_thread(confirmed, db_dsn)
-            with psycopg.connect(db_dsn, autocommit=True) as conn:  # another relay leads
-                conn.execute("UPDATE tenant_b.cdc_state SET leader_id = gen_random_uuid()")
+            await asyncio.to_thread(  # another relay leads
+                execute, db_dsn, "UPDATE tenant_b.cdc_state SET leader_id = gen_random_uuid()")
             with pytest.raises(LeaseLostError):
                 await lead.guarded_together(saves("0/30", SCHEMAS[:2]))
             return together, first, after_drop, unchanged, lead.lost.is_set()

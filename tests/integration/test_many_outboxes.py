@@ -14,7 +14,7 @@ from relay.poll.leases import LeaseKeeper
 from relay.poll.shared import PollDatabase
 from relay.poll.source import PollSource
 from tests.support.fakes import InMemoryConnector
-from tests.support.relays import eventually, install_outbox, relay_config
+from tests.support.relays import eventually, execute, install_outbox, relay_config
 
 pytestmark = pytest.mark.integration
 
@@ -181,8 +181,10 @@ def test_an_outbox_whose_lease_renewal_fails_does_not_let_the_others_lapse(db_ds
                 15,
                 "both outboxes leased",
             )
-            with psycopg.connect(db_dsn, autocommit=True) as conn:
-                conn.execute("ALTER TABLE b.bucket_leases RENAME TO bucket_leases_gone")
+            # In a thread: ALTER TABLE waits for the lease ticker's transaction, which
+            # could never end while this blocked the event loop it runs on.
+            await asyncio.to_thread(
+                execute, db_dsn, "ALTER TABLE b.bucket_leases RENAME TO bucket_leases_gone")
             await eventually(lambda: not leased(service, "b"), 2 * config.lease_ttl, "b lapsed")
             until = time.monotonic() + 2 * config.lease_ttl
             while time.monotonic() < until:  # a's renewals go on through b's failures

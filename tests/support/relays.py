@@ -25,6 +25,13 @@ FAST = {
 }
 
 
+def execute(dsn: str, statement: str) -> None:
+    """One statement on a connection of its own (call it through asyncio.to_thread from a
+    test whose relay runs on the event loop: DDL may wait for the relay's transaction)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(statement)
+
+
 def install_outbox(dsn: str, schema: str = "outbox") -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         migrate(conn, schema)
