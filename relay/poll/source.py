@@ -59,6 +59,7 @@ class PollSource:
         # One wake-up event per lane, so a lane clearing its own cannot swallow another's.
         self.wakeups = [asyncio.Event() for _ in range(config.claim_lanes)]
         self.stats = PollerStats()
+        self._wake_ups = 0  # NOTIFYs and the shared look's wake-ups (activity)
         self.spread = LaneSpread(config.claim_lanes, config.batch_size, on_change=self.wake)
         self.leases = LeaseKeeper(
             duty("leases"),
@@ -137,6 +138,7 @@ class PollSource:
     def _notified(self) -> None:
         """Writers inserted rows: the lanes look for work, and the scheduler for delayed
         messages among them (a delayed insert notifies like any other)."""
+        self._wake_ups += 1
         self.wake()
         self.scheduler.poke()
 
@@ -173,7 +175,16 @@ class PollSource:
         return {}
 
     def activity(self) -> Hashable | None:
-        return None  # polling does not see inserts as they come
+        """In a relay of many outboxes, what it has seen of this one: its NOTIFYs, the
+        shared look's wake-ups (it finds every message waiting to be claimed or due,
+        NOTIFY or not, each --poll-interval) and what its lanes handled; the sampler
+        reads an outbox quiet by these less often (relay.operability). Alone, with no
+        shared look: None, read every round."""
+        if self.lookout is None:
+            return None
+        stats = self.stats
+        return (self._wake_ups, stats.batches, stats.failed, stats.dead_lettered,
+                stats.outages)
 
 
 POLL = SourceKind(

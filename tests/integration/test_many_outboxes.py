@@ -198,3 +198,46 @@ def test_an_outbox_whose_lease_renewal_fails_does_not_let_the_others_lapse(db_ds
     # once, or twice if b's source restarted meanwhile; not at every tick of the test
     shared_failures = [r for r in caplog.records if "lease renewal of" in r.getMessage()]
     assert len(shared_failures) <= 2, [r.getMessage() for r in shared_failures]
+
+
+def sources(service: FleetService) -> dict[str, PollSource]:
+    return {
+        runner.address.schema: runner.source
+        for runner in service.runners.values()
+        if isinstance(runner.source, PollSource)
+    }
+
+
+def test_what_the_relay_sees_of_an_outbox_moves_with_messages_it_cannot_claim(db_dsn):
+    """The backlog sampler reads an outbox quiet by Source.activity less often; a message
+    the relay cannot claim (another relay leases its bucket) must still move it, through
+    the NOTIFY and, unannounced, through the shared look for work."""
+    for schema in ("a", "b"):
+        install_outbox(db_dsn, schema)
+    config = relay_config(db_dsn, schemas=("a", "b"), poll_interval=0.2)
+
+    async def scenario() -> list[bool]:
+        service = FleetService(config, connector=InMemoryConnector())
+        task = asyncio.create_task(service.run())
+        try:
+            await eventually(lambda: len(leased(service, "b")) == 256, 15, "b leased")
+            await asyncio.to_thread(  # another relay takes every bucket of b
+                execute, db_dsn, "UPDATE b.bucket_leases SET relay_id = gen_random_uuid(), "
+                "expires_at = now() + interval '1 hour'")
+            await eventually(lambda: not leased(service, "b"), 10, "b's leases gone")
+            source = sources(service)["b"]
+            moved = []
+            before = source.activity()
+            await asyncio.to_thread(backlog, db_dsn, "b", "t", 1)  # announced by a NOTIFY
+            await eventually(lambda: source.activity() != before, 5, "the NOTIFY seen")
+            moved.append(True)
+            await asyncio.sleep(0.5)  # the shared look wakes b for its row every round
+            settled = source.activity()
+            await asyncio.sleep(0.5)
+            moved.append(source.activity() != settled)
+            return moved
+        finally:
+            service.request_stop()
+            await asyncio.wait_for(task, 30)
+
+    assert asyncio.run(scenario()) == [True, True]
