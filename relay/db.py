@@ -197,3 +197,13 @@ def connection_failure(dsn: str, exc: psycopg.Error) -> RelayError:
 def lock_space(schema: str) -> int:
     """The advisory-lock namespace of a schema's buckets (a signed 32-bit integer)."""
     return zlib.crc32(f"outbox-relay:{schema}".encode()) - 2**31
+
+
+async def first_row_of_each(cursor: psycopg.AsyncCursor[Any], count: int) -> list[Any]:
+    """The first row (or None) of each of the ``count`` results of a query of several
+    statements."""
+    rows = []
+    for _ in range(count):
+        rows.append(await cursor.fetchone())
+        cursor.nextset()
+    return rows

@@ -41,7 +41,7 @@ from relay.cdc.frames import str_to_lsn
 from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcNames
 from relay.config import RelayConfig
-from relay.db import DbSession
+from relay.db import DbSession, first_row_of_each
 from relay.errors import LeaseLostError, RelayError, translate_db_error
 from relay.sqlfiles import bind, query
 from relay.tasks import BackgroundTask, wait_any
@@ -351,10 +351,7 @@ class Leadership:
         try:
             cursor = await conn.execute(sql.SQL(";\n").join(
                 self._renewal_of(schema) for schema in schemas))
-            renewed = []
-            for _ in schemas:
-                renewed.append(await cursor.fetchone())
-                cursor.nextset()
+            renewed = await first_row_of_each(cursor, len(schemas))
         except psycopg.Error as exc:
             if conn.closed or conn.broken:
                 raise translate_db_error(exc, "renewing the CDC lease") from None
@@ -425,10 +422,7 @@ class Leadership:
             # Bound client-side and without parameters: psycopg sends the statements as
             # one simple query, which PostgreSQL runs as one transaction.
             cursor = await conn.execute(text.encode(conn.info.encoding))
-            written = []
-            for _ in writes:
-                written.append(await cursor.fetchone())
-                cursor.nextset()
+            written = await first_row_of_each(cursor, len(writes))
         except psycopg.Error as exc:
             if conn.closed or conn.broken:
                 await self._session.discard()
