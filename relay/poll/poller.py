@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncClientCursor, AsyncConnection, sql
+from psycopg import AsyncConnection, sql
 
 from relay.backoff import full_jitter
 from relay.config import RelayConfig
@@ -82,13 +82,40 @@ async def lock_and_claim(
         await cursor.close()
 
 
+class SentAndCommit:
+    """``acknowledge`` (delete_sent or mark_sent) for some seqs, then COMMIT: one
+    simple-protocol query. If the write fails, PostgreSQL skips the COMMIT.
+
+    The statement is rendered once; each batch only puts its seqs in, as an array
+    literal of integers (digits, minus signs and commas need no quoting). A cursor's
+    ``mogrify`` per batch cost more than the rest of building it.
+    """
+
+    PLACEHOLDER = b"%(seqs)s"
+
+    def __init__(self, acknowledge: sql.Composed) -> None:
+        self._acknowledge = acknowledge
+        self._parts: tuple[bytes, bytes] | None = None
+
+    def statement(self, conn: AsyncConnection[Any], seqs: Sequence[int]) -> bytes:
+        if self._parts is None:
+            self._parts = self._split(self._acknowledge.as_bytes(conn))
+        before, after = self._parts
+        return b"".join((before, b"'", bigint_array(seqs).encode(), b"'", after))
+
+    @classmethod
+    def _split(cls, rendered: bytes) -> tuple[bytes, bytes]:
+        before, found, after = rendered.partition(cls.PLACEHOLDER)
+        if not found or b"%" in before + after:  # mogrify would unescape a %%
+            raise ValueError(f"not an acknowledgement with one {cls.PLACEHOLDER!r}")
+        return before, after + b";\nCOMMIT"
+
+
 def sent_and_commit_statement(
     conn: AsyncConnection[Any], acknowledge: sql.Composed, seqs: Sequence[int]
 ) -> bytes:
-    """``acknowledge`` (delete_sent or mark_sent) for ``seqs``, then COMMIT: one
-    simple-protocol query. If the write fails, PostgreSQL skips the COMMIT."""
-    write = AsyncClientCursor(conn).mogrify(acknowledge, {"seqs": bigint_array(seqs)})
-    return write.encode() + b";\nCOMMIT"
+    """``acknowledge`` for ``seqs``, then COMMIT, as one query (see SentAndCommit)."""
+    return SentAndCommit(acknowledge).statement(conn, seqs)
 
 
 def claim_session(config: RelayConfig, lane: int = 0) -> DbSession:
@@ -185,6 +212,8 @@ class Poller:
             max_attempts=config.max_attempts,
             on_poison=config.on_poison,
         )
+        name = "delete_sent" if config.retention == 0 else "mark_sent"
+        self._sent_and_commit = SentAndCommit(query(name, config.schema))
         self.stats = stats if stats is not None else PollerStats()  # shared by the lanes
         self._failures_in_a_row = 0
 
@@ -358,14 +387,14 @@ class Poller:
     async def _acknowledge_and_commit(
         self, conn: AsyncConnection[Any], ack: Acknowledgement
     ) -> None:
-        schema = self._config.schema
-        name = "delete_sent" if self._config.retention == 0 else "mark_sent"
         if ack.sent and ack.sent_only:
             # The usual batch: its one write and COMMIT in one query, one round trip.
-            statement = sent_and_commit_statement(conn, query(name, schema), ack.sent)
+            statement = self._sent_and_commit.statement(conn, ack.sent)
             await conn.execute(statement, prepare=False)
             return
-        await write_acknowledgement(conn, schema, ack, retention=self._config.retention)
+        await write_acknowledgement(
+            conn, self._config.schema, ack, retention=self._config.retention
+        )
 
     def _count(self, ack: Acknowledgement, outcomes: Sequence[Outcome], elapsed: float) -> None:
         delivered = len(ack.sent)

@@ -17,11 +17,17 @@ from psycopg import sql
 from relay import enqueue
 from relay.errors import LeaseLostError, SchemaMissingError
 from relay.model import permanent, retryable
-from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
+from relay.outbox_rows import (
+    CLAIM_COLUMNS,
+    bigint_array,
+    message_from_claim,
+    register_claim_loaders,
+)
 from relay.poll.leases import LeaseKeeper
 from relay.poll.poller import (
     BEGIN_READ_COMMITTED,
     Poller,
+    SentAndCommit,
     claim_session,
     lock_and_claim,
     lock_space,
@@ -585,6 +591,31 @@ def test_the_acknowledgement_and_its_commit_go_as_one_query(db_dsn, name):
         conn.execute(REFUSE_WRITES)
     assert asyncio.run(acknowledge(seqs[3:])) == "INERROR"  # the write failed: no COMMIT
     assert pending(db_dsn) == 2
+
+
+@pytest.mark.parametrize("name", ["delete_sent", "mark_sent"])
+def test_the_acknowledgement_is_what_a_cursor_would_have_bound(db_dsn, name):
+    """SentAndCommit renders the statement once and puts each batch's seqs in itself."""
+
+    async def both(seqs: list[int]) -> tuple[bytes, bytes]:
+        async with await psycopg.AsyncConnection.connect(db_dsn) as conn:
+            bound = psycopg.AsyncClientCursor(conn).mogrify(
+                query(name, "outbox"), {"seqs": bigint_array(seqs)}
+            )
+            statement = SentAndCommit(query(name, "outbox"))
+            statement.statement(conn, [0])  # the rendering is kept from the first batch
+            return statement.statement(conn, seqs), bound.encode() + b";\nCOMMIT"
+
+    for seqs in ([1], [3, -2, 9_223_372_036_854_775_807], list(range(500))):
+        ours, cursors = asyncio.run(both(seqs))
+        assert ours == cursors
+
+
+def test_an_acknowledgement_with_a_percent_sign_is_refused():
+    with pytest.raises(ValueError, match="one"):
+        SentAndCommit(sql.SQL("DELETE FROM t WHERE a LIKE 'x%%' AND seq = ANY(%(seqs)s)"))._split(
+            b"DELETE FROM t WHERE a LIKE 'x%%' AND seq = ANY(%(seqs)s)"
+        )
 
 
 def test_retention_purges_old_sent_rows_in_batches(db_dsn):
