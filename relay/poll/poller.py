@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncClientCursor, AsyncConnection, sql
 
 from relay.backoff import full_jitter
 from relay.config import RelayConfig
@@ -39,6 +39,7 @@ from relay.outbox_rows import (
     message_row,
     plan_acknowledgement,
     register_claim_loaders,
+    register_claim_text_loaders,
     write_acknowledgement,
 )
 from relay.poll.leases import LeaseKeeper
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 # and claimed at once: commits that far apart (a service's usual trickle) rarely have
 # another right behind, and lingering only delayed the one.
 LONE_COMMIT_AFTER = 2
+# A lane whose last round claimed fewer rows than this claims in one simple query
+# (SimpleClaim); a larger batch comes in binary through the pipeline.
+SIMPLE_CLAIM_UNDER = 16
 
 
 # READ COMMITTED whatever the server's default: the claim after the lock must take a
@@ -80,6 +84,53 @@ async def lock_and_claim(
         return await cursor.fetchall()
     finally:
         await cursor.close()
+
+
+class SimpleClaim:
+    """What ``lock_and_claim`` does, as one simple-protocol query of three statements
+    (each still a statement, with a snapshot, of its own), the rows in text format.
+
+    For a lane whose rounds claim a few rows (light traffic): the pipeline's machinery
+    (a turn of psycopg's generators and a poll of the socket per statement) cost the
+    relay more CPU than the round's rows, where a simple query is one send and one read.
+    A lane's claim parameters never change, so the query is rendered once, on the first
+    claim; binary rows stay cheaper for a large batch, which ``lock_and_claim`` takes.
+    """
+
+    def __init__(self, schema: str, params: Mapping[str, Any]) -> None:
+        self._schema = schema
+        self._params = params
+        self._statement: bytes | None = None
+
+    async def __call__(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
+        if self._statement is None:
+            self._statement = self._render(conn)
+        cursor = conn.cursor(row_factory=message_row)
+        register_claim_text_loaders(cursor.adapters)
+        try:
+            await cursor.execute(self._statement, prepare=False)
+            cursor.nextset()  # past BEGIN
+            cursor.nextset()  # past the lock: the claim's rows
+            return await cursor.fetchall()
+        finally:
+            await cursor.close()
+
+    def _render(self, conn: AsyncConnection[Any]) -> bytes:
+        mogrify = AsyncClientCursor(conn).mogrify
+        return b";\n".join(
+            (
+                BEGIN_READ_COMMITTED,
+                mogrify(query("lock_leased_buckets", self._schema), self._params).encode(),
+                mogrify(query("claim_batch", self._schema), self._params).encode(),
+            )
+        )
+
+
+async def lock_and_claim_simply(
+    conn: AsyncConnection[Any], schema: str, params: Mapping[str, Any]
+) -> list[OutboxMessage]:
+    """``lock_and_claim`` as one simple query (see SimpleClaim)."""
+    return await SimpleClaim(schema, params)(conn)
 
 
 class SentAndCommit:
@@ -201,6 +252,10 @@ class Poller:
         }
         # While the lanes are gathered, lane 0 claims every leased bucket (relay.poll.spread).
         self._every_bucket = {**self._claim_params, "lane": 0, "lanes": 1}
+        self._simple_claims = {  # by whether the lanes are spread
+            True: SimpleClaim(config.schema, self._claim_params),
+            False: SimpleClaim(config.schema, self._every_bucket),
+        }
         self._spread = spread or LaneSpread(config.claim_lanes, config.batch_size)
         self._loop_name = f"claim lane {lane}"
         self._lane = lane
@@ -216,6 +271,7 @@ class Poller:
         self._sent_and_commit = SentAndCommit(query(name, config.schema))
         self.stats = stats if stats is not None else PollerStats()  # shared by the lanes
         self._failures_in_a_row = 0
+        self._last_claimed = config.batch_size  # a relay starts on a backlog, if any
 
     @property
     def batch_deadline(self) -> float:
@@ -364,8 +420,14 @@ class Poller:
         return DrainResult(claimed=len(rows), outage=outage)
 
     async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
-        params = self._claim_params if self._spread.spread else self._every_bucket
-        return await lock_and_claim(conn, self._config.schema, params)
+        spread = self._spread.spread
+        if self._last_claimed < SIMPLE_CLAIM_UNDER:
+            rows = await self._simple_claims[spread](conn)
+        else:
+            params = self._claim_params if spread else self._every_bucket
+            rows = await lock_and_claim(conn, self._config.schema, params)
+        self._last_claimed = len(rows)
+        return rows
 
     async def _publish_and_acknowledge(
         self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage]

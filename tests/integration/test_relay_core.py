@@ -30,6 +30,7 @@ from relay.poll.poller import (
     SentAndCommit,
     claim_session,
     lock_and_claim,
+    lock_and_claim_simply,
     lock_space,
     sent_and_commit_statement,
 )
@@ -272,7 +273,9 @@ def test_a_busy_relay_quiets_the_writers_and_a_dry_lane_wakes_them(db_dsn):
     assert asyncio.run(scenario()) < 2.0
 
 
-def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(db_dsn):
+# The poller claims a large batch in a pipeline, a small one in one simple query.
+@pytest.mark.parametrize("claim", [lock_and_claim, lock_and_claim_simply])
+def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(db_dsn, claim):
     install_outbox(db_dsn)
     relay_id = lease_bucket(db_dsn, 0)
     with psycopg.connect(db_dsn, autocommit=True) as admin:
@@ -289,14 +292,14 @@ def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(d
         )
 
     async def lock_one_lane(lane: int, other: psycopg.Connection) -> tuple[list[int], bool]:
-        # As the poller does: BEGIN, the lock and the claim in one pipeline, on an
+        # As the poller does: BEGIN, the lock and the claim in one round trip, on an
         # autocommit session.
         async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
             params = {
                 "relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3,
                 "buckets": None, "limit": 10,
             }  # fmt: skip
-            await lock_and_claim(conn, "outbox", params)
+            await claim(conn, "outbox", params)
             locked = await conn.execute(
                 "SELECT current_setting('outbox_relay.locked_buckets')::smallint[]"
             )
@@ -667,6 +670,40 @@ def test_the_claim_returns_the_columns_message_from_claim_unpacks(db_dsn):
     assert (binary.id, binary.payload, binary.headers) == (ids[0], b"\x00\xff", {"h": "v"})
     assert unicode.id == ids[1] and unicode.content_type == "application/json"
     assert unicode.payload == '{"é":[1,2.5]}'.encode()  # the text as written, not re-encoded
+
+
+def test_a_simple_claim_loads_the_same_messages_as_a_binary_one(db_dsn):
+    install_outbox(db_dsn)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        with conn.transaction():
+            enqueue(conn, topic="t", key="b", payload=b"\x00\xff", headers={"h": "v"})
+            enqueue(conn, topic="t", key="j", payload={"é": [1, 2.50]})
+            enqueue(conn, topic="t", key=None, payload={"n": 1}, headers={"x": 1})
+        relay_id = lease_bucket(db_dsn, 0)
+        conn.execute(
+            "UPDATE outbox.bucket_leases SET relay_id = %s, expires_at = now() + interval "
+            "'1 minute'",
+            (relay_id,),
+        )
+
+    async def claim_with(claim):
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+            await conn.execute("SET TimeZone = 'UTC'")  # as the claim sessions are
+            params = {
+                "relay_id": relay_id, "lock_space": 1, "lane": 0, "lanes": 1,
+                "buckets": None, "limit": 10,
+            }  # fmt: skip
+            messages = await claim(conn, "outbox", params)
+            await conn.execute("ROLLBACK")
+            return messages
+
+    binary = asyncio.run(claim_with(lock_and_claim))
+    simple = asyncio.run(claim_with(lock_and_claim_simply))
+    assert len(binary) == 3
+    assert simple == binary
+    assert [type(m.payload) for m in simple] == [bytes] * 3
+    assert simple[1].payload == '{"é":[1,2.5]}'.encode()  # the text as written
+    assert simple[2].headers == {"x": "1"}
 
 
 # (duty, query, params, SQL making the rows candidates, the plan the planner picks alone)
