@@ -23,17 +23,15 @@ from relay.outbox_rows import (
     message_from_claim,
     register_claim_loaders,
 )
-from relay.poll.leases import LeaseKeeper
-from relay.poll.poller import (
+from relay.poll.claims import (
     BEGIN_READ_COMMITTED,
-    Poller,
     SentAndCommit,
-    claim_session,
     lock_and_claim,
     lock_and_claim_simply,
-    lock_space,
     sent_and_commit_statement,
 )
+from relay.poll.leases import LeaseKeeper
+from relay.poll.poller import Poller, claim_session, lock_space
 from relay.poll.source import duty_session
 from relay.service import RelayService, preflight
 from relay.sqlfiles import query
@@ -426,7 +424,7 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
 
 
 def claim_like_the_poller(conn, relay_id, limit=10):
-    """The poller's claim (relay.poll.poller.lock_and_claim) on an autocommit connection:
+    """The poller's claim (relay.poll.claims.lock_and_claim) on an autocommit connection:
     BEGIN, the lock and (a new statement) the claim in one pipeline. The transaction stays
     open for the caller to end."""
     params = {
