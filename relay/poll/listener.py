@@ -16,7 +16,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from relay.backoff import full_jitter
+from relay.backoff import SessionBackoff
 from relay.db import DbSession
 from relay.errors import RelayError
 from relay.tasks import BackgroundTask
@@ -53,7 +53,10 @@ class SharedListener:
         self._coalesce = coalesce
         self._wakes: dict[str, Callable[[], None]] = {}
         self._listening: set[str] = set()
-        self._failures = 0
+        # A connection that breaks right after LISTEN succeeds must not be retried at
+        # the base delay forever: the backoff starts small again only after a session
+        # that listened for a while.
+        self._backoff = SessionBackoff(base=0.5, cap=15.0)
         self._task = BackgroundTask("wake-listener", self._run)
 
     def add(self, schema: str, wake: Callable[[], None]) -> None:
@@ -73,8 +76,7 @@ class SharedListener:
                 await self._listen()
             except (RelayError, psycopg.Error) as exc:
                 await self._session.discard()
-                delay = full_jitter(self._failures, base=0.5, cap=15.0)
-                self._failures += 1
+                delay = self._backoff.next_delay()
                 log.info("wake-up listener lost its connection (%s); polling meanwhile", exc)
                 await asyncio.sleep(delay)
 
@@ -82,7 +84,7 @@ class SharedListener:
         conn = await self._session.connection()
         self._listening = set()
         await self._follow(conn)
-        self._failures = 0
+        self._backoff.started()
         for every in list(self._wakes.values()):
             every()  # notifications sent while not listening are lost: look once
         last_woken = -math.inf
