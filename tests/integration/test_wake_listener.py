@@ -11,6 +11,7 @@ import pytest
 
 from relay.db import DbSession
 from relay.poll.listener import SharedListener, WakeListener, channel_name
+from relay.poll.notify_reader import NotifyReader
 
 pytestmark = pytest.mark.integration
 
@@ -59,13 +60,13 @@ def test_without_coalescing_the_relay_wakes_as_notifications_arrive(db_dsn):
 def test_a_trickle_of_notifications_wakes_the_relay_without_pausing(db_dsn, monkeypatch):
     """Notifications further apart than PAUSE_WITHIN pauses gather nothing in a pause."""
     pauses = []
-    real_pause = SharedListener._pause
+    real_hold = NotifyReader._hold
 
-    async def counted(self):
+    def counted(self):
         pauses.append(time.monotonic())
-        await real_pause(self)
+        real_hold(self)
 
-    monkeypatch.setattr(SharedListener, "_pause", counted)
+    monkeypatch.setattr(NotifyReader, "_hold", counted)
     coalesce = 0.02
 
     async def scenario() -> tuple[int, int]:
@@ -91,3 +92,35 @@ def test_a_trickle_of_notifications_wakes_the_relay_without_pausing(db_dsn, monk
 
     trickle, burst = asyncio.run(scenario())
     assert trickle == 0 and burst >= 1
+
+
+def test_a_listening_connection_that_is_killed_is_replaced_and_wakes_again(db_dsn):
+    """The reader callback notices the broken socket; the listener reconnects, wakes
+    once (notifications sent meanwhile are lost) and then as notifications arrive."""
+
+    async def scenario() -> int:
+        wakes: list[float] = []
+        session = DbSession(db_dsn, "listen", connect_timeout=5)
+        listener = WakeListener(session, "outbox", lambda: wakes.append(time.monotonic()), 0.0)
+        listener.start()
+        try:
+            async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as admin:
+                while not wakes:
+                    await asyncio.sleep(0.01)
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name LIKE '%listen%' AND pid <> pg_backend_pid()"
+                )
+                before = len(wakes)
+                while len(wakes) == before:  # the wake-up that follows the new LISTEN
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)
+                before = len(wakes)
+                await admin.execute("SELECT pg_notify(%s, '')", (channel_name("outbox"),))
+                while len(wakes) == before:
+                    await asyncio.sleep(0.01)
+            return len(wakes)
+        finally:
+            await listener.stop()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) >= 3
