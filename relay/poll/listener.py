@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -17,7 +19,6 @@ from psycopg import sql
 from relay.backoff import SessionBackoff
 from relay.db import DbSession
 from relay.errors import RelayError
-from relay.poll.notify_reader import NotifyReader
 from relay.tasks import BackgroundTask
 
 log = logging.getLogger(__name__)
@@ -81,33 +82,29 @@ class SharedListener:
 
     async def _listen(self) -> None:
         conn = await self._session.connection()
-        conn.add_notify_handler(self._notified_meanwhile)
         self._listening = set()
         await self._follow(conn)
         self._backoff.started()
         for every in list(self._wakes.values()):
             every()  # notifications sent while not listening are lost: look once
-        reader = NotifyReader(
-            conn, self._deliver, pause=self._coalesce, pause_within=self.PAUSE_WITHIN
-        )
-        try:
-            while True:
-                reader.start()
-                await reader.wait(self.SYNC_EVERY)
-                if set(self._wakes) != self._listening:
-                    reader.stop()
-                    await self._follow(conn)
-        finally:
-            reader.stop()
+        last_woken = -math.inf
+        while True:
+            # A packet's notifications at once (stop_after=1 ends after the packet).
+            notifies = conn.notifies(timeout=self.SYNC_EVERY, stop_after=1)
+            woken = {notification.channel async for notification in notifies}
+            for channel in woken:
+                if (wake := self._wakes.get(channel)) is not None:
+                    wake()
+            await self._follow(conn)
+            if woken and self._coalesce > 0:
+                now = time.monotonic()
+                if now - last_woken < self.PAUSE_WITHIN * self._coalesce:
+                    await self._pause()
+                last_woken = now
 
-    def _deliver(self, channels: set[str]) -> None:
-        for channel in channels:
-            if (wake := self._wakes.get(channel)) is not None:
-                wake()
-
-    def _notified_meanwhile(self, notification: psycopg.Notify) -> None:
-        """A notification that arrived while LISTEN or UNLISTEN ran (psycopg reads it)."""
-        self._deliver({notification.channel})
+    async def _pause(self) -> None:
+        """Let the notifications right behind this one arrive, to be read in one go."""
+        await asyncio.sleep(self._coalesce)
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN to the channels of outboxes added, UNLISTEN those of outboxes gone."""

@@ -11,7 +11,6 @@ import pytest
 
 from relay.db import DbSession
 from relay.poll.listener import SharedListener, WakeListener, channel_name
-from relay.poll.notify_reader import NotifyReader
 
 pytestmark = pytest.mark.integration
 
@@ -60,13 +59,13 @@ def test_without_coalescing_the_relay_wakes_as_notifications_arrive(db_dsn):
 def test_a_trickle_of_notifications_wakes_the_relay_without_pausing(db_dsn, monkeypatch):
     """Notifications further apart than PAUSE_WITHIN pauses gather nothing in a pause."""
     pauses = []
-    real_hold = NotifyReader._hold
+    real_pause = SharedListener._pause
 
-    def counted(self):
+    async def counted(self):
         pauses.append(time.monotonic())
-        real_hold(self)
+        await real_pause(self)
 
-    monkeypatch.setattr(NotifyReader, "_hold", counted)
+    monkeypatch.setattr(SharedListener, "_pause", counted)
     coalesce = 0.02
 
     async def scenario() -> tuple[int, int]:
@@ -95,8 +94,8 @@ def test_a_trickle_of_notifications_wakes_the_relay_without_pausing(db_dsn, monk
 
 
 def test_a_listening_connection_that_is_killed_is_replaced_and_wakes_again(db_dsn):
-    """The reader callback notices the broken socket; the listener reconnects, wakes
-    once (notifications sent meanwhile are lost) and then as notifications arrive."""
+    """The listener notices the broken connection, reconnects, wakes once (notifications
+    sent meanwhile are lost) and then as notifications arrive."""
 
     async def scenario() -> int:
         wakes: list[float] = []

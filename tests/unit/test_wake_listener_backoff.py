@@ -13,22 +13,10 @@ from relay.poll.listener import SharedListener
 
 
 class BreaksAfterListen:
-    """A connection whose LISTEN succeeds and whose socket is gone right after."""
+    """A connection whose LISTEN succeeds and whose wait for notifications fails."""
 
     async def execute(self, _statement):
         return None
-
-    def add_notify_handler(self, _handler):
-        return None
-
-    @property
-    def info(self):
-        return self
-
-    encoding = "utf-8"
-
-    def fileno(self):
-        raise psycopg.OperationalError("the connection is lost")
 
     def notifies(self, **_kwargs):
         raise psycopg.OperationalError("server closed the connection unexpectedly")
