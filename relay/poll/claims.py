@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from psycopg import AsyncClientCursor, AsyncConnection, AsyncCursor, sql
+from psycopg import AsyncClientCursor, AsyncConnection, sql
 
 from relay.model import OutboxMessage
 from relay.outbox_rows import (
@@ -59,21 +59,19 @@ class SimpleClaim:
         self._schema = schema
         self._params = params
         self._statement: bytes | None = None
-        # Kept from round to round while the connection is the same: a cursor and its
-        # loaders made anew each round cost about as much as reading the round's row.
-        self._cursor: AsyncCursor[OutboxMessage] | None = None
 
     async def __call__(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
         if self._statement is None:
             self._statement = self._render(conn)
-        cursor = self._cursor
-        if cursor is None or cursor.connection is not conn:
-            cursor = self._cursor = conn.cursor(row_factory=message_row)
-            register_claim_text_loaders(cursor.adapters)
-        await cursor.execute(self._statement, prepare=False)
-        cursor.nextset()  # past BEGIN
-        cursor.nextset()  # past the lock: the claim's rows
-        return await cursor.fetchall()
+        cursor = conn.cursor(row_factory=message_row)
+        register_claim_text_loaders(cursor.adapters)
+        try:
+            await cursor.execute(self._statement, prepare=False)
+            cursor.nextset()  # past BEGIN
+            cursor.nextset()  # past the lock: the claim's rows
+            return await cursor.fetchall()
+        finally:
+            await cursor.close()
 
     def _render(self, conn: AsyncConnection[Any]) -> bytes:
         mogrify = AsyncClientCursor(conn).mogrify
@@ -107,14 +105,6 @@ class SentAndCommit:
     def __init__(self, acknowledge: sql.Composed) -> None:
         self._acknowledge = acknowledge
         self._parts: tuple[bytes, bytes] | None = None
-        self._cursor: AsyncCursor[Any] | None = None  # kept, as SimpleClaim's
-
-    async def execute(self, conn: AsyncConnection[Any], seqs: Sequence[int]) -> None:
-        """Send the statement for ``seqs`` and wait for its outcome."""
-        cursor = self._cursor
-        if cursor is None or cursor.connection is not conn:
-            cursor = self._cursor = conn.cursor()
-        await cursor.execute(self.statement(conn, seqs), prepare=False)
 
     def statement(self, conn: AsyncConnection[Any], seqs: Sequence[int]) -> bytes:
         if self._parts is None:

@@ -338,7 +338,8 @@ class Poller:
     ) -> None:
         if ack.sent and ack.sent_only:
             # The usual batch: its one write and COMMIT in one query, one round trip.
-            await self._sent_and_commit.execute(conn, ack.sent)
+            statement = self._sent_and_commit.statement(conn, ack.sent)
+            await conn.execute(statement, prepare=False)
             return
         await write_acknowledgement(
             conn, self._config.schema, ack, retention=self._config.retention

@@ -26,7 +26,6 @@ from relay.outbox_rows import (
 from relay.poll.claims import (
     BEGIN_READ_COMMITTED,
     SentAndCommit,
-    SimpleClaim,
     lock_and_claim,
     lock_and_claim_simply,
     sent_and_commit_statement,
@@ -703,43 +702,6 @@ def test_a_simple_claim_loads_the_same_messages_as_a_binary_one(db_dsn):
     assert [type(m.payload) for m in simple] == [bytes] * 3
     assert simple[1].payload == '{"é":[1,2.5]}'.encode()  # the text as written
     assert simple[2].headers == {"x": "1"}
-
-
-def test_a_simple_claim_keeps_its_cursor_while_the_connection_is_the_same(db_dsn):
-    install_outbox(db_dsn)
-    write(db_dsn, 3)
-    relay_id = lease_bucket(db_dsn, 0)
-    with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE outbox.bucket_leases SET relay_id = %s, expires_at = now() + interval "
-            "'1 minute'",
-            (relay_id,),
-        )
-    params = {
-        "relay_id": relay_id, "lock_space": 1, "lane": 0, "lanes": 1,
-        "buckets": None, "limit": 1,
-    }  # fmt: skip
-    claim = SimpleClaim("outbox", params)
-    acknowledge = SentAndCommit(query("delete_sent", "outbox"))
-
-    async def round_on(conn) -> tuple[int, object, object]:
-        rows = await claim(conn)
-        await acknowledge.execute(conn, [m.position for m in rows])
-        return len(rows), claim._cursor, acknowledge._cursor
-
-    async def scenario():
-        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as first:
-            one = await round_on(first)
-            two = await round_on(first)
-        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as second:
-            three = await round_on(second)
-        return one, two, three
-
-    one, two, three = asyncio.run(scenario())
-    assert [one[0], two[0], three[0]] == [1, 1, 1]  # each round claimed and deleted one
-    assert one[1] is two[1] and one[2] is two[2]  # kept on the same connection
-    assert three[1] is not two[1] and three[2] is not two[2]  # anew on another
-    assert pending(db_dsn) == 0
 
 
 # (duty, query, params, SQL making the rows candidates, the plan the planner picks alone)
