@@ -32,7 +32,7 @@ from relay.metrics import RelayMetrics
 from relay.operability import BacklogSampler, SampleTarget
 from relay.outboxes import OutboxAddress
 from relay.source import DatabaseShare, Source, SourceKind, SourceParts
-from relay.tasks import BackgroundTask, bounded, wait_any
+from relay.tasks import BackgroundTask, Signal, bounded, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class OutboxRunner:
         self.source: Source | None = None
         self.problem: str | None = "starting"
         self.published_before = 0  # by the sources this runner ran and closed
-        self.stopping = asyncio.Event()
+        self.stopping = Signal()
         self._task = BackgroundTask(f"outbox {address.name}", self._run)
 
     @property

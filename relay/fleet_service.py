@@ -25,7 +25,7 @@ from relay.health import HealthServer
 from relay.limits import limit_message_size
 from relay.outboxes import OutboxAddress, database_labels, outbox_addresses, schemas_like
 from relay.service import preflight, source_kind
-from relay.tasks import BackgroundTask, bounded, wait_any
+from relay.tasks import BackgroundTask, Signal, bounded, wait_any
 from relay.tracing import traced
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class FleetService:
         self._labels = dict(zip(config.databases, database_labels(config.databases), strict=True))
         self._lookup_failures: dict[str, str] = {}
         self._discovery = BackgroundTask("outbox-discovery", self._discover_forever)
-        self.stopping = asyncio.Event()
+        self.stopping = Signal()
 
     def probes(self) -> list[OutboxProbe]:
         return [runner.probe for runner in list(self.runners.values())]

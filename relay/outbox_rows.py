@@ -63,6 +63,27 @@ def register_claim_loaders(adapters: AdaptersMap) -> None:
     adapters.register_loader("jsonb", JsonbObjectLoader)
 
 
+class JsonbTextObjectLoader(Loader):
+    """jsonb in text format as Python objects, with orjson."""
+
+    def load(self, data: Buffer) -> Any:
+        return orjson.loads(data)
+
+
+class JsonTextBytesLoader(Loader):
+    """json in text format as the bytes of its text, as the binary claim loads it."""
+
+    def load(self, data: Buffer) -> bytes:
+        return bytes(data)
+
+
+def register_claim_text_loaders(adapters: AdaptersMap) -> None:
+    """For a claim in text format (a simple-protocol query): the same values as
+    ``register_claim_loaders`` gives a binary claim."""
+    adapters.register_loader("json", JsonTextBytesLoader)
+    adapters.register_loader("jsonb", JsonbTextObjectLoader)
+
+
 def header_text(value: Any) -> str:
     """Headers are strings on the wire; other JSON values travel as their JSON text."""
     return value if isinstance(value, str) else orjson.dumps(value).decode()

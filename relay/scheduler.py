@@ -35,7 +35,7 @@ from relay.backoff import full_jitter
 from relay.db import DbSession, lock_space
 from relay.errors import RelayError
 from relay.sqlfiles import query
-from relay.tasks import BackgroundTask, wait_any
+from relay.tasks import BackgroundTask, Signal, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Scheduler:
         self._chunk = chunk
         self._recheck = recheck
         self._on_promoted = on_promoted
-        self._poked = asyncio.Event()
+        self._poked = Signal()
         self._last_look = -math.inf
         self._failures = 0
         self._background: BackgroundTask | None = None

@@ -27,7 +27,7 @@ from relay.operability import Operability
 from relay.poll.source import POLL
 from relay.privileges import require_privileges
 from relay.source import Source, SourceKind, SourceParts
-from relay.tasks import bounded
+from relay.tasks import Signal, bounded
 from relay.tracing import traced
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class RelayService:
         self.connector = instrument(
             format_connector(traced(limited, config), config), self.breaker, self.metrics
         )
-        self.stopping = asyncio.Event()
+        self.stopping = Signal()
         self.sessions: list[DbSession] = []
         self.source: Source = source_kind(config.mode).build(
             SourceParts(

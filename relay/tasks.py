@@ -17,9 +17,36 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+class Signal(asyncio.Event):
+    """An ``asyncio.Event`` that ``wait_any`` waits on without a task of its own.
+
+    ``wait_any`` over plain events needs a task per event and ``asyncio.wait``: two more
+    turns of the event loop per wait, and a claim lane waits once per round. Setting a
+    Signal also resolves the futures ``wait_any`` left on it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watchers: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        super().set()
+        for watcher in self._watchers:
+            _resolve(watcher)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
     """Return once any of ``events`` is set, or after ``timeout`` seconds."""
     if any(event.is_set() for event in events):
+        return
+    signals = [event for event in events if isinstance(event, Signal)]
+    if len(signals) == len(events):
+        await _wait_for_signals(signals, timeout)
         return
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
@@ -27,6 +54,22 @@ async def wait_any(*events: asyncio.Event, timeout: float | None = None) -> None
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+async def _wait_for_signals(signals: list[Signal], timeout: float | None) -> None:
+    """``wait_any`` of Signals: one future, resolved by the first Signal set or a timer."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+    timer = None if timeout is None else loop.call_later(timeout, _resolve, woken)
+    for signal in signals:
+        signal._watchers.append(woken)
+    try:
+        await woken  # cancelling the caller cancels the future and ends the wait
+    finally:
+        for signal in signals:
+            signal._watchers.remove(woken)
+        if timer is not None:
+            timer.cancel()
 
 
 async def wait_future(future: asyncio.Future[Any], timeout: float) -> None:

@@ -29,7 +29,7 @@ from psycopg import AsyncConnection, sql
 from relay.db import DbSession
 from relay.errors import RelayError, RetryableError
 from relay.sqlfiles import bind, query
-from relay.tasks import BackgroundTask, wait_any
+from relay.tasks import BackgroundTask, Signal, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class LeaseKeeper:
         self._held: tuple[frozenset[int], str] = (self.owned, "{}")
         self._valid_until = 0.0
         self._task = BackgroundTask("lease-keeper", self._run)
-        self._stopping = asyncio.Event()
+        self._stopping = Signal()
         self._ticks = ticks
         # the outbox's context (its log lines name it), for what a shared ticker runs
         self._context = contextvars.copy_context()

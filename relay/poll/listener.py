@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -35,12 +37,16 @@ class SharedListener:
     outbox's channel calls that outbox's ``wake``, at most once per ``coalesce`` seconds.
 
     Every notifying transaction sends one notification, so at a high commit rate handling
-    each on its own was a large share of the relay's CPU. After a wake-up the listener
-    pauses for ``coalesce`` (the poll linger, which the woken poller waits anyway), then
-    reads whatever arrived meanwhile in one go and wakes each outbox once for all of it.
+    each on its own was a large share of the relay's CPU. After a wake-up that came soon
+    after the one before, the listener pauses for ``coalesce`` (the poll linger, which the
+    woken poller waits anyway), then reads whatever arrived meanwhile in one go and wakes
+    each outbox once for all of it. Notifications further apart than PAUSE_WITHIN pauses
+    (a service's trickle) are taken as they come: a pause would gather nothing and cost a
+    timer and a turn of the event loop each.
     """
 
     SYNC_EVERY = 0.5  # how soon a newly added outbox's channel is listened to
+    PAUSE_WITHIN = 4  # pause after a wake-up that came within this many pauses of the last
 
     def __init__(self, session: DbSession, coalesce: float) -> None:
         self._session = session
@@ -81,6 +87,7 @@ class SharedListener:
         self._backoff.started()
         for every in list(self._wakes.values()):
             every()  # notifications sent while not listening are lost: look once
+        last_woken = -math.inf
         while True:
             # A packet's notifications at once (stop_after=1 ends after the packet).
             notifies = conn.notifies(timeout=self.SYNC_EVERY, stop_after=1)
@@ -90,7 +97,14 @@ class SharedListener:
                     wake()
             await self._follow(conn)
             if woken and self._coalesce > 0:
-                await asyncio.sleep(self._coalesce)
+                now = time.monotonic()
+                if now - last_woken < self.PAUSE_WITHIN * self._coalesce:
+                    await self._pause()
+                last_woken = now
+
+    async def _pause(self) -> None:
+        """Let the notifications right behind this one arrive, to be read in one go."""
+        await asyncio.sleep(self._coalesce)
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """LISTEN to the channels of outboxes added, UNLISTEN those of outboxes gone."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg import AsyncClientCursor, AsyncConnection, sql
+from psycopg import AsyncConnection
 
 from relay.backoff import full_jitter
 from relay.config import RelayConfig
@@ -35,12 +35,10 @@ from relay.model import OutboxMessage, Outcome
 from relay.outbox_rows import (
     Acknowledgement,
     FailurePolicy,
-    bigint_array,
-    message_row,
     plan_acknowledgement,
-    register_claim_loaders,
     write_acknowledgement,
 )
+from relay.poll.claims import SentAndCommit, SimpleClaim, lock_and_claim
 from relay.poll.leases import LeaseKeeper
 from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
@@ -53,42 +51,9 @@ log = logging.getLogger(__name__)
 # and claimed at once: commits that far apart (a service's usual trickle) rarely have
 # another right behind, and lingering only delayed the one.
 LONE_COMMIT_AFTER = 2
-
-
-# READ COMMITTED whatever the server's default: the claim after the lock must take a
-# snapshot of its own (see lock_leased_buckets), which REPEATABLE READ would not.
-BEGIN_READ_COMMITTED = b"BEGIN ISOLATION LEVEL READ COMMITTED"
-
-
-async def lock_and_claim(
-    conn: AsyncConnection[Any], schema: str, params: Mapping[str, Any]
-) -> list[OutboxMessage]:
-    """BEGIN, ``lock_leased_buckets``, then ``claim_batch``: the claimed rows, the
-    transaction left open with the rows and the buckets locked.
-
-    Three statements in one pipeline, so one round trip: at 100 msg/s nearly every round
-    claims one message or none, and its round trips cost the relay more than its rows.
-    Each is still a statement of its own, so the claim's snapshot follows the locks.
-    """
-    async with conn.pipeline():
-        await conn.execute(BEGIN_READ_COMMITTED)
-        await conn.execute(query("lock_leased_buckets", schema), params)
-        cursor = conn.cursor(row_factory=message_row, binary=True)
-        register_claim_loaders(cursor.adapters)
-        await cursor.execute(query("claim_batch", schema), params)
-    try:
-        return await cursor.fetchall()
-    finally:
-        await cursor.close()
-
-
-def sent_and_commit_statement(
-    conn: AsyncConnection[Any], acknowledge: sql.Composed, seqs: Sequence[int]
-) -> bytes:
-    """``acknowledge`` (delete_sent or mark_sent) for ``seqs``, then COMMIT: one
-    simple-protocol query. If the write fails, PostgreSQL skips the COMMIT."""
-    write = AsyncClientCursor(conn).mogrify(acknowledge, {"seqs": bigint_array(seqs)})
-    return write.encode() + b";\nCOMMIT"
+# A lane whose last round claimed fewer rows than this claims in one simple query
+# (SimpleClaim); a larger batch comes in binary through the pipeline.
+SIMPLE_CLAIM_UNDER = 16
 
 
 def claim_session(config: RelayConfig, lane: int = 0) -> DbSession:
@@ -174,6 +139,10 @@ class Poller:
         }
         # While the lanes are gathered, lane 0 claims every leased bucket (relay.poll.spread).
         self._every_bucket = {**self._claim_params, "lane": 0, "lanes": 1}
+        self._simple_claims = {  # by whether the lanes are spread
+            True: SimpleClaim(config.schema, self._claim_params),
+            False: SimpleClaim(config.schema, self._every_bucket),
+        }
         self._spread = spread or LaneSpread(config.claim_lanes, config.batch_size)
         self._loop_name = f"claim lane {lane}"
         self._lane = lane
@@ -185,8 +154,11 @@ class Poller:
             max_attempts=config.max_attempts,
             on_poison=config.on_poison,
         )
+        name = "delete_sent" if config.retention == 0 else "mark_sent"
+        self._sent_and_commit = SentAndCommit(query(name, config.schema))
         self.stats = stats if stats is not None else PollerStats()  # shared by the lanes
         self._failures_in_a_row = 0
+        self._last_claimed = config.batch_size  # a relay starts on a backlog, if any
 
     @property
     def batch_deadline(self) -> float:
@@ -335,8 +307,14 @@ class Poller:
         return DrainResult(claimed=len(rows), outage=outage)
 
     async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
-        params = self._claim_params if self._spread.spread else self._every_bucket
-        return await lock_and_claim(conn, self._config.schema, params)
+        spread = self._spread.spread
+        if self._last_claimed < SIMPLE_CLAIM_UNDER:
+            rows = await self._simple_claims[spread](conn)
+        else:
+            params = self._claim_params if spread else self._every_bucket
+            rows = await lock_and_claim(conn, self._config.schema, params)
+        self._last_claimed = len(rows)
+        return rows
 
     async def _publish_and_acknowledge(
         self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage]
@@ -358,14 +336,14 @@ class Poller:
     async def _acknowledge_and_commit(
         self, conn: AsyncConnection[Any], ack: Acknowledgement
     ) -> None:
-        schema = self._config.schema
-        name = "delete_sent" if self._config.retention == 0 else "mark_sent"
         if ack.sent and ack.sent_only:
             # The usual batch: its one write and COMMIT in one query, one round trip.
-            statement = sent_and_commit_statement(conn, query(name, schema), ack.sent)
+            statement = self._sent_and_commit.statement(conn, ack.sent)
             await conn.execute(statement, prepare=False)
             return
-        await write_acknowledgement(conn, schema, ack, retention=self._config.retention)
+        await write_acknowledgement(
+            conn, self._config.schema, ack, retention=self._config.retention
+        )
 
     def _count(self, ack: Acknowledgement, outcomes: Sequence[Outcome], elapsed: float) -> None:
         delivered = len(ack.sent)

@@ -37,7 +37,7 @@ from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import SharedListener
 from relay.poll.poller import claim_session
 from relay.shared_sessions import OWN_LOOK_EVERY, ClaimPool, Lookout, PooledClaimSession
-from relay.tasks import BackgroundTask, wait_any
+from relay.tasks import BackgroundTask, Signal, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class LeaseTicker:
         self._ttl = ttl
         self._keepers: dict[str, LeaseKeeper] = {}
         self._alone: set[LeaseKeeper] = set()  # failed alone last time: tried alone again
-        self._due = asyncio.Event()
+        self._due = Signal()
         self._task = BackgroundTask("lease-ticker", self._run)
 
     def add(self, keeper: LeaseKeeper) -> None:

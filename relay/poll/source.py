@@ -24,7 +24,7 @@ from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import WakeupSwitch
 from relay.scheduler import QUIET_RECHECK, Scheduler
 from relay.source import SourceKind, SourceParts
-from relay.tasks import bounded
+from relay.tasks import Signal, bounded
 
 RETENTION_EVERY = 10.0
 
@@ -57,7 +57,7 @@ class PollSource:
             return shared.claim_session() if shared else keep(claim_session(config, lane))
 
         # One wake-up event per lane, so a lane clearing its own cannot swallow another's.
-        self.wakeups = [asyncio.Event() for _ in range(config.claim_lanes)]
+        self.wakeups = [Signal() for _ in range(config.claim_lanes)]
         self.stats = PollerStats()
         self._wake_ups = 0  # NOTIFYs and the shared look's wake-ups (activity)
         self.spread = LaneSpread(config.claim_lanes, config.batch_size, on_change=self.wake)

@@ -17,16 +17,21 @@ from psycopg import sql
 from relay import enqueue
 from relay.errors import LeaseLostError, SchemaMissingError
 from relay.model import permanent, retryable
-from relay.outbox_rows import CLAIM_COLUMNS, message_from_claim, register_claim_loaders
-from relay.poll.leases import LeaseKeeper
-from relay.poll.poller import (
+from relay.outbox_rows import (
+    CLAIM_COLUMNS,
+    bigint_array,
+    message_from_claim,
+    register_claim_loaders,
+)
+from relay.poll.claims import (
     BEGIN_READ_COMMITTED,
-    Poller,
-    claim_session,
+    SentAndCommit,
     lock_and_claim,
-    lock_space,
+    lock_and_claim_simply,
     sent_and_commit_statement,
 )
+from relay.poll.leases import LeaseKeeper
+from relay.poll.poller import Poller, claim_session, lock_space
 from relay.poll.source import duty_session
 from relay.service import RelayService, preflight
 from relay.sqlfiles import query
@@ -266,7 +271,9 @@ def test_a_busy_relay_quiets_the_writers_and_a_dry_lane_wakes_them(db_dsn):
     assert asyncio.run(scenario()) < 2.0
 
 
-def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(db_dsn):
+# The poller claims a large batch in a pipeline, a small one in one simple query.
+@pytest.mark.parametrize("claim", [lock_and_claim, lock_and_claim_simply])
+def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(db_dsn, claim):
     install_outbox(db_dsn)
     relay_id = lease_bucket(db_dsn, 0)
     with psycopg.connect(db_dsn, autocommit=True) as admin:
@@ -283,14 +290,14 @@ def test_each_lane_locks_only_its_share_of_the_leased_buckets_until_it_commits(d
         )
 
     async def lock_one_lane(lane: int, other: psycopg.Connection) -> tuple[list[int], bool]:
-        # As the poller does: BEGIN, the lock and the claim in one pipeline, on an
+        # As the poller does: BEGIN, the lock and the claim in one round trip, on an
         # autocommit session.
         async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
             params = {
                 "relay_id": relay_id, "lock_space": 1, "lane": lane, "lanes": 3,
                 "buckets": None, "limit": 10,
             }  # fmt: skip
-            await lock_and_claim(conn, "outbox", params)
+            await claim(conn, "outbox", params)
             locked = await conn.execute(
                 "SELECT current_setting('outbox_relay.locked_buckets')::smallint[]"
             )
@@ -417,7 +424,7 @@ def test_two_relays_split_the_buckets_and_one_takes_over_when_the_other_leaves(d
 
 
 def claim_like_the_poller(conn, relay_id, limit=10):
-    """The poller's claim (relay.poll.poller.lock_and_claim) on an autocommit connection:
+    """The poller's claim (relay.poll.claims.lock_and_claim) on an autocommit connection:
     BEGIN, the lock and (a new statement) the claim in one pipeline. The transaction stays
     open for the caller to end."""
     params = {
@@ -587,6 +594,31 @@ def test_the_acknowledgement_and_its_commit_go_as_one_query(db_dsn, name):
     assert pending(db_dsn) == 2
 
 
+@pytest.mark.parametrize("name", ["delete_sent", "mark_sent"])
+def test_the_acknowledgement_is_what_a_cursor_would_have_bound(db_dsn, name):
+    """SentAndCommit renders the statement once and puts each batch's seqs in itself."""
+
+    async def both(seqs: list[int]) -> tuple[bytes, bytes]:
+        async with await psycopg.AsyncConnection.connect(db_dsn) as conn:
+            bound = psycopg.AsyncClientCursor(conn).mogrify(
+                query(name, "outbox"), {"seqs": bigint_array(seqs)}
+            )
+            statement = SentAndCommit(query(name, "outbox"))
+            statement.statement(conn, [0])  # the rendering is kept from the first batch
+            return statement.statement(conn, seqs), bound.encode() + b";\nCOMMIT"
+
+    for seqs in ([1], [3, -2, 9_223_372_036_854_775_807], list(range(500))):
+        ours, cursors = asyncio.run(both(seqs))
+        assert ours == cursors
+
+
+def test_an_acknowledgement_with_a_percent_sign_is_refused():
+    with pytest.raises(ValueError, match="one"):
+        SentAndCommit(sql.SQL("DELETE FROM t WHERE a LIKE 'x%%' AND seq = ANY(%(seqs)s)"))._split(
+            b"DELETE FROM t WHERE a LIKE 'x%%' AND seq = ANY(%(seqs)s)"
+        )
+
+
 def test_retention_purges_old_sent_rows_in_batches(db_dsn):
     install_outbox(db_dsn)
     write(db_dsn, 2500)
@@ -636,6 +668,40 @@ def test_the_claim_returns_the_columns_message_from_claim_unpacks(db_dsn):
     assert (binary.id, binary.payload, binary.headers) == (ids[0], b"\x00\xff", {"h": "v"})
     assert unicode.id == ids[1] and unicode.content_type == "application/json"
     assert unicode.payload == '{"é":[1,2.5]}'.encode()  # the text as written, not re-encoded
+
+
+def test_a_simple_claim_loads_the_same_messages_as_a_binary_one(db_dsn):
+    install_outbox(db_dsn)
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        with conn.transaction():
+            enqueue(conn, topic="t", key="b", payload=b"\x00\xff", headers={"h": "v"})
+            enqueue(conn, topic="t", key="j", payload={"é": [1, 2.50]})
+            enqueue(conn, topic="t", key=None, payload={"n": 1}, headers={"x": 1})
+        relay_id = lease_bucket(db_dsn, 0)
+        conn.execute(
+            "UPDATE outbox.bucket_leases SET relay_id = %s, expires_at = now() + interval "
+            "'1 minute'",
+            (relay_id,),
+        )
+
+    async def claim_with(claim):
+        async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as conn:
+            await conn.execute("SET TimeZone = 'UTC'")  # as the claim sessions are
+            params = {
+                "relay_id": relay_id, "lock_space": 1, "lane": 0, "lanes": 1,
+                "buckets": None, "limit": 10,
+            }  # fmt: skip
+            messages = await claim(conn, "outbox", params)
+            await conn.execute("ROLLBACK")
+            return messages
+
+    binary = asyncio.run(claim_with(lock_and_claim))
+    simple = asyncio.run(claim_with(lock_and_claim_simply))
+    assert len(binary) == 3
+    assert simple == binary
+    assert [type(m.payload) for m in simple] == [bytes] * 3
+    assert simple[1].payload == '{"é":[1,2.5]}'.encode()  # the text as written
+    assert simple[2].headers == {"x": "1"}
 
 
 # (duty, query, params, SQL making the rows candidates, the plan the planner picks alone)

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from relay.db import DbSession
-from relay.poll.listener import WakeListener, channel_name
+from relay.poll.listener import SharedListener, WakeListener, channel_name
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +54,72 @@ def test_without_coalescing_the_relay_wakes_as_notifications_arrive(db_dsn):
     burst, last_sent, lone_latency = asyncio.run(wakes_for_a_burst(db_dsn, 0.0))
     # how many share one wake-up depends on how they were packed into packets
     assert burst and burst[-1] >= last_sent and lone_latency < 0.1
+
+
+def test_a_trickle_of_notifications_wakes_the_relay_without_pausing(db_dsn, monkeypatch):
+    """Notifications further apart than PAUSE_WITHIN pauses gather nothing in a pause."""
+    pauses = []
+    real_pause = SharedListener._pause
+
+    async def counted(self):
+        pauses.append(time.monotonic())
+        await real_pause(self)
+
+    monkeypatch.setattr(SharedListener, "_pause", counted)
+    coalesce = 0.02
+
+    async def scenario() -> tuple[int, int]:
+        wakes: list[float] = []
+        session = DbSession(db_dsn, "listen", connect_timeout=5)
+        listener = WakeListener(session, "outbox", lambda: wakes.append(1), coalesce)
+        listener.start()
+        try:
+            while not wakes:
+                await asyncio.sleep(0.01)
+            async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as writer:
+                for _ in range(5):
+                    await asyncio.sleep(SharedListener.PAUSE_WITHIN * coalesce * 2)
+                    await writer.execute("SELECT pg_notify(%s, '')", (channel_name("outbox"),))
+                await asyncio.sleep(0.1)
+                trickle = len(pauses)
+                for _ in range(BURST):
+                    await writer.execute("SELECT pg_notify(%s, '')", (channel_name("outbox"),))
+                await asyncio.sleep(0.1)
+            return trickle, len(pauses) - trickle
+        finally:
+            await listener.stop()
+
+    trickle, burst = asyncio.run(scenario())
+    assert trickle == 0 and burst >= 1
+
+
+def test_a_listening_connection_that_is_killed_is_replaced_and_wakes_again(db_dsn):
+    """The listener notices the broken connection, reconnects, wakes once (notifications
+    sent meanwhile are lost) and then as notifications arrive."""
+
+    async def scenario() -> int:
+        wakes: list[float] = []
+        session = DbSession(db_dsn, "listen", connect_timeout=5)
+        listener = WakeListener(session, "outbox", lambda: wakes.append(time.monotonic()), 0.0)
+        listener.start()
+        try:
+            async with await psycopg.AsyncConnection.connect(db_dsn, autocommit=True) as admin:
+                while not wakes:
+                    await asyncio.sleep(0.01)
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name LIKE '%listen%' AND pid <> pg_backend_pid()"
+                )
+                before = len(wakes)
+                while len(wakes) == before:  # the wake-up that follows the new LISTEN
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)
+                before = len(wakes)
+                await admin.execute("SELECT pg_notify(%s, '')", (channel_name("outbox"),))
+                while len(wakes) == before:
+                    await asyncio.sleep(0.01)
+            return len(wakes)
+        finally:
+            await listener.stop()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) >= 3

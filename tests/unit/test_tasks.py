@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from relay.tasks import wait_any, wait_future
+from relay.tasks import Signal, wait_any, wait_future
 
 
 def test_wait_future_returns_when_the_future_is_resolved() -> None:
@@ -76,3 +76,69 @@ def test_wait_any_returns_on_the_first_event_or_the_timeout() -> None:
     woken, timed_out = asyncio.run(scenario())
     assert woken < 1 and 0.04 <= timed_out < 1
 
+
+
+@pytest.mark.parametrize("kind", [asyncio.Event, Signal])
+def test_wait_any_of_either_kind_returns_on_the_first_or_the_timeout(kind: type) -> None:
+    async def scenario() -> tuple[float, float, float]:
+        loop = asyncio.get_running_loop()
+        first, second = kind(), kind()
+        loop.call_later(0.01, second.set)
+        started = loop.time()
+        await wait_any(first, second, timeout=5)
+        woken = loop.time() - started
+        started = loop.time()
+        await wait_any(first, timeout=0.05)
+        timed_out = loop.time() - started
+        loop.call_later(0.01, first.set)
+        started = loop.time()
+        await wait_any(first)  # no timeout
+        return woken, timed_out, loop.time() - started
+
+    woken, timed_out, untimed = asyncio.run(scenario())
+    assert woken < 1 and 0.04 <= timed_out < 1 and untimed < 1
+
+
+def test_wait_any_of_signals_starts_no_task_and_leaves_nothing_behind() -> None:
+    async def scenario() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        stopping, wake = Signal(), Signal()
+        tasks = len(asyncio.all_tasks())
+        most = 0
+        for _ in range(50):
+            wake.clear()
+            waiting = asyncio.ensure_future(wait_any(stopping, wake, timeout=30))
+            await asyncio.sleep(0)  # it waits now
+            most = max(most, len(asyncio.all_tasks()) - tasks)
+            wake.set()
+            await waiting
+        await asyncio.sleep(0)
+        timers = sum(not h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
+        return most, timers, len(stopping._watchers) + len(wake._watchers)
+
+    # the one task is the waiting coroutine itself: no task per signal
+    assert asyncio.run(scenario()) == (1, 0, 0)
+
+
+def test_cancelling_a_wait_on_signals_is_not_swallowed_and_unhooks_it() -> None:
+    async def scenario() -> int:
+        wake = Signal()
+        waiter = asyncio.create_task(wait_any(wake, timeout=30))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        wake.set()  # nobody is hooked on it any more
+        return len(wake._watchers)
+
+    assert asyncio.run(scenario()) == 0
+
+
+def test_a_signal_set_before_the_wait_returns_at_once() -> None:
+    async def scenario() -> bool:
+        wake = Signal()
+        wake.set()
+        await wait_any(Signal(), wake, timeout=30)
+        return wake.is_set() and not wake._watchers
+
+    assert asyncio.run(scenario())
