@@ -21,18 +21,24 @@ class Signal(asyncio.Event):
     """An ``asyncio.Event`` that ``wait_any`` waits on without a task of its own.
 
     ``wait_any`` over plain events needs a task per event and ``asyncio.wait``: two more
-    turns of the event loop per wait, and a claim lane waits once per round. Setting a
-    Signal also resolves the futures ``wait_any`` left on it.
+    turns of the event loop per wait, their cancellations and ``asyncio.wait``'s
+    callbacks. A claim lane waits once per round and the CDC session's publisher and
+    progress loops a few times per transaction; at one message per transaction those
+    tasks cost more than the message. Setting a Signal also resolves the future each
+    ``wait_any`` left on it: one future, and at most one timer, per wait. It stays an
+    event: anything that waits on an event can wait on it.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._watchers: list[asyncio.Future[None]] = []
+        # not "_waiters": asyncio.Event keeps its own waiters under that name. A set:
+        # each of the many waits on one Signal (a fleet's) leaves it in O(1).
+        self._watchers: set[asyncio.Future[None]] = set()
 
     def set(self) -> None:
         super().set()
-        for watcher in self._watchers:
-            _resolve(watcher)
+        for waiter in self._watchers:
+            _resolve(waiter)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -62,12 +68,12 @@ async def _wait_for_signals(signals: list[Signal], timeout: float | None) -> Non
     woken: asyncio.Future[None] = loop.create_future()
     timer = None if timeout is None else loop.call_later(timeout, _resolve, woken)
     for signal in signals:
-        signal._watchers.append(woken)
+        signal._watchers.add(woken)
     try:
         await woken  # cancelling the caller cancels the future and ends the wait
     finally:
         for signal in signals:
-            signal._watchers.remove(woken)
+            signal._watchers.discard(woken)
         if timer is not None:
             timer.cancel()
 

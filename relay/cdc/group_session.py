@@ -44,8 +44,8 @@ from relay.cdc.session import (
     save_target,
 )
 from relay.cdc.settings import CdcNames
-from relay.cdc.signals import Signal
 from relay.cdc.stream import ReplicationStream
+from relay.tasks import Signal
 
 log = logging.getLogger(__name__)
 

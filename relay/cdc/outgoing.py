@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from relay.cdc.signals import Signal
 from relay.model import OutboxMessage
+from relay.tasks import Signal
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,9 @@ from relay.cdc.leader import Leadership
 from relay.cdc.outgoing import Batch, Outgoing
 from relay.cdc.publisher import BatchPublisher
 from relay.cdc.queries import cdc_query
-from relay.cdc.signals import Signal, wait_signals
 from relay.cdc.stream import ReplicationStream
 from relay.errors import LeaseLostError
-from relay.tasks import wait_any
+from relay.tasks import Signal, wait_any
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ class SessionLoops:
         while True:
             if (space := self._no_space()) is not None:
                 space.clear()
-                await wait_signals(space, timeout=STATUS_INTERVAL)
+                await wait_any(space, timeout=STATUS_INTERVAL)
                 continue
             # Frames in batches: one await per batch, not per change.
             frames = await self._stream.read_frames(STATUS_INTERVAL, READ_BATCH)
@@ -135,11 +134,11 @@ class SessionLoops:
             reply = self._reply_wanted.is_set()
             self._reply_wanted.clear()
             await self._save_and_report(reply=reply)
-            await wait_signals(progressed, self._reply_wanted, self._closing,
+            await wait_any(progressed, self._reply_wanted, self._closing,
                                timeout=min(STATUS_INTERVAL, IDLE_SAVE_INTERVAL))
             since_save = time.monotonic() - self._last_save
             if since_save < SAVE_INTERVAL and not self._reply_wanted.is_set():
-                await wait_signals(self._closing, timeout=SAVE_INTERVAL - since_save)
+                await wait_any(self._closing, timeout=SAVE_INTERVAL - since_save)
 
     async def _report(self, received: int, flushed: int, *, reply: bool, final: bool) -> None:
         """Tell the server what was received and what may be forgotten, when it moved,
@@ -276,7 +275,7 @@ async def _next_batch(
     if outgoing.ready.is_set():
         linger = 0.0
     while not outgoing.ready.is_set() and not halt.is_set():
-        await wait_signals(halt, outgoing.ready)
+        await wait_any(halt, outgoing.ready)
     if outgoing.backlog < batch_size and linger > 0 and not halt.is_set():
-        await wait_signals(halt, timeout=linger)  # let the transactions behind join
+        await wait_any(halt, timeout=linger)  # let the transactions behind join
     return None if halt.is_set() else outgoing.take(batch_size)

@@ -1,4 +1,4 @@
-"""The CDC waits: a future with a timeout, and events with a timeout."""
+"""The waits: a future with a timeout, events and Signals with a timeout."""
 
 from __future__ import annotations
 
@@ -142,3 +142,28 @@ def test_a_signal_set_before_the_wait_returns_at_once() -> None:
         return wake.is_set() and not wake._watchers
 
     assert asyncio.run(scenario())
+
+
+def test_a_wait_on_signals_ends_at_its_timeout_and_unhooks_it() -> None:
+    async def scenario() -> tuple[float, int]:
+        loop = asyncio.get_running_loop()
+        quiet = Signal()
+        started = loop.time()
+        await wait_any(quiet, timeout=0.01)
+        return loop.time() - started, len(quiet._watchers)
+
+    waited, hooked = asyncio.run(scenario())
+    assert 0.005 <= waited < 1 and hooked == 0
+
+
+def test_a_signal_is_still_an_event() -> None:
+    async def scenario() -> None:
+        signal = Signal()
+        waiter = asyncio.ensure_future(signal.wait())
+        await asyncio.sleep(0)
+        signal.set()
+        assert await asyncio.wait_for(waiter, 1) is True
+        signal.clear()
+        assert not signal.is_set()
+
+    asyncio.run(scenario())
