@@ -25,8 +25,12 @@ WRITER_ARGS ?= --update-docs docs/performance.md
 	$(PYTHON3) -m venv .tools || { rm -rf .tools; exit 1; }
 	.tools/bin/pip install --quiet uv
 
+# Byte-compiled at install, as pip and the Docker image leave an install: where
+# PYTHONDONTWRITEBYTECODE is set (CI images often set it), every relay the tests and the
+# demo start would otherwise compile its ~300 modules again.
 setup: $(if $(filter .tools/bin/uv,$(UV)),.tools/bin/uv)
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
+	$(UV) run --frozen python -m compileall -q relay connectors >/dev/null
 
 demo: setup
 	$(UV) run --frozen python deploy/demo.py

@@ -54,7 +54,7 @@ from benchmarks.ceiling import KINDS as CEILING_KINDS
 from benchmarks.ceiling import run_ceilings
 from benchmarks.floor import latency_floor
 from benchmarks.light import run_light
-from benchmarks.processes import MachineShare, cdc_available, log_dir
+from benchmarks.processes import MachineShare, byte_compile, cdc_available, log_dir
 from benchmarks.soak import soak
 from benchmarks.stack import Stack, drop_database, fresh_database, running_stack
 from benchmarks.workloads import Case, drain, latency, sustained, sustained_rates
@@ -106,6 +106,7 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so every relay, writer and service is stopped by PID
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = parse_args()
+    byte_compile()  # startup counts: the relays start as installed ones do
     plan = QUICK if args.quick else FULL
     if args.drain_messages:
         plan = Plan(**{**vars(plan), "drain_messages": args.drain_messages})
