@@ -36,6 +36,7 @@ from relay.logs import CURRENT_OUTBOX
 from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import SharedListener
 from relay.poll.poller import claim_session
+from relay.poll.rounds import ClaimRound
 from relay.shared_sessions import OWN_LOOK_EVERY, ClaimPool, Lookout, PooledClaimSession
 from relay.tasks import BackgroundTask, Signal, wait_any
 
@@ -193,6 +194,7 @@ class PollDatabase:
             for duty in ("leases", "scheduler", "housekeeping")
         }
         self.pool = ClaimPool([claim_session(config, n) for n in range(claim_pool_size(config))])
+        self.claim_round = ClaimRound(self.pool, config.lease_ttl)
         listen = DbSession(config.dsn, "listen", connect_timeout=config.connect_timeout)
         self.listener = SharedListener(listen, config.poll_linger)
         self.lookout = Lookout(self._duties["scheduler"], config.poll_interval)
@@ -221,5 +223,6 @@ class PollDatabase:
         await self.lease_ticker.stop()
         await self.lookout.stop()
         await self.listener.stop()
+        await self.claim_round.stop()
         await self.pool.close()
         await asyncio.gather(*(session.close() for session in self._duties.values()))

@@ -93,6 +93,7 @@ class PollSource:
                 stats=self.stats,
                 switch=self.wakeup_switch,
                 spread=self.spread,
+                claim_round=shared.claim_round if shared else None,
             )
             for lane in range(config.claim_lanes)
         ]
