@@ -14,6 +14,8 @@ database share (docs/multi-tenant.md):
   it back when the batch is acknowledged, so the lanes of outboxes with work take turns,
   first come first served, and a tenant with a backlog cannot starve one with ten
   messages (it queues behind them after every batch);
+- the looks for delayed messages that NOTIFYs ask for, a query every 0.2 s at most for
+  the outboxes notified meanwhile (relay.poll.due_looks), not each outbox's own;
 - the fallback look for work a NOTIFY did not announce: one query every --poll-interval
   for all of them, which wakes those with messages to claim or delayed messages due,
   instead of each outbox's lanes and scheduler polling on their own (200 idle tenants
@@ -33,6 +35,7 @@ from psycopg import sql
 from relay.config import RelayConfig
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
 from relay.logs import CURRENT_OUTBOX
+from relay.poll.due_looks import DueLook
 from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import SharedListener
 from relay.poll.poller import claim_session
@@ -198,6 +201,7 @@ class PollDatabase:
         listen = DbSession(config.dsn, "listen", connect_timeout=config.connect_timeout)
         self.listener = SharedListener(listen, config.poll_linger)
         self.lookout = Lookout(self._duties["scheduler"], config.poll_interval)
+        self.due_look = DueLook(self._duties["scheduler"])
         self.lease_ticker = LeaseTicker(SharedSession(self._duties["leases"]), config.lease_ttl)
         self.sessions: list[DbSession] = [*self._duties.values(), *self.pool.sessions, listen]
 
@@ -222,6 +226,7 @@ class PollDatabase:
     async def close(self) -> None:
         await self.lease_ticker.stop()
         await self.lookout.stop()
+        await self.due_look.stop()
         await self.listener.stop()
         await self.claim_round.stop()
         await self.pool.close()
