@@ -256,6 +256,10 @@ class Poller:
         """Ask writers to NOTIFY again if they had stopped (relay.poll.wakeups)."""
         if self._switch is None:
             return False
+        if self._switch.listening:
+            # Nothing to ask of writers: no connection taken (from a relay of many's pool,
+            # a turn in its line and a check of the connection handed back, every round).
+            return self._switch.epoch != round_epoch
         try:
             conn = await self._session.connection()
             return await self._switch.before_waiting(conn, self._lane, round_epoch)
