@@ -8,6 +8,8 @@ for a batch. So a claim lane on light traffic (one that claims in one simple que
 relay.poll.claims.SimpleClaim) hands its round to its database's ``ClaimRound``, which
 takes the lanes waiting at that moment and runs one round for all of them:
 
+- a round asked for right after the last one's end waits a poll linger first, as a lane
+  of one outbox does after a short wait, so the lanes right behind join it;
 - one transaction on one pool connection: each outbox's ``lock_leased_buckets`` and
   ``claim_batch`` in one simple query (each still a statement, with a snapshot, of its
   own: a claim reads after its own lock);
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -46,6 +49,12 @@ from relay.shared_sessions import ClaimPool
 from relay.tasks import BackgroundTask, Signal
 
 log = logging.getLogger(__name__)
+
+# A round asked for within this many poll lingers of the last one's end waits a linger
+# first, so the lanes woken right behind the first join it: a lane of one outbox lingers
+# by the same rule (relay.poll.poller.LONE_COMMIT_AFTER), and the outboxes of a round are
+# a database's traffic, which comes that close together when each outbox's does not.
+LONE_ASK_AFTER = 2
 
 
 @dataclass(frozen=True)
@@ -90,9 +99,10 @@ class ClaimRound:
     """One round at a time for the lanes of a database's outboxes that ask for one;
     those that ask while a round runs go together in the next."""
 
-    def __init__(self, pool: ClaimPool, deadline: float) -> None:
+    def __init__(self, pool: ClaimPool, deadline: float, linger: float = 0.0) -> None:
         self._pool = pool
         self._deadline = deadline  # the lease TTL, as for a claim of one outbox
+        self._linger = linger  # --poll-linger
         self._waiting: list[Waiting] = []
         self._asked = Signal()
         self._task = BackgroundTask("claim-round", self._run)
@@ -118,7 +128,10 @@ class ClaimRound:
 
     async def _run(self) -> None:
         while True:
+            idle_since = time.monotonic()
             await self._asked.wait()
+            if self._linger > 0 and time.monotonic() - idle_since <= LONE_ASK_AFTER * self._linger:
+                await asyncio.sleep(self._linger)  # the lanes right behind join this round
             self._asked.clear()
             taken, self._waiting = self._waiting, []
             taken = [(member, future) for member, future in taken if not future.done()]

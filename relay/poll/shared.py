@@ -197,7 +197,7 @@ class PollDatabase:
             for duty in ("leases", "scheduler", "housekeeping")
         }
         self.pool = ClaimPool([claim_session(config, n) for n in range(claim_pool_size(config))])
-        self.claim_round = ClaimRound(self.pool, config.lease_ttl)
+        self.claim_round = ClaimRound(self.pool, config.lease_ttl, config.poll_linger)
         listen = DbSession(config.dsn, "listen", connect_timeout=config.connect_timeout)
         self.listener = SharedListener(listen, config.poll_linger)
         self.lookout = Lookout(self._duties["scheduler"], config.poll_interval)
