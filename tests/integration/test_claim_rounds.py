@@ -15,6 +15,7 @@ import pytest
 from relay.fleet_service import FleetService
 from relay.poll.rounds import ClaimRound
 from relay.poll.shared import PollDatabase
+from relay.poll.source import PollSource
 from tests.support.fakes import InMemoryConnector
 from tests.support.relays import eventually, execute, install_outbox, relay_config
 
@@ -152,3 +153,60 @@ def test_a_dead_letter_in_a_round_is_its_own_outboxs(db_dsn):
 
     running_fleet(db_dsn, ("a", "b"), connector, scenario)
     assert dead_letters(db_dsn, "b") == []
+
+
+def leased(service: FleetService, schema: str) -> frozenset[int]:
+    for runner in service.runners.values():
+        source = runner.source
+        if runner.address.schema == schema and isinstance(source, PollSource):
+            return source.leases.owned if source.leases.holds_valid_leases() else frozenset()
+    return frozenset()
+
+
+def buckets_of(dsn: str, schema: str) -> dict[str, int]:
+    """Each message's bucket, by id (the rows stay, marked sent, under --retention)."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(f"SELECT id, bucket FROM {schema}.messages").fetchall()  # noqa: S608
+    return {str(message_id): int(bucket) for message_id, bucket in rows}
+
+
+def test_two_relays_in_rounds_each_claim_only_the_buckets_they_lease(db_dsn):
+    """Each outbox shared out between two relays: every message a relay's rounds
+    published was in a bucket that relay leased, in that outbox, and went out once."""
+    schemas = ("a", "b")
+    for schema in schemas:
+        install_outbox(db_dsn, schema)
+    config = relay_config(db_dsn, schemas=schemas, retention=3600.0)
+    connectors = (InMemoryConnector(), InMemoryConnector())
+    owned: list[dict[str, frozenset[int]]] = []
+
+    async def scenario() -> None:
+        services = [FleetService(config, connector=c) for c in connectors]
+        tasks = [asyncio.create_task(service.run()) for service in services]
+        try:
+            await eventually(
+                lambda: all(len(leased(s, schema)) == 128 for s in services for schema in schemas),
+                15,
+                "an even split of each outbox",
+            )
+            for i in range(40):
+                rows = [(schema, schema, f"k{i % 20}", i) for schema in schemas]
+                await asyncio.to_thread(write_together, db_dsn, rows)
+            await eventually(
+                lambda: sum(len(c.published) for c in connectors) == 80, 15, "every message"
+            )
+            owned.extend({schema: leased(s, schema) for schema in schemas} for s in services)
+            assert all(claim_round(s).claims > 0 for s in services)
+        finally:
+            for service in services:
+                service.request_stop()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    asyncio.run(scenario())
+    buckets = {schema: buckets_of(db_dsn, schema) for schema in schemas}
+    ids = [str(m.id) for c in connectors for m in c.published]
+    assert len(ids) == len(set(ids)) == 80
+    for connector, leases in zip(connectors, owned, strict=True):
+        assert connector.published, "one relay claimed everything"
+        for message in connector.published:
+            assert buckets[message.topic][str(message.id)] in leases[message.topic]
