@@ -250,6 +250,14 @@ async def write_acknowledgement(
 ) -> None:
     """A batch's writes, then COMMIT: sent rows (deleted when nothing is retained), dead
     letters, released keys, failed attempts, key holds."""
+    await write_acknowledged_rows(conn, schema, ack, retention=retention)
+    await conn.execute("COMMIT")
+
+
+async def write_acknowledged_rows(
+    conn: psycopg.AsyncConnection[Any], schema: str, ack: Acknowledgement, *, retention: float
+) -> None:
+    """write_acknowledgement without its COMMIT."""
     if ack.sent:
         name = "delete_sent" if retention == 0 else "mark_sent"
         await conn.execute(query(name, schema), {"seqs": bigint_array(ack.sent)}, prepare=True)
@@ -261,7 +269,6 @@ async def write_acknowledgement(
         await conn.execute(query("record_failures", schema), ack.failure_params())
     if ack.hold_keys:
         await conn.execute(query("hold_keys", schema), ack.hold_params())
-    await conn.execute("COMMIT")
 
 
 async def purge_sent(session: DbSession, schema: str, retention: float) -> int:

@@ -85,6 +85,11 @@ class Scheduler:
         self._failures = 0
         self._background: BackgroundTask | None = None
         self.promoted = 0  # messages this relay moved into the outbox
+        self.looks = 0  # at its scheduled table
+        # When it looks next unless poked (time.monotonic()): a look that shows nothing
+        # due before then need not poke it (relay.poll.due_looks). Infinite while a look
+        # is on its way: it may have read the table before the latest insert.
+        self.next_look = math.inf
 
     def poke(self) -> None:
         """Something may have been scheduled: look again soon (at most every MIN_GAP)."""
@@ -106,6 +111,7 @@ class Scheduler:
         while not stopping.is_set():
             self._poked.clear()
             wait = await self._look()
+            self.next_look = time.monotonic() + wait
             await wait_any(stopping, self._poked, timeout=wait)
             if self._poked.is_set() and not stopping.is_set():
                 gap = self._last_look + MIN_GAP - time.monotonic()
@@ -114,6 +120,8 @@ class Scheduler:
     async def _look(self) -> float:
         """Promote what is due; return the seconds until the next look."""
         self._last_look = time.monotonic()
+        self.next_look = math.inf
+        self.looks += 1
         try:
             result = await self._promote_if_due()
         except (RelayError, psycopg.Error) as exc:

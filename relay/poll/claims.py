@@ -58,11 +58,19 @@ class SimpleClaim:
     def __init__(self, schema: str, params: Mapping[str, Any]) -> None:
         self._schema = schema
         self._params = params
+        self._body: bytes | None = None
         self._statement: bytes | None = None
+
+    def body(self, conn: AsyncConnection[Any]) -> bytes:
+        """The lock and the claim, without the BEGIN: two statements, two results (a
+        claim round puts several outboxes' in one transaction, relay.poll.rounds)."""
+        if self._body is None:
+            self._body = self._render(conn)
+        return self._body
 
     async def __call__(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
         if self._statement is None:
-            self._statement = self._render(conn)
+            self._statement = b";\n".join((BEGIN_READ_COMMITTED, self.body(conn)))
         cursor = conn.cursor(row_factory=message_row)
         register_claim_text_loaders(cursor.adapters)
         try:
@@ -77,7 +85,6 @@ class SimpleClaim:
         mogrify = AsyncClientCursor(conn).mogrify
         return b";\n".join(
             (
-                BEGIN_READ_COMMITTED,
                 mogrify(query("lock_leased_buckets", self._schema), self._params).encode(),
                 mogrify(query("claim_batch", self._schema), self._params).encode(),
             )
@@ -107,6 +114,11 @@ class SentAndCommit:
         self._parts: tuple[bytes, bytes] | None = None
 
     def statement(self, conn: AsyncConnection[Any], seqs: Sequence[int]) -> bytes:
+        return self.write(conn, seqs) + b";\nCOMMIT"
+
+    def write(self, conn: AsyncConnection[Any], seqs: Sequence[int]) -> bytes:
+        """The acknowledgement alone, without the COMMIT (a claim round commits several
+        outboxes' at once, relay.poll.rounds)."""
         if self._parts is None:
             self._parts = self._split(self._acknowledge.as_bytes(conn))
         before, after = self._parts
@@ -117,7 +129,7 @@ class SentAndCommit:
         before, found, after = rendered.partition(cls.PLACEHOLDER)
         if not found or b"%" in before + after:  # mogrify would unescape a %%
             raise ValueError(f"not an acknowledgement with one {cls.PLACEHOLDER!r}")
-        return before, after + b";\nCOMMIT"
+        return before, after
 
 
 def sent_and_commit_statement(

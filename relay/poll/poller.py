@@ -36,10 +36,12 @@ from relay.outbox_rows import (
     Acknowledgement,
     FailurePolicy,
     plan_acknowledgement,
+    write_acknowledged_rows,
     write_acknowledgement,
 )
 from relay.poll.claims import SentAndCommit, SimpleClaim, lock_and_claim
 from relay.poll.leases import LeaseKeeper
+from relay.poll.rounds import ClaimRound, DrainResult, Published
 from relay.poll.spread import LaneSpread
 from relay.poll.wakeups import QUIET_POLL, RECHECK_AFTER, WakeupSwitch
 from relay.sqlfiles import query
@@ -89,13 +91,6 @@ class PollerStats:
     outages: int = 0
 
 
-@dataclass(frozen=True)
-class DrainResult:
-    claimed: int = 0
-    outage: bool = False
-    error: str | None = None
-
-
 class Poller:
     """Drains one lane's share of the buckets this relay leases until told to stop.
 
@@ -121,6 +116,7 @@ class Poller:
         stats: PollerStats | None = None,
         switch: WakeupSwitch | None = None,
         spread: LaneSpread | None = None,
+        claim_round: ClaimRound | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -158,6 +154,8 @@ class Poller:
         self._sent_and_commit = SentAndCommit(query(name, config.schema))
         self.stats = stats if stats is not None else PollerStats()  # shared by the lanes
         self._failures_in_a_row = 0
+        self._round = claim_round  # its database's, in a relay of many outboxes
+        self._alone = False  # failed draining alone: out of the rounds until it succeeds
         self._last_claimed = config.batch_size  # a relay starts on a backlog, if any
 
     @property
@@ -177,7 +175,7 @@ class Poller:
                 continue
             self._health.beat(self.batch_deadline + self._config.publish_timeout, self._loop_name)
             round_epoch = self._switch.epoch if self._switch is not None else 0
-            result = await self._drain_guarded()
+            result = await self._drain_in_turn()
             await self._session.release()  # a pooled connection goes to the next in line
             if result.error is not None or result.outage:
                 await self._back_off(stopping, result)
@@ -225,6 +223,24 @@ class Poller:
         await wait_any(stopping, timeout=pause)
         return True
 
+    async def _drain_in_turn(self) -> DrainResult:
+        """A light round with its database's other outboxes' (relay.poll.rounds) when it
+        can; alone when the round failed as a whole, and while draining alone fails."""
+        if self._round is not None and not self._alone and self._light():
+            # it may wait for the round in flight before its own
+            self._health.beat(2 * self.batch_deadline + self._config.publish_timeout,
+                              self._loop_name)
+            result = await self._round.drain(self)
+            if result is not None:
+                return result
+        result = await self._drain_guarded()
+        self._alone = result.error is not None
+        return result
+
+    def _light(self) -> bool:
+        """Claims in one simple query: lane 0 of gathered lanes, after a short round."""
+        return not self._spread.spread and self._last_claimed < SIMPLE_CLAIM_UNDER
+
     async def _drain_guarded(self) -> DrainResult:
         try:
             return await self.drain_once()
@@ -240,6 +256,10 @@ class Poller:
         """Ask writers to NOTIFY again if they had stopped (relay.poll.wakeups)."""
         if self._switch is None:
             return False
+        if self._switch.listening:
+            # Nothing to ask of writers: no connection taken (from a relay of many's pool,
+            # a turn in its line and a check of the connection handed back, every round).
+            return self._switch.epoch != round_epoch
         try:
             conn = await self._session.connection()
             return await self._switch.before_waiting(conn, self._lane, round_epoch)
@@ -319,6 +339,13 @@ class Poller:
     async def _publish_and_acknowledge(
         self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage]
     ) -> bool:
+        published = await self.publish(batch)
+        await self._acknowledge_and_commit(conn, published.ack)
+        self._count(published.ack, published.outcomes, published.elapsed)
+        return published.ack.outage
+
+    async def publish(self, batch: Sequence[OutboxMessage]) -> Published:
+        """Publish a claimed batch; what its acknowledgement must write."""
         if not self._leases.holds_valid_leases():
             raise LeaseLostError("this relay's bucket leases ran out before publishing")
         started = time.monotonic()
@@ -329,9 +356,42 @@ class Poller:
             # fails and the new owner publishes the batch again (duplicates, in order).
             log.warning("this relay's bucket leases ran out while a batch was in flight")
         ack = plan_acknowledgement(batch, outcomes, self._policy)
-        await self._acknowledge_and_commit(conn, ack)
-        self._count(ack, outcomes, time.monotonic() - started)
-        return ack.outage
+        return Published(ack, outcomes, time.monotonic() - started)
+
+    # --- its part in a claim round (relay.poll.rounds.RoundMember) ---
+
+    def leased(self) -> bool:
+        return bool(self._leases.owned)
+
+    def claim_statements(self, conn: AsyncConnection[Any]) -> bytes:
+        return self._simple_claims[False].body(conn)  # a round's lanes are gathered
+
+    async def acknowledgement(
+        self, conn: AsyncConnection[Any], published: Published
+    ) -> bytes | None:
+        """The usual batch's write, for the round's one query; any other batch's writes
+        go now, on the round's transaction (None)."""
+        ack = published.ack
+        if ack.sent and ack.sent_only:
+            return self._sent_and_commit.write(conn, ack.sent)
+        await write_acknowledged_rows(
+            conn, self._config.schema, ack, retention=self._config.retention
+        )
+        return None
+
+    async def round_done(
+        self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage],
+        published: Published | None,
+    ) -> DrainResult:
+        """After the round's COMMIT: count the batch, as drain_once does."""
+        self._last_claimed = len(batch)
+        outage = published is not None and published.ack.outage
+        if published is not None:
+            self._count(published.ack, published.outcomes, published.elapsed)
+        self._health.database_answered()
+        if self._switch is not None and not outage:
+            await self._switch.round_done(conn, self._lane, claimed=len(batch))
+        return DrainResult(claimed=len(batch), outage=outage)
 
     async def _acknowledge_and_commit(
         self, conn: AsyncConnection[Any], ack: Acknowledgement

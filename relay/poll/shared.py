@@ -14,6 +14,8 @@ database share (docs/multi-tenant.md):
   it back when the batch is acknowledged, so the lanes of outboxes with work take turns,
   first come first served, and a tenant with a backlog cannot starve one with ten
   messages (it queues behind them after every batch);
+- the looks for delayed messages that NOTIFYs ask for, a query every 0.2 s at most for
+  the outboxes notified meanwhile (relay.poll.due_looks), not each outbox's own;
 - the fallback look for work a NOTIFY did not announce: one query every --poll-interval
   for all of them, which wakes those with messages to claim or delayed messages due,
   instead of each outbox's lanes and scheduler polling on their own (200 idle tenants
@@ -33,9 +35,11 @@ from psycopg import sql
 from relay.config import RelayConfig
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
 from relay.logs import CURRENT_OUTBOX
+from relay.poll.due_looks import DueLook
 from relay.poll.leases import LeaseKeeper
 from relay.poll.listener import SharedListener
 from relay.poll.poller import claim_session
+from relay.poll.rounds import ClaimRound
 from relay.shared_sessions import OWN_LOOK_EVERY, ClaimPool, Lookout, PooledClaimSession
 from relay.tasks import BackgroundTask, Signal, wait_any
 
@@ -193,9 +197,11 @@ class PollDatabase:
             for duty in ("leases", "scheduler", "housekeeping")
         }
         self.pool = ClaimPool([claim_session(config, n) for n in range(claim_pool_size(config))])
+        self.claim_round = ClaimRound(self.pool, config.lease_ttl, config.poll_linger)
         listen = DbSession(config.dsn, "listen", connect_timeout=config.connect_timeout)
         self.listener = SharedListener(listen, config.poll_linger)
         self.lookout = Lookout(self._duties["scheduler"], config.poll_interval)
+        self.due_look = DueLook(self._duties["scheduler"])
         self.lease_ticker = LeaseTicker(SharedSession(self._duties["leases"]), config.lease_ttl)
         self.sessions: list[DbSession] = [*self._duties.values(), *self.pool.sessions, listen]
 
@@ -220,6 +226,8 @@ class PollDatabase:
     async def close(self) -> None:
         await self.lease_ticker.stop()
         await self.lookout.stop()
+        await self.due_look.stop()
         await self.listener.stop()
+        await self.claim_round.stop()
         await self.pool.close()
         await asyncio.gather(*(session.close() for session in self._duties.values()))

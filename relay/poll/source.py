@@ -93,6 +93,7 @@ class PollSource:
                 stats=self.stats,
                 switch=self.wakeup_switch,
                 spread=self.spread,
+                claim_round=shared.claim_round if shared else None,
             )
             for lane in range(config.claim_lanes)
         ]
@@ -111,6 +112,7 @@ class PollSource:
             )
         )
         self.lookout = shared.lookout_for(config.schema, self._notified) if shared else None
+        self._due_look = shared.due_look if shared else None
         self.retention = RetentionTask(
             duty("housekeeping", INDEX_PLAN_SETTINGS),
             config.schema,
@@ -140,7 +142,10 @@ class PollSource:
         messages among them (a delayed insert notifies like any other)."""
         self._wake_ups += 1
         self.wake()
-        self.scheduler.poke()
+        if self._due_look is not None:  # a relay of many: looks together, poked if need be
+            self._due_look.poke(self.config.schema, self.scheduler)
+        else:
+            self.scheduler.poke()
 
     def _scheduler_recheck(self) -> float:
         """While writers skip the NOTIFY (relay.poll.wakeups), nothing pokes the scheduler."""
@@ -163,6 +168,8 @@ class PollSource:
         await bounded(self.listener.stop(), timeout, "listener")
         if self.lookout is not None:
             await self.lookout.stop()
+        if self._due_look is not None:
+            self._due_look.remove(self.config.schema)
         await bounded(self.retention.stop(), timeout, "retention")
         await bounded(self.scheduler.stop(), timeout, "scheduler")
         await bounded(self.leases.stop(), timeout, "lease keeper")

@@ -43,3 +43,10 @@ SELECT {outbox}::text WHERE EXISTS (
         SELECT 1 FROM {schema}.key_holds h WHERE h.key = m.key AND h.held_until > now()
       )
   ) OR EXISTS (SELECT 1 FROM {schema}.scheduled WHERE available_at <= now())
+
+-- name: next_due_of
+-- One outbox's branch of the look at its scheduled table that NOTIFYs ask for
+-- (relay.poll.due_looks): its name and the seconds until its earliest delayed message is
+-- due (zero or less: due now; NULL: none). The branches are joined with UNION ALL.
+SELECT {outbox}::text, EXTRACT(epoch FROM min(available_at) - now())::float8
+FROM {schema}.scheduled
