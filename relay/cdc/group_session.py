@@ -133,9 +133,13 @@ class GroupSession(SessionLoops):
     def _no_space(self) -> Signal | None:
         """One outbox far behind its broker stops the reading for all: the stream has
         one order, and every waiting event costs memory."""
-        full = next((lane for lane in self._lanes
-                     if lane.outgoing.backlog >= self._max_backlog), None)
-        return None if full is None else full.space
+        # Only an outbox given events since a keepalive found it idle, or in the
+        # transaction being read, can have any waiting: not every outbox of the slot is
+        # looked at for each batch of frames.
+        for lane in (*self._active.values(), *self._touched):
+            if lane.outgoing.backlog >= self._max_backlog:
+                return lane.space
+        return None
 
     def _take(self, frame: memoryview) -> None:
         wal_data = wal_data_payload(frame)

@@ -255,3 +255,27 @@ def test_an_outbox_joining_a_shared_slot_is_news_not_a_warning():
     in_order = CdcState(confirmed_lsn=500, covered_xmin="42", snapshot_done=True)
     assert shared_verdict(assess(slot, in_order, "db", slot.name), slot, in_order).action \
         is Action.STREAM
+
+
+def test_an_outbox_with_too_much_waiting_stops_the_reading_in_or_after_its_transaction(
+    monkeypatch,
+):
+    from relay.cdc import group_session
+
+    monkeypatch.setattr(group_session, "MIN_BACKLOG", 3)
+    a, b, c = lane("a", 0), lane("b", 0), lane("c", 0)
+    group = GroupSession(FakeStream(), [a, b, c], FakeLeadership(),  # type: ignore[arg-type]
+                         batch_size=1, linger=0)
+    for payload in (relation(1, "a"), relation(2, "b"), begin(500), insert_bytes(2),
+                    commit(500, 510), begin(600), insert_bytes(1), insert_bytes(1)):
+        group._route(payload)
+    assert group._no_space() is None  # b has one event waiting, a two
+    group._route(insert_bytes(1))
+    assert group._no_space() is a.space  # still in a's transaction
+    group._route(commit(600, 610))
+    group._take(keepalive(700))
+    assert group._no_space() is a.space
+    batch = a.outgoing.take(10)
+    assert batch is not None
+    a.outgoing.acknowledge(batch, len(batch.items))
+    assert group._no_space() is None
