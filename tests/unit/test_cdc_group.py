@@ -65,22 +65,31 @@ class FakeLeadership:
         self.saved: list[tuple[str, str]] = []
         self.queries = 0  # what went to the database: one a query of several statements
         self.together_fails = together_fails
+        self.rendered = 0  # statements bound from their text
         self.lost = asyncio.Event()
 
     async def guarded(self, statement, params, *, schema=None):
         self.queries += 1
         self.saved.append((schema, params["lsn"]))
 
-    async def guarded_together(self, writes):
+    async def render(self, statement, params):
+        self.rendered += 1
+        return statement.as_string(None).replace("%(lsn)s", f"'{params['lsn']}'")
+
+    async def guarded_texts(self, texts):
         self.queries += 1
         if self.together_fails:  # one statement failed: the query wrote nothing
             return False
-        self.saved.extend((_schema_of(statement), params["lsn"]) for statement, params in writes)
+        self.saved.extend((_schema_of(text), _lsn_of(text)) for text in texts)
         return True
 
 
-def _schema_of(statement) -> str:
-    return statement.as_string(None).split('"')[1]  # UPDATE "a".cdc_state ...
+def _schema_of(text: str) -> str:
+    return text.split('"')[1]  # UPDATE "a".cdc_state ...
+
+
+def _lsn_of(text: str) -> str:
+    return text.split("confirmed_lsn = '")[1].split("'")[0]
 
 
 class FakeStream:
@@ -279,3 +288,14 @@ def test_an_outbox_with_too_much_waiting_stops_the_reading_in_or_after_its_trans
     assert batch is not None
     a.outgoing.acknowledge(batch, len(batch.items))
     assert group._no_space() is None
+
+
+def test_each_outbox_s_save_is_bound_once_and_only_its_position_changes(monkeypatch):
+    monkeypatch.setattr(session_module, "IDLE_SAVE_INTERVAL", 0.0)
+    group, leadership, _ = idle_lanes_past_their_save_interval()
+    asyncio.run(group._save_and_report())
+    group._route(begin(5000))
+    group._route(commit(5000, 8192))
+    asyncio.run(group._save_and_report())
+    assert leadership.queries == 2 and leadership.rendered == 3
+    assert leadership.saved[3:] == [("a", "0/2000"), ("b", "0/2000"), ("c", "0/2000")]
