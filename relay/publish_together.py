@@ -34,6 +34,7 @@ from typing import Any
 
 from relay.connector import Connector
 from relay.model import OutboxMessage, Outcome
+from relay.tasks import BackgroundTask
 
 # How long a batch may wait behind a joint call in flight before it goes in a call of
 # its own: far above a healthy call's few milliseconds, far below the publish timeout.
@@ -59,7 +60,7 @@ class PublishTogether:
         self._in_flight = 0  # joint calls with the broker
         self._flush_due = False
         self._late: asyncio.TimerHandle | None = None
-        self._calls: set[asyncio.Task[None]] = set()
+        self._calls: set[BackgroundTask] = set()
         self.calls = 0  # joint calls made (for tests and benchmarks)
 
     def member(self) -> TogetherMember:
@@ -105,12 +106,17 @@ class PublishTogether:
             self._late = None
         waiting, self._waiting = [h for h in self._waiting if not h.done.done()], []
         for group in _disjoint_groups(waiting):
-            self._in_flight += 1
-            task = asyncio.create_task(self._call(group), name="publish-together")
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._start(group)
 
-    async def _call(self, group: list[_Handed]) -> None:
+    def _start(self, group: list[_Handed]) -> None:
+        """The call in a task of its own: a member that gives up waiting does not cut it
+        off for the others in it."""
+        self._in_flight += 1
+        call = BackgroundTask("publish-together", lambda: self._call(group, call))
+        self._calls.add(call)
+        call.start()
+
+    async def _call(self, group: list[_Handed], call: BackgroundTask) -> None:
         self.calls += 1
         try:
             batch = group[0].batch if len(group) == 1 else [m for h in group for m in h.batch]
@@ -132,6 +138,7 @@ class PublishTogether:
                     handed.done.set_result(list(outcomes[start:end]))
                 start = end
         finally:
+            self._calls.discard(call)  # referenced until here, as the loop's are weak
             self._in_flight -= 1
             if self._waiting and self._in_flight == 0:
                 self._flush_soon(asyncio.get_running_loop())
