@@ -46,6 +46,9 @@ class Shared:
     relay_id: UUID
     kind: SourceKind
     preflight: Callable[[RelayConfig], None]  # blocking: run in a thread
+    # Each outbox's way to ``stack``: CDC outboxes hand their batches in together
+    # (relay.publish_together); otherwise ``stack`` itself.
+    outbox_stack: Callable[[], Connector] | None = None
 
 
 class Database:
@@ -83,7 +86,8 @@ class OutboxRunner:
         self.metrics = RelayMetrics(CollectorRegistry(auto_describe=True))
         self.health = HealthState(db_stale_after=max(30.0, 2 * config.lease_ttl))
         self.health.circuit = lambda: shared.breaker.state.value
-        self.connector: PublishStack = instrument(shared.stack, shared.breaker, self.metrics)
+        own = shared.outbox_stack() if shared.outbox_stack else shared.stack
+        self.connector: PublishStack = instrument(own, shared.breaker, self.metrics)
         self.metrics.describe(
             relay=config.relay_name, mode=config.mode, connector=shared.stack.name
         )

@@ -24,6 +24,7 @@ from relay.formats.connector import format_connector
 from relay.health import HealthServer
 from relay.limits import limit_message_size
 from relay.outboxes import OutboxAddress, database_labels, outbox_addresses, schemas_like
+from relay.publish_together import PublishTogether
 from relay.service import preflight, source_kind
 from relay.tasks import BackgroundTask, Signal, bounded, wait_any
 from relay.tracing import traced
@@ -40,8 +41,11 @@ class FleetService:
             config.connector, BreakerSettings.for_retries(config.retry_base, config.retry_cap)
         )
         limited = limit_message_size(connector or load_connector(config), config.max_message_bytes)
+        stack = format_connector(traced(limited, config), config)
+        together = PublishTogether(stack) if config.mode == "cdc" else None
         self.shared = Shared(
-            stack=format_connector(traced(limited, config), config),
+            stack=together or stack,
+            outbox_stack=together.member if together else None,
             breaker=breaker,
             relay_id=uuid.uuid4(),
             kind=source_kind(config.mode),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +104,9 @@ class PooledClaimSession(SharedSession):
 # An outbox of a database with a Lookout still looks for work on its own this often, in
 # case the shared look itself fails for a while.
 OWN_LOOK_EVERY = 30.0
+# The shared look answers for an outbox while its last success is this many of its
+# periods old at most.
+ANSWER_FRESH = 3
 
 
 class Lookout:
@@ -117,6 +121,7 @@ class Lookout:
         self._wakes: dict[str, Callable[[], None]] = {}
         self._query: sql.Composed | None = None
         self._failures = 0
+        self._answered: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
         self._task = BackgroundTask("lookout", self._run)
 
     def add(self, schema: str, wake: Callable[[], None]) -> None:
@@ -152,7 +157,14 @@ class Lookout:
             log.log(level, "the shared look for work failed (%s); every outbox looks", exc)
             return list(wakes.values())  # unsure: let each one look for itself
         self._failures = 0
+        self._answered = (time.monotonic(), frozenset(wakes))
         return [wake for schema, wake in wakes.items() if schema in found]
+
+    def answering(self, schema: str) -> bool:
+        """Did the last few looks answer for ``schema`` (so it is woken when it has work,
+        and its own looks are only the fallback)?"""
+        at, schemas = self._answered
+        return schema in schemas and time.monotonic() - at < ANSWER_FRESH * self._every
 
     def _look(self, wakes: dict[str, Callable[[], None]]) -> sql.Composed:
         if self._query is None:

@@ -223,9 +223,11 @@ class AsideDrain:
         on_delivered: Callable[[int], None],
         *,
         every: float = ASIDE_EVERY,
+        covered: Callable[[], bool] = lambda: False,
     ) -> None:
         self._store = store
         self._every = every  # the longest wait between rounds
+        self._covered = covered  # a shared look wakes this drain when it has work
         self._publish = publish
         self._may_publish = may_publish
         self._on_delivered = on_delivered
@@ -246,7 +248,16 @@ class AsideDrain:
                 await self._back_off(halt, "the broker confirmed none of them")
                 continue
             self._failures = 0
-            await wait_any(halt, store.wake, timeout=self._next_wait(done))
+            await self._wait(halt, self._next_wait(done))
+
+    async def _wait(self, halt: asyncio.Event, timeout: float) -> None:
+        """Until woken, or ``timeout``; while a shared look answers for this outbox, it
+        wakes the drain when a row may be claimed, and a round of its own (a fenced
+        transaction of several round trips, for each of hundreds of outboxes) is put off."""
+        store = self._store
+        await wait_any(halt, store.wake, timeout=timeout)
+        while timeout > 0 and not halt.is_set() and not store.wake.is_set() and self._covered():
+            await wait_any(halt, store.wake, timeout=self._every)
 
     def _next_wait(self, done: AsideRound) -> float:
         if done.claimed >= self._store.batch_size:

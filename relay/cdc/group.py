@@ -85,7 +85,7 @@ class SharedSlotOutbox:
         self._group = group
         leadership = group.leadership_for(parts, self)
         self.outbox = OutboxCdc(config, parts.connector, self.names, leadership, self.stats,
-                                group.sessions_for())
+                                group.sessions_for(self.names.schema))
         self.outgoing: Outgoing | None = None  # its queue while its slot streams
 
     @property
@@ -196,7 +196,7 @@ class SlotGroup:
             self._slot_figures = (read_at, figures)
         return figures
 
-    def sessions_for(self) -> OutboxSessions:
+    def sessions_for(self, schema: str) -> OutboxSessions:
         """An outbox's turns on the database's connections."""
         return OutboxSessions(
             aside=PooledClaimSession(self._aside_pool),
@@ -204,6 +204,7 @@ class SlotGroup:
             housekeeping=SharedSession(self._duties["housekeeping"]),
             scheduler=SharedSession(self._duties["scheduler"]),
             look_every=OWN_LOOK_EVERY,
+            answered=lambda: self.lookout.answering(schema),
         )
 
     def join(self, member: SharedSlotOutbox) -> None:

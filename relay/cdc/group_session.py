@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _UINT32: Final = Struct("!I").unpack_from
 _BEGIN, _COMMIT, _INSERT, _RELATION, _MESSAGE = (ord(tag) for tag in "BCIRM")
+_LSN_MARKER = "FFFFFFFF/FFFFFFFE"  # a position no save is of, to be replaced
 
 
 @dataclass(eq=False)
@@ -69,6 +70,18 @@ class Lane:
     def __post_init__(self) -> None:
         self.saved_lsn = self.start_lsn
         self.save_query = cdc_query("save_progress", self.names.schema)
+        self._save_parts: list[str] | None = None  # its text around the position
+
+    async def save_text(self, leadership: Leadership, lsn: int) -> str:
+        """The statement saving ``lsn``, bound: only the position changes from one save
+        to the next, so it is rendered once and the position put in its places (binding
+        a statement per busy outbox several times a second was most of a save's CPU)."""
+        if self._save_parts is None:
+            marked = await leadership.render(self.save_query, {"lsn": _LSN_MARKER})
+            self._save_parts = marked.split(f"'{_LSN_MARKER}'")
+            assert len(self._save_parts) > 1, "the position's literal was not found"
+        # A pg_lsn's text is hex digits and a slash: a literal needs no escaping.
+        return f"'{lsn_to_str(lsn)}'".join(self._save_parts)
 
     def save_target(self, *, final: bool) -> int:
         if final:
@@ -133,9 +146,13 @@ class GroupSession(SessionLoops):
     def _no_space(self) -> Signal | None:
         """One outbox far behind its broker stops the reading for all: the stream has
         one order, and every waiting event costs memory."""
-        full = next((lane for lane in self._lanes
-                     if lane.outgoing.backlog >= self._max_backlog), None)
-        return None if full is None else full.space
+        # Only an outbox given events since a keepalive found it idle, or in the
+        # transaction being read, can have any waiting: not every outbox of the slot is
+        # looked at for each batch of frames.
+        for lane in (*self._active.values(), *self._touched):
+            if lane.outgoing.backlog >= self._max_backlog:
+                return lane.space
+        return None
 
     def _take(self, frame: memoryview) -> None:
         wal_data = wal_data_payload(frame)
@@ -256,8 +273,8 @@ class GroupSession(SessionLoops):
         come due together, every IDLE_SAVE_INTERVAL), one by one when that query failed
         on a connection still fit (an outbox dropped: its statement is let go alone)."""
         leadership = self._leadership
-        if len(due) > 1 and await leadership.guarded_together(
-            [(lane.save_query, {"lsn": lsn_to_str(target)}) for lane, target in due]
+        if len(due) > 1 and await leadership.guarded_texts(
+            [await lane.save_text(leadership, target) for lane, target in due]
         ):
             saved_at = time.monotonic()
             for lane, target in due:

@@ -417,12 +417,27 @@ class Leadership:
         conn = await self.connection()
         try:
             async with AsyncClientCursor(conn) as binder:
-                text = ";\n".join(binder.mogrify(statement, {**self._params, **params})
-                                   for statement, params in writes)
+                texts = [binder.mogrify(statement, {**self._params, **params})
+                         for statement, params in writes]
+        except psycopg.Error:
+            return False
+        return await self.guarded_texts(texts)
+
+    async def render(self, statement: sql.Composed, params: Mapping[str, Any]) -> str:
+        """``statement`` bound client-side with ``params`` and the lead's own, as
+        ``guarded_texts`` takes it."""
+        conn = await self.connection()
+        async with AsyncClientCursor(conn) as binder:
+            return binder.mogrify(statement, {**self._params, **params})
+
+    async def guarded_texts(self, texts: Sequence[str]) -> bool:
+        """``guarded_together`` for statements bound already (``render``)."""
+        conn = await self.connection()
+        try:
             # Bound client-side and without parameters: psycopg sends the statements as
             # one simple query, which PostgreSQL runs as one transaction.
-            cursor = await conn.execute(text.encode(conn.info.encoding))
-            written = await first_row_of_each(cursor, len(writes))
+            cursor = await conn.execute(";\n".join(texts).encode(conn.info.encoding))
+            written = await first_row_of_each(cursor, len(texts))
         except psycopg.Error as exc:
             if conn.closed or conn.broken:
                 await self._session.discard()

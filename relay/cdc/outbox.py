@@ -11,6 +11,7 @@ many, the outboxes of a database share one slot, one stream and one lead
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -67,6 +68,8 @@ class OutboxSessions:
     housekeeping: DbSession
     scheduler: DbSession
     look_every: float | None = None
+    # Does the shared look answer for this outbox now (its own looks wait meanwhile)?
+    answered: Callable[[], bool] = lambda: False
 
     @classmethod
     def own(cls, config: RelayConfig) -> OutboxSessions:
@@ -99,6 +102,7 @@ class OutboxCdc:
         self._leadership = leadership
         sessions = sessions or OutboxSessions.own(config)
         self._look_every = sessions.look_every
+        self._answered = sessions.answered
         ttl = config.cdc.takeover_ttl
         parker = OutboxParker(leadership.execute, cdc_query("park", names.schema))
         self.aside = AsideStore(
@@ -144,7 +148,8 @@ class OutboxCdc:
         """While its slot streams: publish set-aside messages as they come due and move
         delayed messages into the outbox as they fall due (only the leader does either)."""
         drain = AsideDrain(self.aside, self.publisher.publish, self._leadership.valid,
-                           self._count_published, every=self._look_every or ASIDE_EVERY)
+                           self._count_published, every=self._look_every or ASIDE_EVERY,
+                           covered=self._answered)
         return [
             BackgroundTask("cdc-set-aside", lambda: drain.run(halt)),
             BackgroundTask("cdc-scheduler", lambda: self.scheduler.run(halt)),

@@ -65,22 +65,31 @@ class FakeLeadership:
         self.saved: list[tuple[str, str]] = []
         self.queries = 0  # what went to the database: one a query of several statements
         self.together_fails = together_fails
+        self.rendered = 0  # statements bound from their text
         self.lost = asyncio.Event()
 
     async def guarded(self, statement, params, *, schema=None):
         self.queries += 1
         self.saved.append((schema, params["lsn"]))
 
-    async def guarded_together(self, writes):
+    async def render(self, statement, params):
+        self.rendered += 1
+        return statement.as_string(None).replace("%(lsn)s", f"'{params['lsn']}'")
+
+    async def guarded_texts(self, texts):
         self.queries += 1
         if self.together_fails:  # one statement failed: the query wrote nothing
             return False
-        self.saved.extend((_schema_of(statement), params["lsn"]) for statement, params in writes)
+        self.saved.extend((_schema_of(text), _lsn_of(text)) for text in texts)
         return True
 
 
-def _schema_of(statement) -> str:
-    return statement.as_string(None).split('"')[1]  # UPDATE "a".cdc_state ...
+def _schema_of(text: str) -> str:
+    return text.split('"')[1]  # UPDATE "a".cdc_state ...
+
+
+def _lsn_of(text: str) -> str:
+    return text.split("confirmed_lsn = '")[1].split("'")[0]
 
 
 class FakeStream:
@@ -255,3 +264,38 @@ def test_an_outbox_joining_a_shared_slot_is_news_not_a_warning():
     in_order = CdcState(confirmed_lsn=500, covered_xmin="42", snapshot_done=True)
     assert shared_verdict(assess(slot, in_order, "db", slot.name), slot, in_order).action \
         is Action.STREAM
+
+
+def test_an_outbox_with_too_much_waiting_stops_the_reading_in_or_after_its_transaction(
+    monkeypatch,
+):
+    from relay.cdc import group_session
+
+    monkeypatch.setattr(group_session, "MIN_BACKLOG", 3)
+    a, b, c = lane("a", 0), lane("b", 0), lane("c", 0)
+    group = GroupSession(FakeStream(), [a, b, c], FakeLeadership(),  # type: ignore[arg-type]
+                         batch_size=1, linger=0)
+    for payload in (relation(1, "a"), relation(2, "b"), begin(500), insert_bytes(2),
+                    commit(500, 510), begin(600), insert_bytes(1), insert_bytes(1)):
+        group._route(payload)
+    assert group._no_space() is None  # b has one event waiting, a two
+    group._route(insert_bytes(1))
+    assert group._no_space() is a.space  # still in a's transaction
+    group._route(commit(600, 610))
+    group._take(keepalive(700))
+    assert group._no_space() is a.space
+    batch = a.outgoing.take(10)
+    assert batch is not None
+    a.outgoing.acknowledge(batch, len(batch.items))
+    assert group._no_space() is None
+
+
+def test_each_outbox_s_save_is_bound_once_and_only_its_position_changes(monkeypatch):
+    monkeypatch.setattr(session_module, "IDLE_SAVE_INTERVAL", 0.0)
+    group, leadership, _ = idle_lanes_past_their_save_interval()
+    asyncio.run(group._save_and_report())
+    group._route(begin(5000))
+    group._route(commit(5000, 8192))
+    asyncio.run(group._save_and_report())
+    assert leadership.queries == 2 and leadership.rendered == 3
+    assert leadership.saved[3:] == [("a", "0/2000"), ("b", "0/2000"), ("c", "0/2000")]
