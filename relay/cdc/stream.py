@@ -194,6 +194,10 @@ class ReplicationStream:
         with contextlib.suppress(psycopg.Error):
             while pgconn.get_copy_data(1)[0] > 0:
                 pass  # frames before the error: the stream is over, they go again
+        # Read the result even when that raised: once libpq has taken the server's error
+        # (a status update sent after it is what failed), the COPY is over and
+        # get_copy_data raises "no COPY in progress", but the error's result still waits.
+        with contextlib.suppress(psycopg.Error):
             result = pgconn.get_result()
             if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
                 return _result_error("the replication stream", result)
