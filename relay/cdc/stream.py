@@ -188,6 +188,10 @@ class ReplicationStream:
     def _failed_with(self, exc: psycopg.Error) -> RelayError:
         """The server's own error when it ended the stream with one (its SQLSTATE says
         what it is), else a broken connection."""
+        if self._failure is not None:
+            # The reader took the server's error first (its frames before it are still
+            # being handed over): a status update sent after that fails for the same end.
+            return self._failure
         pgconn = self._pgconn
         with contextlib.suppress(psycopg.Error):
             pgconn.consume_input()  # the error message may still be in the socket

@@ -146,3 +146,30 @@ def test_a_status_update_refused_after_the_servers_error_raises_that_error():
     stream = ReplicationStream(SimpleNamespace(pgconn=EndedWithAnError(b"42704")))
     with pytest.raises(SlotMissingError, match='publication "p" does not exist'):
         asyncio.run(stream.send_status(1, 1))
+
+
+class ErrorAfterFrames(EndedWithAnError):
+    """The reader got the frames before the server's error, then the error itself."""
+
+    def __init__(self, sqlstate):
+        super().__init__(sqlstate)
+        self._frames = [b"a", END]
+
+    def get_copy_data(self, _async):
+        if not self._frames:
+            raise psycopg.OperationalError("no COPY in progress")
+        frame = self._frames.pop(0)
+        return (-1, b"") if frame is END else (len(frame), memoryview(frame))
+
+
+def test_a_status_update_after_the_reader_took_the_servers_error_raises_that_error():
+    """The reader still hands over the frames before the error; the progress loop's
+    status update, refused meanwhile, ends the stream with the server's error too."""
+    stream = ReplicationStream(SimpleNamespace(pgconn=ErrorAfterFrames(b"42704")))
+
+    async def scenario():
+        assert [bytes(f) for f in await stream.read_frames(0.05, 128)] == [b"a"]
+        await stream.send_status(1, 1)
+
+    with pytest.raises(SlotMissingError, match='publication "p" does not exist'):
+        asyncio.run(scenario())
