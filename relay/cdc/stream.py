@@ -188,12 +188,20 @@ class ReplicationStream:
     def _failed_with(self, exc: psycopg.Error) -> RelayError:
         """The server's own error when it ended the stream with one (its SQLSTATE says
         what it is), else a broken connection."""
+        if self._failure is not None:
+            # The reader took the server's error first (its frames before it are still
+            # being handed over): a status update sent after that fails for the same end.
+            return self._failure
         pgconn = self._pgconn
         with contextlib.suppress(psycopg.Error):
             pgconn.consume_input()  # the error message may still be in the socket
         with contextlib.suppress(psycopg.Error):
             while pgconn.get_copy_data(1)[0] > 0:
                 pass  # frames before the error: the stream is over, they go again
+        # Read the result even when that raised: once libpq has taken the server's error
+        # (a status update sent after it is what failed), the COPY is over and
+        # get_copy_data raises "no COPY in progress", but the error's result still waits.
+        with contextlib.suppress(psycopg.Error):
             result = pgconn.get_result()
             if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
                 return _result_error("the replication stream", result)

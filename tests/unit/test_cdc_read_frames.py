@@ -3,9 +3,11 @@
 import asyncio
 from types import SimpleNamespace
 
+import psycopg
 import pytest
+from psycopg import pq
 
-from relay.cdc.stream import ReplicationStream
+from relay.cdc.stream import ReplicationStream, SlotMissingError
 from relay.errors import DatabaseUnavailableError
 
 END = None  # where the server ended the COPY
@@ -107,3 +109,67 @@ def test_a_socket_wait_needs_no_asyncio_wait_and_leaves_nothing_registered(monke
     finally:
         ours.close()
         theirs.close()
+
+
+class EndedWithAnError:
+    """libpq after it took the server's ErrorResponse: the COPY is over, so reading copy
+    data raises, and the error waits as the connection's result."""
+
+    def __init__(self, sqlstate):
+        self.socket = -1
+        self._result = SimpleNamespace(
+            status=pq.ExecStatus.FATAL_ERROR,
+            error_message=b"ERROR: publication does not exist",
+            error_field=lambda field: {
+                pq.DiagnosticField.SQLSTATE: sqlstate,
+                pq.DiagnosticField.MESSAGE_PRIMARY: b'publication "p" does not exist',
+            }.get(field),
+        )
+
+    def consume_input(self):
+        pass
+
+    def put_copy_data(self, _data):
+        raise psycopg.OperationalError('sending copy data failed: publication "p" does not exist')
+
+    def get_copy_data(self, _async):
+        raise psycopg.OperationalError("no COPY in progress")
+
+    def get_result(self):
+        result, self._result = self._result, None
+        return result
+
+
+def test_a_status_update_refused_after_the_servers_error_raises_that_error():
+    """Its SQLSTATE decides (undefined object: the slot is made again), not a broken
+    connection retried as one."""
+    stream = ReplicationStream(SimpleNamespace(pgconn=EndedWithAnError(b"42704")))
+    with pytest.raises(SlotMissingError, match='publication "p" does not exist'):
+        asyncio.run(stream.send_status(1, 1))
+
+
+class ErrorAfterFrames(EndedWithAnError):
+    """The reader got the frames before the server's error, then the error itself."""
+
+    def __init__(self, sqlstate):
+        super().__init__(sqlstate)
+        self._frames = [b"a", END]
+
+    def get_copy_data(self, _async):
+        if not self._frames:
+            raise psycopg.OperationalError("no COPY in progress")
+        frame = self._frames.pop(0)
+        return (-1, b"") if frame is END else (len(frame), memoryview(frame))
+
+
+def test_a_status_update_after_the_reader_took_the_servers_error_raises_that_error():
+    """The reader still hands over the frames before the error; the progress loop's
+    status update, refused meanwhile, ends the stream with the server's error too."""
+    stream = ReplicationStream(SimpleNamespace(pgconn=ErrorAfterFrames(b"42704")))
+
+    async def scenario():
+        assert [bytes(f) for f in await stream.read_frames(0.05, 128)] == [b"a"]
+        await stream.send_status(1, 1)
+
+    with pytest.raises(SlotMissingError, match='publication "p" does not exist'):
+        asyncio.run(scenario())
