@@ -37,7 +37,7 @@ class PublishStack(Connector, Protocol):
 PUBLISH_GRACE = 2.0
 
 
-class _Wrapper:
+class ConnectorWrapper:
     """Delegates the protocol to ``inner``; attribute reads fall through to it (so an
     in-memory connector's ``published`` stays reachable through the decorators)."""
 
@@ -55,7 +55,7 @@ class _Wrapper:
         return getattr(self.inner, name)
 
 
-class BreakerConnector(_Wrapper):
+class BreakerConnector(ConnectorWrapper):
     """Publishes through ``breaker``: nothing reaches the broker while the circuit is open."""
 
     def __init__(self, inner: Connector, breaker: CircuitBreaker, grace: float = PUBLISH_GRACE):
@@ -93,7 +93,7 @@ class BreakerConnector(_Wrapper):
             self.breaker.record_success()
 
 
-class MeteredConnector(_Wrapper):
+class MeteredConnector(ConnectorWrapper):
     """Counts what the connector below reports: outcomes, batch sizes, latencies."""
 
     def __init__(self, inner: BreakerConnector, metrics: RelayMetrics) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.connector import Connector
+from relay.decorators import ConnectorWrapper
 from relay.model import OutboxMessage, Outcome
 from relay.tasks import BackgroundTask
 
@@ -50,12 +51,11 @@ class _Handed:
     done: asyncio.Future[list[Outcome]]
 
 
-class PublishTogether:
+class PublishTogether(ConnectorWrapper):
     """The process's connector, with the batches handed in together sent as one call."""
 
     def __init__(self, inner: Connector) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._waiting: list[_Handed] = []
         self._in_flight = 0  # joint calls with the broker
         self._flush_due = False
@@ -66,15 +66,6 @@ class PublishTogether:
     def member(self) -> TogetherMember:
         """What one outbox publishes through."""
         return TogetherMember(self)
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self, *, timeout: float) -> None:
-        await self.inner.close(timeout=timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
         """``batch`` in a call of its own, at once."""
