@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import ceiling_report
+from benchmarks import ceiling_report, writer_report
 
 # The figures each workload reports in the summary, in table order.
 SUMMARY_FIELDS = {
@@ -380,6 +380,9 @@ def markdown(document: dict[str, Any]) -> str:
     if issue30:
         lines += ["", "## Drains against the ceiling, light traffic, issue 30's targets", "",
                   *issue30]  # fmt: skip
+    if document.get("writer"):
+        lines += ["", "## What the outbox costs the writer", "",
+                  *writer_report.tables(document["writer"])]  # fmt: skip
     if document.get("targets"):
         lines += [
             "", "## The earlier performance issue's targets", "",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import ceiling_report
+from benchmarks import ceiling_report, report, run
 from benchmarks.writer_report import (
     BASELINE,
     BEGIN,
@@ -153,3 +153,28 @@ def test_the_suite_document_takes_the_writer_record_and_the_runs_meta():
     assert row(writer["summary"], INSERT, "awaited")["x_plain"] == 0.9
     assert suite_document([{"workload": "drain", "kind": "outbox-relay"}], SUITE_META) is None
     assert verdicts(None) == []
+
+
+def test_one_run_of_the_suite_writes_both_blocks_of_the_docs(tmp_path: Path):
+    measurements = [
+        record(1, BASELINE, s, 10_000, n) for s in ("awaited", "pipelined") for n in (1000, 1)
+    ]
+    measurements += [record(1, INSERT, "awaited", 5_000), record(1, CEILING, "awaited", 7_000)]
+    document = run.build_document(dict(SUITE_META), [suite_record(measurements)], [], {})
+    docs = tmp_path / "performance.md"
+    docs.write_text(
+        f"# P\n\n{ceiling_report.BEGIN}\nold drains\n{ceiling_report.END}\n\n"
+        f"## Writes\n\n{BEGIN}\nold writer table\n{END}\n\nAfter.\n"
+    )
+    run.update_docs(docs, document)
+    text = docs.read_text()
+    assert "old drains" not in text and "old writer table" not in text
+    drains = text.split(ceiling_report.BEGIN)[1].split(ceiling_report.END)[0]
+    assert (
+        f"| writer: {INSERT} (awaited), 1,000 rows/tx, no relay: rows/s x a plain INSERT, "
+        "awaited | >= 0.8 | 0.5 | out of reach: ceiling 0.70x |"
+    ) in drains
+    writes = text.split(BEGIN)[1].split(END)[0]
+    assert writes.startswith("\n`python -m benchmarks.run --quick`, tree abc1234")
+    assert f"| {INSERT} | 0.50x / — | — / — | — | — |" in writes
+    assert "## What the outbox costs the writer" in report.markdown(document)
