@@ -56,7 +56,7 @@ from typing import Any
 import orjson
 
 import relay
-from benchmarks import ceiling_report, report, writer_report
+from benchmarks import report, writer_report
 from benchmarks.ceiling import KINDS as CEILING_KINDS
 from benchmarks.ceiling import run_ceilings
 from benchmarks.floor import latency_floor
@@ -151,48 +151,14 @@ def main() -> None:
     if args.replace_in:
         records, notes, extras, meta = _merged(args, records, notes, extras, meta)
         tag = args.replace_in
-    document = build_document(meta, records, notes, extras)
+    document = report.build_document(meta, records, notes, extras)
     document["meta"]["finished_at"] = _now()
     for path in report.write_all(args.output, tag, document):
         print(f"wrote {path}")
     print(report.markdown(document))
     if args.update_docs:
-        update_docs(args.update_docs, document)
+        report.update_docs(args.update_docs, document)
         print(f"updated {args.update_docs}")
-
-
-def build_document(
-    meta: dict[str, Any], records: list[dict[str, Any]], notes: list[str], extras: dict[str, Any]
-) -> dict[str, Any]:
-    """A run's results: its records, their medians, the light-traffic and writer tables,
-    and the targets (issue 30's, the writer's among them, and the earlier issue's)."""
-    summary = report.summarize(records)
-    light = ceiling_report.light_summary(records)
-    writer = writer_report.suite_document(records, meta)
-    rss = [r.get("peak_rss_mb") for r in records if r["kind"] == "outbox-relay"]
-    extras.setdefault("peak_rss_mb", max((v for v in rss if v), default=None))
-    document: dict[str, Any] = {
-        "meta": meta,
-        "summary": summary,
-        "light": light,
-        "issue30_targets": ceiling_report.verdicts(summary, light, records)
-        + writer_report.verdicts(writer),
-        "targets": report.targets(summary, extras),
-        "extras": extras,
-        "notes": notes,
-        "records": records,
-    }
-    if writer:
-        document["writer"] = writer
-    return document
-
-
-def update_docs(path: Path, document: dict[str, Any]) -> None:
-    """Both generated blocks of docs/performance.md from one run: the relay-ceiling one
-    (drains, light traffic, the targets) and, when the writer workload ran, its table."""
-    ceiling_report.update_docs(path, document)
-    if document.get("writer"):
-        writer_report.update_docs(path, document["writer"])
 
 
 def parse_args() -> argparse.Namespace:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import ceiling_report, report, run
+from benchmarks import ceiling_report, report
 from benchmarks.writer_report import (
     BASELINE,
     BEGIN,
@@ -160,13 +160,13 @@ def test_one_run_of_the_suite_writes_both_blocks_of_the_docs(tmp_path: Path):
         record(1, BASELINE, s, 10_000, n) for s in ("awaited", "pipelined") for n in (1000, 1)
     ]
     measurements += [record(1, INSERT, "awaited", 5_000), record(1, CEILING, "awaited", 7_000)]
-    document = run.build_document(dict(SUITE_META), [suite_record(measurements)], [], {})
+    document = report.build_document(dict(SUITE_META), [suite_record(measurements)], [], {})
     docs = tmp_path / "performance.md"
     docs.write_text(
         f"# P\n\n{ceiling_report.BEGIN}\nold drains\n{ceiling_report.END}\n\n"
         f"## Writes\n\n{BEGIN}\nold writer table\n{END}\n\nAfter.\n"
     )
-    run.update_docs(docs, document)
+    report.update_docs(docs, document)
     text = docs.read_text()
     assert "old drains" not in text and "old writer table" not in text
     drains = text.split(ceiling_report.BEGIN)[1].split(ceiling_report.END)[0]
