@@ -175,7 +175,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak-rate", type=float, default=6_000.0)
     parser.add_argument("--modes", default="poll,cdc")
     parser.add_argument("--brokers", default="kafka,rabbitmq")
-    parser.add_argument("--workloads", default="ceiling,drain,sustained,latency,light,writer")
+    parser.add_argument(
+        "--workloads",
+        default="ceiling,drain,sustained,latency,light,writer",
+        help="which to run (default: all of %(default)s; drain-1m too in full runs)",
+    )
     parser.add_argument(
         "--drain-messages", type=int, help="events per drain and ceiling run (quick: 30,000)"
     )
