@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks import ceiling_report
+from benchmarks import ceiling_report, writer_report
 
 # The figures each workload reports in the summary, in table order.
 SUMMARY_FIELDS = {
@@ -299,6 +299,43 @@ def targets(rows: list[dict[str, Any]], extras: dict[str, Any]) -> list[dict[str
     return out
 
 
+# --- the document of a run ------------------------------------------------------------------
+
+
+def build_document(
+    meta: dict[str, Any], records: list[dict[str, Any]], notes: list[str], extras: dict[str, Any]
+) -> dict[str, Any]:
+    """A run's results: its records, their medians, the light-traffic and writer tables,
+    and the targets (issue 30's, the writer's among them, and the earlier issue's)."""
+    summary = summarize(records)
+    light = ceiling_report.light_summary(records)
+    writer = writer_report.suite_document(records, meta)
+    rss = [r.get("peak_rss_mb") for r in records if r["kind"] == "outbox-relay"]
+    extras.setdefault("peak_rss_mb", max((v for v in rss if v), default=None))
+    document: dict[str, Any] = {
+        "meta": meta,
+        "summary": summary,
+        "light": light,
+        "issue30_targets": ceiling_report.verdicts(summary, light, records)
+        + writer_report.verdicts(writer),
+        "targets": targets(summary, extras),
+        "extras": extras,
+        "notes": notes,
+        "records": records,
+    }
+    if writer:
+        document["writer"] = writer
+    return document
+
+
+def update_docs(path: Path, document: dict[str, Any]) -> None:
+    """Both generated blocks of docs/performance.md from one run: the relay-ceiling one
+    (drains, light traffic, the targets) and, when the writer workload ran, its table."""
+    ceiling_report.update_docs(path, document)
+    if document.get("writer"):
+        writer_report.update_docs(path, document["writer"])
+
+
 # --- writing ----------------------------------------------------------------------------------
 
 
@@ -380,6 +417,9 @@ def markdown(document: dict[str, Any]) -> str:
     if issue30:
         lines += ["", "## Drains against the ceiling, light traffic, issue 30's targets", "",
                   *issue30]  # fmt: skip
+    if document.get("writer"):
+        lines += ["", "## What the outbox costs the writer", "",
+                  *writer_report.tables(document["writer"])]  # fmt: skip
     if document.get("targets"):
         lines += [
             "", "## The earlier performance issue's targets", "",

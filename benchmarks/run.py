@@ -1,7 +1,7 @@
 """Run the benchmark suite: ``python -m benchmarks.run [--quick | --soak [SECONDS]]``.
 
-    uv run --group bench python -m benchmarks.run --quick   # about 8 minutes
-    uv run --group bench python -m benchmarks.run           # full: about 40 minutes
+    uv run --group bench python -m benchmarks.run --quick   # about 15 minutes
+    uv run --group bench python -m benchmarks.run           # full: about 65 minutes
     uv run --group bench python -m benchmarks.run --soak 600
 
 Starts a private PostgreSQL 15 cluster (fsync on), a Tansu broker and a RabbitMQ node on
@@ -13,6 +13,11 @@ loopback (or uses --kafka-bootstrap / --amqp-url), then:
 - light: the relay idle, then at 10, 100 and 1,000 one-row transactions a second (Kafka):
   its CPU per message and p50 next to a bare producer's, and the minimal relay's at 100
   msg/s, the ceiling of that CPU (benchmarks/light.py, benchmarks/minimal_relay.py);
+- writer: what the outbox costs the application's writes (Kafka): one writer, every way
+  into the outbox and the baselines (a plain INSERT, a tutorial outbox, the ceiling of any
+  outbox with these promises) taking turns, 1,000 rows and 1 row a transaction, with no
+  relay and with the relay polling (benchmarks/writer_cost.py, which also runs it alone
+  with more options; quick: 3 rounds of 0.8 s a way, full: writer_cost's 5 of 2 s);
 
 and for each mode (poll; cdc when ``outbox-relay run --mode cdc`` works), each broker,
 and each relay (the installed ``outbox-relay`` command; the tutorial baseline of
@@ -28,7 +33,9 @@ one of benchmarks/naive_relay.py):
   the floor of the broker and consumer alone (a producer in this process);
 - drain-1m (full runs, or ``--workloads drain-1m``): 1,000,000 events, RSS along the way.
 
-Results (JSON, a Markdown table, a latency PNG) go to benchmarks/results/<tag>.*.
+Results (JSON, a Markdown table, a latency PNG) go to benchmarks/results/<tag>.*;
+``--update-docs docs/performance.md`` writes both of its generated blocks from the run: the
+drains, light traffic and issue 30's targets (the writer's among them), and the writer table.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ from typing import Any
 import orjson
 
 import relay
-from benchmarks import ceiling_report, report
+from benchmarks import report, writer_report
 from benchmarks.ceiling import KINDS as CEILING_KINDS
 from benchmarks.ceiling import run_ceilings
 from benchmarks.floor import latency_floor
@@ -58,6 +65,7 @@ from benchmarks.processes import MachineShare, byte_compile, cdc_available, log_
 from benchmarks.soak import soak
 from benchmarks.stack import Stack, drop_database, fresh_database, running_stack
 from benchmarks.workloads import Case, drain, latency, sustained, sustained_rates
+from benchmarks.writer_cost import WriterPlan, writer_workload
 from benchmarks.writers import writers_alone
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -80,9 +88,13 @@ class Plan:
     latency_warmup: float
     latency_runs: int
     million: bool  # one extra 1,000,000-message drain, for RSS flatness
+    writer: WriterPlan
 
 
-QUICK = Plan("quick", 3, 30_000, 6, 1, (0.3, 0.5, 0.75, 1.0), 4, 0, 1, False, 5, 1, 1, False)
+QUICK = Plan(
+    "quick", 3, 30_000, 6, 1, (0.3, 0.5, 0.75, 1.0), 4, 0, 1, False, 5, 1, 1, False,
+    WriterPlan(rounds=3, seconds=0.8),  # about 4 minutes; three rounds still give a median
+)  # fmt: skip
 FULL = Plan(
     "full",
     3,
@@ -98,6 +110,7 @@ FULL = Plan(
     2,  # 30 s run at 1,000/s measured that (p99 of seconds even without a relay)
     3,
     True,
+    WriterPlan(),
 )
 WRITERS, ROWS_PER_TX, LATENCY_RATE = 4, 10, 1000.0
 
@@ -138,32 +151,19 @@ def main() -> None:
     if args.replace_in:
         records, notes, extras, meta = _merged(args, records, notes, extras, meta)
         tag = args.replace_in
-    summary = report.summarize(records)
-    light = ceiling_report.light_summary(records)
-    rss = [r.get("peak_rss_mb") for r in records if r["kind"] == "outbox-relay"]
-    extras.setdefault("peak_rss_mb", max((v for v in rss if v), default=None))
-    document: dict[str, Any] = {
-        "meta": meta,
-        "summary": summary,
-        "light": light,
-        "issue30_targets": ceiling_report.verdicts(summary, light, records),
-        "targets": report.targets(summary, extras),
-        "extras": extras,
-        "notes": notes,
-        "records": records,
-    }
+    document = report.build_document(meta, records, notes, extras)
     document["meta"]["finished_at"] = _now()
     for path in report.write_all(args.output, tag, document):
         print(f"wrote {path}")
     print(report.markdown(document))
     if args.update_docs:
-        ceiling_report.update_docs(args.update_docs, document)
+        report.update_docs(args.update_docs, document)
         print(f"updated {args.update_docs}")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller and fewer runs (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller and fewer runs (~15 min)")
     parser.add_argument(
         "--soak",
         type=float,
@@ -175,7 +175,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak-rate", type=float, default=6_000.0)
     parser.add_argument("--modes", default="poll,cdc")
     parser.add_argument("--brokers", default="kafka,rabbitmq")
-    parser.add_argument("--workloads", default="ceiling,drain,sustained,latency,light")
+    parser.add_argument(
+        "--workloads",
+        default="ceiling,drain,sustained,latency,light,writer",
+        help="which to run (default: all of %(default)s; drain-1m too in full runs)",
+    )
     parser.add_argument(
         "--drain-messages", type=int, help="events per drain and ceiling run (quick: 30,000)"
     )
@@ -221,7 +225,8 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         metavar="MD",
         help="write the drains, light traffic and issue 30's verdicts into this file "
-        "(docs/performance.md) between its relay-ceiling markers",
+        "(docs/performance.md) between its relay-ceiling markers, and the writer workload's "
+        "table between its writer-cost markers",
     )
     return parser.parse_args()
 
@@ -304,6 +309,8 @@ def _suite(
         rates = tuple(float(r) for r in args.light_rates.split(",")) if args.light_rates else None
         run_light(stack, modes, logs, runs=args.light_runs, extra=args.relay_arg,
                   record=_recorder(records), relay_rates=rates)  # fmt: skip
+    if writer_report.WORKLOAD in workloads:
+        _writer(stack, plan, brokers, records, notes)
     if "sustained" in workloads and "outbox-relay" in kinds:
         _writers_alone(stack, plan, args, records)
     for broker in brokers:
@@ -427,6 +434,22 @@ def _drains(
         )
         rates.append(result["msg_per_s"])
     return sorted(rates)[len(rates) // 2]
+
+
+def _writer(
+    stack: Stack,
+    plan: Plan,
+    brokers: list[str],
+    records: list[dict[str, Any]],
+    notes: list[str],
+) -> None:
+    """What the outbox costs the application's writes; its relay-running half drains
+    into Kafka, so it runs only with Kafka among the brokers."""
+    if "kafka" not in brokers:
+        notes.append("writer workload skipped: its relay-running half publishes to Kafka")
+        return
+    case = Case("outbox-relay", "poll", "kafka")
+    _record(records, writer_report.WORKLOAD, case, 1, lambda: writer_workload(stack, plan.writer))
 
 
 def _writers_alone(

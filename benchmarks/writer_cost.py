@@ -16,7 +16,9 @@ round and style, and the median over rounds is reported. A target the outbox mis
 outbox and nothing more) misses it too.
 
 Results: ``benchmarks/results/<tag>.json`` (every measurement) and ``<tag>.md`` (the
-tables and the targets of issue 30). docs/performance.md carries the table of a full run.
+tables and the targets of issue 30). This is the focused command: ``python -m
+benchmarks.run`` runs the same workload (``writer_workload``) as one of the suite's, and
+docs/performance.md carries the table and the targets of a full suite run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ import psycopg
 
 from benchmarks.payloads import body_pool, event_key
 from benchmarks.processes import MachineShare, RelayProcess, log_dir, relay_argv
-from benchmarks.stack import Stack, fresh_database, running_stack, wait_until
+from benchmarks.stack import Stack, drop_database, fresh_database, running_stack, wait_until
 from benchmarks.writer_report import markdown, summarize, targets, update_docs
 from benchmarks.writer_ways import BASELINE_SCHEMA, BASELINE_TABLES, Event, Way, ways
 
@@ -49,25 +52,59 @@ TOPIC = "writer-cost"
 PROFILE_SETTINGS = {"shared_preload_libraries": "pg_stat_statements", "track_functions": "all"}
 
 
+@dataclass(frozen=True)
+class WriterPlan:
+    """How much of the writer workload to run: rounds, seconds per way and round, the
+    transaction sizes, which relay phases, and the ways (substrings of their names)."""
+
+    rounds: int = 5
+    seconds: float = 2.0
+    shapes: tuple[int, ...] = (1000, 1)
+    relay: str = "both"  # both, on or off
+    ways: tuple[str, ...] = ()  # empty: every way
+
+
+def writer_workload(stack: Stack, plan: WriterPlan, *, profile: bool = False) -> dict[str, Any]:
+    """The writer workload on a running stack (its PostgreSQL and Kafka), in a database of
+    its own that is dropped afterwards: ``{"measurements": [...], "started_at": ...,
+    "finished_at": ...}`` (and ``"server"`` figures with ``profile``, which needs
+    PROFILE_SETTINGS in the cluster)."""
+    chosen = [w for w in ways() if not plan.ways or any(s in w.name for s in plan.ways)]
+    result: dict[str, Any] = {"started_at": _now()}
+    dsn = fresh_database(stack.pg)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(BASELINE_TABLES)
+        result["measurements"] = measure_rounds(stack, dsn, chosen, plan)
+        if profile:
+            result["server"] = _server_profile(dsn)
+    finally:
+        drop_database(stack.pg, dsn)
+    return {**result, "finished_at": _now()}
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = parse_args()
-    chosen = [w for w in ways() if not args.ways or any(s in w.name for s in args.ways)]
+    plan = WriterPlan(
+        rounds=args.rounds,
+        seconds=args.seconds,
+        shapes=tuple(int(s) for s in args.shapes.split(",")),
+        relay=args.relay,
+        ways=tuple(args.ways or ()),
+    )
     meta = _meta(args)
     share = MachineShare()
     share.start()
     settings = PROFILE_SETTINGS if args.profile else None
     with running_stack(["kafka"], pg_settings=settings) as stack:
-        dsn = fresh_database(stack.pg)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(BASELINE_TABLES)
-        records = measure_rounds(stack, dsn, chosen, args)
-        server = _server_profile(dsn) if args.profile else {}
+        result = writer_workload(stack, plan, profile=args.profile)
     meta.update(share.stop(), finished_at=_now())
+    records = result["measurements"]
     document = {"meta": meta, "summary": summarize(records), "records": records}
     document["targets"] = targets(document["summary"])
-    if server:
-        document["server"] = server
+    if result.get("server"):
+        document["server"] = result["server"]
     args.output.mkdir(parents=True, exist_ok=True)
     written = {
         ".json": orjson.dumps(document, option=orjson.OPT_INDENT_2),
@@ -85,8 +122,10 @@ def main() -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=2.0, help="per way and round")
+    parser.add_argument("--rounds", type=int, default=WriterPlan.rounds)
+    parser.add_argument(
+        "--seconds", type=float, default=WriterPlan.seconds, help="per way and round"
+    )
     parser.add_argument("--shapes", default="1000,1", help="rows per transaction")
     parser.add_argument("--relay", choices=("both", "on", "off"), default="both")
     parser.add_argument("--ways", nargs="*", help="only the ways whose name contains one")
@@ -106,21 +145,23 @@ def parse_args() -> argparse.Namespace:
 
 
 def measure_rounds(
-    stack: Stack, dsn: str, chosen: list[Way], args: argparse.Namespace
+    stack: Stack, dsn: str, chosen: list[Way], plan: WriterPlan
 ) -> list[dict[str, Any]]:
-    events = _events()
-    shapes = [int(s) for s in args.shapes.split(",")]
-    phases = {"both": [False, True], "on": [True], "off": [False]}[args.relay]
+    phases = {"both": [False, True], "on": [True], "off": [False]}[plan.relay]
     records: list[dict[str, Any]] = []
-    for round_no in range(1, args.rounds + 1):
+    for round_no in range(1, plan.rounds + 1):
         # which phase goes first alternates, so neither always gets the fresher minute
         order = phases if round_no % 2 else phases[::-1]
         for relay_on in order:
-            with _relay(stack, dsn, relay_on), psycopg.connect(dsn, autocommit=True) as conn:
-                for shape in shapes:
+            with (
+                _relay(stack, dsn, relay_on) as phase,
+                psycopg.connect(dsn, autocommit=True) as conn,
+            ):
+                events = _events(phase.topic)
+                for shape in plan.shapes:
                     # one statement per transaction: pipelined is the awaited way again
                     here = [w for w in chosen if shape > 1 or w.style != "pipelined"]
-                    seconds = args.seconds * len(here) * (2 if shape == 1 else 1)
+                    seconds = plan.seconds * len(here) * (2 if shape == 1 else 1)
                     rates = measure(conn, here, shape, seconds, events, truncate=not relay_on)
                     case = {"round": round_no, "relay": relay_on, "rows_per_tx": shape}
                     for way, figures in rates.items():
@@ -196,9 +237,9 @@ def _cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
-def _events() -> list[Event]:
+def _events(topic: str) -> list[Event]:
     pool = body_pool()
-    return [(TOPIC, event_key(pool, n), orjson.loads("{" + body)) for n, body in enumerate(pool)]
+    return [(topic, event_key(pool, n), orjson.loads("{" + body)) for n, body in enumerate(pool)]
 
 
 def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
@@ -208,20 +249,25 @@ def _batches(events: Sequence[Event], size: int) -> Iterator[list[Event]]:
 
 
 class _relay:
-    """The installed relay in polling mode, draining into a fresh Tansu topic (or nothing)."""
+    """The installed relay in polling mode, draining into a fresh Tansu topic (or nothing).
+    ``topic`` is where the phase's events go: the fresh topic, or a name no relay reads."""
 
     def __init__(self, stack: Stack, dsn: str, on: bool) -> None:
         self._stack, self._dsn, self._on = stack, dsn, on
         self._process: RelayProcess | None = None
         self._target: Any = None
+        self.topic = TOPIC
 
     def __enter__(self) -> _relay:
         if self._on:
             self._target = self._stack.target("kafka")
+            self.topic = self._target.topic
             argv = relay_argv("poll", self._dsn, self._target.relay_args(), [])
             self._process = RelayProcess("writer-cost-relay", argv, log_dir())
             if not wait_until(self._leased, 30):
-                raise RuntimeError(f"the relay did not start:\n{self._process.log_tail()}")
+                tail = self._process.log_tail()
+                self._stop()  # no __exit__ follows a failed __enter__
+                raise RuntimeError(f"the relay did not start:\n{tail}")
         return self
 
     def _leased(self) -> bool:
@@ -231,13 +277,19 @@ class _relay:
             ).fetchone()
         return bool(row and row[0])
 
+    def _stop(self) -> bool:
+        """Stop the relay and drop its topic; whether it was still running."""
+        if self._process is None:
+            return True
+        alive = self._process.alive()
+        self._process.stop()
+        self._target.close()
+        return alive
+
     def __exit__(self, *exc: object) -> None:
-        if self._process is not None:
-            alive = self._process.alive()
-            self._process.stop()
-            self._target.close()
-            if not alive and exc[0] is None:
-                raise RuntimeError(f"the relay exited:\n{self._process.log_tail()}")
+        if not self._stop() and exc[0] is None:
+            assert self._process is not None
+            raise RuntimeError(f"the relay exited:\n{self._process.log_tail()}")
 
 
 def _server_profile(dsn: str) -> dict[str, Any]:

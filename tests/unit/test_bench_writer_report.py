@@ -9,14 +9,18 @@ from typing import Any
 
 import pytest
 
+from benchmarks import ceiling_report, report
 from benchmarks.writer_report import (
     BASELINE,
     BEGIN,
     CEILING,
     END,
+    suite_document,
     summarize,
+    tables,
     targets,
     update_docs,
+    verdicts,
 )
 
 INSERT = "INSERT INTO outbox.messages"
@@ -54,6 +58,8 @@ def test_a_bulk_way_is_held_against_both_row_by_row_styles():
     assert (bulk["x_plain"], bulk["x_plain_pipelined"]) == (3.0, 1.2)
     found = [t for t in targets(summarize(records)) if "enqueue_many" in t["target"]]
     assert [t["measured"] for t in found] == [3.0, 1.2] and all(t["met"] for t in found)
+    document = {"summary": summarize(records), "targets": targets(summarize(records))}
+    assert "| 30,000 (3.00x; 1.20x pipelined) |" in "\n".join(tables(document))
 
 
 @pytest.mark.parametrize(("ceiling", "out_of_reach"), [(7_000, True), (9_000, False)])
@@ -84,3 +90,91 @@ def test_the_docs_get_the_table_between_their_markers_and_nothing_else(tmp_path:
     assert text.startswith(f"# Before\n\n{BEGIN}\n") and text.endswith(f"{END}\n\nAfter.\n")
     assert "old table" not in text
     assert f"| {INSERT} | 0.50x / — | — / — | — | — |" in text
+
+
+# --- the writer workload in the suite (benchmarks.run) ------------------------------------
+
+
+def suite_record(measurements: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"workload": "writer", "kind": "outbox-relay", "mode": "poll", "broker": "kafka",
+            "run": 1, "machine_busy_pct": 80.0, "started_at": "w0", "finished_at": "w1",
+            "measurements": measurements}  # fmt: skip
+
+
+SUITE_META = {"tag": "quick", "command": "python -m benchmarks.run --quick", "machine": "m",
+              "relay_tree": "abc1234", "started_at": "t0"}  # fmt: skip
+
+
+def writer_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+    writer = suite_document([suite_record(records)], SUITE_META)
+    assert writer is not None
+    return writer
+
+
+def suite_row(found: list[dict[str, Any]], start: str) -> dict[str, Any]:
+    (row,) = [t for t in found if t["target"].startswith(start)]
+    return row
+
+
+@pytest.mark.parametrize(
+    ("ceiling", "met"), [(7_600, "out of reach: ceiling 0.76x"), (9_000, False)]
+)
+def test_a_missed_writer_target_says_in_the_suite_whether_the_ceiling_misses_it_too(ceiling, met):
+    writer = writer_of([
+        record(1, BASELINE, "awaited", 10_000),
+        record(1, CEILING, "awaited", ceiling),
+        record(1, INSERT, "awaited", 6_000),
+    ])  # fmt: skip
+    row = suite_row(verdicts(writer), f"writer: {INSERT} (awaited), 1,000 rows/tx, no relay")
+    assert (row["goal"], row["measured"], row["met"]) == (">= 0.8", 0.6, met)
+    shown = "\n".join(ceiling_report.verdict_table(verdicts(writer)))
+    assert ("| out of reach: ceiling 0.76x |" in shown) == (met is not False)
+    assert ("| **NO** |" in shown) == (met is False)
+
+
+def test_every_way_at_one_row_is_held_against_the_awaited_ceiling_bulk_ways_too():
+    writer = writer_of([
+        record(1, BASELINE, "awaited", 1_000, shape=1),
+        record(1, CEILING, "awaited", 830, shape=1),
+        record(1, "SELECT outbox.enqueue_many()", "bulk", 750, shape=1),
+        record(1, "relay.enqueue()", "awaited", 900, shape=1),
+    ])  # fmt: skip
+    found = verdicts(writer)
+    bulk = suite_row(found, "writer: SELECT outbox.enqueue_many() (bulk), 1 row/tx, no relay")
+    assert (bulk["goal"], bulk["met"]) == (">= 0.85", "out of reach: ceiling 0.83x")
+    assert suite_row(found, "writer: relay.enqueue() (awaited), 1 row/tx")["met"] is True
+
+
+def test_the_suite_document_takes_the_writer_record_and_the_runs_meta():
+    records = [record(1, BASELINE, "awaited", 10_000), record(1, INSERT, "awaited", 9_000)]
+    writer = writer_of(records)
+    assert writer["meta"]["tree"] == "abc1234" and writer["meta"]["machine_busy_pct"] == 80.0
+    assert writer["meta"]["started_at"] == "w0"
+    assert row(writer["summary"], INSERT, "awaited")["x_plain"] == 0.9
+    assert suite_document([{"workload": "drain", "kind": "outbox-relay"}], SUITE_META) is None
+    assert verdicts(None) == []
+
+
+def test_one_run_of_the_suite_writes_both_blocks_of_the_docs(tmp_path: Path):
+    measurements = [
+        record(1, BASELINE, s, 10_000, n) for s in ("awaited", "pipelined") for n in (1000, 1)
+    ]
+    measurements += [record(1, INSERT, "awaited", 5_000), record(1, CEILING, "awaited", 7_000)]
+    document = report.build_document(dict(SUITE_META), [suite_record(measurements)], [], {})
+    docs = tmp_path / "performance.md"
+    docs.write_text(
+        f"# P\n\n{ceiling_report.BEGIN}\nold drains\n{ceiling_report.END}\n\n"
+        f"## Writes\n\n{BEGIN}\nold writer table\n{END}\n\nAfter.\n"
+    )
+    report.update_docs(docs, document)
+    text = docs.read_text()
+    assert "old drains" not in text and "old writer table" not in text
+    drains = text.split(ceiling_report.BEGIN)[1].split(ceiling_report.END)[0]
+    assert (
+        f"| writer: {INSERT} (awaited), 1,000 rows/tx, no relay: rows/s x a plain INSERT, "
+        "awaited | >= 0.8 | 0.5 | out of reach: ceiling 0.70x |"
+    ) in drains
+    writes = text.split(BEGIN)[1].split(END)[0]
+    assert writes.startswith("\n`python -m benchmarks.run --quick`, tree abc1234")
+    assert f"| {INSERT} | 0.50x / — | — / — | — | — |" in writes
+    assert "## What the outbox costs the writer" in report.markdown(document)
