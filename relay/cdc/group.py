@@ -32,11 +32,12 @@ from relay.cdc.cover import CoverReport, CoverTarget
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.group_session import GroupSession, Lane
 from relay.cdc.guardrails import Action, SlotInfo, Verdict, assess, undecodable
-from relay.cdc.leader import CdcState, Leadership, leader_session
+from relay.cdc.leader import CdcState, Leadership
 from relay.cdc.outbox import OutboxCdc, OutboxSessions, aside_session, scheduler_session
 from relay.cdc.outgoing import Outgoing
 from relay.cdc.publisher import CdcStats
 from relay.cdc.settings import CdcNames
+from relay.cdc.slot_lock import leader_session
 from relay.cdc.slots import (
     current_database,
     drop_slot,
