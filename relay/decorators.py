@@ -52,6 +52,8 @@ class ConnectorWrapper:
         await self.inner.close(timeout=timeout)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
 

@@ -10,9 +10,9 @@ broker never sees them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from relay.connector import Connector
+from relay.decorators import ConnectorWrapper
 from relay.model import OutboxMessage, Outcome, permanent
 from relay.refusals import BatchRefusals
 
@@ -50,7 +50,7 @@ def _all_surely_within(batch: Sequence[OutboxMessage], max_bytes: int) -> bool:
     return not bounds or max(bounds) <= max_bytes
 
 
-class SizeLimitedConnector:
+class SizeLimitedConnector(ConnectorWrapper):
     """A connector that refuses messages over ``max_bytes`` and passes the rest on.
 
     Outcomes keep batch order. A later message of an oversized message's key is not
@@ -60,15 +60,8 @@ class SizeLimitedConnector:
     def __init__(self, inner: Connector, max_bytes: int) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
-        self.inner = inner
+        super().__init__(inner)
         self.max_bytes = max_bytes
-        self.name = inner.name
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self, *, timeout: float) -> None:
-        await self.inner.close(timeout=timeout)
 
     async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
         """Publish the messages within the limit; one outcome per message, in order."""
@@ -89,12 +82,6 @@ class SizeLimitedConnector:
                 )
         passed = refusals.unsettled()
         return refusals.merge(await self.inner.publish(passed, timeout=timeout) if passed else [])
-
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (an in-memory connector's ``published``, ...) is the inner one's.
-        if name == "inner":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 def limit_message_size(connector: Connector, max_bytes: int) -> Connector:

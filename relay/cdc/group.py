@@ -9,7 +9,8 @@ through one logical replication slot and one publication of all their tables (na
 joins it while it runs and leaves when it stops; the group leads the slot for all of
 them (one leader connection, one lock, a lease row in each outbox's ``cdc_state``),
 prepares each outbox as a slot of its own would be prepared (``assess``: stream, publish
-its pending rows first, or recreate the slot), and streams with a ``GroupSession``.
+its pending rows first, or recreate the slot: relay.cdc.group_prepare), and streams with
+a ``GroupSession``.
 When an outbox joins or leaves, the session ends cleanly (batches in flight finish,
 positions saved) and the next one starts with the new set: a joining outbox's table is
 added to the publication and its pending rows are published before its stream starts.
@@ -21,7 +22,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Hashable
-from dataclasses import replace
 from typing import Any, Literal
 
 import psycopg
@@ -30,21 +30,15 @@ from relay.backoff import SessionBackoff
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.cover import CoverReport, CoverTarget
 from relay.cdc.frames import lsn_to_str
+from relay.cdc.group_prepare import judge_members, snapshot_requests, take_snapshots
 from relay.cdc.group_session import GroupSession, Lane
-from relay.cdc.guardrails import Action, SlotInfo, Verdict, assess, undecodable
-from relay.cdc.leader import CdcState, Leadership, leader_session
+from relay.cdc.leader import Leadership
 from relay.cdc.outbox import OutboxCdc, OutboxSessions, aside_session, scheduler_session
 from relay.cdc.outgoing import Outgoing
 from relay.cdc.publisher import CdcStats
 from relay.cdc.settings import CdcNames
-from relay.cdc.slots import (
-    current_database,
-    drop_slot,
-    ensure_shared_publication,
-    read_slot,
-    start_streaming,
-)
-from relay.cdc.snapshot import SnapshotRequest
+from relay.cdc.slot_lock import leader_session
+from relay.cdc.slots import start_streaming
 from relay.cdc.stream import ReplicationStream, SlotMissingError
 from relay.config import RelayConfig
 from relay.db import INDEX_PLAN_SETTINGS, DbSession, SharedSession
@@ -389,62 +383,17 @@ class SlotGroup:
         self, stream: ReplicationStream, leadership: Leadership, members: list[SharedSlotOutbox]
     ) -> dict[str, int] | None:
         """Check the slot against each outbox's ``cdc_state``; recreate it and publish
-        pending rows as needed. The position each outbox streams from (None: stopped)."""
-        names = members[0].names
-        await ensure_shared_publication(leadership, names.publication,
-                                        [member.names.table for member in members])
-        slot = await read_slot(leadership, names)
-        database = await current_database(leadership)
-        verdicts: dict[str, tuple[Verdict, CdcState]] = {}
-        for member in members:
-            state = await leadership.refresh_state(member.schema)
-            verdict = shared_verdict(assess(slot, state, database, names.slot), slot, state)
-            if self._undecodable and slot is not None:
-                verdict = undecodable(names.slot, names.publication, state)
-            _log_as(member, verdict.level, verdict.message)
-            verdicts[member.schema] = (verdict, state)
+        pending rows as needed (relay.cdc.group_prepare). The position each outbox
+        streams from (None: stopped)."""
+        slot, verdicts = await judge_members(
+            leadership, members, undecodable_seen=self._undecodable
+        )
         self._undecodable = False
         stopping = _either(self._closing)
-        if any(verdict.action is Action.CREATE for verdict, _ in verdicts.values()):
-            if slot is not None and any(v.drop_slot for v, _ in verdicts.values()):
-                await drop_slot(leadership, names, slot)
-            consistent, exported = await stream.create_slot(names.slot)
-            requests = {
-                schema: SnapshotRequest(
-                    exported, v.covered_xmin if v.action is Action.CREATE else s.covered_xmin,
-                    consistent)
-                for schema, (v, s) in verdicts.items()
-            }
-        else:
-            requests = {
-                schema: SnapshotRequest(None, v.covered_xmin,
-                                        s.confirmed_lsn or v.snapshot_lsn or 0)
-                for schema, (v, s) in verdicts.items() if v.action is Action.SNAPSHOT
-            }
-        return await self._snapshots(members, verdicts, requests, stopping)
-
-    async def _snapshots(
-        self,
-        members: list[SharedSlotOutbox],
-        verdicts: dict[str, tuple[Verdict, CdcState]],
-        requests: dict[str, SnapshotRequest],
-        stopping: asyncio.Event,
-    ) -> dict[str, int] | None:
-        starts: dict[str, int] = {}
-        for member in members:
-            request = requests.get(member.schema)
-            if request is None:
-                starts[member.schema] = verdicts[member.schema][1].confirmed_lsn or 0
-                continue
-            named = CURRENT_OUTBOX.set(member.label)
-            try:
-                start = await member.outbox.snapshot_then_stream(request, stopping)
-            finally:
-                CURRENT_OUTBOX.reset(named)
-            if start is None:
-                return None
-            starts[member.schema] = start
-        await self._duties["snapshot"].close()  # needed again only when a slot is made
+        requests = await snapshot_requests(stream, leadership, members[0].names, slot, verdicts)
+        starts = await take_snapshots(members, verdicts, requests, stopping)
+        if starts is not None:
+            await self._duties["snapshot"].close()  # needed again only when a slot is made
         return starts
 
     async def _back_off(self, exc: RelayError) -> None:
@@ -476,37 +425,3 @@ class _AnyEvent(asyncio.Event):
     async def wait(self) -> Literal[True]:
         await wait_any(*self._events)
         return True
-
-
-def shared_verdict(verdict: Verdict, slot: SlotInfo | None, state: CdcState) -> Verdict:
-    """``assess``'s verdict for one outbox of a slot its database's outboxes share.
-
-    Two cases read differently there. An outbox with no record joins the slot: news,
-    not a warning. An outbox the slot has moved past was not streamed for a while (left
-    out of the relay's outboxes, then back): the others streamed on, so the slot is not
-    someone else's doing. Recreating it would republish every outbox's rows; this outbox
-    alone republishes the rows its watermark does not cover instead."""
-    if slot is None or slot.wal_status == "lost":
-        return verdict  # gone or lost for every outbox: (re)create it
-    if state.confirmed_lsn is None:
-        return replace(verdict, level=logging.INFO, message=(
-            f"joining slot {slot.name}; this outbox's pending rows are published first "
-            "(those written while it joins may arrive twice)"))
-    if verdict.action is not Action.CREATE:
-        return verdict
-    return Verdict(
-        Action.SNAPSHOT, logging.WARNING,
-        f"slot {slot.name} has moved on to {lsn_to_str(slot.confirmed_flush or 0)} since "
-        f"this outbox was last streamed ({lsn_to_str(state.confirmed_lsn)}): republishing "
-        "its rows newer than that; events it wrote with emit() in between are not in the "
-        "slot any more",
-        covered_xmin=state.covered_xmin, snapshot_lsn=slot.confirmed_flush,
-    )
-
-
-def _log_as(member: SharedSlotOutbox, level: int, message: str) -> None:
-    named = CURRENT_OUTBOX.set(member.label)
-    try:
-        log.log(level, message)
-    finally:
-        CURRENT_OUTBOX.reset(named)

@@ -1,13 +1,14 @@
 """Exactly one relay streams a slot; the others wait as standbys and take over.
 
-The leader holds a session-level advisory lock on its leader connection and renews a
-lease row (``cdc_state.lease_expires_at``) every ``ttl / 4``. A relay that dies loses
-its connection, so PostgreSQL drops the lock at once and a standby claims it on its next
-poll (``ttl / 4``). A relay that is frozen (SIGSTOP, a stalled VM) keeps its connection
-and its lock, but stops renewing: once the lease has run out a standby ends the frozen
-relay's sessions (its lock holder and its walsender) and claims the lock, about
-``ttl * 1.25`` after the last renewal. The frozen relay's own clock has stopped it from
-publishing by then (leases count only for ``ttl * 0.8`` after a renewal began).
+The leader holds a session-level advisory lock on its leader connection (both made in
+relay.cdc.slot_lock) and renews a lease row (``cdc_state.lease_expires_at``) every
+``ttl / 4``. A relay that dies loses its connection, so PostgreSQL drops the lock at
+once and a standby claims it on its next poll (``ttl / 4``). A relay that is frozen
+(SIGSTOP, a stalled VM) keeps its connection and its lock, but stops renewing: once the
+lease has run out a standby ends the frozen relay's sessions (its lock holder and its
+walsender) and claims the lock, about ``ttl * 1.25`` after the last renewal. The frozen
+relay's own clock has stopped it from publishing by then (leases count only for
+``ttl * 0.8`` after a renewal began).
 
 Everything the leader writes to ``cdc_state`` is guarded by its leader id, so a deposed
 leader that wakes up can change nothing; it finds out and stops.
@@ -24,7 +25,6 @@ of it every round (relay.cdc.cover says so).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,13 +34,12 @@ from uuid import UUID
 
 import psycopg
 from psycopg import AsyncClientCursor, sql
-from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from relay.cdc.frames import str_to_lsn
 from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcNames
-from relay.config import RelayConfig
+from relay.cdc.slot_lock import slot_params
 from relay.db import DbSession, first_row_of_each
 from relay.errors import LeaseLostError, RelayError, translate_db_error
 from relay.sqlfiles import bind, query
@@ -51,19 +50,6 @@ log = logging.getLogger(__name__)
 SAFETY_MARGIN = 0.2  # fraction of the TTL the leader refuses to use
 # A dropped outbox: its cdc_state (or its whole schema) is gone.
 SCHEMA_GONE = (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName)
-
-
-def lock_key(slot: str) -> int:
-    """The advisory lock of a slot: a signed 64-bit key (its own space: objsubid 1)."""
-    digest = hashlib.blake2b(f"outbox-relay-cdc:{slot}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-def slot_params(slot: str) -> dict[str, Any]:
-    """The slot and its lock, as the queries of cdc.sql take them."""
-    key = lock_key(slot)
-    return {"slot": slot, "lock_key": key,
-            "lock_hi": (key >> 32) & 0xFFFF_FFFF, "lock_lo": key & 0xFFFF_FFFF}
 
 
 @dataclass(frozen=True)
@@ -82,26 +68,6 @@ class StandbyView:
 
     leader: str
     uncovered: tuple[str, ...] = ()
-
-
-def leader_session(config: RelayConfig, ttl: float) -> DbSession:
-    """The leader connection: TCP keepalives both ways so a vanished peer is noticed
-    within about the TTL, and synchronous commit so saved progress survives a crash."""
-    probe = max(1, int(ttl // 4))
-    dsn = make_conninfo(
-        config.dsn, keepalives=1, keepalives_idle=probe, keepalives_interval=probe,
-        keepalives_count=3, tcp_user_timeout=int(ttl * 1000),
-    )
-    return DbSession(
-        dsn, "cdc-leader", connect_timeout=config.connect_timeout,
-        settings={
-            "statement_timeout": str(int(ttl * 500)),
-            "synchronous_commit": "on",
-            "tcp_keepalives_idle": str(probe),
-            "tcp_keepalives_interval": str(probe),
-            "tcp_keepalives_count": "3",
-        },
-    )
 
 
 class Leadership:

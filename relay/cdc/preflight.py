@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from relay.cdc.leader import slot_params
 from relay.cdc.queries import cdc_query
 from relay.cdc.settings import CdcNames
+from relay.cdc.slot_lock import slot_params
 from relay.cdc.stream import replication_conninfo
 from relay.config import RelayConfig
 from relay.db import connection_failure

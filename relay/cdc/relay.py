@@ -23,13 +23,14 @@ from relay.cdc.cover import CoverReport, CoverTarget
 from relay.cdc.frames import lsn_to_str
 from relay.cdc.group import CDC_SHARED_CONNECTIONS, SharedSlotOutbox, SlotGroup
 from relay.cdc.guardrails import Action, assess, undecodable
-from relay.cdc.leader import Leadership, leader_session
+from relay.cdc.leader import Leadership
 from relay.cdc.outbox import OutboxCdc
 from relay.cdc.outgoing import Outgoing
 from relay.cdc.preflight import require_ready
 from relay.cdc.publisher import CdcStats
 from relay.cdc.session import StreamSession
 from relay.cdc.settings import CdcSettings
+from relay.cdc.slot_lock import leader_session
 from relay.cdc.slots import (
     current_database,
     drop_slot,

@@ -11,17 +11,17 @@ Connectors only apply what they are given (headers, value, content type, timesta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from relay.config import RelayConfig
 from relay.connector import Connector
+from relay.decorators import ConnectorWrapper
 from relay.formats.cloudevents import CloudEventsEnvelope, binding_for, reshaped
 from relay.formats.settings import ENVELOPE_CLOUDEVENTS
 from relay.formats.topics import TopicTemplate
 from relay.model import OutboxMessage, Outcome
 
 
-class FormattingConnector:
+class FormattingConnector(ConnectorWrapper):
     """Publishes shaped copies of each batch; attribute reads fall through to ``inner``."""
 
     def __init__(
@@ -31,16 +31,9 @@ class FormattingConnector:
         template: TopicTemplate | None = None,
         envelope: CloudEventsEnvelope | None = None,
     ) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._template = template
         self._envelope = envelope
-
-    async def open(self) -> None:
-        await self.inner.open()
-
-    async def close(self, *, timeout: float) -> None:
-        await self.inner.close(timeout=timeout)
 
     async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
         return await self.inner.publish([self.shape(m) for m in batch], timeout=timeout)
@@ -52,11 +45,6 @@ class FormattingConnector:
         if self._template is not None:
             shaped.topic = self._template.render(message.topic)
         return shaped
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 def format_connector(inner: Connector, config: RelayConfig) -> Connector:

@@ -28,6 +28,7 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, Statu
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from relay.connector import Connector
+from relay.decorators import ConnectorWrapper
 from relay.model import OutboxMessage, Outcome, OutcomeKind
 from relay.tasks import result_within
 
@@ -44,7 +45,7 @@ def creation_context(headers: Mapping[str, str]) -> Context | None:
     return context if trace.get_current_span(context).get_span_context().is_valid else None
 
 
-class TracingConnector:
+class TracingConnector(ConnectorWrapper):
     """Records spans around ``inner.publish``; attribute reads fall through to ``inner``."""
 
     def __init__(
@@ -56,27 +57,18 @@ class TracingConnector:
         destination: Callable[[str], str],
         owns_provider: bool,
     ) -> None:
-        self.inner = inner
-        self.name = inner.name
+        super().__init__(inner)
         self._provider = provider
         self._owns_provider = owns_provider
         self._tracer = provider.get_tracer("outbox-relay")
         self._system = system
         self._destination = destination
 
-    async def open(self) -> None:
-        await self.inner.open()
-
     async def close(self, *, timeout: float) -> None:
-        await self.inner.close(timeout=timeout)
+        await super().close(timeout=timeout)
         if self._owns_provider:  # export what is buffered, within the same bound
             shutdown = asyncio.ensure_future(asyncio.to_thread(self._provider.shutdown))
             await result_within(shutdown, timeout)  # TimeoutError: the caller's bound
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     async def publish(self, batch: Sequence[OutboxMessage], *, timeout: float) -> list[Outcome]:
         if not batch:

@@ -12,7 +12,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.cdc.leader import Leadership, StandbyView, leader_session
+from relay.cdc.leader import Leadership, StandbyView
+from relay.cdc.slot_lock import leader_session
 from relay.health import HealthState
 from tests.support.cdc_relays import FAST_CDC, RunningCdcRelay, cdc_config, eventually
 from tests.support.relays import install_outbox

@@ -11,7 +11,7 @@ from uuid import uuid4
 from relay.cdc import session as session_module
 from relay.cdc.changes import ChangeDecoder
 from relay.cdc.envelope import encode_envelope
-from relay.cdc.group import shared_verdict
+from relay.cdc.group_prepare import shared_verdict
 from relay.cdc.group_session import GroupSession, Lane
 from relay.cdc.guardrails import Action, SlotInfo, assess
 from relay.cdc.leader import CdcState
