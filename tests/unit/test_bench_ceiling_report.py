@@ -94,7 +94,7 @@ def test_light_traffic_is_summarized_per_rate_and_p50_is_held_against_the_same_r
     assert measured(found, "CDC p50") == 9.0
 
 
-def test_the_minimal_relay_has_rows_of_its_own_and_no_say_in_the_verdicts() -> None:
+def test_the_minimal_relay_has_rows_of_its_own_and_no_say_in_a_verdict_it_meets() -> None:
     records = [
         light("poll", 100, cpu_us_per_msg=1_100.0, p50_ms=4.0, bare_p50_ms=3.5),
         {**light("poll", 100, cpu_us_per_msg=480.0, p50_ms=3.0, bare_p50_ms=3.5),
@@ -107,6 +107,26 @@ def test_the_minimal_relay_has_rows_of_its_own_and_no_say_in_the_verdicts() -> N
     assert f"| {label} | polling | 100 | 480 |" in table
     found = ceiling_report.verdicts([], rows, records)
     assert measured(found, "polling relay CPU at 100 msg/s") == 1_100.0
+    assert met(found, "polling relay CPU at 100 msg/s") is False  # 480 meets the goal
+
+
+def test_a_polling_cpu_miss_that_every_minimal_relay_of_the_run_misses_too_is_out_of_reach() -> (
+    None
+):
+    records = [
+        light("poll", 100, cpu_us_per_msg=1_300.0, p50_ms=4.0, bare_p50_ms=3.5),
+        light("cdc", 100, cpu_us_per_msg=1_200.0, p50_ms=4.0, bare_p50_ms=3.5),
+        {**light("poll", 100, cpu_us_per_msg=908.0), "kind": "minimal-relay-kafka-thread"},
+        {**light("poll", 100, cpu_us_per_msg=1_033.0), "kind": "minimal-relay-kafka"},
+    ]
+    found = ceiling_report.verdicts([], ceiling_report.light_summary(records), records)
+    assert (
+        met(found, "polling relay CPU at 100 msg/s")
+        == "out of reach: minimal relay 908 (ours 1.43x)"
+    )
+    assert met(found, "CDC relay CPU at 100 msg/s") is False  # no minimal CDC relay to say so
+    shown = "\n".join(ceiling_report.verdict_table(found))
+    assert "| 1,300 | out of reach: minimal relay 908 (ours 1.43x) |" in shown
 
 
 def test_a_target_not_measured_is_neither_met_nor_missed() -> None:
