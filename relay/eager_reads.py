@@ -41,24 +41,16 @@ class EagerReadConnection(psycopg.AsyncConnection[Any]):
 
 def read_what_arrived(gen: PQGen[RV], fileno: int) -> PQGen[RV]:
     """Drive ``gen``, answering its waits to read from a zero-timeout poll while data is
-    waiting on ``fileno`` (within the budget); yield every other wait to the caller.
-
-    Only once the caller has answered a read: before that, the first wait to read comes
-    right after the query went out, when its answer has not arrived (the poll would find
-    nothing), and a result that comes in one read (a light claim, an acknowledgement)
-    never needs another, so it costs no poll at all."""
-    poller: select.poll | None = None
-    budget_ends = 0.0  # in the past: no poll before the caller has answered a read
+    waiting on ``fileno`` (within the budget); yield every other wait to the caller."""
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN)
+    budget_ends = monotonic() + EAGER_READ_BUDGET
     try:
         wait = next(gen)
         while True:
-            if wait == Wait.R and monotonic() < budget_ends:
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(fileno, select.POLLIN)
-                if poller.poll(0):
-                    wait = gen.send(Ready.R)
-                    continue
+            if wait == Wait.R and poller.poll(0) and monotonic() < budget_ends:
+                wait = gen.send(Ready.R)
+                continue
             ready = yield wait
             if wait == Wait.R:  # the loop had its turn (a write may not have given it one)
                 budget_ends = monotonic() + EAGER_READ_BUDGET
