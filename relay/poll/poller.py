@@ -386,8 +386,13 @@ class Poller:
         ack = published.ack
         notified = self._switch is None or self._switch.listening
         return (
-            bool(ack.sent) and ack.sent_only and not ack.outage and self._round is None
-            and notified and self._light() and len(ack.sent) < SIMPLE_CLAIM_UNDER
+            bool(ack.sent)
+            and ack.sent_only
+            and not ack.outage
+            and self._round is None
+            and notified
+            and self._light()
+            and len(ack.sent) < SIMPLE_CLAIM_UNDER
         )
 
     async def _flush_deferred(self) -> None:
