@@ -19,10 +19,6 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-# Batches of fewer starts than this are counted an age at a time: below it, the ages'
-# subtractions cost less than the cutoffs (one per bound) that spare them.
-SMALL_BATCH = 4
-
 
 class _Counts:
     __slots__ = ("buckets", "total")
@@ -76,11 +72,6 @@ class BatchHistogram(Collector):
         Each start is placed by comparing it, as a datetime, with ``now`` minus each bound,
         and the ages are summed as timedeltas: per start, a binary search and a subtraction
         in C and no Python bytecode (this runs for every message on the hot path)."""
-        if len(starts) < SMALL_BATCH:  # a service's usual batch: an age per start is cheaper
-            self.observe_many(
-                label_value, [max((now - start).total_seconds(), 0.0) for start in starts]
-            )
-            return
         # Ascending: the oldest cutoff (now - the largest bound) first, ``now`` last.
         cutoffs = [now - span for span in self._spans]
         cutoffs.append(now)

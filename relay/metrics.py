@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -65,10 +64,6 @@ class RelayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # Label children by their label values, looked up once: ``labels()`` takes a lock
-        # and builds a key on every call, and observe_batch runs for every batch.
-        self._delivered: dict[tuple[str, str], Any] = {}  # (topic, connector)
-        self._publish_timers: dict[str, Any] = {}  # connector
         self.batch_size = Histogram(
             "outbox_relay_batch_size",
             "Messages per published batch.",
@@ -189,17 +184,11 @@ class RelayMetrics:
         Per batch, not per message: outcomes are grouped first, and the latencies go to
         the histogram in one call (this runs for every batch on the hot path)."""
         self.batch_size.observe(len(batch))
-        timer = self._publish_timers.get(connector)
-        if timer is None:
-            timer = self._publish_timers[connector] = self.publish_seconds.labels(connector)
-        timer.observe(seconds)
+        self.publish_seconds.labels(connector).observe(seconds)
         if outcomes.count(DELIVERED) == len(batch):  # the usual batch: counted in C
-            topics = set(map(_TOPIC, batch))
-            if len(topics) == 1:  # one topic (a service's usual batch): no grouping
-                self._delivered_to(topics.pop(), connector).inc(len(batch))
-            else:
-                for topic, count in collections.Counter(map(_TOPIC, batch)).items():
-                    self._delivered_to(topic, connector).inc(count)
+            grouped = collections.Counter(map(attrgetter("topic"), batch))
+            for topic, count in grouped.items():
+                self.messages.labels(topic, connector, DELIVERED_KIND.value).inc(count)
             delivered: Sequence[OutboxMessage] = batch
         else:
             self._count_mixed(connector, batch, outcomes)
@@ -207,14 +196,6 @@ class RelayMetrics:
         starts = _latency_starts(delivered)
         if starts:
             self.confirm_latency.observe_ages(connector, datetime.now(UTC), starts)
-
-    def _delivered_to(self, topic: str, connector: str) -> Any:
-        """The delivered-messages counter of ``topic`` and ``connector``."""
-        child = self._delivered.get((topic, connector))
-        if child is None:
-            child = self.messages.labels(topic, connector, DELIVERED_KIND.value)
-            self._delivered[(topic, connector)] = child
-        return child
 
     def _count_mixed(
         self, connector: str, batch: Sequence[OutboxMessage], outcomes: Sequence[Outcome]
@@ -249,7 +230,6 @@ def _or(first: datetime | None, second: datetime | None) -> datetime | None:
     return first or second
 
 
-_TOPIC = attrgetter("topic")
 _COMMITTED_AT = attrgetter("committed_at")
 _CREATED_AT = attrgetter("created_at")
 

