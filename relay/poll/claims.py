@@ -68,13 +68,21 @@ class SimpleClaim:
             self._body = self._render(conn)
         return self._body
 
-    async def __call__(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
+    async def __call__(
+        self, conn: AsyncConnection[Any], before: bytes | None = None
+    ) -> list[OutboxMessage]:
+        """``before``: the last batch's acknowledgement and COMMIT (two statements), sent
+        in the same query ahead of this claim's transaction."""
         if self._statement is None:
             self._statement = b";\n".join((BEGIN_READ_COMMITTED, self.body(conn)))
         cursor = conn.cursor(row_factory=message_row)
         register_claim_text_loaders(cursor.adapters)
+        statement = self._statement if before is None else b";\n".join((before, self._statement))
         try:
-            await cursor.execute(self._statement, prepare=False)
+            await cursor.execute(statement, prepare=False)
+            if before is not None:
+                cursor.nextset()  # past the acknowledgement
+                cursor.nextset()  # past its COMMIT
             cursor.nextset()  # past BEGIN
             cursor.nextset()  # past the lock: the claim's rows
             return await cursor.fetchall()

@@ -39,6 +39,7 @@ from relay.outbox_rows import (
     write_acknowledged_rows,
     write_acknowledgement,
 )
+from relay.poll.ack_rides import RIDES_FOR, WaitingAck
 from relay.poll.claims import SentAndCommit, SimpleClaim, lock_and_claim
 from relay.poll.leases import LeaseKeeper
 from relay.poll.rounds import ClaimRound, DrainResult, Published
@@ -157,6 +158,7 @@ class Poller:
         self._round = claim_round  # its database's, in a relay of many outboxes
         self._alone = False  # failed draining alone: out of the rounds until it succeeds
         self._last_claimed = config.batch_size  # a relay starts on a backlog, if any
+        self._waiting_ack = WaitingAck(session, self.batch_deadline, self._count_published)
 
     @property
     def batch_deadline(self) -> float:
@@ -165,6 +167,12 @@ class Poller:
         return self._config.lease_ttl
 
     async def run(self, stopping: asyncio.Event) -> None:
+        try:
+            await self._run(stopping)
+        finally:
+            await self._waiting_ack.flush()
+
+    async def _run(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             self._wake.clear()
             self._metrics.loop_went_round()
@@ -196,6 +204,15 @@ class Poller:
         """Drained: wait for a NOTIFY (or the poll interval), then linger a moment so the
         commits right behind the first share its batch; not after a long wait, which a
         lone commit ended."""
+        if self._waiting_ack.waiting:
+            idle_since = time.monotonic()
+            await wait_any(stopping, self._wake, timeout=RIDES_FOR)
+            if self._wake.is_set() and not stopping.is_set():
+                linger = self._config.poll_linger
+                if linger > 0 and time.monotonic() - idle_since <= LONE_COMMIT_AFTER * linger:
+                    await asyncio.sleep(linger)
+                return  # the acknowledgement goes with the next claim
+            await self._waiting_ack.flush()
         if self._switch is not None and self._switch.keeps_polling(self._lane):
             self._health.beat(QUIET_POLL, self._loop_name)
             await wait_any(stopping, self._wake, timeout=QUIET_POLL)  # rows keep coming: no NOTIFY
@@ -218,6 +235,7 @@ class Poller:
         wait = self._connector.ready_in()
         if wait <= 0:
             return False
+        await self._waiting_ack.flush()
         pause = min(wait, max(self._config.poll_interval, 0.05))
         self._health.beat(pause, self._loop_name)
         await wait_any(stopping, timeout=pause)
@@ -228,8 +246,9 @@ class Poller:
         can; alone when the round failed as a whole, and while draining alone fails."""
         if self._round is not None and not self._alone and self._light():
             # it may wait for the round in flight before its own
-            self._health.beat(2 * self.batch_deadline + self._config.publish_timeout,
-                              self._loop_name)
+            self._health.beat(
+                2 * self.batch_deadline + self._config.publish_timeout, self._loop_name
+            )
             result = await self._round.drain(self)
             if result is not None:
                 return result
@@ -245,10 +264,12 @@ class Poller:
         try:
             return await self.drain_once()
         except RelayError as exc:
+            self._waiting_ack.forget()  # its transaction ends with the connection
             await self._session.discard()
             return DrainResult(error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # a bug, not an outage: keep the traceback, keep running
             log.exception("unexpected error while draining")
+            self._waiting_ack.forget()
             await self._session.discard()
             return DrainResult(error=f"{type(exc).__name__}: {exc}")
 
@@ -315,6 +336,7 @@ class Poller:
         # An explicit transaction: on any failure the caller closes the connection rather
         # than sending ROLLBACK down a connection that may have stopped answering.
         if not self._leases.owned:
+            await self._waiting_ack.flush()
             return DrainResult()
         rows = await self._claim(conn)
         if rows:
@@ -323,14 +345,23 @@ class Poller:
             outage = False
             await conn.execute("COMMIT")
         if self._switch is not None and not outage:
-            await self._switch.round_done(conn, self._lane, claimed=len(rows))
+            # A flag change goes in a transaction of its own, not a waiting batch's.
+            await self._switch.round_done(
+                conn, self._lane, claimed=len(rows), settle=self._waiting_ack.flush
+            )
         return DrainResult(claimed=len(rows), outage=outage)
 
     async def _claim(self, conn: AsyncConnection[Any]) -> list[OutboxMessage]:
         spread = self._spread.spread
         if self._last_claimed < SIMPLE_CLAIM_UNDER:
-            rows = await self._simple_claims[spread](conn)
+            deferred = self._waiting_ack.take()
+            if deferred is None:
+                rows = await self._simple_claims[spread](conn)
+            else:
+                rows = await self._simple_claims[spread](conn, before=deferred[0])
+                self._count_published(deferred[1])
         else:
+            await self._waiting_ack.flush()
             params = self._claim_params if spread else self._every_bucket
             rows = await lock_and_claim(conn, self._config.schema, params)
         self._last_claimed = len(rows)
@@ -340,9 +371,32 @@ class Poller:
         self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage]
     ) -> bool:
         published = await self.publish(batch)
+        if self._may_defer(published):
+            statement = self._sent_and_commit.statement(conn, published.ack.sent)
+            self._waiting_ack.hold(statement, published)
+            return False
         await self._acknowledge_and_commit(conn, published.ack)
         self._count(published.ack, published.outcomes, published.elapsed)
         return published.ack.outage
+
+    def _may_defer(self, published: Published) -> bool:
+        """A light batch, all sent, of a lane with a connection of its own, while writers
+        notify (a NOTIFY ends the wait): its acknowledgement can wait a moment for the
+        next claim (relay.poll.ack_rides)."""
+        ack = published.ack
+        notified = self._switch is None or self._switch.listening
+        return (
+            bool(ack.sent)
+            and ack.sent_only
+            and not ack.outage
+            and self._round is None
+            and notified
+            and self._light()
+            and len(ack.sent) < SIMPLE_CLAIM_UNDER
+        )
+
+    def _count_published(self, published: Published) -> None:
+        self._count(published.ack, published.outcomes, published.elapsed)
 
     async def publish(self, batch: Sequence[OutboxMessage]) -> Published:
         """Publish a claimed batch; what its acknowledgement must write."""
@@ -380,7 +434,9 @@ class Poller:
         return None
 
     async def round_done(
-        self, conn: AsyncConnection[Any], batch: Sequence[OutboxMessage],
+        self,
+        conn: AsyncConnection[Any],
+        batch: Sequence[OutboxMessage],
         published: Published | None,
     ) -> DrainResult:
         """After the round's COMMIT: count the batch, as drain_once does."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -73,8 +73,16 @@ class WakeupSwitch:
         self._window_rows = [0] * self._lanes
         self._busy = [False] * self._lanes  # the lane's last window reached quiet_rate
 
-    async def round_done(self, conn: AsyncConnection[Any], lane: int, *, claimed: int) -> None:
-        """After each round: once every lane finds rows fast enough, go quiet."""
+    async def round_done(
+        self,
+        conn: AsyncConnection[Any],
+        lane: int,
+        *,
+        claimed: int,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """After each round: once every lane finds rows fast enough, go quiet. ``settle``
+        ends the lane's open transaction first (relay.poll.ack_rides), if it has one."""
         self._idle[lane] = 0 if claimed else self._idle[lane] + 1
         self._window_rows[lane] += claimed
         elapsed = self._clock() - self._window_started[lane]
@@ -85,6 +93,8 @@ class WakeupSwitch:
             self._window_started[lane] += elapsed
             self._window_rows[lane] = 0
         busy = all(self._busy[:claiming])
+        if self.listening and busy and settle is not None:
+            await settle()
         if self.listening and busy and await self._change(conn, listening=False):
             log.debug("every lane finds rows fast enough to poll: writers stop notifying")
             self._on_quiet()
