@@ -63,6 +63,7 @@ class LeaseKeeper:
         published: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
         ticks: LeaseTicks | None = None,
+        on_live: Callable[[], None] = lambda: None,
     ) -> None:
         self._session = session
         self.schema = self._schema = schema
@@ -71,6 +72,10 @@ class LeaseKeeper:
         self._mode = mode
         self._ttl = ttl
         self._on_change = on_change
+        # Writers' triggers skip the NOTIFY while no polling relay's row is live
+        # (migration 0004): when this one's comes (back) to life, what they wrote
+        # meanwhile woke nobody, so the relay looks for it once.
+        self._on_live = on_live
         self._published = published
         self._clock = clock  # injectable, so a test can run the leases out
         self.owned: frozenset[int] = frozenset()
@@ -195,9 +200,11 @@ class LeaseKeeper:
 
     def renewed(self, started: float, live: int, owned: frozenset[int]) -> None:
         """A renewal that began at ``started`` (this clock) is committed: the leases are
-        valid from then, and a change of the buckets held is told."""
+        valid from then; a change of the buckets held, and a heartbeat come (back) to
+        life, are told."""
         if self._stopping.is_set():
             return  # stop() hands them back: they are not this relay's to use any more
+        was_live = started < self._valid_until  # as far as this clock can tell
         lapsed_for = started - self._valid_until if self.owned else 0.0
         self._valid_until = started + self._ttl * (1 - SAFETY_MARGIN)
         if lapsed_for > 0:
@@ -218,3 +225,5 @@ class LeaseKeeper:
             )
             self.owned = owned
             self._on_change()
+        if not was_live:
+            self._on_live()

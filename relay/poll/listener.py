@@ -85,8 +85,6 @@ class SharedListener:
         self._listening = set()
         await self._follow(conn)
         self._backoff.started()
-        for every in list(self._wakes.values()):
-            every()  # notifications sent while not listening are lost: look once
         last_woken = -math.inf
         while True:
             # A packet's notifications at once (stop_after=1 ends after the packet).
@@ -107,13 +105,21 @@ class SharedListener:
         await asyncio.sleep(self._coalesce)
 
     async def _follow(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """LISTEN to the channels of outboxes added, UNLISTEN those of outboxes gone."""
+        """LISTEN to the channels of outboxes added, UNLISTEN those of outboxes gone.
+
+        Each outbox newly listened to looks for work once: what its writers notified
+        before the LISTEN (since the relay started, since the connection was lost, or
+        since the outbox joined a relay already listening) reached nobody."""
         wanted = set(self._wakes)
-        for channel in wanted - self._listening:
+        added = wanted - self._listening
+        for channel in added:
             await conn.execute(listen_statement("LISTEN", channel))
         for channel in self._listening - wanted:
             await conn.execute(listen_statement("UNLISTEN", channel))
         self._listening = wanted
+        for channel in added:
+            if (wake := self._wakes.get(channel)) is not None:
+                wake()
 
 
 class WakeListener:

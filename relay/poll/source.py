@@ -71,6 +71,7 @@ class PollSource:
             on_change=self._leases_changed(parts),
             published=lambda: self.stats.published,
             ticks=shared.lease_ticker if shared else None,
+            on_live=self._notified,
         )
         self.wakeup_switch = WakeupSwitch(
             config.schema,

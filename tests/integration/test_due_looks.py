@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 import psycopg
@@ -35,7 +36,14 @@ def source(service: FleetService, schema: str) -> PollSource:
     return found
 
 
-def in_fleet(dsn: str, scenario, **overrides) -> None:  # type: ignore[no-untyped-def]
+def looked(service: FleetService) -> bool:
+    """Both outboxes run, and each one's scheduler has looked at its table."""
+    if len(service.runners) != 2 or not all(r.source for r in service.runners.values()):
+        return False
+    return all(source(service, s).scheduler.next_look < math.inf for s in ("a", "b"))
+
+
+def in_fleet(dsn: str, scenario, ready=looked, **overrides) -> None:  # type: ignore[no-untyped-def]
     for schema in ("a", "b"):
         install_outbox(dsn, schema)
     config = relay_config(dsn, schemas=("a", "b"), **overrides)
@@ -45,13 +53,7 @@ def in_fleet(dsn: str, scenario, **overrides) -> None:  # type: ignore[no-untype
         service = FleetService(config, connector=connector)
         task = asyncio.create_task(service.run())
         try:
-            await eventually(
-                lambda: all(source(service, s).scheduler.looks for s in ("a", "b"))
-                if len(service.runners) == 2 and all(r.source for r in service.runners.values())
-                else False,
-                10,
-                "both outboxes' first looks",
-            )
+            await eventually(lambda: ready(service), 10, "both outboxes' first looks")
             await scenario(service, connector)
         finally:
             service.request_stop()
@@ -82,3 +84,29 @@ def test_a_delayed_message_in_a_relay_of_many_is_promoted_when_due(db_dsn):
         assert 0.9 <= time.monotonic() - written < 2.5
 
     in_fleet(db_dsn, scenario, poll_interval=5.0)
+
+
+def test_a_delayed_message_written_before_the_relay_registered_is_promoted_when_due(db_dsn):
+    """Writers skip the NOTIFY while no polling relay's row is live. A delayed message
+    written after the relay's scheduler looked, but before its first heartbeat committed,
+    woke nobody: the heartbeat makes the relay look once, so it is not left to the shared
+    look (every poll interval, 5 s)."""
+    def listening(service: FleetService) -> bool:
+        return looked(service) and source(service, "b").activity()[0] > 0  # LISTEN woke it
+
+    install_outbox(db_dsn, "b")
+    holder = psycopg.connect(db_dsn)
+    holder.execute("LOCK TABLE b.relays IN SHARE MODE")  # a writer's SELECT still passes
+
+    async def scenario(service: FleetService, connector: InMemoryConnector) -> None:
+        await asyncio.sleep(0.5)  # the due look that LISTEN asked for is done too
+        await asyncio.to_thread(write, db_dsn, "b", "later", 1.0)
+        written = time.monotonic()
+        holder.commit()  # the heartbeat goes through
+        await eventually(lambda: bool(connector.published), 10, "the delayed message")
+        assert 0.9 <= time.monotonic() - written < 2.5
+
+    try:
+        in_fleet(db_dsn, scenario, ready=listening, poll_interval=5.0)
+    finally:
+        holder.close()

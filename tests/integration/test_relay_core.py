@@ -753,3 +753,31 @@ def test_the_relays_queue_statements_use_their_index_even_where_a_scan_looks_che
     plan = asyncio.run(relay_plan())
     assert "Sort" not in plan and "Seq Scan" not in plan and "JIT" not in plan
     assert "Index Scan using messages_" in plan or "Bitmap Index Scan on messages_" in plan
+
+
+def test_the_relay_looks_for_work_once_whenever_its_heartbeat_comes_back_to_life(db_dsn):
+    """Writers skip the NOTIFY while no polling relay's row is live: the first renewal,
+    and the first after the leases lapsed, tell the relay to look once; others do not."""
+    install_outbox(db_dsn)
+    config = relay_config(db_dsn)
+    clock = {"now": 1000.0}
+    lives: list[float] = []
+
+    async def scenario() -> None:
+        leases = LeaseKeeper(
+            duty_session(config, "leases"), schema="outbox", relay_id=uuid.uuid4(),
+            relay_name="lively", mode="poll", ttl=config.lease_ttl, on_change=lambda: None,
+            published=lambda: 0, clock=lambda: clock["now"],
+            on_live=lambda: lives.append(clock["now"]),
+        )  # fmt: skip
+        try:
+            await leases.tick()
+            clock["now"] += config.lease_ttl / 4
+            await leases.tick()  # on time: still live
+            clock["now"] += config.lease_ttl  # frozen past its lease
+            await leases.tick()
+        finally:
+            await leases.stop()
+
+    asyncio.run(scenario())
+    assert lives == [1000.0, 1000.0 + config.lease_ttl * 1.25]

@@ -123,3 +123,27 @@ def test_a_listening_connection_that_is_killed_is_replaced_and_wakes_again(db_ds
             await listener.stop()
 
     assert asyncio.run(asyncio.wait_for(scenario(), 30)) >= 3
+
+
+def test_an_outbox_added_to_a_listening_relay_looks_once_when_its_channel_is_listened_to(
+    db_dsn,
+):
+    """In a relay of many outboxes, one that joins later is listened to at the next sync:
+    what its writers notified before then reached nobody, so it looks for work once."""
+
+    async def scenario() -> tuple[int, int]:
+        woken = {"a": 0, "b": 0}
+        listener = SharedListener(DbSession(db_dsn, "listen", connect_timeout=5), 0.0)
+        listener.add("a", lambda: woken.__setitem__("a", woken["a"] + 1))
+        try:
+            while not woken["a"]:  # the look that follows the first LISTEN
+                await asyncio.sleep(0.01)
+            listener.add("b", lambda: woken.__setitem__("b", woken["b"] + 1))
+            deadline = time.monotonic() + 5 * SharedListener.SYNC_EVERY
+            while not woken["b"] and time.monotonic() < deadline:  # no NOTIFY is sent
+                await asyncio.sleep(0.01)
+            return woken["a"], woken["b"]
+        finally:
+            await listener.stop()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == (1, 1)
