@@ -203,18 +203,23 @@ def run_light(
     settings: LightSettings = QUICK_LIGHT, relay_rates: tuple[float, ...] | None = None,
 ) -> None:  # fmt: skip
     """Each mode of outbox-relay at every rate (or ``relay_rates``), each followed by one
-    variant of the minimal relay (the ceiling) idle and at 100 msg/s, then the other
-    variants and the tutorial relay likewise, ``runs`` times; one record per window
-    through ``record(workload, case, run, measure)`` (benchmarks.run's), each with the
-    machine's share over the whole session."""
+    variant of the minimal relay of that mode (the ceiling) idle and at 100 msg/s, then
+    the other variants of the modes run and the tutorial relay likewise, ``runs`` times;
+    one record per window through ``record(workload, case, run, measure)``
+    (benchmarks.run's), each with the machine's share over the whole session."""
     from benchmarks.processes import MINIMAL_VARIANTS, MachineShare
 
-    minimal = [(Case(kind, "poll", "kafka"), (100.0,)) for kind in MINIMAL_VARIANTS]
+    minimal = [
+        (Case(kind, mode, "kafka"), (100.0,))
+        for kind, (mode, _settings, _reports) in MINIMAL_VARIANTS.items()
+        if mode in modes
+    ]
     cases: list[tuple[Case, tuple[float, ...] | None]] = []
-    for mode in modes:  # ours and a minimal relay alternate: the same minutes for both
+    for mode in modes:  # ours and a minimal relay of its mode alternate: the same minutes
         cases.append((Case("outbox-relay", mode, "kafka"), relay_rates))
-        if minimal:
-            cases.append(minimal.pop(0))
+        if (ceiling := next((c for c in minimal if c[0].mode == mode), None)) is not None:
+            minimal.remove(ceiling)
+            cases.append(ceiling)
     cases += minimal
     cases.append((Case("tutorial", "poll", "kafka"), (100.0,)))
     for run in range(1, runs + 1):

@@ -288,20 +288,27 @@ def tutorial_argv(dsn: str, target_args: list[str], progress: Path) -> list[str]
     ]  # fmt: skip
 
 
-# The minimal relay's variants (benchmarks/minimal_relay.py), by kind: its librdkafka
-# settings, and how it waits for delivery reports.
+# The minimal relays' variants, by kind: the mode (benchmarks/minimal_relay.py polls,
+# benchmarks/minimal_cdc_relay.py streams), its librdkafka settings, and how it waits
+# for delivery reports.
 MINIMAL_VARIANTS = {
-    "minimal": ("plain", "flush"),
-    "minimal-relay-kafka": ("relay", "flush"),
-    "minimal-relay-kafka-thread": ("relay", "thread"),
+    "minimal": ("poll", "plain", "flush"),
+    "minimal-relay-kafka": ("poll", "relay", "flush"),
+    "minimal-relay-kafka-thread": ("poll", "relay", "thread"),
+    "minimal-cdc": ("cdc", "plain", "flush"),
+    "minimal-cdc-relay-kafka": ("cdc", "relay", "flush"),
 }
 
 
 def minimal_argv(kind: str, dsn: str, target_args: list[str], progress: Path) -> list[str]:
-    settings, reports = MINIMAL_VARIANTS[kind]
+    mode, settings, reports = MINIMAL_VARIANTS[kind]
+    if mode == "cdc":  # it has only the one way to wait for reports
+        module, reporting = "benchmarks.minimal_cdc_relay", []
+    else:
+        module, reporting = "benchmarks.minimal_relay", ["--reports", reports]
     return [
-        sys.executable, "-m", "benchmarks.minimal_relay", "--dsn", dsn, *target_args,
-        "--kafka-settings", settings, "--reports", reports, "--progress", str(progress),
+        sys.executable, "-m", module, "--dsn", dsn, *target_args,
+        "--kafka-settings", settings, *reporting, "--progress", str(progress),
     ]  # fmt: skip
 
 

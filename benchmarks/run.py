@@ -11,8 +11,9 @@ loopback (or uses --kafka-bootstrap / --amqp-url), then:
   transaction, no broker (benchmarks/ceiling.py); every drain is reported as a fraction
   of the claim+update one;
 - light: the relay idle, then at 10, 100 and 1,000 one-row transactions a second (Kafka):
-  its CPU per message and p50 next to a bare producer's, and the minimal relay's at 100
-  msg/s, the ceiling of that CPU (benchmarks/light.py, benchmarks/minimal_relay.py);
+  its CPU per message and p50 next to a bare producer's, and the minimal relays' at 100
+  msg/s, the ceiling of that CPU in each mode (benchmarks/light.py,
+  benchmarks/minimal_relay.py, benchmarks/minimal_cdc_relay.py);
 - writer: what the outbox costs the application's writes (Kafka): one writer, every way
   into the outbox and the baselines (a plain INSERT, a tutorial outbox, the ceiling of any
   outbox with these promises) taking turns, 1,000 rows and 1 row a transaction, with no

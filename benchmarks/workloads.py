@@ -135,15 +135,15 @@ class Session:
         self.check_alive()
 
     def _ready(self) -> bool:
-        if self.case.kind in MINIMAL_VARIANTS:  # it registers once it listens
-            sql = "SELECT count(*) FROM outbox.relays WHERE name = 'minimal-relay'"
-        elif self.case.kind in BASELINES:
-            return True
-        elif self.case.mode == "cdc":
+        if self.case.mode == "cdc":  # outbox-relay's or the minimal relay's slot
             sql = (
                 "SELECT count(*) FROM pg_replication_slots"
                 " WHERE database = current_database() AND active"
             )
+        elif self.case.kind in MINIMAL_VARIANTS:  # it registers once it listens
+            sql = "SELECT count(*) FROM outbox.relays WHERE name = 'minimal-relay'"
+        elif self.case.kind in BASELINES:
+            return True
         else:
             sql = "SELECT count(*) FROM outbox.bucket_leases WHERE expires_at > now()"
         with psycopg.connect(self.dsn, autocommit=True) as conn:

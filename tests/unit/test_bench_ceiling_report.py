@@ -129,6 +129,22 @@ def test_a_polling_cpu_miss_that_every_minimal_relay_of_the_run_misses_too_is_ou
     assert "| 1,300 | out of reach: minimal relay 908 (ours 1.43x) |" in shown
 
 
+def test_a_cdc_cpu_miss_is_out_of_reach_only_below_the_minimal_cdc_relay_of_the_run() -> None:
+    records = [
+        light("poll", 100, cpu_us_per_msg=1_300.0),
+        light("cdc", 100, cpu_us_per_msg=1_200.0),
+        {**light("poll", 100, cpu_us_per_msg=500.0), "kind": "minimal"},  # polls: no say
+        {**light("cdc", 100, cpu_us_per_msg=750.0), "kind": "minimal-cdc"},
+    ]
+    rows = ceiling_report.light_summary(records)
+    found = ceiling_report.verdicts([], rows, records)
+    cdc = met(found, "CDC relay CPU at 100 msg/s")
+    assert cdc == "out of reach: minimal relay 750 (ours 1.60x)"
+    assert met(found, "polling relay CPU at 100 msg/s") is False  # its minimal relay met it
+    label = "minimal CDC relay, the ceiling (librdkafka defaults, flush)"
+    assert f"| {label} | CDC | 100 | 750 |" in "\n".join(ceiling_report.light_table(rows))
+
+
 def test_a_target_not_measured_is_neither_met_nor_missed() -> None:
     found = ceiling_report.verdicts([], [], [])
     assert {t["met"] for t in found} == {None}
