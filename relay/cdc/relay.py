@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Hashable
+from dataclasses import replace
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -65,9 +66,14 @@ class CdcRelay:
         health: HealthState | None = None,
         metrics: RelayMetrics | None = None,
     ) -> None:
+        if settings is not None:
+            # One source for every piece below: the sessions' timeouts (the set-aside
+            # session's idle_in_transaction_session_timeout is the takeover TTL, so a
+            # frozen leader's open transaction ends in time) read config.cdc.
+            config = replace(config, cdc=settings)
         self.config = config
         self._health = health or HealthState()
-        self.settings = settings or config.cdc
+        self.settings = config.cdc
         found = self.settings.problems(config.schema, publish_timeout=config.publish_timeout)
         if found:
             raise ConfigError(" ".join(found))

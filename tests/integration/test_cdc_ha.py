@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from relay.cdc.relay import CdcRelay
 from tests.integration.test_cdc_stream import write
 from tests.support.cdc_relays import (
     FAST_CDC,
@@ -16,6 +17,7 @@ from tests.support.cdc_relays import (
     eventually,
     slot_position,
 )
+from tests.support.fakes import InMemoryConnector
 from tests.support.relays import install_outbox
 
 pytestmark = pytest.mark.integration
@@ -75,3 +77,22 @@ async def _freeze_and_take_over(db_dsn, frozen):
         await asyncio.sleep(0.5)
         assert frozen.connector.published == []  # it never published after waking
         assert slot["active_pid"] is not None
+
+
+def test_a_relay_given_its_cdc_settings_ends_a_frozen_transaction_within_their_ttl(db_dsn):
+    """A frozen leader's set-aside transaction holds the lock a new leader waits for:
+    PostgreSQL ends it after the takeover TTL the relay runs with, not the default's."""
+    install_outbox(db_dsn)
+    relay = CdcRelay(cdc_config(db_dsn), InMemoryConnector(), FAST_CDC)
+
+    async def shown() -> str:
+        session = relay.aside._session
+        conn = await session.connection()
+        try:
+            cursor = await conn.execute("SHOW idle_in_transaction_session_timeout")
+            row = await cursor.fetchone()
+            return str(row[0]) if row else ""
+        finally:
+            await session.close()
+
+    assert asyncio.run(shown()) == f"{TTL:g}s"
