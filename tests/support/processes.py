@@ -22,6 +22,7 @@ from typing import Self
 
 LOOPBACK = "127.0.0.1"
 POLL_INTERVAL = 0.05  # seconds between readiness probes: fast to notice, cheap to repeat
+PAUSE_TIMEOUT = 5.0  # seconds for every thread of a paused service to stop
 _LOG_TAIL_LINES = 30
 
 
@@ -131,6 +132,21 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _group_threads_running(pgid: int) -> bool:
+    """True while a thread of a process in group ``pgid`` is not stopped (nor dead)."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pgrp = stat_file.read_text().rpartition(")")[2].split()[2]
+            if int(pgrp) != pgid:
+                continue
+            threads = [task.read_text() for task in stat_file.parent.glob("task/*/stat")]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if any(t.rpartition(")")[2].split()[0] not in ("T", "t", "Z", "X") for t in threads):
+            return True
+    return False
+
+
 def _threads_left(proc_dir: Path) -> bool:
     """True while a zombie's other threads still exit: the process holds its sockets (and
     so its ports) until the last thread is gone, though its main thread shows as dead."""
@@ -211,6 +227,19 @@ class _Process:
                 self._popen.send_signal(signum)  # a no-op once the leader was reaped
         except ProcessLookupError:
             pass
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Wait until every thread of the group is stopped (after SIGSTOP). ``killpg``
+        returns before they are: a thread that was not on a CPU stops only once it is
+        scheduled, and a service's other threads may answer a request meanwhile."""
+        if self._popen is None:
+            return True
+        deadline = time.monotonic() + timeout
+        while _group_threads_running(self._popen.pid):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
 
     def wait_gone(self, timeout: float) -> bool:
         """Wait until the leader and every process of its group exited."""
@@ -331,10 +360,13 @@ class LocalService:
         self.start()
 
     def pause(self) -> None:
-        """Freeze the service (SIGSTOP): connections stay open, but nothing answers."""
+        """Freeze the service (SIGSTOP): connections stay open, but nothing answers from
+        the moment this returns."""
         if self._process is not None:
             self._process.signal(signal.SIGSTOP)
             self._paused = True
+            if not self._process.wait_stopped(PAUSE_TIMEOUT):
+                raise ServiceError(f"{self._name} still ran {PAUSE_TIMEOUT:g} s after SIGSTOP")
 
     def resume(self) -> None:
         """Undo ``pause()`` (SIGCONT)."""
