@@ -65,7 +65,6 @@ class ReplicationStream:
         self._pgconn = conn.pgconn
         self.streaming = False
         self._failure: RelayError | None = None  # raised once the frames before it are read
-        self._watch: _FrameWatch | None = None  # the socket, while frames are read
 
     @classmethod
     async def connect(cls, dsn: str, *, connect_timeout: float) -> ReplicationStream:
@@ -142,7 +141,7 @@ class ReplicationStream:
                 remaining = deadline - loop.time()
                 if frames or remaining <= 0:
                     return frames
-                await self._wait_for_frames(min(remaining, READ_WAIT))
+                await self._wait(readable=True, timeout=min(remaining, READ_WAIT))
                 pgconn.consume_input()
         except psycopg.Error as exc:
             self._failure = self._failed_with(exc)
@@ -153,13 +152,6 @@ class ReplicationStream:
         return frames
 
     def _take_arrived(self, frames: list[memoryview], limit: int) -> None:
-        if self._watch is not None and self._watch.early:
-            early = self._watch.early  # read by the watch: before anything libpq holds
-            while early and len(frames) < limit:
-                frame = early.pop(0)
-                if frame is None:
-                    raise self._stream_ended()
-                frames.append(frame)
         pgconn = self._pgconn
         while len(frames) < limit:
             size, data = pgconn.get_copy_data(1)
@@ -189,8 +181,6 @@ class ReplicationStream:
         """Drop the connection without ending the stream politely: whatever was not
         confirmed is sent again next time, which is the point."""
         self.streaming = False
-        if self._watch is not None:
-            self._watch.stop()
         if not self._conn.closed:
             with contextlib.suppress(psycopg.Error):  # it may have failed already
                 await self._conn.close()
@@ -227,11 +217,6 @@ class ReplicationStream:
         while self._pgconn.flush() == 1:
             await self._wait(readable=False, timeout=READ_WAIT)
 
-    async def _wait_for_frames(self, timeout: float) -> None:
-        if self._watch is None:
-            self._watch = _FrameWatch(asyncio.get_running_loop(), self._pgconn)
-        await self._watch.wait(timeout)
-
     async def _wait(self, *, readable: bool, timeout: float) -> None:
         """Until the socket is ready or ``timeout`` passes. The future is awaited
         directly, with a timer of its own: ``asyncio.wait`` would add a future, a
@@ -252,65 +237,6 @@ class ReplicationStream:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-class _FrameWatch:
-    """The replication socket, watched by the event loop from one read to the next.
-
-    At one transaction a message the reader waits on the socket once or twice for each,
-    and adding the socket to epoll and taking it off again cost more than the rest of
-    such a wait: so the watch stays while the reader keeps reading. It reads the socket
-    itself, so a readiness the reader has already consumed (the loop saw it just before
-    the reader ran) finds no new frame and wakes nobody. A watch that fires while nobody
-    waits lets the socket go: a reader paused for the broker never spins the loop.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, pgconn: pq.abc.PGconn) -> None:
-        self._loop = loop
-        self._pgconn = pgconn
-        self._fd = pgconn.socket
-        self._watching = False
-        self._waiter: asyncio.Future[None] | None = None
-        self.early: list[memoryview | None] = []  # frames it read; None: the COPY ended
-
-    async def wait(self, timeout: float) -> None:
-        """Until a frame may be read or ``timeout`` passes."""
-        waiter = self._waiter = self._loop.create_future()
-        if not self._watching:
-            self._loop.add_reader(self._fd, self._on_readable)
-            self._watching = True
-        timer = self._loop.call_later(timeout, _resolve, waiter)
-        try:
-            await waiter  # cancelling the caller cancels the future and ends the wait
-        except BaseException:
-            self.stop()  # cancelled: nobody reads on
-            raise
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    def stop(self) -> None:
-        if self._watching:
-            self._watching = False
-            self._loop.remove_reader(self._fd)
-
-    def _on_readable(self) -> None:
-        waiter = self._waiter
-        if waiter is None:
-            self.stop()
-            return
-        if waiter.done():
-            return  # the reader resumes in this turn and reads for itself
-        try:
-            self._pgconn.consume_input()
-            size, data = self._pgconn.get_copy_data(1)
-        except psycopg.Error:
-            waiter.set_result(None)  # the reader meets the error itself
-            return
-        if size == 0:
-            return  # nothing new: readiness already read, or a frame still incomplete
-        self.early.append(data if size > 0 else None)
-        waiter.set_result(None)
 
 
 def _start_failure(slot: str, result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn) -> RelayError:

@@ -1,7 +1,6 @@
 """ReplicationStream.read_frames: every frame libpq holds, in order, in bounded batches."""
 
 import asyncio
-import contextlib
 from types import SimpleNamespace
 
 import psycopg
@@ -44,7 +43,6 @@ def stream_over(chunks):
         await asyncio.sleep(0)
 
     stream._wait = no_socket_wait
-    stream._wait_for_frames = lambda _timeout: no_socket_wait()
     return stream
 
 
@@ -100,67 +98,6 @@ def test_a_socket_wait_needs_no_asyncio_wait_and_leaves_nothing_registered(monke
         assert loop.time() - started < 5
         ours.recv(1)
         waiting = asyncio.ensure_future(stream._wait(readable=True, timeout=30))
-        await asyncio.sleep(0)
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert not loop.remove_reader(ours.fileno())  # nothing left registered
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        ours.close()
-        theirs.close()
-
-
-class SocketFrames:
-    """libpq over a real socket: consume_input() reads what arrived, each byte a frame."""
-
-    def __init__(self, sock):
-        self.socket = sock.fileno()
-        self._sock = sock
-        self._buffered = bytearray()
-
-    def consume_input(self):
-        with contextlib.suppress(BlockingIOError):
-            self._buffered += self._sock.recv(4096)
-
-    def get_copy_data(self, _async):
-        if not self._buffered:
-            return 0, b""
-        frame = bytes(self._buffered[:1])
-        del self._buffered[:1]
-        return 1, memoryview(frame)
-
-
-def test_the_socket_stays_watched_between_reads_and_is_let_go_when_nobody_reads():
-    """Adding the socket to epoll and taking it off again for each wait cost more than
-    the rest of it: the watch stays from one read to the next; once nobody reads
-    (paused for the broker, cancelled), the socket is let go, so it never spins the loop."""
-    import socket
-
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        added = []
-        add_reader = loop.add_reader
-        loop.add_reader = lambda fd, *args: (added.append(fd), add_reader(fd, *args))[-1]
-        stream = ReplicationStream(SimpleNamespace(pgconn=SocketFrames(ours)))
-        assert await stream.read_frames(0.02, 128) == []  # nothing arrives: the timeout
-        for frames in (b"ab", b"c", b"de"):
-            reading = asyncio.ensure_future(stream.read_frames(30, 128))
-            await asyncio.sleep(0.01)
-            theirs.send(frames)
-            assert [bytes(f) for f in await reading] == [bytes([b]) for b in frames]
-        assert added == [ours.fileno()]  # one watch for every wait
-        theirs.send(b"f")  # nobody reads: the watch lets the socket go
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert not loop.remove_reader(ours.fileno())
-        assert [bytes(f) for f in await stream.read_frames(30, 128)] == [b"f"]
-        waiting = asyncio.ensure_future(stream.read_frames(30, 128))
         await asyncio.sleep(0)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
