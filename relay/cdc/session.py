@@ -5,8 +5,8 @@ Three tasks share an ``Outgoing`` queue:
 - the reader decodes frames into events and marks, and stops reading (but not answering
   the server) while too much waits for the broker;
 - the publisher takes batches of up to ``batch_size`` events (after a short linger when
-  none arrived during the last publish, so small transactions share a batch) and
-  delivers them in order;
+  none arrived during the last publish but one came soon after it, so small
+  transactions share a batch) and delivers them in order;
 - the progress task saves the confirmed position to ``cdc_state`` and only then reports
   it to the server, at least every ``STATUS_INTERVAL`` and whenever the server asks.
 
@@ -49,6 +49,12 @@ MIN_BACKLOG = 4096
 YIELD_EVERY = 256  # frames read in a row before the reader lets the other tasks run
 # Frames taken from the connection at once; the backlog may pass its bound by this many.
 READ_BATCH = 128
+# A batch's first event lingers only when it came within this many lingers of the last
+# publish's end, as polling's lanes do (relay.poll.rounds): transactions that come that
+# close together may share a batch, while a lone one after a longer quiet (a service's
+# trickle, one transaction at a time) has nobody right behind it, and the linger's timer
+# and turn of the event loop would cost about as much as the rest of its journey.
+LONE_EVENT_AFTER = 2
 
 
 class SessionLoops:
@@ -256,26 +262,31 @@ async def publish_batches(
 ) -> None:
     """Deliver ``outgoing``'s batches in order until ``halt`` (or a batch cut short);
     ``space`` is set after each, for a reader waiting for the backlog to shrink."""
+    idle_since = time.monotonic()
     while True:
-        batch = await _next_batch(outgoing, halt, batch_size, linger)
+        batch = await _next_batch(outgoing, halt, batch_size, linger, idle_since)
         if batch is None:
             return
         acknowledge = functools.partial(outgoing.acknowledge, batch)
         delivered = await publisher.deliver(batch.items, halt, acknowledge)
+        idle_since = time.monotonic()
         space.set()
         if not delivered:
             return
 
 
 async def _next_batch(
-    outgoing: Outgoing, halt: Signal, batch_size: int, linger: float
+    outgoing: Outgoing, halt: Signal, batch_size: int, linger: float, idle_since: float
 ) -> Batch | None:
     # Events that came while the previous batch was with the broker have waited
-    # long enough: only a batch whose first event finds the queue empty lingers.
+    # long enough: only a batch whose first event finds the queue empty lingers, and
+    # only when it came soon after that publish (LONE_EVENT_AFTER).
     if outgoing.ready.is_set():
         linger = 0.0
     while not outgoing.ready.is_set() and not halt.is_set():
         await wait_any(halt, outgoing.ready)
+    if time.monotonic() - idle_since > LONE_EVENT_AFTER * linger:
+        linger = 0.0
     if outgoing.backlog < batch_size and linger > 0 and not halt.is_set():
         await wait_any(halt, timeout=linger)  # let the transactions behind join
     return None if halt.is_set() else outgoing.take(batch_size)

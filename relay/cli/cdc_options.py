@@ -87,8 +87,9 @@ CdcLingerOption = Annotated[
         "--cdc-linger",
         envvar=_env("CDC_LINGER"),
         metavar="DURATION",
-        help="CDC: when no event arrived during the last publish, wait this long so the "
-        "transactions right behind the next one share its batch.",
+        help="CDC: when no event arrived during the last publish but one comes within two "
+        "lingers of its end, wait this long so the transactions right behind it share its "
+        "batch.",
     ),
 ]
 CdcSnapshotOption = Annotated[

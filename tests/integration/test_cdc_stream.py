@@ -142,30 +142,40 @@ def test_each_event_carries_its_transactions_commit_time(db_dsn):
     assert message.committed_at <= after
 
 
-def test_only_a_quiet_streams_first_event_waits_out_the_linger(db_dsn):
-    """The linger lets a quiet stream's first transaction wait for the ones right behind
-    it; events that arrived while a batch was with the broker have waited already."""
+def test_only_an_event_soon_after_a_publish_waits_out_the_linger(db_dsn):
+    """The linger lets a transaction that came right behind the last publish wait for the
+    ones behind it; a lone one after a quiet spell of more than two lingers has nobody
+    behind it and goes at once, and events that arrived while a batch was with the
+    broker have waited already."""
     install_outbox(db_dsn)
-    connector = InMemoryConnector(delay=1.0)  # the first publish: 1 s
+    connector = InMemoryConnector()
 
     async def scenario():
         settings = replace(FAST_CDC, linger=1.0)
         async with RunningCdcRelay(cdc_config(db_dsn), connector, settings) as running:
             await running.streaming()
-            first_written = time.monotonic()
+            await asyncio.sleep(2.5)  # quiet for more than two lingers
+            lone_written = time.monotonic()
             await asyncio.to_thread(write, db_dsn, 1)
-            await eventually(lambda: connector.batches >= 1, 10, "the first batch")
-            first_lingered = time.monotonic() - first_written
-            connector.delay = 0.0  # the next publish is instant
-            second_written = time.monotonic()
-            await asyncio.to_thread(write, db_dsn, 1, start=1)  # while the first publishes
-            await eventually(lambda: len(connector.published) == 2, 10, "the second")
-            return first_lingered, time.monotonic() - second_written
+            await eventually(lambda: connector.batches >= 1, 10, "the lone event")
+            lone_waited = time.monotonic() - lone_written
+            await eventually(lambda: len(connector.published) == 1, 10, "its publish")
+            connector.delay = 1.0  # the next publish: 1 s
+            behind_written = time.monotonic()
+            await asyncio.to_thread(write, db_dsn, 1, start=1)  # right after that publish
+            await eventually(lambda: connector.batches >= 2, 10, "the event behind")
+            behind_lingered = time.monotonic() - behind_written
+            connector.delay = 0.0  # the publish after it is instant
+            during_written = time.monotonic()
+            await asyncio.to_thread(write, db_dsn, 1, start=2)  # while the second publishes
+            await eventually(lambda: len(connector.published) == 3, 10, "the third")
+            return lone_waited, behind_lingered, time.monotonic() - during_written
 
-    first_lingered, second_waited = asyncio.run(scenario())
-    assert first_lingered >= 0.9  # the quiet stream's first event lingered (1 s)
-    # The rest of the first publish (< 1 s), then at once; with a linger ~2 s.
-    assert second_waited < 1.5
+    lone_waited, behind_lingered, during_waited = asyncio.run(scenario())
+    assert lone_waited < 0.9  # after a quiet spell: no linger (1 s)
+    assert behind_lingered >= 0.9  # right behind a publish: the linger
+    # The rest of the second publish (< 1 s), then at once; with a linger ~2 s.
+    assert during_waited < 1.5
 
 
 def test_pending_rows_are_published_first_then_the_stream_without_gap(db_dsn):
