@@ -155,38 +155,44 @@ class _BoundOutbox:
     json_as_bytes: frozenset[str] = frozenset({"payload"})
 
     def to_message(self, row: RowValues, position: int) -> OutboxMessage | None:
+        # Runs for every captured event: the usual values (a UUID, str, no headers) are
+        # taken as they are, without a call each to convert them, and the message is
+        # built from positional arguments (keywords cost as much again as the call).
+        get = row.get
         if (
-            row.get("sent_at") is not None
-            or row.get("parked_at") is not None
-            or row.get("set_aside_at") is not None
+            get("sent_at") is not None
+            or get("parked_at") is not None
+            or get("set_aside_at") is not None
         ):
             return None
-        raw, payload = row["payload_bytes"], row["payload"]
-        if isinstance(raw, bytes):
-            body: bytes | None = raw
-        elif isinstance(payload, bytes):  # from the stream, json_as_bytes
-            body = payload
-        elif isinstance(payload, str):
-            body = json_text(payload)
-        else:
-            body = None
-        created = row.get("created_at")
+        ident, topic, key, headers = row["id"], row["topic"], row["key"], row["headers"]
+        created = get("created_at")
+        content_type = get("content_type") or "application/json"
         return OutboxMessage(
-            id=message_id(row["id"], self.table),
-            topic=str(row["topic"]),
-            key=None if row["key"] is None else str(row["key"]),
-            payload=body,
-            headers=_json_object_headers(row["headers"]),
-            content_type=str(row.get("content_type") or "application/json"),
-            position=position,
-            created_at=created if isinstance(created, datetime) else None,
+            ident if type(ident) is UUID else message_id(ident, self.table),
+            topic if type(topic) is str else str(topic),
+            key if key is None or type(key) is str else str(key),
+            _outbox_body(row["payload_bytes"], row["payload"]),
+            {} if headers is None or headers == "{}" else _json_object_headers(headers),
+            content_type if type(content_type) is str else str(content_type),
+            position,
+            created if isinstance(created, datetime) else None,
         )
-
 
     def is_delayed(self, row: RowValues) -> bool:
         # Only migration 8's trigger writes a row already sent; the relay parks, and a
         # parked row has parked_at.
         return row.get("sent_at") is not None and row.get("parked_at") is None
+
+
+def _outbox_body(raw: object, payload: object) -> bytes | None:
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(payload, bytes):  # from the stream, json_as_bytes
+        return payload
+    if isinstance(payload, str):
+        return json_text(payload)
+    return None
 
 
 def _json_object_headers(value: object) -> dict[str, str]:
