@@ -18,10 +18,8 @@ message on this machine. Kafka only; stops on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import signal
 import struct
 import time
 from typing import Any
@@ -29,7 +27,13 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from benchmarks.minimal_relay import Progress, Sender, producer_config
+from benchmarks.minimal_relay import (
+    Progress,
+    Sender,
+    arguments,
+    producer_config,
+    run_until_stopped,
+)
 
 SLOT = PUBLICATION = "minimal_cdc"
 WANTED = ("id", "topic", "key", "payload")
@@ -188,27 +192,10 @@ async def relay(dsn: str, sender_args: tuple[str, str], progress: Progress) -> N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dsn", required=True)
-    parser.add_argument("--connector", choices=("kafka",), default="kafka")
-    parser.add_argument("--kafka-bootstrap", default="localhost:9092")
-    parser.add_argument("--kafka-settings", choices=("plain", "relay"), default="plain")
-    parser.add_argument("--progress", help="keep the count of confirmed messages in this file")
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     progress = Progress(args.progress)
-
-    async def run() -> None:
-        task = asyncio.create_task(
-            relay(args.dsn, (args.kafka_bootstrap, args.kafka_settings), progress)
-        )
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(run())
+    run_until_stopped(relay(args.dsn, (args.kafka_bootstrap, args.kafka_settings), progress))
     print(f"minimal CDC relay stopped; {progress.count} messages sent", flush=True)
-
 
 if __name__ == "__main__":
     main()

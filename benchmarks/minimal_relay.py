@@ -30,6 +30,7 @@ import contextlib
 import mmap
 import signal
 import threading
+from collections.abc import Coroutine
 from typing import Any
 
 import psycopg
@@ -174,29 +175,38 @@ async def relay(dsn: str, sender_args: tuple[str, str, str], progress: Progress)
         await worker.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options both minimal relays take (this one adds ``--reports``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--connector", choices=("kafka",), default="kafka")
     parser.add_argument("--kafka-bootstrap", default="localhost:9092")
     parser.add_argument("--kafka-settings", choices=("plain", "relay"), default="plain")
-    parser.add_argument("--reports", choices=("flush", "thread"), default="flush")
     parser.add_argument("--progress", help="keep the count of confirmed messages in this file")
-    args = parser.parse_args()
-    progress = Progress(args.progress)
+    return parser
+
+
+def run_until_stopped(relaying: Coroutine[Any, Any, None]) -> None:
+    """Run ``relaying`` until it ends or SIGTERM/SIGINT cancels it."""
 
     async def run() -> None:
-        task = asyncio.create_task(
-            relay(args.dsn, (args.kafka_bootstrap, args.kafka_settings, args.reports), progress)
-        )
+        task = asyncio.create_task(relaying)
         for signum in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     asyncio.run(run())
-    print(f"minimal relay stopped; {progress.count} messages sent", flush=True)
 
+
+def main() -> None:
+    parser = arguments(__doc__)
+    parser.add_argument("--reports", choices=("flush", "thread"), default="flush")
+    args = parser.parse_args()
+    progress = Progress(args.progress)
+    sender_args = (args.kafka_bootstrap, args.kafka_settings, args.reports)
+    run_until_stopped(relay(args.dsn, sender_args, progress))
+    print(f"minimal relay stopped; {progress.count} messages sent", flush=True)
 
 if __name__ == "__main__":
     main()
