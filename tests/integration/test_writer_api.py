@@ -306,3 +306,91 @@ def test_enqueue_many_of_one_message_writes_the_same_row(outbox):
     assert written[0] == written[1] == ("t", "k", None, b"\x01", {"h": "v"}, BINARY_TYPE)
     assert [r[0] for r in rows(outbox)][:2] == [first, second]
     assert [d for d, _ in due_times(outbox)][:2] == [LATER, LATER]
+
+
+ONE_MESSAGE_CASES = {
+    "json, headers, content_type, deliver_at": (
+        {"key": "k", "payload": {"a": [1, "é"]}, "headers": {"h": "v"},
+         "content_type": "application/json", "deliver_at": LATER},
+        ('{"a":[1,"é"]}', None, {"h": "v"}, "application/json", LATER),
+    ),
+    "bytes, headers, content_type, delay": (
+        {"key": None, "payload": bytearray(b"\x00\xff"), "headers": {"h": "v"},
+         "content_type": "image/png", "delay": 300},
+        (None, b"\x00\xff", {"h": "v"}, "image/png", timedelta(seconds=300)),
+    ),
+    "bytes without content_type, a time already past": (
+        {"key": "k", "payload": b"\x01", "deliver_at": EARLIER},
+        (None, b"\x01", {}, BINARY_TYPE, timedelta(0)),
+    ),
+    "json alone": (
+        {"key": "k", "payload": 7},
+        ("7", None, {}, "application/json", timedelta(0)),
+    ),
+}  # fmt: skip
+
+
+# due: a delay counted from the transaction's start, NULL for a time a day or more away
+AS_THE_RELAY_READS_THEM = """
+SELECT seq, topic, key, payload::text, payload_bytes, headers, content_type, bucket,
+       CASE WHEN available_at - created_at < '1 day' THEN available_at - created_at END AS due,
+       available_at, attempts, last_error
+FROM outbox.messages WHERE sent_at IS NULL
+UNION ALL
+SELECT seq, topic, key, payload::text, payload_bytes, headers, content_type, NULL,
+       CASE WHEN available_at - created_at < '1 day' THEN available_at - created_at END,
+       available_at, 0, NULL
+FROM outbox.scheduled ORDER BY 1"""
+
+
+def as_the_relay_reads_them(dsn: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Each topic's messages in seq order: every column the relay reads, and when each
+    is due (a delay counted from its transaction's start, or NULL and the time). The
+    ones due later wait in the scheduled table, which has no bucket nor attempts yet."""
+    with psycopg.connect(dsn) as conn:
+        found = conn.execute(AS_THE_RELAY_READS_THEM).fetchall()  # type: ignore[arg-type]
+    topics: dict[str, list[tuple[Any, ...]]] = {}
+    for row in found:
+        topics.setdefault(row[1], []).append(row[2:])
+    return topics
+
+
+def ids_in_seq_order(dsn: str) -> list[Any]:
+    with psycopg.connect(dsn) as conn:
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM (SELECT seq, id FROM outbox.messages WHERE sent_at IS NULL"
+                " UNION ALL SELECT seq, id FROM outbox.scheduled) AS m ORDER BY seq"
+            ).fetchall()
+        ]
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"), ONE_MESSAGE_CASES.values(), ids=ONE_MESSAGE_CASES.keys()
+)
+def test_enqueue_many_of_one_message_honours_every_field(outbox, message, expected):
+    """A list of one takes the single-row statement (sync and async), a list of two the
+    arrays: the rows the relay finds must not tell which."""
+
+    async def async_one() -> list[Any]:
+        async with await psycopg.AsyncConnection.connect(outbox) as conn:
+            return await relay.enqueue_many_async(conn, [{**message, "topic": "async"}])
+
+    with psycopg.connect(outbox) as conn:
+        one = relay.enqueue_many(conn, [{**message, "topic": "one"}])
+        two = relay.enqueue_many(conn, [{**message, "topic": "two"}] * 2)
+    ids = {"one": one, "async": asyncio.run(async_one()), "two": two}
+    found = as_the_relay_reads_them(outbox)
+    assert {topic: len(rows) for topic, rows in found.items()} == {"one": 1, "async": 1, "two": 2}
+    for row in (row for rows in found.values() for row in rows):
+        *columns, bucket, delay, available_at, attempts, last_error = row
+        assert tuple(columns) == (message["key"], *expected[:-1])
+        assert (attempts, last_error) == (0, None)
+        assert bucket == found["two"][0][-5]
+        due = expected[-1]
+        if isinstance(due, datetime):
+            assert (available_at, delay) == (due, None)
+        else:
+            assert due <= delay < due + timedelta(seconds=30)
+    assert ids_in_seq_order(outbox) == [*ids["one"], *ids["two"], *ids["async"]]
