@@ -265,6 +265,7 @@ LIGHT_RELAYS = {
     "minimal-relay-kafka-thread": "minimal relay (our librdkafka settings, report thread)",
     "minimal-cdc": "minimal CDC relay, the ceiling (librdkafka defaults, flush)",
     "minimal-cdc-relay-kafka": "minimal CDC relay (our librdkafka settings, flush)",
+    "minimal-cdc-relay-kafka-thread": "minimal CDC relay (our librdkafka settings, report thread)",
 }
 
 

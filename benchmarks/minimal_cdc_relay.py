@@ -3,14 +3,16 @@ streams each commit from a pgoutput slot to Kafka within milliseconds, with the 
 libraries (benchmarks/minimal_relay.py is its polling counterpart).
 
     python -m benchmarks.minimal_cdc_relay --dsn DSN --kafka-bootstrap H:P
-        [--kafka-settings plain|relay] [--progress FILE]
+        [--kafka-settings plain|relay] [--reports flush|thread] [--progress FILE]
 
 asyncio and one psycopg replication connection: a publication of ``outbox.messages``'s
 inserts and a temporary pgoutput slot of its own, streamed with ``START_REPLICATION`` in
 text format, read through libpq (``get_copy_data``) when the event loop sees the socket
 readable. At each Commit it produces the transaction's rows (``id``, ``topic``, ``key``,
 ``payload``, taken from the Relation's column order), waits for their delivery reports
-(``flush()``), and confirms the commit's LSN to the server at most once a second, or at
+(``--reports flush``: ``flush()`` on the event loop's thread; ``thread``: a thread serves
+``poll()`` and resolves a future, as the connector does, so the loop never blocks on the
+broker), and confirms the commit's LSN to the server at most once a second, or at
 once when a keepalive asks. No leases, retries, decoding of other columns, retention,
 metrics or logging: the floor under what a CDC relay with the same latency can cost per
 message on this machine. Kafka only; stops on SIGTERM/SIGINT.
@@ -181,9 +183,10 @@ async def start(dsn: str) -> psycopg.AsyncConnection[Any]:
     return conn
 
 
-async def relay(dsn: str, sender_args: tuple[str, str], progress: Progress) -> None:
+async def relay(dsn: str, sender_args: tuple[str, str, str], progress: Progress) -> None:
+    bootstrap, settings, reports = sender_args
     conn = await start(dsn)
-    sender = Sender(producer_config(*sender_args), "flush")
+    sender = Sender(producer_config(bootstrap, settings), reports)
     try:
         await Stream(conn, sender, progress).run()
     finally:
@@ -194,8 +197,10 @@ async def relay(dsn: str, sender_args: tuple[str, str], progress: Progress) -> N
 def main() -> None:
     args = arguments(__doc__).parse_args()
     progress = Progress(args.progress)
-    run_until_stopped(relay(args.dsn, (args.kafka_bootstrap, args.kafka_settings), progress))
+    sender_args = (args.kafka_bootstrap, args.kafka_settings, args.reports)
+    run_until_stopped(relay(args.dsn, sender_args, progress))
     print(f"minimal CDC relay stopped; {progress.count} messages sent", flush=True)
+
 
 if __name__ == "__main__":
     main()

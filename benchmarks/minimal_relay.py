@@ -176,12 +176,13 @@ async def relay(dsn: str, sender_args: tuple[str, str, str], progress: Progress)
 
 
 def arguments(doc: str) -> argparse.ArgumentParser:
-    """The options both minimal relays take (this one adds ``--reports``)."""
+    """The options both minimal relays take."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--connector", choices=("kafka",), default="kafka")
     parser.add_argument("--kafka-bootstrap", default="localhost:9092")
     parser.add_argument("--kafka-settings", choices=("plain", "relay"), default="plain")
+    parser.add_argument("--reports", choices=("flush", "thread"), default="flush")
     parser.add_argument("--progress", help="keep the count of confirmed messages in this file")
     return parser
 
@@ -200,13 +201,12 @@ def run_until_stopped(relaying: Coroutine[Any, Any, None]) -> None:
 
 
 def main() -> None:
-    parser = arguments(__doc__)
-    parser.add_argument("--reports", choices=("flush", "thread"), default="flush")
-    args = parser.parse_args()
+    args = arguments(__doc__).parse_args()
     progress = Progress(args.progress)
     sender_args = (args.kafka_bootstrap, args.kafka_settings, args.reports)
     run_until_stopped(relay(args.dsn, sender_args, progress))
     print(f"minimal relay stopped; {progress.count} messages sent", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -297,18 +297,16 @@ MINIMAL_VARIANTS = {
     "minimal-relay-kafka-thread": ("poll", "relay", "thread"),
     "minimal-cdc": ("cdc", "plain", "flush"),
     "minimal-cdc-relay-kafka": ("cdc", "relay", "flush"),
+    "minimal-cdc-relay-kafka-thread": ("cdc", "relay", "thread"),
 }
 
 
 def minimal_argv(kind: str, dsn: str, target_args: list[str], progress: Path) -> list[str]:
     mode, settings, reports = MINIMAL_VARIANTS[kind]
-    if mode == "cdc":  # it has only the one way to wait for reports
-        module, reporting = "benchmarks.minimal_cdc_relay", []
-    else:
-        module, reporting = "benchmarks.minimal_relay", ["--reports", reports]
+    module = "benchmarks.minimal_cdc_relay" if mode == "cdc" else "benchmarks.minimal_relay"
     return [
         sys.executable, "-m", module, "--dsn", dsn, *target_args,
-        "--kafka-settings", settings, *reporting, "--progress", str(progress),
+        "--kafka-settings", settings, "--reports", reports, "--progress", str(progress),
     ]  # fmt: skip
 
 

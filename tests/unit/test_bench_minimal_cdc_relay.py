@@ -5,8 +5,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from benchmarks.ceiling_report import LIGHT_RELAYS
 from benchmarks.minimal_cdc_relay import WANTED, insert_values, relation_columns
-from benchmarks.processes import minimal_argv
+from benchmarks.processes import MINIMAL_VARIANTS, minimal_argv
 
 COLUMNS = ("seq", "id", "topic", "key", "payload", "headers")
 
@@ -35,8 +36,14 @@ def test_an_insert_gives_the_wanted_columns_in_the_relation_s_order() -> None:
     }  # fmt: skip
 
 
-def test_the_suite_starts_the_cdc_variant_without_the_polling_relay_s_options() -> None:
-    argv = minimal_argv("minimal-cdc-relay-kafka", "dbname=x", ["--kafka-bootstrap", "h:1"],
-                        Path("/tmp/p"))  # fmt: skip
-    assert argv[1:3] == ["-m", "benchmarks.minimal_cdc_relay"]
-    assert "--reports" not in argv and argv[argv.index("--kafka-settings") + 1] == "relay"
+def test_the_suite_starts_each_cdc_variant_with_its_settings_and_way_to_wait() -> None:
+    for kind, reports in (("minimal-cdc-relay-kafka", "flush"),
+                          ("minimal-cdc-relay-kafka-thread", "thread")):  # fmt: skip
+        argv = minimal_argv(kind, "dbname=x", ["--kafka-bootstrap", "h:1"], Path("/tmp/p"))
+        assert argv[1:3] == ["-m", "benchmarks.minimal_cdc_relay"]
+        assert argv[argv.index("--kafka-settings") + 1] == "relay"
+        assert argv[argv.index("--reports") + 1] == reports
+
+
+def test_every_minimal_relay_has_a_label_in_the_light_table() -> None:
+    assert set(MINIMAL_VARIANTS) <= set(LIGHT_RELAYS)
