@@ -29,13 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import pq
 
-from benchmarks.minimal_relay import (
-    Progress,
-    Sender,
-    arguments,
-    producer_config,
-    run_until_stopped,
-)
+from benchmarks.minimal_relay import Progress, Sender, producer_config, run_main
 
 SLOT = PUBLICATION = "minimal_cdc"
 WANTED = ("id", "topic", "key", "payload")
@@ -195,11 +189,7 @@ async def relay(dsn: str, sender_args: tuple[str, str, str], progress: Progress)
 
 
 def main() -> None:
-    args = arguments(__doc__).parse_args()
-    progress = Progress(args.progress)
-    sender_args = (args.kafka_bootstrap, args.kafka_settings, args.reports)
-    run_until_stopped(relay(args.dsn, sender_args, progress))
-    print(f"minimal CDC relay stopped; {progress.count} messages sent", flush=True)
+    run_main(__doc__, relay, "minimal CDC relay")
 
 
 if __name__ == "__main__":

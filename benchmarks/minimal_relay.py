@@ -30,7 +30,7 @@ import contextlib
 import mmap
 import signal
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psycopg
@@ -200,12 +200,21 @@ def run_until_stopped(relaying: Coroutine[Any, Any, None]) -> None:
     asyncio.run(run())
 
 
-def main() -> None:
-    args = arguments(__doc__).parse_args()
+Relaying = Callable[[str, tuple[str, str, str], Progress], Coroutine[Any, Any, None]]
+
+
+def run_main(doc: str, relaying: Relaying, name: str) -> None:
+    """A minimal relay's command: its options, ``relaying`` until SIGTERM/SIGINT, and
+    how many messages it sent."""
+    args = arguments(doc).parse_args()
     progress = Progress(args.progress)
     sender_args = (args.kafka_bootstrap, args.kafka_settings, args.reports)
-    run_until_stopped(relay(args.dsn, sender_args, progress))
-    print(f"minimal relay stopped; {progress.count} messages sent", flush=True)
+    run_until_stopped(relaying(args.dsn, sender_args, progress))
+    print(f"{name} stopped; {progress.count} messages sent", flush=True)
+
+
+def main() -> None:
+    run_main(__doc__, relay, "minimal relay")
 
 
 if __name__ == "__main__":
