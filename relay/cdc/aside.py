@@ -147,6 +147,24 @@ class AsideStore:
         self.held.update(m.key for m in messages if m.key is not None)
         self.wake.set()
 
+    async def anything_set_aside(self) -> bool:
+        """Is any row set aside or any key held? One statement, no lock and no
+        transaction: what an idle drain asks before a fenced round of several round
+        trips."""
+        conn = await self._session.connection()
+        try:
+            async with asyncio.timeout(self._deadline):
+                cursor = await conn.execute(self._q("anything_set_aside"))
+                row = await cursor.fetchone()
+        except BaseException as exc:
+            await self._session.discard()
+            raise _translated(exc, "looking for set-aside messages") from None
+        finally:
+            await self._session.release()
+        # The held keys are left alone: a stream batch may set a message aside meanwhile
+        # (it adds its key and wakes the drain), which this answer may predate.
+        return bool(row and row[0])
+
     async def drain_once(self, publish: Publish, may_publish: Callable[[], bool]) -> AsideRound:
         """Claim due set-aside rows, publish them, write the outcome (polling mode's
         rules), then re-read the held keys and when the next row comes due."""
@@ -235,9 +253,17 @@ class AsideDrain:
 
     async def run(self, halt: asyncio.Event) -> None:
         store = self._store
+        quiet = False  # the last round found nothing set aside and no key held
         while not halt.is_set():
+            woken = store.wake.is_set()  # something was set aside: a round, no look
             store.wake.clear()
             try:
+                if quiet and not woken and not await store.anything_set_aside():
+                    # Usually nothing is set aside: one statement instead of a fenced
+                    # round (BEGIN, the lock, the leader check, the claim, COMMIT and
+                    # two reads), which an idle relay would run every period.
+                    await self._wait(halt, self._every)
+                    continue
                 async with store.turn:
                     done = await store.drain_once(self._publish, self._may_publish)
             except RelayError as exc:
@@ -248,6 +274,7 @@ class AsideDrain:
                 await self._back_off(halt, "the broker confirmed none of them")
                 continue
             self._failures = 0
+            quiet = done.next_due is None and not store.holding()
             await self._wait(halt, self._next_wait(done))
 
     async def _wait(self, halt: asyncio.Event, timeout: float) -> None:

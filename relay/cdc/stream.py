@@ -65,6 +65,10 @@ class ReplicationStream:
         self._pgconn = conn.pgconn
         self.streaming = False
         self._failure: RelayError | None = None  # raised once the frames before it are read
+        # The streaming socket stays registered with the event loop between the reader's
+        # waits (see _wait_readable); ``_reader`` is the wait in progress, if any.
+        self._watching: tuple[asyncio.AbstractEventLoop, int] | None = None
+        self._reader: asyncio.Future[None] | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, connect_timeout: float) -> ReplicationStream:
@@ -141,7 +145,7 @@ class ReplicationStream:
                 remaining = deadline - loop.time()
                 if frames or remaining <= 0:
                     return frames
-                await self._wait(readable=True, timeout=min(remaining, READ_WAIT))
+                await self._wait_readable(min(remaining, READ_WAIT))
                 pgconn.consume_input()
         except psycopg.Error as exc:
             self._failure = self._failed_with(exc)
@@ -181,6 +185,7 @@ class ReplicationStream:
         """Drop the connection without ending the stream politely: whatever was not
         confirmed is sent again next time, which is the point."""
         self.streaming = False
+        self._stop_watching()  # before the socket closes: its number may be reused
         if not self._conn.closed:
             with contextlib.suppress(psycopg.Error):  # it may have failed already
                 await self._conn.close()
@@ -188,6 +193,9 @@ class ReplicationStream:
     def _failed_with(self, exc: psycopg.Error) -> RelayError:
         """The server's own error when it ended the stream with one (its SQLSTATE says
         what it is), else a broken connection."""
+        # libpq may have closed the socket: the event loop must not keep its number,
+        # which the next connection opened may get.
+        self._stop_watching()
         if self._failure is not None:
             # The reader took the server's error first (its frames before it are still
             # being handed over): a status update sent after that fails for the same end.
@@ -224,6 +232,8 @@ class ReplicationStream:
         message the stream waits once or twice for each."""
         loop = asyncio.get_running_loop()
         fd = self._pgconn.socket
+        if readable:
+            self._stop_watching()  # one reader of the socket at a time
         ready: asyncio.Future[None] = loop.create_future()
         (loop.add_reader if readable else loop.add_writer)(fd, _resolve, ready)
         timer = loop.call_later(timeout, _resolve, ready)
@@ -232,6 +242,43 @@ class ReplicationStream:
         finally:
             timer.cancel()
             (loop.remove_reader if readable else loop.remove_writer)(fd)
+
+
+    async def _wait_readable(self, timeout: float) -> None:
+        """``_wait(readable=True)`` for the stream's reader, with the socket left
+        registered after the wait: at one transaction per message the reader waits once
+        or twice for each, and registering and removing the socket each time (two
+        ``epoll_ctl`` calls and the event loop's bookkeeping) costs more than the wait's
+        own turn of the loop."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+        self._reader = ready
+        if self._watching is None:
+            fd = self._pgconn.socket
+            loop.add_reader(fd, self._on_readable)
+            self._watching = (loop, fd)
+        timer = loop.call_later(timeout, _resolve, ready)
+        try:
+            await ready  # cancelling the caller cancels the future and ends the wait
+        finally:
+            timer.cancel()
+            self._reader = None
+
+    def _on_readable(self) -> None:
+        reader = self._reader
+        if reader is None:
+            # Nobody reads now (frames are being handled, or the reader pauses for the
+            # broker): stop watching, or the loop would call this on every turn while
+            # the data waits in the socket. The next wait registers the socket again.
+            self._stop_watching()
+        elif not reader.done():
+            reader.set_result(None)
+
+    def _stop_watching(self) -> None:
+        if self._watching is not None:
+            (loop, fd), self._watching = self._watching, None
+            if not loop.is_closed():
+                loop.remove_reader(fd)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

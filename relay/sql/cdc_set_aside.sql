@@ -28,6 +28,16 @@ SET seq = DEFAULT, set_aside_at = now()
 WHERE m.sent_at IS NULL AND m.parked_at IS NULL AND m.set_aside_at IS NULL
 RETURNING m.id, m.seq;
 
+-- name: anything_set_aside
+-- Has a drain round anything to do or a key to hold: a set-aside row, due or not, or a
+-- key hold. Read without the lock, in a statement of its own: an idle drain asks this
+-- instead of running a fenced round, and a row set aside just after it is seen by the
+-- next look, as it would have been by the next round.
+SELECT EXISTS (
+  SELECT FROM {schema}.messages
+  WHERE set_aside_at IS NOT NULL AND sent_at IS NULL AND parked_at IS NULL
+) OR EXISTS (SELECT FROM {schema}.key_holds WHERE held_until > now());
+
 -- name: try_lock_set_aside
 -- One relay at a time drains the set-aside rows (a deposed leader's batch in flight
 -- keeps its lock until its transaction ends), so rows of a key never split between two.

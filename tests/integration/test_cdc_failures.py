@@ -237,3 +237,38 @@ def test_a_deposed_leader_sets_nothing_aside_and_a_new_one_waits_for_its_write(d
 
     asyncio.run(scenario())
     assert scalar(db_dsn, "SELECT count(*) FROM outbox.messages") == 0
+
+
+def test_the_idle_look_sees_a_set_aside_row_and_a_key_hold(db_dsn):
+    """What an idle drain asks instead of a round: a set-aside row (due or not) or an
+    active hold is something; a row sent, parked or not set aside, or a hold run out, is
+    not."""
+    install_outbox(db_dsn)
+
+    async def scenario():
+        async with RunningCdcRelay(cdc_config(db_dsn)) as running:
+            await running.streaming()
+            store = running.relay.aside
+            answers = [await store.anything_set_aside()]
+            with psycopg.connect(db_dsn, autocommit=True) as conn:
+                conn.execute(  # streamed, never set aside
+                    "INSERT INTO outbox.messages (topic, key, payload) VALUES ('t', 'k', '{}')"
+                )
+                conn.execute("INSERT INTO outbox.key_holds (key, held_until, seq)"
+                             " VALUES ('gone', now() - interval '1 s', 1)")
+                answers.append(await store.anything_set_aside())
+                conn.execute("UPDATE outbox.key_holds SET held_until = 'infinity'")
+                answers.append(await store.anything_set_aside())
+                conn.execute("DELETE FROM outbox.key_holds")
+                store.held = {"K"}  # as a stream batch setting K aside meanwhile leaves it
+                answers.append(await store.anything_set_aside())
+                assert store.held == {"K"}  # not the look's to forget
+                conn.execute(  # not due for an hour (and not a delayed message: created then)
+                    "INSERT INTO outbox.messages (topic, key, payload, set_aside_at,"
+                    " created_at, available_at) VALUES ('t', 'k', '{}', now(),"
+                    " now() + interval '1 h', now() + interval '1 h')"
+                )
+                answers.append(await store.anything_set_aside())
+            return answers
+
+    assert asyncio.run(scenario()) == [False, False, True, False, True]

@@ -9,23 +9,36 @@ from relay.shared_sessions import Lookout
 
 
 class CountingStore:
-    """Counts drain rounds; each finds nothing and nothing due."""
+    """Counts drain rounds and looks; each round finds what ``found`` says (by default
+    nothing and nothing due), each look what ``set_aside`` says."""
 
-    def __init__(self) -> None:
+    def __init__(self, found: list[AsideRound] | None = None, held: bool = False) -> None:
         self.wake = asyncio.Event()
         self.turn = asyncio.Lock()
         self.batch_size = 10
         self.rounds = 0
+        self.looks = 0
         self.round_done = asyncio.Event()
+        self.found = found or []
+        self.held = held
+        self.set_aside = False
+
+    def holding(self) -> bool:
+        return self.held
+
+    async def anything_set_aside(self) -> bool:
+        self.looks += 1
+        return self.set_aside
 
     async def drain_once(self, publish, may_publish) -> AsideRound:
         self.rounds += 1
         self.round_done.set()
-        return AsideRound()
+        return self.found.pop(0) if self.found else AsideRound()
 
 
-async def rounds_after(covered: bool, *, wake: bool) -> int:
-    store = CountingStore()
+async def rounds_after(covered: bool, *, wake: bool, store: CountingStore | None = None) -> int:
+    """Rounds and looks, each a look for work of the drain's own."""
+    store = store or CountingStore()
     drain = AsideDrain(store, publish=None, may_publish=lambda: True,  # type: ignore[arg-type]
                        on_delivered=lambda _n: None, every=0.01, covered=lambda: covered)
     halt = asyncio.Event()
@@ -38,7 +51,7 @@ async def rounds_after(covered: bool, *, wake: bool) -> int:
         await asyncio.wait_for(store.round_done.wait(), 5)
     halt.set()
     await task
-    return store.rounds
+    return store.rounds + store.looks
 
 
 def test_the_drain_looks_on_its_own_every_period_while_no_shared_look_answers():
@@ -48,6 +61,88 @@ def test_the_drain_looks_on_its_own_every_period_while_no_shared_look_answers():
 def test_while_a_shared_look_answers_the_drain_waits_to_be_woken():
     assert asyncio.run(rounds_after(True, wake=False)) == 1
     assert asyncio.run(rounds_after(True, wake=True)) == 2
+
+
+async def idle_drain(store: CountingStore, seconds: float = 0.1) -> CountingStore:
+    drain = AsideDrain(store, publish=None, may_publish=lambda: True,  # type: ignore[arg-type]
+                       on_delivered=lambda _n: None, every=0.01)
+    halt = asyncio.Event()
+    task = asyncio.create_task(drain.run(halt))
+    await asyncio.sleep(seconds)
+    halt.set()
+    await task
+    return store
+
+
+def test_an_idle_drain_looks_with_one_statement_instead_of_a_round():
+    """Nothing set aside, no key held: after its first round the drain only asks
+    whether anything is (a fenced round is several round trips, every period)."""
+    store = asyncio.run(idle_drain(CountingStore()))
+    assert store.rounds == 1 and store.looks > 2
+
+
+def test_a_look_that_finds_something_set_aside_runs_a_round():
+    """A person's retry, or a deposed leader's set-aside row: seen by the next look."""
+
+    async def scenario() -> CountingStore:
+        store = CountingStore()
+        drain = AsideDrain(store, publish=None, may_publish=lambda: True,  # type: ignore[arg-type]
+                           on_delivered=lambda _n: None, every=0.01)
+        halt = asyncio.Event()
+        task = asyncio.create_task(drain.run(halt))
+        await asyncio.sleep(0.05)
+        assert store.rounds == 1
+        store.round_done.clear()
+        store.set_aside = True
+        await asyncio.wait_for(store.round_done.wait(), 5)
+        halt.set()
+        await task
+        return store
+
+    assert asyncio.run(scenario()).rounds >= 2
+
+
+def test_a_wake_runs_a_round_without_a_look():
+    """This relay set something aside: its round comes at once, no look first."""
+
+    async def scenario() -> CountingStore:
+        store = CountingStore()
+        drain = AsideDrain(store, publish=None, may_publish=lambda: True,  # type: ignore[arg-type]
+                           on_delivered=lambda _n: None, every=30)
+        halt = asyncio.Event()
+        task = asyncio.create_task(drain.run(halt))
+        await store.round_done.wait()
+        store.round_done.clear()
+        store.wake.set()
+        await asyncio.wait_for(store.round_done.wait(), 5)
+        halt.set()
+        await task
+        return store
+
+    store = asyncio.run(scenario())
+    assert (store.rounds, store.looks) == (2, 0)
+
+
+def test_a_message_set_aside_during_a_look_that_missed_it_gets_its_round():
+    """The look answered from before the stream's write; the write's wake still counts."""
+
+    class WokenDuringALook(CountingStore):
+        async def anything_set_aside(self) -> bool:
+            self.looks += 1
+            if self.looks == 3:
+                self.wake.set()  # a stream batch set a message aside meanwhile
+            return False
+
+    store = asyncio.run(idle_drain(WokenDuringALook()))
+    assert store.rounds == 2 and store.looks > 3
+
+
+def test_while_keys_are_held_or_rows_wait_every_period_is_a_round():
+    """Held keys must be read again (a hold runs out) and waiting rows claimed when due."""
+    held = asyncio.run(idle_drain(CountingStore(held=True)))
+    assert held.looks == 0 and held.rounds > 2
+    due = asyncio.run(idle_drain(CountingStore(found=[AsideRound(next_due=0.01)] * 1000)))
+    assert due.looks == 0 and due.rounds > 2
 
 
 class AnsweringSession:

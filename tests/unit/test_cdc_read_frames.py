@@ -1,6 +1,7 @@
 """ReplicationStream.read_frames: every frame libpq holds, in order, in bounded batches."""
 
 import asyncio
+import socket
 from types import SimpleNamespace
 
 import psycopg
@@ -39,10 +40,10 @@ class ArrivingFrames:
 def stream_over(chunks):
     stream = ReplicationStream(SimpleNamespace(pgconn=ArrivingFrames(chunks)))
 
-    async def no_socket_wait(**_):
+    async def no_socket_wait(_timeout):
         await asyncio.sleep(0)
 
-    stream._wait = no_socket_wait
+    stream._wait_readable = no_socket_wait
     return stream
 
 
@@ -109,6 +110,106 @@ def test_a_socket_wait_needs_no_asyncio_wait_and_leaves_nothing_registered(monke
     finally:
         ours.close()
         theirs.close()
+
+
+class SocketPair:
+    """A stream over one end of a socket pair, and the registrations the loop got."""
+
+    def __init__(self, monkeypatch, loop):
+        self.ours, self.theirs = socket.socketpair()
+        pgconn = SimpleNamespace(
+            socket=self.ours.fileno(), consume_input=lambda: None,
+            get_copy_data=lambda _async: (0, b""), get_result=lambda: None,
+        )
+        self.stream = ReplicationStream(SimpleNamespace(pgconn=pgconn, closed=True))
+        self.added = 0
+        add_reader = loop.add_reader
+
+        def counting_add_reader(*args):
+            self.added += 1
+            return add_reader(*args)
+
+        monkeypatch.setattr(loop, "add_reader", counting_add_reader)
+
+    def registered(self, loop):
+        """Is the socket registered? (Asking removes it.)"""
+        return loop.remove_reader(self.ours.fileno())
+
+    def close(self):
+        self.ours.close()
+        self.theirs.close()
+
+
+def test_the_readers_socket_stays_registered_between_waits(monkeypatch):
+    """A wait per transaction: the socket is registered once, not once per wait."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pair = SocketPair(monkeypatch, loop)
+        try:
+            for _ in range(3):
+                pair.theirs.send(b"x")
+                await pair.stream._wait_readable(30)
+                pair.ours.recv(1)
+            await pair.stream._wait_readable(0.01)  # nothing comes: the timeout
+            assert pair.added == 1
+            assert pair.registered(loop)
+        finally:
+            pair.close()
+
+    asyncio.run(scenario())
+
+
+def test_data_nobody_waits_for_unregisters_the_socket_instead_of_spinning(monkeypatch):
+    """The reader pauses (the broker is behind) while frames arrive: the loop must not
+    call back on every turn for data that stays in the socket."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pair = SocketPair(monkeypatch, loop)
+        try:
+            await pair.stream._wait_readable(0.01)
+            calls = 0
+            on_readable = pair.stream._on_readable
+
+            def counting():
+                nonlocal calls
+                calls += 1
+                on_readable()
+
+            pair.stream._on_readable = counting
+            loop.add_reader(pair.ours.fileno(), counting)  # as registered, counted
+            pair.theirs.send(b"x")  # and nobody reads it
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert calls == 1
+            assert not pair.registered(loop)
+            await pair.stream._wait_readable(30)  # a wait registers it again: at once
+            assert pair.added == 3
+        finally:
+            pair.close()
+
+    asyncio.run(scenario())
+
+
+def test_closing_or_breaking_the_stream_unregisters_its_socket(monkeypatch):
+    """libpq may close a broken connection's socket, and the next connection may get its
+    number: the event loop must not keep it."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pair = SocketPair(monkeypatch, loop)
+        try:
+            await pair.stream._wait_readable(0.01)
+            await pair.stream.close()
+            assert not pair.registered(loop)
+            await pair.stream._wait_readable(0.01)
+            pair.stream._failed_with(psycopg.OperationalError("server closed the connection"))
+            assert not pair.registered(loop)
+        finally:
+            pair.close()
+
+    asyncio.run(scenario())
 
 
 class EndedWithAnError:
