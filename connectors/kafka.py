@@ -46,6 +46,10 @@ STUCK_AFTER_BATCHES = 3
 # Batches up to this size are queued on the event loop: produce() takes a few
 # microseconds a message, less than the hop to a worker thread and back costs a batch.
 INLINE_BATCH = 64
+# A new producer asks for the cluster's metadata until one of its brokers answers, at
+# most this many times and for this long (see _ProducerSession.hear_from_the_cluster).
+CLUSTER_ANSWERS = 3
+CLUSTER_WAIT = 1.0
 
 # Errors about the message or its topic: retrying the same message cannot succeed.
 # Everything else (broker down, leader moving, timeouts, purges, a fenced producer,
@@ -231,6 +235,7 @@ class _ProducerSession:
         logging_settings = {"error_cb": _log_client_error, "logger": _librdkafka_log}
         self.producer = Producer({**settings, **logging_settings})
         self._stopping = threading.Event()
+        self.cluster_broker: int | None = None  # who answered hear_from_the_cluster()
         self._thread = threading.Thread(target=self._serve, name="kafka-reports", daemon=True)
         self._thread.start()
 
@@ -273,8 +278,36 @@ class _ProducerSession:
             logger.exception("Kafka client callback failed")
 
     def _serve(self) -> None:
+        self.cluster_broker = self.hear_from_the_cluster()
         while not self._stopping.is_set():
             self.serve_reports(_POLL_INTERVAL)
+
+    def hear_from_the_cluster(self) -> int:
+        """Ask for the cluster's metadata until one of its brokers answers, not only a
+        bootstrap address (at most ``CLUSTER_ANSWERS`` answers within ``CLUSTER_WAIT``);
+        return the id of the broker that answered last (-1: a bootstrap address or
+        none). The report thread does this first, beside whatever the relay starts.
+
+        An idempotent producer needs a producer id before its first message goes out.
+        librdkafka asks for one when a metadata answer comes in from a broker that is
+        up, and otherwise on a 500 ms timer. A new producer's first answer usually
+        comes from the bootstrap connection, which librdkafka closes as the cluster's
+        own broker connects, so nothing asked again before the timer and the relay's
+        first message after a start could wait half a second for it."""
+        deadline = time.monotonic() + CLUSTER_WAIT
+        answered, answers = -1, 0
+        while answers < CLUSTER_ANSWERS and not self._stopping.is_set():
+            left = min(deadline - time.monotonic(), _POLL_INTERVAL)
+            if left <= 0:
+                break
+            try:
+                answered = int(self.producer.list_topics(timeout=left).orig_broker_id)
+            except KafkaException:  # not yet: the next try, or open() says unreachable
+                continue
+            answers += 1
+            if answered >= 0:
+                break
+        return answered
 
     def mark_fatal(self, err: KafkaError) -> None:
         """Retire this producer: its pending batches become RETRYABLE now."""

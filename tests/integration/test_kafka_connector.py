@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
-from connectors.kafka import REPORT_GRACE, KafkaConnector
+from connectors.kafka import REPORT_GRACE, KafkaConnector, _ProducerSession
 from relay.config import RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError
 from relay.model import OutboxMessage, Outcome, OutcomeKind
@@ -198,6 +198,23 @@ def test_open_against_a_closed_port_fails_fast() -> None:
         asyncio.run(connector.open())
 
     assert time.monotonic() - started < 3.0
+
+
+def test_a_new_producer_hears_from_a_broker_of_the_cluster(harness: KafkaHarness) -> None:
+    """Not only from the bootstrap address, which usually answers a new producer first:
+    librdkafka asks for the idempotent producer's id when a broker of the cluster
+    answers, and otherwise waits for its 500 ms retry timer, which the relay's first
+    message after a start would wait for too."""
+    client_config = KafkaConnector.from_config(config_for(harness)).client_config
+    for _ in range(3):
+        session = _ProducerSession(client_config)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while session.cluster_broker is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert session.cluster_broker is not None and session.cluster_broker >= 0
+        finally:
+            session.shutdown(1.0)
 
 
 def test_close_is_harmless_twice_and_before_open(harness: KafkaHarness) -> None:
