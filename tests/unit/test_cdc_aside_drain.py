@@ -63,15 +63,30 @@ def test_while_a_shared_look_answers_the_drain_waits_to_be_woken():
     assert asyncio.run(rounds_after(True, wake=True)) == 2
 
 
-async def idle_drain(store: CountingStore, seconds: float = 0.1) -> CountingStore:
+async def drive(store: CountingStore, every: float, then) -> CountingStore:
+    """Run a drain over ``store`` through ``then(store)``, then halt it."""
     drain = AsideDrain(store, publish=None, may_publish=lambda: True,  # type: ignore[arg-type]
-                       on_delivered=lambda _n: None, every=0.01)
+                       on_delivered=lambda _n: None, every=every)
     halt = asyncio.Event()
     task = asyncio.create_task(drain.run(halt))
-    await asyncio.sleep(seconds)
-    halt.set()
-    await task
+    try:
+        await then(store)
+    finally:
+        halt.set()
+        await task
     return store
+
+
+async def idle_drain(store: CountingStore, seconds: float = 0.1) -> CountingStore:
+    return await drive(store, 0.01, lambda _store: asyncio.sleep(seconds))
+
+
+async def round_after(store: CountingStore, change) -> None:
+    """After the drain's first round, ``change(store)``; until the next round."""
+    await store.round_done.wait()
+    store.round_done.clear()
+    change(store)
+    await asyncio.wait_for(store.round_done.wait(), 5)
 
 
 def test_an_idle_drain_looks_with_one_statement_instead_of_a_round():
@@ -84,42 +99,20 @@ def test_an_idle_drain_looks_with_one_statement_instead_of_a_round():
 def test_a_look_that_finds_something_set_aside_runs_a_round():
     """A person's retry, or a deposed leader's set-aside row: seen by the next look."""
 
-    async def scenario() -> CountingStore:
-        store = CountingStore()
-        drain = AsideDrain(store, publish=None, may_publish=lambda: True,  # type: ignore[arg-type]
-                           on_delivered=lambda _n: None, every=0.01)
-        halt = asyncio.Event()
-        task = asyncio.create_task(drain.run(halt))
-        await asyncio.sleep(0.05)
-        assert store.rounds == 1
-        store.round_done.clear()
+    def set_aside(store: CountingStore) -> None:
         store.set_aside = True
-        await asyncio.wait_for(store.round_done.wait(), 5)
-        halt.set()
-        await task
-        return store
 
-    assert asyncio.run(scenario()).rounds >= 2
+    store = asyncio.run(drive(CountingStore(), 0.01, lambda s: round_after(s, set_aside)))
+    assert store.rounds >= 2 and store.looks >= 1
 
 
 def test_a_wake_runs_a_round_without_a_look():
     """This relay set something aside: its round comes at once, no look first."""
 
-    async def scenario() -> CountingStore:
-        store = CountingStore()
-        drain = AsideDrain(store, publish=None, may_publish=lambda: True,  # type: ignore[arg-type]
-                           on_delivered=lambda _n: None, every=30)
-        halt = asyncio.Event()
-        task = asyncio.create_task(drain.run(halt))
-        await store.round_done.wait()
-        store.round_done.clear()
+    def wake(store: CountingStore) -> None:
         store.wake.set()
-        await asyncio.wait_for(store.round_done.wait(), 5)
-        halt.set()
-        await task
-        return store
 
-    store = asyncio.run(scenario())
+    store = asyncio.run(drive(CountingStore(), 30, lambda s: round_after(s, wake)))
     assert (store.rounds, store.looks) == (2, 0)
 
 
