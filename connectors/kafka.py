@@ -300,9 +300,12 @@ class _ProducerSession:
             left = min(deadline - time.monotonic(), _POLL_INTERVAL)
             if left <= 0:
                 break
+            tried = time.monotonic()
             try:
                 answered = int(self.producer.list_topics(timeout=left).orig_broker_id)
             except KafkaException:  # not yet: the next try, or open() says unreachable
+                # never sooner than this try's timeout, however fast it failed
+                self._stopping.wait(max(0.0, tried + left - time.monotonic()))
                 continue
             answers += 1
             if answered >= 0:

@@ -243,7 +243,6 @@ class ReplicationStream:
             timer.cancel()
             (loop.remove_reader if readable else loop.remove_writer)(fd)
 
-
     async def _wait_readable(self, timeout: float) -> None:
         """``_wait(readable=True)`` for the stream's reader, with the socket left
         registered after the wait: at one transaction per message the reader waits once

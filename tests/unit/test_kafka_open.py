@@ -73,3 +73,10 @@ def test_a_stopping_session_does_not_ask() -> None:
     session._stopping.set()
     assert session.hear_from_the_cluster() == -1
     assert producer.timeouts == []
+
+
+def test_a_request_that_fails_at_once_is_not_repeated_in_a_tight_loop(monkeypatch) -> None:
+    monkeypatch.setattr(kafka, "CLUSTER_WAIT", 0.3)
+    producer = AnsweringProducer(down())  # raises at once, not after its timeout
+    assert session_over(producer).hear_from_the_cluster() == -1
+    assert len(producer.timeouts) <= 4  # one a try's timeout (0.1 s), not thousands
