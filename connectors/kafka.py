@@ -15,20 +15,17 @@ import contextlib
 import logging
 import threading
 import time
-from binascii import hexlify
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from functools import partial
 from itertools import chain
 from typing import Any
-from uuid import UUID
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from connectors.kafka_records import message_headers, timestamp_ms
 from connectors.kafka_settings import KafkaSettings
 from relay.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_PUBLISH_TIMEOUT, RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError
-from relay.formats.headers import CONTENT_TYPE, MESSAGE_ID
 from relay.model import DELIVERED, OutboxMessage, Outcome, permanent, retryable
 from relay.refusals import BatchRefusals
 from relay.secrets import redact, secret_values
@@ -94,54 +91,6 @@ def outcome_for(err: KafkaError) -> Outcome:
     # Negative codes are librdkafka's own (timeouts, transport); positive ones came from
     # a broker, which is therefore reachable.
     return retryable(text, answered=err.code() >= 0)
-
-
-_OWN_HEADERS = frozenset({MESSAGE_ID, CONTENT_TYPE})
-
-
-def uuid_text(value: UUID) -> bytes:
-    """``str(value).encode()`` at a fraction of the cost: UUID.__str__ formats a 128-bit
-    integer in Python, and this runs for every message. The hex digits come with a dash
-    every four (``hexlify``'s separator, in C), and the three the canonical 8-4-4-4-12
-    form does not have are cut out."""
-    h = hexlify(value.int.to_bytes(16, "big"), b"-", 2)
-    return b"".join((h[:4], h[5:29], h[30:34], h[35:]))
-
-
-# A message's content type as a header, encoded once per type rather than per message.
-# Bounded: the types come from the outbox rows, and a writer could vary them endlessly.
-_CONTENT_TYPE_HEADERS: dict[str, tuple[str, bytes]] = {}
-_MAX_CACHED_CONTENT_TYPES = 64
-
-
-def content_type_header(content_type: str) -> tuple[str, bytes]:
-    header = _CONTENT_TYPE_HEADERS.get(content_type)
-    if header is None:
-        header = (CONTENT_TYPE, content_type.encode())
-        if len(_CONTENT_TYPE_HEADERS) < _MAX_CACHED_CONTENT_TYPES:
-            _CONTENT_TYPE_HEADERS[content_type] = header
-    return header
-
-
-def message_headers(message: OutboxMessage) -> list[tuple[str, str | bytes | None]]:
-    """The message's own headers plus ``message_id`` and ``content_type``, which win."""
-    headers: list[tuple[str, str | bytes | None]] = [
-        (MESSAGE_ID, uuid_text(message.id)),
-        content_type_header(message.content_type),
-    ]
-    if message.headers:  # usually empty: skip the filtering
-        headers.extend(
-            (name, value.encode())
-            for name, value in message.headers.items()
-            if name not in _OWN_HEADERS
-        )
-    return headers
-
-
-def timestamp_ms(moment: datetime) -> int:
-    """A record's CreateTime: the message's own time in ms since the epoch. 0 (what the
-    produce loop passes for a message without one) librdkafka reads as "now"."""
-    return max(0, int(moment.timestamp() * 1000))
 
 
 class _BatchDelivery:

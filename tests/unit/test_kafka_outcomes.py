@@ -18,11 +18,9 @@ from connectors.kafka import (
     _produce_batch,
     _ProducerSession,
     _Production,
-    content_type_header,
-    message_headers,
     outcome_for,
-    uuid_text,
 )
+from connectors.kafka_records import content_type_header, message_headers, uuid_text
 from relay.config import RelayConfig
 from relay.model import DELIVERED, OutboxMessage, OutcomeKind, permanent, retryable
 
@@ -99,9 +97,9 @@ def test_content_type_headers_are_cached_up_to_a_bound() -> None:
     assert content_type_header("application/json") is content_type_header("application/json")
     for n in range(200):  # a writer inventing types cannot grow the cache without end
         assert content_type_header(f"x/{n}") == ("content_type", f"x/{n}".encode())
-    from connectors import kafka
+    from connectors import kafka_records
 
-    assert len(kafka._CONTENT_TYPE_HEADERS) <= kafka._MAX_CACHED_CONTENT_TYPES
+    assert len(kafka_records._CONTENT_TYPE_HEADERS) <= kafka_records._MAX_CACHED_CONTENT_TYPES
 
 
 class _ReportedIndices(_BatchDelivery):
