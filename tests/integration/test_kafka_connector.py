@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError
 
+from connectors import kafka
 from connectors.kafka import REPORT_GRACE, KafkaConnector, _ProducerSession
 from relay.config import RelayConfig
 from relay.errors import BrokerUnavailableError, ConfigError
@@ -200,11 +201,14 @@ def test_open_against_a_closed_port_fails_fast() -> None:
     assert time.monotonic() - started < 3.0
 
 
-def test_a_new_producer_hears_from_a_broker_of_the_cluster(harness: KafkaHarness) -> None:
+def test_a_new_producer_hears_from_a_broker_of_the_cluster(
+    harness: KafkaHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Not only from the bootstrap address, which usually answers a new producer first:
     librdkafka asks for the idempotent producer's id when a broker of the cluster
     answers, and otherwise waits for its 500 ms retry timer, which the relay's first
     message after a start would wait for too."""
+    monkeypatch.setattr(kafka, "CLUSTER_WAIT", TIMEOUT)  # the mechanism, not its bound
     client_config = KafkaConnector.from_config(config_for(harness)).client_config
     for _ in range(3):
         session = _ProducerSession(client_config)
