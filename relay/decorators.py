@@ -22,6 +22,7 @@ from relay.connector import Connector
 from relay.errors import RetryableError
 from relay.metrics import RelayMetrics
 from relay.model import OutboxMessage, Outcome, OutcomeKind, retryable
+from relay.overrun import OverrunWatch
 
 
 class PublishStack(Connector, Protocol):
@@ -64,6 +65,7 @@ class BreakerConnector(ConnectorWrapper):
         super().__init__(inner)
         self.breaker = breaker
         self._grace = grace
+        self._watch = OverrunWatch()
 
     def ready_in(self) -> float:
         return self.breaker.retry_in()
@@ -74,16 +76,24 @@ class BreakerConnector(ConnectorWrapper):
         if not self.breaker.allow():
             wait = self.breaker.retry_in()
             return [retryable(f"circuit open; next probe in {wait:.1f}s")] * len(batch)
+        task = asyncio.current_task()
+        assert task is not None
+        cancelling = task.cancelling()
+        self._watch.start(task, timeout + self._grace)
         try:
-            async with asyncio.timeout(timeout + self._grace):
-                outcomes = await self.inner.publish(batch, timeout=timeout)
-        except TimeoutError:
+            outcomes = await self.inner.publish(batch, timeout=timeout)
+        except asyncio.CancelledError:
+            if not self._watch.overran(task, cancelling):
+                self.breaker.record_failure("the connector raised")
+                raise
             outcomes = [retryable(f"the {self.name} connector overran {timeout:g}s")] * len(batch)
         except RetryableError as exc:
             outcomes = [retryable(str(exc))] * len(batch)
         except BaseException:
             self.breaker.record_failure("the connector raised")
             raise
+        finally:
+            self._watch.stop(task)
         self._record(outcomes)
         return outcomes
 

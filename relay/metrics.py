@@ -70,6 +70,9 @@ class RelayMetrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        # the hot path's labelled series, by their labels (see _publish_seconds_of)
+        self._publish_seconds_by: dict[str, Histogram] = {}
+        self._delivered_by: dict[tuple[str, str], Counter] = {}
         self._define_failures(r)
         self._define_backlog(r)
         self._define_state(r)
@@ -184,11 +187,14 @@ class RelayMetrics:
         Per batch, not per message: outcomes are grouped first, and the latencies go to
         the histogram in one call (this runs for every batch on the hot path)."""
         self.batch_size.observe(len(batch))
-        self.publish_seconds.labels(connector).observe(seconds)
+        self._publish_seconds_of(connector).observe(seconds)
         if outcomes.count(DELIVERED) == len(batch):  # the usual batch: counted in C
-            grouped = collections.Counter(map(attrgetter("topic"), batch))
-            for topic, count in grouped.items():
-                self.messages.labels(topic, connector, DELIVERED_KIND.value).inc(count)
+            if len(batch) == 1:
+                self._delivered_to(batch[0].topic, connector).inc()
+            else:
+                grouped = collections.Counter(map(attrgetter("topic"), batch))
+                for topic, count in grouped.items():
+                    self._delivered_to(topic, connector).inc(count)
             delivered: Sequence[OutboxMessage] = batch
         else:
             self._count_mixed(connector, batch, outcomes)
@@ -196,6 +202,21 @@ class RelayMetrics:
         starts = _latency_starts(delivered)
         if starts:
             self.confirm_latency.observe_ages(connector, datetime.now(UTC), starts)
+
+    def _publish_seconds_of(self, connector: str) -> Histogram:
+        # ``labels()`` takes a lock and checks its arguments on every call: a dict
+        # lookup per batch instead (the series are the metric's own, kept by it too)
+        series = self._publish_seconds_by.get(connector)
+        if series is None:
+            series = self._publish_seconds_by[connector] = self.publish_seconds.labels(connector)
+        return series
+
+    def _delivered_to(self, topic: str, connector: str) -> Counter:
+        series = self._delivered_by.get((topic, connector))
+        if series is None:
+            series = self.messages.labels(topic, connector, DELIVERED_KIND.value)
+            self._delivered_by[(topic, connector)] = series
+        return series
 
     def _count_mixed(
         self, connector: str, batch: Sequence[OutboxMessage], outcomes: Sequence[Outcome]

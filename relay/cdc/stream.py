@@ -68,7 +68,10 @@ class ReplicationStream:
         # The streaming socket stays registered with the event loop between the reader's
         # waits (see _wait_readable); ``_reader`` is the wait in progress, if any.
         self._watching: tuple[asyncio.AbstractEventLoop, int] | None = None
-        self._reader: asyncio.Future[None] | None = None
+        self._reader: asyncio.Future[bool] | None = None
+        # What the readiness callback took from libpq to see that a frame had come (a
+        # CopyData result, or the error reading raised): the reader's first, next time.
+        self._early: tuple[int, memoryview] | psycopg.Error | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, connect_timeout: float) -> ReplicationStream:
@@ -145,8 +148,8 @@ class ReplicationStream:
                 remaining = deadline - loop.time()
                 if frames or remaining <= 0:
                     return frames
-                await self._wait_readable(min(remaining, READ_WAIT))
-                pgconn.consume_input()
+                if not await self._wait_readable(min(remaining, READ_WAIT)):
+                    pgconn.consume_input()  # the timeout: whatever came meanwhile
         except psycopg.Error as exc:
             self._failure = self._failed_with(exc)
         except RelayError as exc:  # the server ended the stream
@@ -158,7 +161,7 @@ class ReplicationStream:
     def _take_arrived(self, frames: list[memoryview], limit: int) -> None:
         pgconn = self._pgconn
         while len(frames) < limit:
-            size, data = pgconn.get_copy_data(1)
+            size, data = self._take_early() or pgconn.get_copy_data(1)
             if size == 0:
                 # A busy stream has more in the socket than libpq read last time
                 # (it reads ~32 KB at most): a read that finds nothing costs less
@@ -171,6 +174,12 @@ class ReplicationStream:
                 raise self._stream_ended()
             else:
                 return
+
+    def _take_early(self) -> tuple[int, memoryview] | None:
+        early, self._early = self._early, None
+        if isinstance(early, psycopg.Error):
+            raise early
+        return early
 
     async def send_status(self, written: int, flushed: int, *, reply: bool = False) -> None:
         """Tell the server what was received (``written``) and may be forgotten."""
@@ -243,22 +252,23 @@ class ReplicationStream:
             timer.cancel()
             (loop.remove_reader if readable else loop.remove_writer)(fd)
 
-    async def _wait_readable(self, timeout: float) -> None:
+    async def _wait_readable(self, timeout: float) -> bool:
         """``_wait(readable=True)`` for the stream's reader, with the socket left
         registered after the wait: at one transaction per message the reader waits once
         or twice for each, and registering and removing the socket each time (two
         ``epoll_ctl`` calls and the event loop's bookkeeping) costs more than the wait's
-        own turn of the loop."""
+        own turn of the loop. True when a frame came (libpq has read the socket), False
+        when ``timeout`` passed first."""
         loop = asyncio.get_running_loop()
-        ready: asyncio.Future[None] = loop.create_future()
+        ready: asyncio.Future[bool] = loop.create_future()
         self._reader = ready
         if self._watching is None:
             fd = self._pgconn.socket
             loop.add_reader(fd, self._on_readable)
             self._watching = (loop, fd)
-        timer = loop.call_later(timeout, _resolve, ready)
+        timer = loop.call_later(timeout, _resolve_with, ready, False)
         try:
-            await ready  # cancelling the caller cancels the future and ends the wait
+            return await ready  # cancelling the caller cancels the future, ends the wait
         finally:
             timer.cancel()
             self._reader = None
@@ -270,8 +280,27 @@ class ReplicationStream:
             # broker): stop watching, or the loop would call this on every turn while
             # the data waits in the socket. The next wait registers the socket again.
             self._stop_watching()
-        elif not reader.done():
-            reader.set_result(None)
+        elif not reader.done() and self._frame_came():
+            reader.set_result(True)
+
+    def _frame_came(self) -> bool:
+        """Read the socket; whether a whole frame (or the end, or an error) is there.
+
+        The event loop may call back for readiness it saw before the reader's last read:
+        the reader's task and this callback were queued in the same turn, the task first,
+        and it took the data and began a new wait. Waking it for nothing costs a turn of
+        the loop, a task step and a new wait; a read that finds nothing costs a syscall."""
+        pgconn = self._pgconn
+        try:
+            pgconn.consume_input()
+            result = pgconn.get_copy_data(1)
+        except psycopg.Error as exc:
+            self._early = exc
+            return True
+        if result[0] == 0:
+            return False
+        self._early = result
+        return True
 
     def _stop_watching(self) -> None:
         if self._watching is not None:
@@ -281,8 +310,12 @@ class ReplicationStream:
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
+    _resolve_with(future, None)
+
+
+def _resolve_with(future: asyncio.Future[Any], result: Any) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(result)
 
 
 def _start_failure(slot: str, result: pq.abc.PGresult | None, pgconn: pq.abc.PGconn) -> RelayError:

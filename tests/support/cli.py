@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.processes import dies_with_us
+
 COMMAND = str(Path(sys.executable).with_name("outbox-relay"))
 # The entry point that names the in-memory connector ``memory``, for test runs only.
 TEST_DOUBLES = Path(__file__).with_name("doubles")
@@ -58,7 +60,7 @@ class RelayProcess:
         self.log_path = log_path
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [COMMAND, "run", *args],
+            dies_with_us([COMMAND, "run", *args]),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env or clean_env(),

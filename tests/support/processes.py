@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,20 @@ _LOG_TAIL_LINES = 30
 
 class ServiceError(RuntimeError):
     """A test service could not be found, started, reached or stopped in time."""
+
+
+def dies_with_us(argv: list[str]) -> list[str]:
+    """``argv`` run so that the kernel kills it when this process dies, even by SIGKILL:
+    a test run killed midway (a CI timeout, a developer's kill -9) leaves no relay or
+    service running on, costing the machine CPU and ports for whatever runs next.
+
+    Through util-linux's ``setpriv --pdeathsig`` (it execs the command: same PID), and
+    only from the main thread: the kernel sends the signal when the *thread* that
+    started the process ends, and a helper thread's end would take the service along."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return argv
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv]
 
 
 # --- probes -------------------------------------------------------------------------------
@@ -204,7 +219,7 @@ class _Process:
         # a file, not a pipe: nobody drains a pipe, and a full one would block the service
         with open(self.log_path, "ab") as log:
             self._popen = subprocess.Popen(
-                self.argv,
+                dies_with_us(self.argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

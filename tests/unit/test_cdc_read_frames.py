@@ -1,6 +1,7 @@
 """ReplicationStream.read_frames: every frame libpq holds, in order, in bounded batches."""
 
 import asyncio
+import contextlib
 import socket
 from types import SimpleNamespace
 
@@ -112,16 +113,39 @@ def test_a_socket_wait_needs_no_asyncio_wait_and_leaves_nothing_registered(monke
         theirs.close()
 
 
+class SocketLibpq:
+    """libpq reading one end of a socket pair, each byte a frame."""
+
+    def __init__(self, sock):
+        sock.setblocking(False)
+        self._sock = sock
+        self.socket = sock.fileno()
+        self.buffered = b""
+        self.broken = False
+
+    def consume_input(self):
+        if self.broken:
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        with contextlib.suppress(BlockingIOError):
+            self.buffered += self._sock.recv(4096)
+
+    def get_copy_data(self, _async):
+        if not self.buffered:
+            return 0, b""
+        frame, self.buffered = self.buffered[:1], self.buffered[1:]
+        return 1, memoryview(frame)
+
+    def get_result(self):
+        return None
+
+
 class SocketPair:
     """A stream over one end of a socket pair, and the registrations the loop got."""
 
     def __init__(self, monkeypatch, loop):
         self.ours, self.theirs = socket.socketpair()
-        pgconn = SimpleNamespace(
-            socket=self.ours.fileno(), consume_input=lambda: None,
-            get_copy_data=lambda _async: (0, b""), get_result=lambda: None,
-        )
-        self.stream = ReplicationStream(SimpleNamespace(pgconn=pgconn, closed=True))
+        self.libpq = SocketLibpq(self.ours)
+        self.stream = ReplicationStream(SimpleNamespace(pgconn=self.libpq, closed=True))
         self.added = 0
         add_reader = loop.add_reader
 
@@ -147,11 +171,10 @@ def test_the_readers_socket_stays_registered_between_waits(monkeypatch):
         loop = asyncio.get_running_loop()
         pair = SocketPair(monkeypatch, loop)
         try:
-            for _ in range(3):
-                pair.theirs.send(b"x")
-                await pair.stream._wait_readable(30)
-                pair.ours.recv(1)
-            await pair.stream._wait_readable(0.01)  # nothing comes: the timeout
+            for frame in (b"x", b"y", b"z"):
+                pair.theirs.send(frame)
+                assert [bytes(f) for f in await pair.stream.read_frames(30, 128)] == [frame]
+            assert await pair.stream.read_frames(0.01, 128) == []  # nothing comes
             assert pair.added == 1
             assert pair.registered(loop)
         finally:
@@ -184,8 +207,49 @@ def test_data_nobody_waits_for_unregisters_the_socket_instead_of_spinning(monkey
                 await asyncio.sleep(0)
             assert calls == 1
             assert not pair.registered(loop)
-            await pair.stream._wait_readable(30)  # a wait registers it again: at once
+            assert await pair.stream._wait_readable(30)  # registered again: at once
             assert pair.added == 3
+        finally:
+            pair.close()
+
+    asyncio.run(scenario())
+
+
+def test_readiness_the_reader_already_used_up_does_not_wake_it(monkeypatch):
+    """The event loop can call back for data the reader's task took in the same turn,
+    just before it began a new wait: that wait must go on until a frame comes."""
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pair = SocketPair(monkeypatch, loop)
+        try:
+            waiting = asyncio.ensure_future(pair.stream._wait_readable(30))
+            await asyncio.sleep(0.01)  # waiting on an empty socket
+            pair.stream._on_readable()  # the stale call: nothing in the socket
+            await asyncio.sleep(0.01)
+            assert not waiting.done()
+            pair.theirs.send(b"x")
+            assert await asyncio.wait_for(waiting, 5) is True
+            # the frame the callback saw is the reader's first
+            assert [bytes(f) for f in await pair.stream.read_frames(0.01, 128)] == [b"x"]
+        finally:
+            pair.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_read_that_fails_in_the_readiness_callback_reaches_the_reader(monkeypatch):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        pair = SocketPair(monkeypatch, loop)
+        try:
+            reading = asyncio.ensure_future(pair.stream.read_frames(30, 128))
+            await asyncio.sleep(0.01)
+            pair.libpq.broken = True
+            pair.theirs.send(b"x")
+            with pytest.raises(DatabaseUnavailableError, match="server closed the connection"):
+                await asyncio.wait_for(reading, 5)
+            assert not pair.registered(loop)
         finally:
             pair.close()
 

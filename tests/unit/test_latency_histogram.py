@@ -44,8 +44,9 @@ def _series(registry: CollectorRegistry) -> dict[str, float | None]:
     return found
 
 
+@pytest.mark.parametrize("split", [(5,), tuple(range(1, 14))], ids=["batches", "one by one"])
 @pytest.mark.parametrize("zone", [UTC, timezone(timedelta(hours=-5))])
-def test_ages_count_as_their_values_would(zone):
+def test_ages_count_as_their_values_would(zone, split):
     # Ages on and next to each bound, beyond the last one, and starts in the future
     # (a relay whose clock is behind the database's), which count as 0.
     now = datetime(2026, 12, 5, 6, 0, tzinfo=UTC)
@@ -55,8 +56,9 @@ def test_ages_count_as_their_values_would(zone):
     ours, reference = CollectorRegistry(), CollectorRegistry()
     by_age = BatchHistogram("lat_seconds", "doc", "connector", BOUNDS, registry=ours)
     by_value = BatchHistogram("lat_seconds", "doc", "connector", BOUNDS, registry=reference)
-    by_age.observe_ages("kafka", now, starts[:5])
-    by_age.observe_ages("kafka", now, starts[5:])
+    # in batches of more than FEW_STARTS (the cutoffs), or one at a time (the ages)
+    for begin, end in zip((0, *split), (*split, len(starts)), strict=True):
+        by_age.observe_ages("kafka", now, starts[begin:end])
     by_value.observe_many("kafka", [max(0.0, age) for age in ages])
     found, expected = _series(ours), _series(reference)
     assert found.pop("sum") == pytest.approx(expected.pop("sum"))

@@ -35,6 +35,22 @@ def test_a_fully_delivered_batch_counts_per_topic_and_times_every_message():
     assert latency(metrics, "bucket", "0.1") == 2 and latency(metrics, "bucket", "5.0") == 3
 
 
+def test_batches_of_one_message_count_per_topic_and_time_each():
+    """The light-traffic path: one message a batch, the series looked up once."""
+    metrics = RelayMetrics()
+    for topic, age in (("a", 0.0), ("b", 3.0), ("a", 0.0), ("a", 0.0)):
+        metrics.observe_batch("kafka", [message(topic, age)], [DELIVERED], 0.01)
+    metrics.observe_batch("kafka", [message("a", 0.0)], [retryable("down")], 0.01)
+    assert (count(metrics, "a", "delivered"), count(metrics, "b", "delivered")) == (3, 1)
+    assert count(metrics, "a", "retryable") == 1
+    assert latency(metrics, "count") == 4
+    assert latency(metrics, "bucket", "0.1") == 3 and latency(metrics, "bucket", "5.0") == 4
+    publishes = metrics.registry.get_sample_value(
+        "outbox_relay_publish_seconds_count", {"connector": "kafka"}
+    )
+    assert publishes == 5
+
+
 def test_a_mixed_batch_counts_each_outcome_and_times_only_the_delivered():
     metrics = RelayMetrics()
     batch = [message("a", 1.0), message("a", 0.0), message("b", 0.0), message("b", 0.0)]
