@@ -86,7 +86,9 @@ class BreakerConnector(ConnectorWrapper):
             if not self._watch.overran(task, cancelling):
                 self.breaker.record_failure("the connector raised")
                 raise
-            outcomes = [retryable(f"the {self.name} connector overran {timeout:g}s")] * len(batch)
+            outcomes = self._overran(batch, timeout)
+        except TimeoutError:  # the connector's own wait gave up: as good as an overrun
+            outcomes = self._overran(batch, timeout)
         except RetryableError as exc:
             outcomes = [retryable(str(exc))] * len(batch)
         except BaseException:
@@ -96,6 +98,9 @@ class BreakerConnector(ConnectorWrapper):
             self._watch.stop(task)
         self._record(outcomes)
         return outcomes
+
+    def _overran(self, batch: Sequence[OutboxMessage], timeout: float) -> list[Outcome]:
+        return [retryable(f"the {self.name} connector overran {timeout:g}s")] * len(batch)
 
     def _record(self, outcomes: Sequence[Outcome]) -> None:
         if broker_outage(outcomes):

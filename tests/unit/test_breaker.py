@@ -6,6 +6,8 @@ import asyncio
 import random
 from uuid import uuid4
 
+import pytest
+
 from relay.breaker import BreakerSettings, CircuitBreaker, CircuitState, broker_outage
 from relay.decorators import instrument
 from relay.metrics import RelayMetrics
@@ -139,6 +141,37 @@ def test_a_connector_that_overruns_its_deadline_is_abandoned():
 
     outcomes = asyncio.run(scenario())
     assert outcomes[0].kind.value == "retryable" and "overran" in (outcomes[0].error or "")
+
+
+def test_a_connector_whose_own_wait_times_out_gets_retryable_outcomes():
+    async def scenario():
+        raw = InMemoryConnector()
+
+        async def gives_up(batch, *, timeout):  # asyncio.timeout inside, not caught
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+
+        raw.publish = gives_up  # type: ignore[method-assign]
+        connector = instrument(raw, breaker(Clock()), RelayMetrics())
+        outcomes = await connector.publish([message(), message()], timeout=1)
+        assert asyncio.current_task().cancelling() == 0
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert [o.kind.value for o in outcomes] == ["retryable", "retryable"]
+
+
+def test_a_stop_while_the_connector_publishes_is_not_swallowed():
+    async def scenario():
+        raw = InMemoryConnector(delay=5.0)
+        connector = instrument(raw, breaker(Clock()), RelayMetrics())
+        publishing = asyncio.ensure_future(connector.publish([message()], timeout=10))
+        await asyncio.sleep(0.01)
+        publishing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await publishing
+
+    asyncio.run(scenario())
 
 
 def test_metrics_count_outcomes_per_topic_and_the_confirm_latency():
