@@ -68,7 +68,8 @@ class Outgoing:
     def add(self, item: Item) -> None:
         self._queue.append(item)
         self._waiting += 1
-        self.ready.set()
+        if self._waiting == 1:  # set while anything waits (take clears it): once, not per item
+            self.ready.set()
 
     def add_mark(self, lsn: int, *, commit: bool) -> None:
         if self.idle:

@@ -160,8 +160,12 @@ class ReplicationStream:
 
     def _take_arrived(self, frames: list[memoryview], limit: int) -> None:
         pgconn = self._pgconn
+        early = self._take_early()
         while len(frames) < limit:
-            size, data = self._take_early() or pgconn.get_copy_data(1)
+            if early is None:
+                size, data = pgconn.get_copy_data(1)
+            else:  # what the readiness callback took: first, once
+                (size, data), early = early, None
             if size == 0:
                 # A busy stream has more in the socket than libpq read last time
                 # (it reads ~32 KB at most): a read that finds nothing costs less

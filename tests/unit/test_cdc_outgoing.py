@@ -94,3 +94,27 @@ def test_only_one_batch_is_in_flight():
     out.take(1)
     with pytest.raises(RuntimeError, match="in flight"):
         out.take(1)
+
+
+def test_ready_is_set_exactly_while_events_wait_and_set_once_for_many():
+    """The publisher's wake: set by the first event after an empty queue (not again for
+    each of a replay's thousands), cleared once a take leaves nothing waiting."""
+    out = Outgoing()
+    sets = 0
+    original = out.ready.set
+
+    def counting():
+        nonlocal sets
+        sets += 1
+        original()
+
+    out.ready.set = counting
+    for _ in range(1000):
+        out.add(event())
+    assert out.ready.is_set() and sets == 1
+    out.acknowledge(out.take(600), 600)
+    assert out.ready.is_set()
+    out.acknowledge(out.take(600), 400)
+    assert not out.ready.is_set()
+    out.add(event())
+    assert out.ready.is_set() and sets == 2
