@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from struct import Struct
@@ -39,6 +39,7 @@ from relay.cdc.settings import CdcNames
 from relay.cdc.values import (
     ColumnValueError,
     binary_decoder,
+    binary_width,
     decode_column,
     json_bytes_decoder,
 )
@@ -57,7 +58,6 @@ def _no_decoder(_data: bytes) -> object:
     raise ValueError("no binary decoder")  # decode_column raises the real error
 
 
-_SKIPPED: Final = ("", _no_decoder)
 
 
 def _decoder_of(name: str, oid: int, raw_json: frozenset[str]) -> _Decoder:
@@ -71,20 +71,27 @@ class _CapturedRelation:
     # (index in the tuple, name, type oid, the type's binary decoder): resolved once per
     # relation, because the generic per-value dispatch was a large share of the decoding time.
     columns: tuple[tuple[int, str, int, _Decoder], ...]
-    # For read_insert: per column of the table, its name and decoder; an empty name skips
-    # the column (a pair either way, so the loop unpacks it without indexing).
-    plan: tuple[tuple[str, _Decoder], ...]
+    # For read_insert: per column of the table, its name, decoder and the size of its
+    # binary values (0: it varies, the value's header says); an empty name skips the
+    # column (a triple either way, so the loop unpacks it without indexing).
+    plan: tuple[tuple[str, _Decoder, int], ...]
 
     @classmethod
     def of(
-        cls, mapping: BoundMapping, columns: Iterable[tuple[int, str, int]], width: int
+        cls, mapping: BoundMapping, columns: Iterable[tuple[int, str, int]],
+        types: Sequence[int],
     ) -> _CapturedRelation:
+        """``columns``: the wanted ones (index, name, type oid); ``types``: every
+        column's type oid, in the table's order."""
         raw_json = mapping.json_as_bytes
         resolved = tuple(
             (i, name, oid, _decoder_of(name, oid, raw_json)) for i, name, oid in columns
         )
         wanted = {i: (name, decoder) for i, name, _oid, decoder in resolved}
-        return cls(mapping, resolved, tuple(wanted.get(i, _SKIPPED) for i in range(width)))
+        plan = tuple(
+            (*wanted.get(i, ("", _no_decoder)), binary_width(oid)) for i, oid in enumerate(types)
+        )
+        return cls(mapping, resolved, plan)
 
     def decode(self, row: TupleData) -> dict[str, object]:
         kinds, raw = row.kinds, row.values
@@ -116,11 +123,14 @@ class _CapturedRelation:
         pos = 8
         size = _UINT32  # a local: global lookups cost in this loop
         try:
-            for name, decode in plan:
+            for name, decode, width in plan:
                 kind = data[pos]
                 if kind == KIND_BINARY:
                     start = pos + 5
-                    pos = start + size(data, pos + 1)[0]
+                    # A fixed-size type's length header is not read: the server writes
+                    # the type's size there, and were it anything else, the values after
+                    # would not line up and end where the message ends (checked below).
+                    pos = start + (width or size(data, pos + 1)[0])
                     if name:
                         decoded[name] = decode(data[start:pos])
                 elif kind == KIND_NULL:
@@ -196,7 +206,7 @@ class ChangeDecoder:
             if name in bound.columns
         )
         self._captured[relation.relation_id] = _CapturedRelation.of(
-            bound, wanted, len(columns)
+            bound, wanted, [oid for _name, oid in columns]
         )
 
     def _insert(self, insert: Insert) -> None:

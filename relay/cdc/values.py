@@ -229,6 +229,19 @@ def json_bytes_decoder(type_oid: int) -> Callable[[bytes], object] | None:
     return _JSON_BYTES_DECODERS.get(type_oid)
 
 
+# The binary send format's length of the types whose values are all one size: the length
+# a value's header repeats (pq_sendint32 before each) is known from the type alone.
+_BINARY_WIDTHS: Final[dict[int, int]] = {
+    BOOL_OID: 1, INT2_OID: 2, INT4_OID: 4, OID_OID: 4, INT8_OID: 8,
+    TIMESTAMP_OID: 8, TIMESTAMPTZ_OID: 8, UUID_OID: 16,
+}
+
+
+def binary_width(type_oid: int) -> int:
+    """The size of every binary value of the type; 0 for types of varying size."""
+    return _BINARY_WIDTHS.get(type_oid, 0)
+
+
 def binary_decoder(type_oid: int) -> Callable[[bytes], object] | None:
     """The bare binary decoder of a type (no error wrapping), to resolve once per relation
     rather than once per value; None when the type has none."""

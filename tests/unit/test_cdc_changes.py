@@ -259,6 +259,10 @@ INSERTS = [
     insert_bytes(topic=b"t\x00\x00\x00\x06orders"),  # a text value: the general path
     insert_bytes(payload=b"u"),  # unchanged TOAST: the general path says what it is
     insert_bytes(id=binary(b"\x01" * 15)),  # a bad uuid: parked with the raw row
+    insert_bytes(id=binary(b"\x01" * 17)),  # longer than a uuid: the same
+    # a fixed-size column whose header says another size, in a column not even wanted
+    insert_bytes(bucket=binary(b"\x00\x03\x00")),
+    insert_bytes(bucket=binary(b"\x03")),
     insert_bytes(id=b"n"),  # no id: a MappingError, parked with the raw row
     insert_bytes(created_at=binary(struct.pack("!q", 2**63 - 1))),  # infinity: parked
     insert_bytes(created_at=binary(b"\x00" * 7)),

@@ -6,6 +6,7 @@ import pytest
 
 from relay.cdc.outgoing import Outgoing
 from relay.model import OutboxMessage
+from tests.support.counted import Counted
 
 
 def event(key="k"):
@@ -100,21 +101,13 @@ def test_ready_is_set_exactly_while_events_wait_and_set_once_for_many():
     """The publisher's wake: set by the first event after an empty queue (not again for
     each of a replay's thousands), cleared once a take leaves nothing waiting."""
     out = Outgoing()
-    sets = 0
-    original = out.ready.set
-
-    def counting():
-        nonlocal sets
-        sets += 1
-        original()
-
-    out.ready.set = counting
+    out.ready.set = sets = Counted(out.ready.set)
     for _ in range(1000):
         out.add(event())
-    assert out.ready.is_set() and sets == 1
+    assert out.ready.is_set() and sets.calls == 1
     out.acknowledge(out.take(600), 600)
     assert out.ready.is_set()
     out.acknowledge(out.take(600), 400)
     assert not out.ready.is_set()
     out.add(event())
-    assert out.ready.is_set() and sets == 2
+    assert out.ready.is_set() and sets.calls == 2

@@ -11,6 +11,7 @@ from psycopg import pq
 
 from relay.cdc.stream import ReplicationStream, SlotMissingError
 from relay.errors import DatabaseUnavailableError
+from tests.support.counted import Counted
 
 END = None  # where the server ended the COPY
 
@@ -146,14 +147,12 @@ class SocketPair:
         self.ours, self.theirs = socket.socketpair()
         self.libpq = SocketLibpq(self.ours)
         self.stream = ReplicationStream(SimpleNamespace(pgconn=self.libpq, closed=True))
-        self.added = 0
-        add_reader = loop.add_reader
+        self.add_reader = Counted(loop.add_reader)
+        monkeypatch.setattr(loop, "add_reader", self.add_reader)
 
-        def counting_add_reader(*args):
-            self.added += 1
-            return add_reader(*args)
-
-        monkeypatch.setattr(loop, "add_reader", counting_add_reader)
+    @property
+    def added(self):
+        return self.add_reader.calls
 
     def registered(self, loop):
         """Is the socket registered? (Asking removes it.)"""
@@ -192,20 +191,12 @@ def test_data_nobody_waits_for_unregisters_the_socket_instead_of_spinning(monkey
         pair = SocketPair(monkeypatch, loop)
         try:
             await pair.stream._wait_readable(0.01)
-            calls = 0
-            on_readable = pair.stream._on_readable
-
-            def counting():
-                nonlocal calls
-                calls += 1
-                on_readable()
-
-            pair.stream._on_readable = counting
+            pair.stream._on_readable = counting = Counted(pair.stream._on_readable)
             loop.add_reader(pair.ours.fileno(), counting)  # as registered, counted
             pair.theirs.send(b"x")  # and nobody reads it
             for _ in range(20):
                 await asyncio.sleep(0)
-            assert calls == 1
+            assert counting.calls == 1
             assert not pair.registered(loop)
             assert await pair.stream._wait_readable(30)  # registered again: at once
             assert pair.added == 3

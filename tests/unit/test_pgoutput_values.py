@@ -3,8 +3,11 @@
 from datetime import UTC, datetime, timedelta, timezone
 from uuid import UUID
 
+import psycopg
 import pytest
+from psycopg import pq
 
+from relay.cdc import values
 from relay.cdc.pgoutput import (
     KIND_BINARY,
     KIND_NULL,
@@ -147,3 +150,28 @@ def test_decode_tuple_rejects_a_row_that_does_not_fit_the_relation():
     row = TupleData((None,), b"n")
     with pytest.raises(ColumnValueError, match=r"row has 1 values but relation public\.t has 2"):
         decode_tuple(relation(("a", 23), ("b", 23)), row)
+
+
+@pytest.mark.parametrize(
+    ("type_oid", "value"),
+    [
+        (values.BOOL_OID, True),
+        (values.INT2_OID, 3),
+        (values.INT4_OID, 3),
+        (values.OID_OID, 3),
+        (values.INT8_OID, 3),
+        (values.TIMESTAMP_OID, datetime(2026, 1, 1)),
+        (values.TIMESTAMPTZ_OID, datetime(2026, 1, 1, tzinfo=UTC)),
+        (values.UUID_OID, UUID(int=7)),
+    ],
+)
+def test_a_fixed_binary_width_is_the_size_of_the_types_send_format(type_oid, value):
+    # The stream skips these values by their type's width; psycopg's binary dumpers
+    # write the same send format the server does.
+    dumper = psycopg.adapters.get_dumper_by_oid(type_oid, pq.Format.BINARY)(type(value))
+    assert values.binary_width(type_oid) == len(dumper.dump(value))
+
+
+def test_types_of_varying_size_have_no_fixed_width():
+    for type_oid in (values.TEXT_OID, values.BYTEA_OID, values.JSON_OID, values.JSONB_OID):
+        assert values.binary_width(type_oid) == 0
