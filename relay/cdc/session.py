@@ -119,6 +119,9 @@ class SessionLoops:
         raise NotImplementedError
 
     async def _read_loop(self) -> None:
+        self._stream.hand_over_while_waiting(
+            self._take, lambda: self._no_space() is None, READ_BATCH
+        )
         since_yield = 0
         while True:
             if (space := self._no_space()) is not None:

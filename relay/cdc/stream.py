@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -71,7 +73,9 @@ class ReplicationStream:
         self._reader: asyncio.Future[bool] | None = None
         # What the readiness callback took from libpq to see that a frame had come (a
         # CopyData result, or the error reading raised): the reader's first, next time.
-        self._early: tuple[int, memoryview] | psycopg.Error | None = None
+        self._early: tuple[int, memoryview] | Exception | None = None
+        # Where frames go while the reader waits (see hand_over_while_waiting).
+        self._handover: _Handover | None = None
 
     @classmethod
     async def connect(cls, dsn: str, *, connect_timeout: float) -> ReplicationStream:
@@ -181,9 +185,23 @@ class ReplicationStream:
 
     def _take_early(self) -> tuple[int, memoryview] | None:
         early, self._early = self._early, None
-        if isinstance(early, psycopg.Error):
+        if isinstance(early, Exception):
             raise early
         return early
+
+    def hand_over_while_waiting(
+        self, handler: Callable[[memoryview], None], room: Callable[[], bool], limit: int
+    ) -> None:
+        """While the reader waits in ``read_frames``, give the frames that arrive to
+        ``handler`` from the event loop's readiness callback, at most ``limit`` at a
+        time and while ``room()`` says there is room, instead of waking the reader.
+
+        At one transaction per message the reader would otherwise wake for each (a task
+        step and a turn of the event loop) only to hand the frames to the same handler.
+        The reader wakes when the handler raises (``read_frames`` raises it), when there
+        is no room or more than ``limit`` frames wait, and when the stream ends or
+        breaks; so frames are handled in order, once, by one of the two."""
+        self._handover = _Handover(handler, room, limit)
 
     async def send_status(self, written: int, flushed: int, *, reply: bool = False) -> None:
         """Tell the server what was received (``written``) and may be forgotten."""
@@ -284,8 +302,33 @@ class ReplicationStream:
             # broker): stop watching, or the loop would call this on every turn while
             # the data waits in the socket. The next wait registers the socket again.
             self._stop_watching()
-        elif not reader.done() and self._frame_came():
+        elif reader.done():
+            pass
+        elif self._handover is None:
+            if self._frame_came():
+                reader.set_result(True)
+        elif self._handed_over(self._handover):
             reader.set_result(True)
+
+    def _handed_over(self, handover: _Handover) -> bool:
+        """Read the socket and hand what came to the handler; whether the reader must
+        wake (see hand_over_while_waiting)."""
+        pgconn = self._pgconn
+        try:
+            pgconn.consume_input()
+            for _ in range(handover.limit):
+                if not handover.room():
+                    return True
+                result = pgconn.get_copy_data(1)
+                if result[0] <= 0:
+                    if result[0] == 0:
+                        return False  # all handled: the socket says when more comes
+                    self._early = result  # the end: the reader's next read says how
+                    return True
+                handover.handler(result[1])
+        except Exception as exc:  # psycopg's reading, or the handler's: the reader's
+            self._early = exc
+        return True
 
     def _frame_came(self) -> bool:
         """Read the socket; whether a whole frame (or the end, or an error) is there.
@@ -311,6 +354,13 @@ class ReplicationStream:
             (loop, fd), self._watching = self._watching, None
             if not loop.is_closed():
                 loop.remove_reader(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class _Handover:
+    handler: Callable[[memoryview], None]
+    room: Callable[[], bool]
+    limit: int
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

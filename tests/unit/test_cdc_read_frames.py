@@ -10,7 +10,7 @@ import pytest
 from psycopg import pq
 
 from relay.cdc.stream import ReplicationStream, SlotMissingError
-from relay.errors import DatabaseUnavailableError
+from relay.errors import DatabaseUnavailableError, PermanentError
 from tests.support.counted import Counted
 
 END = None  # where the server ended the COPY
@@ -134,6 +134,8 @@ class SocketLibpq:
         if not self.buffered:
             return 0, b""
         frame, self.buffered = self.buffered[:1], self.buffered[1:]
+        if frame == b"!":  # stands for the server's CopyDone
+            return -1, b""
         return 1, memoryview(frame)
 
     def get_result(self):
@@ -329,3 +331,89 @@ def test_a_status_update_after_the_reader_took_the_servers_error_raises_that_err
 
     with pytest.raises(SlotMissingError, match='publication "p" does not exist'):
         asyncio.run(scenario())
+
+
+class Handler:
+    """What the session's frame handler would do: note each frame; raise on b"?"."""
+
+    def __init__(self):
+        self.frames = []
+        self.room = True
+
+    def __call__(self, frame):
+        if bytes(frame) == b"?":
+            raise PermanentError("a frame the handler cannot take")
+        self.frames.append(bytes(frame))
+
+
+def reading_with(pair, handler, limit=128):
+    pair.stream.hand_over_while_waiting(handler, lambda: handler.room, limit)
+    return asyncio.ensure_future(pair.stream.read_frames(30, 128))
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+
+
+def test_frames_that_come_while_the_reader_waits_go_to_the_handler_without_waking_it(
+    monkeypatch,
+):
+    async def scenario():
+        pair = SocketPair(monkeypatch, asyncio.get_running_loop())
+        handler = Handler()
+        pair.stream._take_arrived = taken = Counted(pair.stream._take_arrived)
+        try:
+            reading = reading_with(pair, handler)
+            await settle()
+            for frame in (b"ab", b"c"):  # two readable moments, one wait
+                pair.theirs.send(frame)
+                await settle()
+            assert handler.frames == [b"a", b"b", b"c"]
+            assert not reading.done() and taken.calls == 1  # nobody woke the reader
+            pair.theirs.send(b"!")  # the end: the reader wakes and says so
+            with pytest.raises(DatabaseUnavailableError, match="ended the replication"):
+                await asyncio.wait_for(reading, 5)
+        finally:
+            pair.close()
+
+    asyncio.run(scenario())
+
+
+def test_without_room_or_past_the_limit_the_reader_takes_the_rest_in_order(monkeypatch):
+    async def scenario():
+        pair = SocketPair(monkeypatch, asyncio.get_running_loop())
+        handler = Handler()
+        try:
+            reading = reading_with(pair, handler, limit=2)
+            await settle()
+            pair.theirs.send(b"abcd")  # two for the handler, the rest for the reader
+            assert [bytes(f) for f in await asyncio.wait_for(reading, 5)] == [b"c", b"d"]
+            assert handler.frames == [b"a", b"b"]
+            handler.room = False
+            reading = reading_with(pair, handler)
+            await settle()
+            pair.theirs.send(b"ef")
+            assert [bytes(f) for f in await asyncio.wait_for(reading, 5)] == [b"e", b"f"]
+            assert handler.frames == [b"a", b"b"]
+        finally:
+            pair.close()
+
+    asyncio.run(scenario())
+
+
+def test_what_the_handler_raises_the_reader_raises_after_the_frames_before(monkeypatch):
+    async def scenario():
+        pair = SocketPair(monkeypatch, asyncio.get_running_loop())
+        handler = Handler()
+        try:
+            reading = reading_with(pair, handler)
+            await settle()
+            pair.theirs.send(b"a?b")
+            with pytest.raises(PermanentError, match="cannot take"):
+                await asyncio.wait_for(reading, 5)
+            assert handler.frames == [b"a"]
+        finally:
+            pair.close()
+
+    asyncio.run(scenario())
