@@ -37,6 +37,11 @@ _librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
 REPORT_GRACE = 0.5
 # How long the delivery-report thread blocks in poll(); bounds how fast it notices stop().
 _POLL_INTERVAL = 0.1
+# With no batch waiting for reports for this long, the thread stops polling in short
+# slices (ten wake-ups a second for nothing) and looks at librdkafka's own callbacks
+# (errors, logs) once per IDLE_LOOK instead, until a batch or stop() wakes it.
+QUIET_AFTER = 1.0
+IDLE_LOOK = 1.0
 NO_REPORT = retryable("no delivery report before timeout")
 # Batches in a row with nothing confirmed before the producer is replaced.
 STUCK_AFTER_BATCHES = 3
@@ -184,6 +189,9 @@ class _ProducerSession:
         logging_settings = {"error_cb": _log_client_error, "logger": _librdkafka_log}
         self.producer = Producer({**settings, **logging_settings})
         self._stopping = threading.Event()
+        self._woken = threading.Event()  # a batch to report on, or stop()
+        self._idle = False  # the report thread sleeps on _woken (or is about to)
+        self._busy_at = time.monotonic()
         self.cluster_broker: int | None = None  # who answered hear_from_the_cluster()
         self._thread = threading.Thread(target=self._serve, name="kafka-reports", daemon=True)
         self._thread.start()
@@ -192,6 +200,8 @@ class _ProducerSession:
         with self._lock:
             if self.fatal is None:
                 self._pending.add(delivery)
+                if self._idle:  # a trickle finds the thread polling: no wake-up to pay
+                    self._woken.set()
                 return
         delivery.settle_rest(retryable(f"the Kafka producer failed: {self.fatal.str()}"))
 
@@ -204,6 +214,7 @@ class _ProducerSession:
         if flush_timeout > 0 and self.fatal is None:
             self.serve_reports(flush_timeout, flush=True)
         self._stopping.set()
+        self._woken.set()
         self._thread.join()
         with contextlib.suppress(KafkaException):
             self.producer.purge()
@@ -229,7 +240,17 @@ class _ProducerSession:
     def _serve(self) -> None:
         self.cluster_broker = self.hear_from_the_cluster()
         while not self._stopping.is_set():
-            self.serve_reports(_POLL_INTERVAL)
+            if self._pending:
+                self._busy_at = time.monotonic()
+            if time.monotonic() - self._busy_at < QUIET_AFTER:
+                self.serve_reports(_POLL_INTERVAL)  # returns as soon as a report comes
+                continue
+            self.serve_reports(0)  # errors and logs that came meanwhile
+            self._idle = True
+            if not self._pending:  # a batch tracked before _idle was set finds it here
+                self._woken.wait(IDLE_LOOK)
+            self._idle = False
+            self._woken.clear()  # whatever set it, _pending and _stopping say why
 
     def hear_from_the_cluster(self) -> int:
         """Ask for the cluster's metadata until one of its brokers answers, not only a

@@ -27,6 +27,12 @@ RV = TypeVar("RV")
 # skips the loop for writes for up to its own MAX_BUSY_TIME).
 EAGER_READ_BUDGET = 0.002
 
+# psycopg wakes a wait every 0.1 s, so that a synchronous caller sees Ctrl-C; under
+# asyncio a cancellation reaches the awaiting task at once, so those wake-ups only cost:
+# ten a second for a LISTEN connection with nothing to hear. A wait still ends at its
+# own timeout, and as soon as the socket is ready.
+WAIT_INTERVAL = 60.0
+
 
 class EagerReadConnection(psycopg.AsyncConnection[Any]):
     """``psycopg.AsyncConnection`` whose waits to read skip the event loop while the
@@ -36,7 +42,7 @@ class EagerReadConnection(psycopg.AsyncConnection[Any]):
         self, gen: PQGen[RV], interval: float = 0.1, timeout: float | None = None
     ) -> RV:
         eager = read_what_arrived(gen, self.pgconn.socket)
-        return await super().wait(eager, interval=interval, timeout=timeout)
+        return await super().wait(eager, interval=max(interval, WAIT_INTERVAL), timeout=timeout)
 
 
 def read_what_arrived(gen: PQGen[RV], fileno: int) -> PQGen[RV]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -154,6 +156,19 @@ class _CappedHTTPServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def serve_until(self, stop: socket.socket) -> None:
+        """Serve until ``stop`` turns readable. ``serve_forever`` looks for its shutdown
+        request every ``poll_interval``, which wakes an idle relay several times a
+        second; this sleeps until a connection or the stop comes."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(stop, selectors.EVENT_READ)
+            while True:
+                ready = {key.fileobj for key, _events in selector.select()}
+                if stop in ready:
+                    return
+                self.handle_request()
+
 
 class HealthServer:
     """The HTTP server thread; ``start()`` binds (failing fast), ``stop()`` joins."""
@@ -175,6 +190,7 @@ class HealthServer:
         self._read_timeout = read_timeout
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._stop_pair: tuple[socket.socket, socket.socket] | None = None
 
     @property
     def port(self) -> int:
@@ -195,9 +211,10 @@ class HealthServer:
                 f"{(exc.strerror or type(exc).__name__).lower()} (another relay there?); "
                 "choose another --metrics-port, or 0 to turn the server off"
             ) from None
+        self._stop_pair = socket.socketpair()
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
+            target=self._server.serve_until,
+            args=(self._stop_pair[1],),
             name="health-server",
             daemon=True,
         )
@@ -208,11 +225,16 @@ class HealthServer:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
-        server.server_close()
+        if self._stop_pair is not None:
+            self._stop_pair[0].send(b"\0")
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        server.server_close()
+        if self._stop_pair is not None:
+            for end in self._stop_pair:
+                end.close()
+            self._stop_pair = None
 
 
 def _handler(

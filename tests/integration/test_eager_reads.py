@@ -9,6 +9,7 @@ import pytest
 from relay import eager_reads
 from relay.db import open_connection
 from relay.eager_reads import EagerReadConnection, read_what_arrived
+from tests.support.counted import Counted
 
 LARGE = "SELECT i, repeat(md5(i::text), 32) FROM generate_series(1, %s) AS i"
 
@@ -71,3 +72,29 @@ def test_every_wait_of_the_relays_connections_goes_through_the_eager_reader(
 
     socket = asyncio.run(scenario())
     assert wrapped and set(wrapped) == {socket}
+
+
+def test_a_wait_with_nothing_to_read_sleeps_until_its_timeout_or_a_notification(db_dsn):
+    """psycopg's own waits wake every 0.1 s (for Ctrl-C in synchronous code); an idle
+    LISTEN connection would turn the event loop ten times a second for nothing."""
+
+    async def scenario():
+        conn = await connect(db_dsn)
+        loop = asyncio.get_running_loop()
+        try:
+            await conn.execute("LISTEN eager_idle")
+            loop.call_later = timers = Counted(loop.call_later)
+            started = loop.time()
+            heard = [n async for n in conn.notifies(timeout=1.0, stop_after=1)]
+            waited = loop.time() - started
+            del loop.call_later  # the loop's own again
+            async with await connect(db_dsn) as other:
+                await other.execute("NOTIFY eager_idle, 'x'")
+            heard += [n.payload async for n in conn.notifies(timeout=10, stop_after=1)]
+            return heard, waited, timers.calls, loop.time() - started
+        finally:
+            await conn.close()
+
+    heard, waited, timers, total = asyncio.run(scenario())
+    assert heard == ["x"] and 0.9 <= waited < 5 and total < 5
+    assert timers <= 2  # one for the wait, not one every 0.1 s

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -349,3 +350,43 @@ async def wait_until(condition: Any, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+def _voluntary_switches(native_id: int) -> int:
+    status = Path(f"/proc/self/task/{native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_report_thread_sleeps_and_a_batch_after_the_quiet_is_confirmed(
+    harness: KafkaHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing to report on, the report thread looks at librdkafka's callbacks once
+    a second, not ten times; the next batch wakes it, and close() ends it at once."""
+    monkeypatch.setattr(kafka, "QUIET_AFTER", 0.2)
+    topic = harness.new_topic()
+
+    async def scenario() -> tuple[int, list[Outcome], float, float]:
+        connector = KafkaConnector.from_config(config_for(harness))
+        await connector.open()
+        try:
+            first = await connector.publish([message(topic, "k", b"1")], timeout=TIMEOUT)
+            assert kinds(first) == [DELIVERED]
+            session = connector._session
+            assert session is not None
+            await asyncio.sleep(0.5)  # quiet: the thread has stopped polling in slices
+            before = _voluntary_switches(session._thread.native_id)
+            await asyncio.sleep(2.0)
+            switches = _voluntary_switches(session._thread.native_id) - before
+            started = time.monotonic()
+            second = await connector.publish([message(topic, "k", b"2")], timeout=TIMEOUT)
+            took = time.monotonic() - started
+        finally:
+            closing = time.monotonic()
+            await connector.close(timeout=TIMEOUT)
+        return switches, second, took, time.monotonic() - closing
+
+    switches, second, took, closing = asyncio.run(scenario())
+    assert switches <= 4  # a look a second (each a poll and a wait), not 20 slices
+    assert kinds(second) == [DELIVERED] and took < 2.0
+    assert closing < 1.0
+    assert [r.value for r in harness.read(topic, 2, TIMEOUT)] == [b"1", b"2"]

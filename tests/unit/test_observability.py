@@ -141,6 +141,29 @@ def test_the_server_answers_the_three_paths_from_its_own_thread():
         server.stop()  # twice is harmless
 
 
+def _voluntary_switches(thread):
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_server_sleeps_until_a_request_and_stops_at_once():
+    """No look for a shutdown request every fraction of a second: an idle relay's
+    server thread wakes for a connection, and stop() ends it without waiting."""
+    server = HealthServer("127.0.0.1", 0, HealthState(), RelayMetrics().registry)
+    server.start()
+    try:
+        thread = server._thread
+        time.sleep(0.1)
+        before = _voluntary_switches(thread)
+        time.sleep(1.0)
+        assert _voluntary_switches(thread) - before <= 1
+        assert fetch(server.port, "/healthz")[0] == 200
+    finally:
+        started = time.monotonic()
+        server.stop()
+    assert time.monotonic() - started < 1.0 and not thread.is_alive()
+
+
 def test_json_logs_have_stable_fields_and_no_secrets():
     record = logging.LogRecord(
         "outbox_relay.poller", logging.WARNING, __file__, 1,
