@@ -58,8 +58,6 @@ def _no_decoder(_data: bytes) -> object:
     raise ValueError("no binary decoder")  # decode_column raises the real error
 
 
-
-
 def _decoder_of(name: str, oid: int, raw_json: frozenset[str]) -> _Decoder:
     decoder = json_bytes_decoder(oid) if name in raw_json else None
     return decoder or binary_decoder(oid) or _no_decoder
