@@ -130,6 +130,9 @@ class _CappedHTTPServer(ThreadingHTTPServer):
     """A thread per connection, at most ``cap`` at once; the rest are closed at once."""
 
     daemon_threads = True
+    # handle_request()'s own wait, after serve_until saw a connection: one gone again
+    # before it was accepted must not keep the thread from seeing stop() for good.
+    timeout = 1.0
     # The kernel's queue of connections not yet accepted (the standard library's is 5):
     # a burst of probes and scrapes waits there instead of having its SYNs dropped.
     request_queue_size = 64

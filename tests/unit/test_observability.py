@@ -164,6 +164,21 @@ def test_an_idle_server_sleeps_until_a_request_and_stops_at_once():
     assert time.monotonic() - started < 1.0 and not thread.is_alive()
 
 
+def test_a_connection_gone_before_it_was_accepted_does_not_hold_the_server_thread():
+    """serve_until hands a readable listening socket to handle_request(), which waits
+    again; with nothing left to accept, that wait ends, so stop() is still seen."""
+    server = HealthServer("127.0.0.1", 0, HealthState(), RelayMetrics().registry)
+    server.start()
+    try:
+        # nothing pending: as after a client that went away before it was accepted
+        waiting = threading.Thread(target=server._server.handle_request, daemon=True)
+        waiting.start()
+        waiting.join(3.0)
+        assert not waiting.is_alive()
+    finally:
+        server.stop()
+
+
 def test_json_logs_have_stable_fields_and_no_secrets():
     record = logging.LogRecord(
         "outbox_relay.poller", logging.WARNING, __file__, 1,
