@@ -356,64 +356,62 @@ async def settle():
         await asyncio.sleep(0.01)
 
 
+def with_handler(monkeypatch, scenario):
+    """Run ``scenario(pair, handler)`` over a fresh socket pair, closed afterwards."""
+
+    async def run():
+        pair = SocketPair(monkeypatch, asyncio.get_running_loop())
+        try:
+            await scenario(pair, Handler())
+        finally:
+            pair.close()
+
+    asyncio.run(run())
+
+
 def test_frames_that_come_while_the_reader_waits_go_to_the_handler_without_waking_it(
     monkeypatch,
 ):
-    async def scenario():
-        pair = SocketPair(monkeypatch, asyncio.get_running_loop())
-        handler = Handler()
+    async def scenario(pair, handler):
         pair.stream._take_arrived = taken = Counted(pair.stream._take_arrived)
-        try:
-            reading = reading_with(pair, handler)
+        reading = reading_with(pair, handler)
+        await settle()
+        for frame in (b"ab", b"c"):  # two readable moments, one wait
+            pair.theirs.send(frame)
             await settle()
-            for frame in (b"ab", b"c"):  # two readable moments, one wait
-                pair.theirs.send(frame)
-                await settle()
-            assert handler.frames == [b"a", b"b", b"c"]
-            assert not reading.done() and taken.calls == 1  # nobody woke the reader
-            pair.theirs.send(b"!")  # the end: the reader wakes and says so
-            with pytest.raises(DatabaseUnavailableError, match="ended the replication"):
-                await asyncio.wait_for(reading, 5)
-        finally:
-            pair.close()
+        assert handler.frames == [b"a", b"b", b"c"]
+        assert not reading.done() and taken.calls == 1  # nobody woke the reader
+        pair.theirs.send(b"!")  # the end: the reader wakes and says so
+        with pytest.raises(DatabaseUnavailableError, match="ended the replication"):
+            await asyncio.wait_for(reading, 5)
 
-    asyncio.run(scenario())
+    with_handler(monkeypatch, scenario)
 
 
 def test_without_room_or_past_the_limit_the_reader_takes_the_rest_in_order(monkeypatch):
-    async def scenario():
-        pair = SocketPair(monkeypatch, asyncio.get_running_loop())
-        handler = Handler()
-        try:
-            reading = reading_with(pair, handler, limit=2)
-            await settle()
-            pair.theirs.send(b"abcd")  # two for the handler, the rest for the reader
-            assert [bytes(f) for f in await asyncio.wait_for(reading, 5)] == [b"c", b"d"]
-            assert handler.frames == [b"a", b"b"]
-            handler.room = False
-            reading = reading_with(pair, handler)
-            await settle()
-            pair.theirs.send(b"ef")
-            assert [bytes(f) for f in await asyncio.wait_for(reading, 5)] == [b"e", b"f"]
-            assert handler.frames == [b"a", b"b"]
-        finally:
-            pair.close()
+    async def scenario(pair, handler):
+        reading = reading_with(pair, handler, limit=2)
+        await settle()
+        pair.theirs.send(b"abcd")  # two for the handler, the rest for the reader
+        assert [bytes(f) for f in await asyncio.wait_for(reading, 5)] == [b"c", b"d"]
+        assert handler.frames == [b"a", b"b"]
+        handler.room = False
+        reading = reading_with(pair, handler)
+        await settle()
+        pair.theirs.send(b"ef")
+        assert [bytes(f) for f in await asyncio.wait_for(reading, 5)] == [b"e", b"f"]
+        assert handler.frames == [b"a", b"b"]
 
-    asyncio.run(scenario())
+    with_handler(monkeypatch, scenario)
 
 
 def test_what_the_handler_raises_the_reader_raises_after_the_frames_before(monkeypatch):
-    async def scenario():
-        pair = SocketPair(monkeypatch, asyncio.get_running_loop())
-        handler = Handler()
-        try:
-            reading = reading_with(pair, handler)
-            await settle()
-            pair.theirs.send(b"a?b")
-            with pytest.raises(PermanentError, match="cannot take"):
-                await asyncio.wait_for(reading, 5)
-            assert handler.frames == [b"a"]
-        finally:
-            pair.close()
+    async def scenario(pair, handler):
+        reading = reading_with(pair, handler)
+        await settle()
+        pair.theirs.send(b"a?b")
+        with pytest.raises(PermanentError, match="cannot take"):
+            await asyncio.wait_for(reading, 5)
+        assert handler.frames == [b"a"]
 
-    asyncio.run(scenario())
+    with_handler(monkeypatch, scenario)
