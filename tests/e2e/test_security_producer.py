@@ -79,10 +79,16 @@ def test_the_tables_triggers_cannot_be_redirected_by_a_writers_search_path(owned
                     "INSERT INTO outbox.messages (topic, key, payload) VALUES ('t', 'k', '1')"
                 )
                 relay.enqueue(conn, topic="t", key="k", payload=2)
-                relay.enqueue(conn, topic="t", key=None, payload=3, headers={"h": "v"})
-                relay.enqueue(conn, topic="t", key="k", payload=4, delay=60)
+                conn.execute(  # the writer's own statements qualify what they call
+                    "INSERT INTO outbox.messages (topic, key, payload, headers, available_at)"
+                    """ VALUES ('t', NULL, '3', '{"h": "v"}', DEFAULT),"""
+                    " ('t', 'k', '4', '{}', pg_catalog.clock_timestamp()"
+                    " OPERATOR(pg_catalog.+) '1 minute'::pg_catalog.interval)"
+                )
+                scheduled = conn.execute("SELECT count(*) FROM outbox.messages").fetchone()
             woken = list(admin.notifies(timeout=5, stop_after=1))
     assert {n.channel for n in woken} == {"outbox.messages"}
+    assert scheduled == (3,)  # the delayed one moved aside
 
 
 ATTACKS = {
