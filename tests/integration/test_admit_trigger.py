@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from relay.migrations import load_migrations, migrate
+from relay.migrations import migrate
+from tests.support.old_outbox import apply_migrations, old_outbox
 
 pytestmark = pytest.mark.integration
 BUCKET_OF_ROW = "(hashtext(COALESCE(key, id::text)) & 255)::smallint"
@@ -149,22 +150,14 @@ def test_no_statement_of_a_writer_prepares_a_check_a_generated_column_or_a_big_w
 def test_upgrading_keeps_the_buckets_and_the_reserved_header_exemption(db_dsn):
     """Rows written before migration 10 keep their bucket; rows before migration 9 keep
     their exemption from the reserved header names, by the seq migration 9 recorded."""
-    before = [m for m in load_migrations("outbox") if m.version < 10]
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA outbox")
+        old_outbox(conn, through=8)
         conn.execute(
-            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
-            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            "INSERT INTO outbox.messages (topic, key, payload, headers)"
+            """ SELECT 't', 'k' || n, '1', '{"message_id": "x"}'"""
+            " FROM generate_series(1, 5) AS n"
         )
-        for migration in before:
-            if migration.version == 9:
-                conn.execute(
-                    "INSERT INTO outbox.messages (topic, key, payload, headers)"
-                    """ SELECT 't', 'k' || n, '1', '{"message_id": "x"}'"""
-                    " FROM generate_series(1, 5) AS n"
-                )
-            conn.execute(migration.render("outbox"))
-            conn.execute(migration.record("outbox"))
+        apply_migrations(conn, after=8, through=9)
         buckets = "SELECT seq, bucket FROM outbox.messages ORDER BY seq"
         old = conn.execute(buckets).fetchall()
         migrate(conn, "outbox", tracks=("outbox",))
