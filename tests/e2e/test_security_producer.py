@@ -39,17 +39,25 @@ TRAPS = [
     "CREATE FUNCTION trap.eq(text, text) RETURNS boolean",
     "CREATE FUNCTION trap.gt(timestamptz, timestamptz) RETURNS boolean",
     "CREATE FUNCTION trap.cat(name, text) RETURNS text",
+    "CREATE FUNCTION trap.length(text) RETURNS integer",
+    "CREATE FUNCTION trap.hashtext(text) RETURNS integer",
+    "CREATE FUNCTION trap.ne(jsonb, jsonb) RETURNS boolean",
+    "CREATE FUNCTION trap.band(integer, integer) RETURNS integer",
 ]
 OPERATORS = [
     "CREATE OPERATOR trap.= (FUNCTION = trap.eq, LEFTARG = text, RIGHTARG = text)",
     "CREATE OPERATOR trap.> (FUNCTION = trap.gt, LEFTARG = timestamptz, RIGHTARG = timestamptz)",
     "CREATE OPERATOR trap.|| (FUNCTION = trap.cat, LEFTARG = name, RIGHTARG = text)",
+    "CREATE OPERATOR trap.<> (FUNCTION = trap.ne, LEFTARG = jsonb, RIGHTARG = jsonb)",
+    "CREATE OPERATOR trap.& (FUNCTION = trap.band, LEFTARG = integer, RIGHTARG = integer)",
 ]
 
 
-def test_the_wake_up_trigger_cannot_be_redirected_by_a_writers_search_path(owned_outbox):
-    """notify_relays() runs with its owner's rights for every writer: a writer that puts
-    its own functions and operators before pg_catalog must not get them called."""
+def test_the_tables_triggers_cannot_be_redirected_by_a_writers_search_path(owned_outbox):
+    """notify_relays(), admit_message() and move_written_row() run with their owner's
+    rights for every writer: a writer that puts its own functions and operators before
+    pg_catalog must not get them called, for a usual row, one with headers or a delayed
+    one."""
     register_listening_relay(owned_outbox)
     with login_role(owned_outbox, "writer") as (role, role_dsn):
         grant_printed(owned_outbox, role, "producer")
@@ -71,8 +79,16 @@ def test_the_wake_up_trigger_cannot_be_redirected_by_a_writers_search_path(owned
                     "INSERT INTO outbox.messages (topic, key, payload) VALUES ('t', 'k', '1')"
                 )
                 relay.enqueue(conn, topic="t", key="k", payload=2)
+                conn.execute(  # the writer's own statements qualify what they call
+                    "INSERT INTO outbox.messages (topic, key, payload, headers, available_at)"
+                    """ VALUES ('t', NULL, '3', '{"h": "v"}', DEFAULT),"""
+                    " ('t', 'k', '4', '{}', pg_catalog.clock_timestamp()"
+                    " OPERATOR(pg_catalog.+) '1 minute'::pg_catalog.interval)"
+                )
+                scheduled = conn.execute("SELECT count(*) FROM outbox.messages").fetchone()
             woken = list(admin.notifies(timeout=5, stop_after=1))
     assert {n.channel for n in woken} == {"outbox.messages"}
+    assert scheduled == (3,)  # the delayed one moved aside
 
 
 ATTACKS = {

@@ -12,9 +12,10 @@ import pytest
 from relay import enqueue
 from relay.db import DbSession
 from relay.deadletters import retry_dead_letters
-from relay.migrations import load_migrations, migrate
+from relay.migrations import migrate
 from relay.scheduler import Scheduler
 from relay.sqlfiles import query
+from tests.support.old_outbox import old_outbox
 from tests.support.relays import RunningRelay, eventually, install_outbox, relay_config
 
 pytestmark = pytest.mark.integration
@@ -131,16 +132,8 @@ def test_a_retried_dead_letter_keeps_its_seq_and_is_not_taken_for_a_delayed_one(
 
 
 def test_upgrading_moves_delayed_rows_and_leaves_keyless_retries(db_dsn):
-    before = [m for m in load_migrations("outbox") if m.version < 8]
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA outbox")
-        conn.execute(
-            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
-            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in before:
-            conn.execute(migration.render("outbox"))
-            conn.execute(migration.record("outbox"))
+        old_outbox(conn, through=7)
         delayed = insert_delayed(conn, "k", '{"n": 0}', 60)
         conn.execute(
             "INSERT INTO outbox.messages (topic, key, payload, available_at, attempts) "

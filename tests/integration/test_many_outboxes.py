@@ -70,12 +70,13 @@ def test_outboxes_sharing_one_claim_connection_take_turns_after_every_batch(db_d
 
 def insert_without_notify(dsn: str, schema: str, topic: str) -> None:
     """A row no NOTIFY announces (as while writers are told not to notify, or while the
-    listener reconnects): the outbox's triggers do not fire for a replica session."""
+    listener reconnects): the outbox's triggers do not fire for a replica session, so
+    the row brings its own bucket (admit_message() computes it otherwise)."""
     with psycopg.connect(dsn) as conn:
         conn.execute("SET session_replication_role = replica")
         conn.execute(
-            f"INSERT INTO {schema}.messages (topic, key, payload) "  # noqa: S608 (a fixed name)
-            "VALUES (%s, 'k', '{}'::jsonb)",
+            f"INSERT INTO {schema}.messages (topic, key, payload, bucket) "  # noqa: S608
+            "VALUES (%s, 'k', '{}'::jsonb, (hashtext('k') & 255)::smallint)",
             (topic,),
         )
 

@@ -12,8 +12,9 @@ import pytest
 from psycopg import sql
 
 from relay import enqueue_async
-from relay.migrations import load_migrations, migrate, render_script
+from relay.migrations import migrate, render_script
 from relay.producer import enqueue
+from tests.support.old_outbox import apply_migrations, old_outbox, start_old_outbox
 from tests.support.services import create_database, drop_database, find_pg_bindir
 
 pytestmark = pytest.mark.integration
@@ -72,15 +73,8 @@ def test_upgrading_one_migration_at_a_time_matches_a_fresh_install(db_dsn, other
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         migrate(conn, "outbox", tracks=("outbox",))
     with psycopg.connect(other_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA outbox")
-        conn.execute(
-            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
-            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in load_migrations("outbox"):
-            with conn.transaction():
-                conn.execute(migration.render("outbox"))
-                conn.execute(migration.record("outbox"))
+        start_old_outbox(conn)
+        apply_migrations(conn)
     assert schema_dump(db_dsn, "outbox") == schema_dump(other_dsn, "outbox")
 
 
@@ -137,16 +131,8 @@ def test_json_payloads_are_kept_as_written_and_jsonb_callers_still_work(db_dsn):
 
 
 def test_upgrading_to_json_payloads_keeps_pending_rows_and_dead_letters(db_dsn):
-    before_json = [m for m in load_migrations("outbox") if m.version < 6]
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA outbox")
-        conn.execute(
-            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
-            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in before_json:
-            conn.execute(migration.render("outbox"))
-            conn.execute(migration.record("outbox"))
+        old_outbox(conn, through=5)
         for n in range(2):
             conn.execute("SELECT outbox.enqueue('t', 'k', %s::jsonb)", (f'{{"n":{n}}}',))
         conn.execute("UPDATE outbox.messages SET parked_at = now() WHERE payload->>'n' = '1'")
@@ -164,16 +150,8 @@ def test_rows_written_before_the_reserved_header_rule_still_flow(db_dsn):
     from relay.deadletters import retry_dead_letters
     from relay.sqlfiles import query
 
-    before = [m for m in load_migrations("outbox") if m.version < 9]
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA outbox")
-        conn.execute(
-            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
-            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in before:
-            conn.execute(migration.render("outbox"))
-            conn.execute(migration.record("outbox"))
+        old_outbox(conn, through=8)
         for n, header in enumerate(["message_id", "key", "content_type"]):
             conn.execute(
                 "SELECT outbox.enqueue('t', 'k', %s, %s::jsonb)", (str(n), f'{{"{header}": "x"}}')
@@ -195,17 +173,9 @@ def test_rows_written_before_the_reserved_header_rule_still_flow(db_dsn):
 def test_the_functions_that_gained_deliver_at_keep_their_privileges(db_dsn):
     """Migration 9 replaces enqueue() and emit() by versions with one more parameter: a
     database that took EXECUTE from PUBLIC and gave it to its writers keeps exactly that."""
-    before = [m for m in load_migrations("outbox") if m.version < 9]
     writer, other = (f"m7_{name}_{uuid.uuid4().hex[:6]}" for name in ("writer", "other"))
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA outbox")
-        conn.execute(
-            "CREATE TABLE outbox.schema_migrations (version integer PRIMARY KEY, "
-            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for migration in before:
-            conn.execute(migration.render("outbox"))
-            conn.execute(migration.record("outbox"))
+        old_outbox(conn, through=8)
         for role in (writer, other):
             conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
         try:
