@@ -27,6 +27,7 @@ import argparse
 import itertools
 import os
 import platform
+import random
 import signal
 import subprocess
 import sys
@@ -35,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import psycopg
@@ -46,6 +47,7 @@ from benchmarks.stack import Stack, drop_database, fresh_database, running_stack
 from benchmarks.writer_report import markdown, summarize, targets, update_docs
 from benchmarks.writer_ways import BASELINE_SCHEMA, BASELINE_TABLES, Event, Way, ways
 
+T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 TOPIC = "writer-cost"
@@ -189,7 +191,7 @@ def measure(
 ) -> dict[Way, dict[str, float]]:
     """Rows per second each way commits in transactions of ``rows_per_tx`` rows.
 
-    The ways take turns one transaction at a time (the order rotating each turn) for
+    The ways take turns one transaction at a time (in a new order each turn) for
     ``seconds`` in all, so a burst of load from elsewhere on the machine falls on all of
     them alike; each way's rate is its rows over the time its own transactions took.
     """
@@ -206,9 +208,9 @@ def measure(
     spent = {way: [0.0, 0, 0] for way in chosen}  # wall seconds, server ns, client ns
     deadline = time.perf_counter() + seconds
     turn = 0
+    shuffled = turn_orders(chosen, seed=rows_per_tx)
     while time.perf_counter() < deadline:
-        shift = turn % len(chosen)
-        for way in [*chosen[shift:], *chosen[:shift]]:
+        for way in next(shuffled):
             batch = next(batches)
             server, client, started = _cpu_ns(backend), time.thread_time_ns(), time.perf_counter()
             with conn.transaction():
@@ -220,6 +222,21 @@ def measure(
         turn += 1
     rows = turn * rows_per_tx
     return {way: _figures(rows, *totals) for way, totals in spent.items()}
+
+
+def turn_orders(chosen: Sequence[T], *, seed: int) -> Iterator[list[T]]:
+    """The order of each turn: shuffled anew, the same for the same seed.
+
+    With a relay running, a way's transaction is drained while the next way writes: the
+    drain's CPU falls on whichever way comes next. In a fixed rotation each way nearly
+    always follows the same way, so the ways into the outbox (listed together) took
+    each other's drains while the baselines took almost none. Shuffled, every way follows
+    every other alike, and the drains fall on all of them as a slow minute does."""
+    rng = random.Random(seed)
+    while True:
+        order = list(chosen)
+        rng.shuffle(order)
+        yield order
 
 
 def _figures(rows: int, wall: float, server_ns: float, client_ns: float) -> dict[str, float]:
