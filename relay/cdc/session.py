@@ -40,11 +40,10 @@ log = logging.getLogger(__name__)
 
 STATUS_INTERVAL = 10.0  # well inside the default wal_sender_timeout (60 s)
 # At most this often a cdc_state write while events flow. Each save is a write, a round
-# trip, and WAL the walsender decodes and answers with keepalives: at a trickle of one
-# transaction per message, five saves a second were a measurable share of the relay's
-# CPU (benchmarks/README.md). A crash re-sends what was delivered since the last save
-# (the inbox drops it): at most a second's worth, where Kafka Connect flushes source
-# offsets once a minute.
+# trip, and WAL the walsender must decode: at a trickle of one transaction per message,
+# five saves a second were a measurable share of the relay's CPU (benchmarks/README.md).
+# A crash re-sends what was delivered since the last save (the inbox drops it): at most
+# a second's worth, where Kafka Connect flushes source offsets once a minute.
 SAVE_INTERVAL = 1.0
 IDLE_SAVE_BYTES = 1 << 20  # an idle advance this large is saved at once
 IDLE_SAVE_INTERVAL = 10.0  # a smaller one waits this long
