@@ -18,6 +18,7 @@ from uuid import UUID
 
 import orjson
 import psycopg
+from psycopg.rows import scalar_row
 
 from relay.config import DEFAULT_SCHEMA
 from relay.headers import first_reserved, reserved_header_message
@@ -134,9 +135,9 @@ def enqueue(
     """
     when = _schedule(deliver_at, delay)
     statement, params = _statement(schema, _row(topic, key, payload, headers, content_type, when))
-    row = conn.execute(statement, params).fetchone()
-    assert row is not None
-    return _uuid(row[0])
+    # a cursor of our own row factory: the caller's connection may make dicts of rows
+    with conn.cursor(row_factory=scalar_row) as cursor:
+        return _uuid(cursor.execute(statement, params).fetchone())
 
 
 async def enqueue_async(
@@ -154,10 +155,9 @@ async def enqueue_async(
     """The asyncio twin of :func:`enqueue`, sharing its SQL."""
     when = _schedule(deliver_at, delay)
     statement, params = _statement(schema, _row(topic, key, payload, headers, content_type, when))
-    cursor = await conn.execute(statement, params)
-    row = await cursor.fetchone()
-    assert row is not None
-    return _uuid(row[0])
+    async with conn.cursor(row_factory=scalar_row) as cursor:
+        await cursor.execute(statement, params)
+        return _uuid(await cursor.fetchone())
 
 
 def _rows(messages: Iterable[Mapping[str, Any]]) -> list[_Row]:
@@ -212,7 +212,8 @@ def enqueue_many(
     if not rows:
         return []
     statement, params = _many(schema, rows)
-    return [_uuid(row[0]) for row in conn.execute(statement, params).fetchall()]
+    with conn.cursor(row_factory=scalar_row) as cursor:
+        return [_uuid(new_id) for new_id in cursor.execute(statement, params).fetchall()]
 
 
 async def enqueue_many_async(
@@ -226,5 +227,6 @@ async def enqueue_many_async(
     if not rows:
         return []
     statement, params = _many(schema, rows)
-    cursor = await conn.execute(statement, params)
-    return [_uuid(row[0]) for row in await cursor.fetchall()]
+    async with conn.cursor(row_factory=scalar_row) as cursor:
+        await cursor.execute(statement, params)
+        return [_uuid(new_id) for new_id in await cursor.fetchall()]
