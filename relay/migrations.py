@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import scalar_row
 
 from relay.errors import SchemaMissingError
 from relay.sqlfiles import sql_directory
@@ -134,15 +135,20 @@ def _check_tracks(tracks: Iterable[str]) -> tuple[str, ...]:
 
 def applied_versions(conn: psycopg.Connection[Any], schema: str, track: str = "outbox") -> set[int]:
     table = get_track(track).version_table
-    exists = conn.execute(
-        "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL", (schema, table)
-    ).fetchone()
-    if not exists or not exists[0]:
-        return set()
-    rows = conn.execute(
-        sql.SQL("SELECT version FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
-    ).fetchall()
-    return {int(row[0]) for row in rows}
+    # a cursor of our own row factory: the caller's connection may make dicts of rows
+    with conn.cursor(row_factory=scalar_row) as cursor:
+        exists = cursor.execute(
+            "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL",
+            (schema, table),
+        ).fetchone()
+        if not exists:
+            return set()
+        versions = cursor.execute(
+            sql.SQL("SELECT version FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table)
+            )
+        ).fetchall()
+    return {int(version) for version in versions}
 
 
 def migrate(

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 from uuid import UUID
 
 import orjson
 import psycopg
+from psycopg.rows import scalar_row
 
 from relay.config import DEFAULT_SCHEMA
 from relay.headers import first_reserved, reserved_header_message
@@ -26,8 +27,10 @@ from relay.sqlfiles import query
 
 JsonValue = Any
 Delay = timedelta | float | int  # a number is seconds
+Params = Sequence[Any] | Mapping[str, Any]  # a statement's, by position or by name
 JSON = "application/json"
 BINARY = "application/octet-stream"
+_BYTES_LIKE = (bytes, bytearray, memoryview)
 MESSAGE_FIELDS = frozenset(
     {"topic", "key", "payload", "headers", "content_type", "deliver_at", "delay"}
 )
@@ -88,7 +91,7 @@ def _row(
         if reserved is not None:
             raise ValueError(reserved_header_message(reserved))
         header_text = orjson.dumps(dict(headers)).decode()
-    if isinstance(payload, bytes | bytearray | memoryview):
+    if isinstance(payload, _BYTES_LIKE):
         data = bytes(payload)
         return _Row(topic, key, None, data, header_text, content_type or BINARY, *when)
     if content_type not in (None, JSON):
@@ -96,11 +99,31 @@ def _row(
     return _Row(topic, key, orjson.dumps(payload).decode(), None, header_text, None, *when)
 
 
-def _statement(schema: str, row: _Row) -> tuple[bytes, dict[str, Any]]:
+def _one(
+    schema: str,
+    topic: str,
+    key: str | None,
+    payload: JsonValue | bytes,
+    headers: Mapping[str, str] | None,
+    content_type: str | None,
+    deliver_at: datetime | None,
+    delay: Delay | None,
+) -> tuple[bytes, Params]:
+    """The statement and parameters for one message. The usual one (a JSON payload, no
+    headers, due now) goes the short way: an application may call enqueue() for every
+    row of a bulk write, and the checks and tuples of the general way were a measurable
+    part of its own cost per row (benchmarks/README.md)."""
+    usual = headers is None and content_type is None and deliver_at is None
+    if usual and delay is None and not isinstance(payload, _BYTES_LIKE):
+        return _sql("enqueue_json", schema), (topic, key, orjson.dumps(payload).decode())
+    when = _schedule(deliver_at, delay)
+    return _statement(schema, _row(topic, key, payload, headers, content_type, when))
+
+
+def _statement(schema: str, row: _Row) -> tuple[bytes, Params]:
     usual = row.payload_bytes is None and row.headers is None
     if usual and row.deliver_at is None and row.delay is None:
-        params = {"topic": row.topic, "key": row.key, "payload": row.payload}
-        return _sql("enqueue_json", schema), params
+        return _sql("enqueue_json", schema), (row.topic, row.key, row.payload)
     params = row._asdict()
     params["headers"] = row.headers or "{}"
     params["content_type"] = row.content_type or JSON
@@ -132,11 +155,11 @@ def enqueue(
     seconds, counted by the database's clock from this call) hold the message back until
     then; a time already past means at once.
     """
-    when = _schedule(deliver_at, delay)
-    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type, when))
-    row = conn.execute(statement, params).fetchone()
-    assert row is not None
-    return _uuid(row[0])
+    statement, params = _one(schema, topic, key, payload, headers, content_type, deliver_at, delay)
+    # A cursor of our own row factory (the caller's connection may make dicts of rows),
+    # left open as conn.execute() leaves its own: closing costs a client-side one ~1 us.
+    cursor = conn.cursor(row_factory=scalar_row)
+    return _uuid(cursor.execute(statement, params).fetchone())
 
 
 async def enqueue_async(
@@ -152,12 +175,10 @@ async def enqueue_async(
     schema: str = DEFAULT_SCHEMA,
 ) -> UUID:
     """The asyncio twin of :func:`enqueue`, sharing its SQL."""
-    when = _schedule(deliver_at, delay)
-    statement, params = _statement(schema, _row(topic, key, payload, headers, content_type, when))
-    cursor = await conn.execute(statement, params)
-    row = await cursor.fetchone()
-    assert row is not None
-    return _uuid(row[0])
+    statement, params = _one(schema, topic, key, payload, headers, content_type, deliver_at, delay)
+    cursor = conn.cursor(row_factory=scalar_row)
+    await cursor.execute(statement, params)
+    return _uuid(await cursor.fetchone())
 
 
 def _rows(messages: Iterable[Mapping[str, Any]]) -> list[_Row]:
@@ -178,7 +199,7 @@ def _rows(messages: Iterable[Mapping[str, Any]]) -> list[_Row]:
     return rows
 
 
-def _many(schema: str, rows: list[_Row]) -> tuple[bytes, dict[str, Any]]:
+def _many(schema: str, rows: list[_Row]) -> tuple[bytes, Params]:
     """The statement for ``rows``: one row's own (an array per column costs psycopg more
     to send than a row of values), or one for all with each column an array (None for a
     column unset in every message)."""
@@ -212,7 +233,8 @@ def enqueue_many(
     if not rows:
         return []
     statement, params = _many(schema, rows)
-    return [_uuid(row[0]) for row in conn.execute(statement, params).fetchall()]
+    with conn.cursor(row_factory=scalar_row) as cursor:
+        return [_uuid(new_id) for new_id in cursor.execute(statement, params).fetchall()]
 
 
 async def enqueue_many_async(
@@ -226,5 +248,6 @@ async def enqueue_many_async(
     if not rows:
         return []
     statement, params = _many(schema, rows)
-    cursor = await conn.execute(statement, params)
-    return [_uuid(row[0]) for row in await cursor.fetchall()]
+    async with conn.cursor(row_factory=scalar_row) as cursor:
+        await cursor.execute(statement, params)
+        return [_uuid(new_id) for new_id in await cursor.fetchall()]

@@ -20,6 +20,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import errors
+from psycopg.rows import scalar_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from relay.inbox.core import (
@@ -94,8 +95,10 @@ class Inbox(InboxSpec):
             raise schema_missing(self.schema, exc) from exc
         if fresh or not self.keep_results:
             return InboxClaim(key, duplicate=not fresh, keeps_results=self.keep_results)
-        row = conn.execute(self.stored_result_sql, params).fetchone()
-        return InboxClaim(key, duplicate=True, result=row[0] if row else None)
+        # a cursor of our own row factory: the caller's connection may make dicts of rows
+        with conn.cursor(row_factory=scalar_row) as cursor:
+            result = cursor.execute(self.stored_result_sql, params).fetchone()
+        return InboxClaim(key, duplicate=True, result=result)
 
 
 class AsyncInbox(InboxSpec):
@@ -148,6 +151,7 @@ class AsyncInbox(InboxSpec):
             raise schema_missing(self.schema, exc) from exc
         if fresh or not self.keep_results:
             return InboxClaim(key, duplicate=not fresh, keeps_results=self.keep_results)
-        cursor = await conn.execute(self.stored_result_sql, params)
-        row = await cursor.fetchone()
-        return InboxClaim(key, duplicate=True, result=row[0] if row else None)
+        async with conn.cursor(row_factory=scalar_row) as stored:
+            await stored.execute(self.stored_result_sql, params)
+            result = await stored.fetchone()
+        return InboxClaim(key, duplicate=True, result=result)

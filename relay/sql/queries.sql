@@ -180,9 +180,10 @@ WHERE seq IN (
 -- name: enqueue_json
 -- relay.enqueue() inserts the row itself: a call to the SQL function would cost the
 -- server a second executor per row. The usual message (JSON, no headers) names only
--- the columns it sets, so the rest keep the table's defaults.
+-- the columns it sets, so the rest keep the table's defaults. Its parameters are
+-- positional (topic, key, payload): psycopg maps a tuple onto them for less than a dict.
 INSERT INTO {schema}.messages (topic, key, payload)
-VALUES (%(topic)s, %(key)s, %(payload)s::json)
+VALUES (%s, %s, %s::json)
 RETURNING id;
 
 -- name: enqueue_message
