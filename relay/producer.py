@@ -157,7 +157,8 @@ def enqueue(
     """
     statement, params = _one(schema, topic, key, payload, headers, content_type, deliver_at, delay)
     # A cursor of our own row factory (the caller's connection may make dicts of rows),
-    # left open as conn.execute() leaves its own: closing costs a client-side one ~1 us.
+    # left open as conn.execute() leaves its own: a client-side cursor holds nothing on
+    # the server, and closing it is a measurable part of this per-row call.
     cursor = conn.cursor(row_factory=scalar_row)
     return _uuid(cursor.execute(statement, params).fetchone())
 
