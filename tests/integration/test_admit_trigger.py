@@ -1,6 +1,8 @@
-"""Migration 10: the table's checks, the bucket and the delayed move live in one BEFORE
-trigger (admit_message) instead of CHECKs, a generated column and WHENs, which
-PostgreSQL prepares again for every statement. Read back with plain SQL."""
+"""Migrations 10 and 11: the table's checks, the bucket and the delayed move live in one
+BEFORE trigger (admit_message) instead of CHECKs, a generated column and WHENs, which
+PostgreSQL prepares again for every statement; a delayed message's stand-in leaves in the
+statement trigger, a parked insert goes to the dead letters before it. Read back with
+plain SQL."""
 
 from __future__ import annotations
 
@@ -123,11 +125,11 @@ def test_a_parked_insert_and_a_parking_update_both_become_dead_letters(outbox):
     ]
 
 
-def test_no_statement_of_a_writer_prepares_a_check_a_generated_column_or_a_big_when(outbox):
+def test_no_statement_of_a_writer_prepares_a_check_a_generated_column_or_a_when(outbox):
     """What PostgreSQL prepares again for every statement, and so a single-row INSERT pays
     once per row: CHECK constraints, stored generated columns, the WHEN of row triggers.
-    The outbox keeps its checks in admit_message() instead; only one small WHEN is left
-    on INSERT (benchmarks/README.md has what each cost)."""
+    The outbox keeps its checks in admit_message() instead, and has no row trigger after
+    an insert (benchmarks/README.md has what each cost)."""
     with psycopg.connect(outbox) as conn:
         checks = conn.execute(
             "SELECT conname FROM pg_constraint"
@@ -142,9 +144,113 @@ def test_no_statement_of_a_writer_prepares_a_check_a_generated_column_or_a_big_w
             " WHERE tgrelid = 'outbox.messages'::regclass AND tgqual IS NOT NULL"
             " AND tgtype & 4 <> 0"  # TRIGGER_TYPE_INSERT
         ).fetchall()
+        after_each_row = conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = 'outbox.messages'::regclass"
+            " AND tgtype & 7 = 5"  # TRIGGER_TYPE_ROW | TRIGGER_TYPE_INSERT, not BEFORE
+        ).fetchall()
     assert checks == []
     assert generated == []
-    assert [name for name, _ in whens] == ["messages_move_inserted"]
+    assert whens == []
+    assert after_each_row == []
+
+
+LEFT_BEHIND = "SELECT count(*) FROM outbox.messages WHERE sent_at IS NOT NULL"
+WAITING = "SELECT count(*) FROM outbox.scheduled"
+
+
+def test_each_way_of_writing_a_delayed_message_leaves_no_stand_in_after_its_statement(outbox):
+    """The stand-in lives until the end of its statement: RETURNING still gives its id,
+    and no later statement of the same transaction (nor anyone after) sees it."""
+    later = "now() + interval '1 hour'"
+    with psycopg.connect(outbox) as conn:
+        (returned,) = conn.execute(
+            f"INSERT INTO outbox.messages (topic, key, payload, available_at)"  # noqa: S608
+            f" VALUES ('t', 'k', '1', {later}) RETURNING id"
+        ).fetchone()
+        assert conn.execute(LEFT_BEHIND).fetchone() == (0,)
+        conn.execute(
+            f"INSERT INTO outbox.messages (topic, key, payload, available_at)"  # noqa: S608
+            f" SELECT 't', 'k' || n, '1', CASE WHEN n % 2 = 0 THEN {later} ELSE now() END"
+            " FROM generate_series(1, 10) AS n"
+        )
+        assert conn.execute(LEFT_BEHIND).fetchone() == (0,)
+        with conn.cursor().copy(
+            "COPY outbox.messages (topic, key, payload, available_at) FROM STDIN"
+        ) as copy:
+            copy.write_row(("t", "copied", "1", "2999-01-01T00:00:00Z"))
+        assert conn.execute(LEFT_BEHIND).fetchone() == (0,)
+        conn.execute(
+            f"SELECT outbox.enqueue_many(ARRAY['t', 't'], ARRAY['a', 'b'], ARRAY['1', '2'],"
+            f" NULL, ARRAY[{later}, NULL])"
+        )
+        assert conn.execute(LEFT_BEHIND).fetchone() == (0,)
+        conn.commit()
+        kept = conn.execute("SELECT count(*) FROM outbox.messages").fetchone()
+        scheduled = conn.execute("SELECT id FROM outbox.scheduled ORDER BY seq").fetchall()
+    assert kept == (5 + 1,)
+    assert len(scheduled) == 1 + 5 + 1 + 1
+    assert scheduled[0] == (returned,)
+
+
+def test_rows_marked_sent_by_others_or_inserted_sent_are_not_taken_for_stand_ins(outbox):
+    """Only a row inserted sent and delayed, with its copy waiting, is a stand-in."""
+    with psycopg.connect(outbox) as conn:
+        conn.execute("INSERT INTO outbox.messages (topic, key, payload) VALUES ('t', 'k', '1')")
+        conn.execute(
+            "INSERT INTO outbox.messages (topic, key, payload, sent_at, available_at)"
+            " VALUES ('t', 'k', '2', now(), now() + interval '1 hour')"
+        )
+        conn.execute("UPDATE outbox.messages SET sent_at = now() WHERE payload::text = '1'")
+        conn.execute(
+            "INSERT INTO outbox.messages (topic, key, payload, available_at)"
+            " VALUES ('t', 'k', '3', now() + interval '1 hour')"
+        )
+        conn.commit()
+        left = conn.execute(
+            "SELECT payload::text FROM outbox.messages ORDER BY seq"
+        ).fetchall()
+        waiting = conn.execute(WAITING).fetchone()
+    assert left == [("1",), ("2",)]
+    assert waiting == (1,)
+
+
+def test_two_outboxes_written_in_one_statement_each_remove_their_own_stand_ins(outbox):
+    """A trigger of the application's that writes a second outbox runs a statement of its
+    own inside the first's: the second's statement end must not take the first's
+    stand-ins for its own, nor leave them behind."""
+    with psycopg.connect(outbox, autocommit=True) as conn:
+        migrate(conn, "other")
+        conn.execute(
+            "CREATE FUNCTION public.mirror() RETURNS trigger LANGUAGE plpgsql AS $$"
+            " BEGIN INSERT INTO other.messages (topic, key, payload)"
+            " VALUES (NEW.topic, NEW.key, NEW.payload); RETURN NEW; END $$"
+        )
+        # Named to run after messages_admit, which raises the first outbox's flag.
+        conn.execute(
+            "CREATE TRIGGER messages_zz_mirror BEFORE INSERT ON outbox.messages"
+            " FOR EACH ROW EXECUTE FUNCTION public.mirror()"
+        )
+        conn.execute(
+            "INSERT INTO outbox.messages (topic, key, payload, available_at)"
+            " VALUES ('t', 'k', '1', now() + interval '1 hour')"
+        )
+        left = conn.execute(LEFT_BEHIND).fetchone()
+        waiting = conn.execute(WAITING).fetchone()
+        mirrored = conn.execute("SELECT count(*) FROM other.messages").fetchone()
+    assert (left, waiting, mirrored) == ((0,), (1,), (1,))
+
+
+def test_a_parked_insert_counts_no_row_and_an_aborted_one_leaves_no_dead_letter(outbox):
+    park = (
+        "INSERT INTO outbox.messages (id, topic, key, payload, attempts, last_error,"
+        " parked_at) VALUES (%s, 't', 'k', '1', 1, 'refused', now())"
+    )
+    with psycopg.connect(outbox) as conn:
+        inserted = conn.execute(park, ("018f0000-0000-7000-8000-000000000002",)).rowcount
+        conn.rollback()
+        after_rollback = conn.execute("SELECT count(*) FROM outbox.dead_letters").fetchone()
+    assert inserted == 0
+    assert after_rollback == (0,)
 
 
 def test_upgrading_keeps_the_buckets_and_the_reserved_header_exemption(db_dsn):
