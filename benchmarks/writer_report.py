@@ -43,6 +43,10 @@ ARRAY_WAYS = {"SELECT outbox.enqueue_many()": "plain INSERT ... unnest"}
 # the cheapest such function (benchmarks/writer_ways.py), not against the bare INSERT.
 FUNCTION_CEILING = "ceiling: every promise, in a function"
 FUNCTION_WAYS = ("SELECT outbox.enqueue()",)
+# A Python call that returns the new id is held against the ceiling table's INSERT ...
+# RETURNING id, its id read back: the round trip carries a row, and psycopg makes a UUID.
+RETURNING_CEILING = "ceiling: every promise, returning the id"
+RETURNING_WAYS = ("relay.enqueue()", "relay.enqueue_many()")
 WORKLOAD = "writer"  # its name in benchmarks.run's --workloads and records
 
 
@@ -127,16 +131,23 @@ def _ceiling(
 ) -> float | None:
     """The same run's ceiling for ``way``: the ceiling table's ratio, and for a way that
     sends arrays, times what arrays cost a plain table (ARRAY_WAYS) at 1 row/tx; for a
-    way that calls a function per row, the same INSERT in a function (FUNCTION_WAYS)."""
-    ceiling = _find(
-        summary, FUNCTION_CEILING if way in FUNCTION_WAYS else CEILING, versus, relay, shape
-    )
+    way that calls a function per row, the same INSERT in a function (FUNCTION_WAYS);
+    for one that returns the new id, the INSERT returning it (RETURNING_WAYS). A run
+    without that way's own ceiling falls back to the ceiling table's."""
+    own = _find(summary, _ceiling_way(way), versus, relay, shape)
+    ceiling = own if own is not None else _find(summary, CEILING, versus, relay, shape)
     if ceiling is None or ceiling["x_plain"] is None:
         return None
     floor = _find(summary, ARRAY_WAYS.get(way, ""), "bulk", relay, shape) if shape == 1 else None
     if floor is None or floor["x_plain"] is None:
         return float(ceiling["x_plain"])
     return round(float(ceiling["x_plain"]) * float(floor["x_plain"]), 2)
+
+
+def _ceiling_way(way: str) -> str:
+    if way in FUNCTION_WAYS:
+        return FUNCTION_CEILING
+    return RETURNING_CEILING if way in RETURNING_WAYS else CEILING
 
 
 def _versus(style: str, field: str) -> str:
@@ -291,6 +302,7 @@ BEGIN, END = "<!-- writer-cost:begin -->", "<!-- writer-cost:end -->"
 DOC_WAYS = (  # way, style of the first figure, of the second (None: one figure), label
     ("tutorial outbox INSERT", "awaited", "pipelined", ""),
     (CEILING, "awaited", "pipelined", ""),
+    (RETURNING_CEILING, "awaited", None, ""),
     (FUNCTION_CEILING, "awaited", "pipelined", ""),
     ("INSERT INTO outbox.messages", "awaited", "pipelined", ""),
     ("INSERT INTO outbox.messages", "unprepared", None, ", not prepared"),

@@ -16,6 +16,7 @@ from benchmarks.writer_report import (
     CEILING,
     END,
     FUNCTION_CEILING,
+    RETURNING_CEILING,
     suite_document,
     summarize,
     tables,
@@ -185,6 +186,27 @@ def test_a_function_called_per_row_is_held_against_the_ceiling_in_a_function(in_
     assert suite_row(found, "writer: SELECT outbox.enqueue(), 1,000 rows/tx")["met"] == met
     direct = suite_row(found, f"writer: {INSERT}, 1,000 rows/tx")
     assert direct["met"] == "out of reach: ceiling 0.60x"
+
+
+@pytest.mark.parametrize(("returning", "met"), [(820, "out of reach: ceiling 0.82x"),
+                                                 (None, False)])  # fmt: skip
+def test_a_call_that_returns_the_id_is_held_against_the_insert_returning_it(returning, met):
+    """relay.enqueue() of one row a transaction at 0.80x misses 0.85x where the ceiling
+    table's INSERT gets 0.88x; the same INSERT with its id read back gets 0.82x in the
+    same run, which rules the goal out. Without that figure it is a plain NO. The
+    direct INSERT, which returns nothing, stays held against the table's own ceiling."""
+    records = [
+        record(1, BASELINE, "awaited", 1_000, shape=1),
+        record(1, CEILING, "awaited", 880, shape=1),
+        record(1, "relay.enqueue()", "awaited", 800, shape=1),
+        record(1, INSERT, "awaited", 840, shape=1),
+    ]
+    if returning:
+        records.append({**record(1, RETURNING_CEILING, "awaited", returning, shape=1),
+                        "baseline": True})  # fmt: skip
+    found = verdicts(writer_of(records))
+    assert suite_row(found, "writer: relay.enqueue(), 1 row/tx")["met"] == met
+    assert suite_row(found, f"writer: {INSERT}, 1 row/tx")["met"] is False
 
 
 def test_the_suite_rows_pair_no_relay_with_a_relay_running_in_the_issues_style_only():
