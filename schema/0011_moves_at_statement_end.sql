@@ -19,9 +19,9 @@
 -- What a writer sees does not change: the stand-in lives until the end of the statement
 -- that inserted it, as before, and the CDC stream skips it as before. An INSERT of a
 -- parked row now counts no row inserted and writes none to the WAL (the relay's parker
--- reads neither). The flag
--- is a custom setting named after the table's oid, so two outboxes in one transaction
--- (even one writing the other from a trigger) keep theirs apart.
+-- reads neither). The flag is a custom setting named after the table's oid, so two
+-- outboxes in one transaction (even one writing the other from a trigger) keep theirs
+-- apart.
 
 CREATE OR REPLACE FUNCTION {schema}.admit_message() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
