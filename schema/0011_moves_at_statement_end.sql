@@ -74,9 +74,11 @@ END
 $$;
 
 -- A parked row into the dead letters (after an insert that parked it in place, or
--- instead of an insert of a parked row).
+-- instead of an insert of a parked row). Not SECURITY DEFINER: the triggers that call it
+-- already run as the owner, and PUBLIC may execute a function by default, so anyone
+-- else who calls it does so with their own rights (a producer has none on dead_letters).
 CREATE FUNCTION {schema}.bury_parked(m {schema}.messages) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
   INSERT INTO {schema}.dead_letters AS d
     (seq, id, topic, key, payload, payload_bytes, content_type, headers, created_at,
      attempts, last_error, reason, dead_at)

@@ -179,3 +179,28 @@ def test_the_printed_grants_take_back_what_an_earlier_version_gave(owned_outbox)
         grant_printed(owned_outbox, role, "producer")
         attacks_fail(role_dsn)
         assert every_way_writes(role_dsn) > 0
+
+
+A_DEAD_LETTER = (
+    "SELECT outbox.bury_parked(jsonb_populate_record(NULL::outbox.messages, jsonb_build_object("
+    "'seq', 1, 'id', gen_random_uuid(), 'topic', 't', 'payload', 1, 'content_type',"
+    " 'application/json', 'headers', '{}'::jsonb, 'created_at', now(), 'attempts', 1,"
+    " 'parked_at', now())))"
+)
+
+
+def test_the_triggers_helper_runs_as_its_caller_so_a_producer_cannot_write_dead_letters(db_dsn):
+    """bury_parked() is called by the table's triggers, which run as the schema owner.
+    PUBLIC may execute functions by default, so a producer can call it too: it must then
+    run with the producer's rights, which do not reach the dead letters."""
+    result = outbox_relay("migrate", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    with login_role(db_dsn, "writer") as (role, role_dsn):
+        grant_printed(db_dsn, role, "producer")
+        with (
+            psycopg.connect(role_dsn) as conn,
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="dead_letters"),
+        ):
+            conn.execute(A_DEAD_LETTER)
+    with psycopg.connect(db_dsn) as admin:
+        assert admin.execute("SELECT count(*) FROM outbox.dead_letters").fetchone() == (0,)
