@@ -278,39 +278,35 @@ def test_upgrading_keeps_the_buckets_and_the_reserved_header_exemption(db_dsn):
 
 
 # Rows on each side of migration 12's test for the usual message, each written in a
-# transaction that is rolled back: (statement, parameters). Explicit ids make a keyless
-# row's bucket the same in both runs.
+# transaction that is rolled back. An INSERT writes the id NEW_ID (explicit, so a keyless
+# row's bucket is the same in both runs); an UPDATE changes the row EXISTING_ID.
 ROW = "INSERT INTO outbox.messages (id, topic, key, payload, payload_bytes{}) VALUES ({})"
 EDGES = {
-    "usual": (ROW.format("", "%s, 't', 'k', '1', NULL"), ()),
-    "keyless": (ROW.format("", "%s, 't', NULL, '1', NULL"), ()),
-    "binary": (ROW.format("", "%s, 't', 'k', NULL, '\\x01'"), ()),
-    "no payload": (ROW.format("", "%s, 't', 'k', NULL, NULL"), ()),
-    "two payloads": (ROW.format("", "%s, 't', 'k', '1', '\\x01'"), ()),
-    "empty topic": (ROW.format("", "%s, '', 'k', '1', NULL"), ()),
-    "topic of 249": (ROW.format("", "%s, repeat('t', 249), 'k', '1', NULL"), ()),
-    "topic of 250": (ROW.format("", "%s, repeat('t', 250), 'k', '1', NULL"), ()),
-    "no topic": (ROW.format("", "%s, NULL, 'k', '1', NULL"), ()),
-    "headers": (ROW.format(", headers", """%s, 't', 'k', '1', NULL, '{"a": "b"}'"""), ()),
-    "reserved header": (
-        ROW.format(", headers", """%s, 't', 'k', '1', NULL, '{"message_id": "x"}'"""), ()
+    "usual": ROW.format("", "%s, 't', 'k', '1', NULL"),
+    "keyless": ROW.format("", "%s, 't', NULL, '1', NULL"),
+    "binary": ROW.format("", "%s, 't', 'k', NULL, '\\x01'"),
+    "no payload": ROW.format("", "%s, 't', 'k', NULL, NULL"),
+    "two payloads": ROW.format("", "%s, 't', 'k', '1', '\\x01'"),
+    "empty topic": ROW.format("", "%s, '', 'k', '1', NULL"),
+    "topic of 249": ROW.format("", "%s, repeat('t', 249), 'k', '1', NULL"),
+    "topic of 250": ROW.format("", "%s, repeat('t', 250), 'k', '1', NULL"),
+    "no topic": ROW.format("", "%s, NULL, 'k', '1', NULL"),
+    "headers": ROW.format(", headers", """%s, 't', 'k', '1', NULL, '{"a": "b"}'"""),
+    "reserved header": ROW.format(
+        ", headers", """%s, 't', 'k', '1', NULL, '{"message_id": "x"}'"""
     ),
-    "headers NULL": (ROW.format(", headers", "%s, 't', 'k', '1', NULL, NULL"), ()),
-    "delayed": (ROW.format(", available_at", "%s, 't', 'k', '1', NULL, now() + '1h'"), ()),
-    "due in the past": (
-        ROW.format(", available_at", "%s, 't', 'k', '1', NULL, now() - '1h'"), ()
+    "headers NULL": ROW.format(", headers", "%s, 't', 'k', '1', NULL, NULL"),
+    "delayed": ROW.format(", available_at", "%s, 't', 'k', '1', NULL, now() + '1h'"),
+    "due in the past": ROW.format(", available_at", "%s, 't', 'k', '1', NULL, now() - '1h'"),
+    "due NULL": ROW.format(", available_at", "%s, 't', 'k', '1', NULL, NULL"),
+    "inserted sent": ROW.format(", sent_at", "%s, 't', 'k', '1', NULL, now()"),
+    "inserted parked": ROW.format(
+        ", parked_at, last_error", "%s, 't', 'k', '1', NULL, now(), 'no'"
     ),
-    "due NULL": (ROW.format(", available_at", "%s, 't', 'k', '1', NULL, NULL"), ()),
-    "inserted sent": (ROW.format(", sent_at", "%s, 't', 'k', '1', NULL, now()"), ()),
-    "inserted parked": (
-        ROW.format(", parked_at, last_error", "%s, 't', 'k', '1', NULL, now(), 'no'"), ()
-    ),
-    "key updated": ("UPDATE outbox.messages SET key = 'other' WHERE id = %s", ("existing",)),
-    "topic emptied": ("UPDATE outbox.messages SET topic = '' WHERE id = %s", ("existing",)),
-    "reserved header set": (
+    "key updated": "UPDATE outbox.messages SET key = 'other' WHERE id = %s",
+    "topic emptied": "UPDATE outbox.messages SET topic = '' WHERE id = %s",
+    "reserved header set":
         """UPDATE outbox.messages SET headers = '{"message_id": "x"}' WHERE id = %s""",
-        ("existing",),
-    ),
 }  # fmt: skip
 NEW_ID = "018f0000-0000-7000-8000-0000000000aa"
 EXISTING_ID = "018f0000-0000-7000-8000-0000000000bb"
@@ -326,8 +322,8 @@ def _outcomes(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     """What each edge row leads to: the table's rows, or the error's code, constraint and
     message."""
     found: dict[str, Any] = {}
-    for name, (statement, extra) in EDGES.items():
-        params = (EXISTING_ID,) if extra else (NEW_ID,)
+    for name, statement in EDGES.items():
+        params = (EXISTING_ID,) if statement.startswith("UPDATE") else (NEW_ID,)
         try:
             with conn.transaction(force_rollback=True):
                 conn.execute(statement, params)
